@@ -1,0 +1,187 @@
+// metallic._core: the nanobind surface of the C++ engine. Thin on purpose: no logic lives here
+// beyond converting arguments and releasing the GIL around compute.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstring>
+
+#include "cpu/formats/format.h"
+#include "cpu/thread_pool.h"
+#include "engine/engine.h"
+#include "engine/error.h"
+#include "engine/ggml_types.h"
+
+namespace nb = nanobind;
+using namespace metallic;
+
+using LogitsView = nb::ndarray<nb::numpy, const float, nb::ndim<1>>;
+using FloatMatrix = nb::ndarray<nb::numpy, float, nb::ndim<2>>;
+using Ids = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Bytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Floats2D = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+namespace {
+
+const cpu::FormatKernels& format_or_throw(uint32_t type) {
+    const cpu::FormatKernels* f = cpu::find_format(type);
+    if (!f)
+        throw BadInput(std::string("unsupported tensor type ") + type_name(type) + " (supported: " +
+                       cpu::supported_format_names() + ")");
+    return *f;
+}
+
+// Reference hooks for the kernel tests: one format's gemm and dequantization on raw bytes.
+FloatMatrix kernel_gemm(uint32_t type, Bytes w, int64_t rows, int64_t cols, Floats2D act) {
+    const cpu::FormatKernels& f = format_or_throw(type);
+    if (cols % f.block || rows <= 0) throw BadInput("bad gemm shape");
+    const size_t row_bytes = size_t(cols / f.block * f.block_bytes);
+    if (w.size() != row_bytes * size_t(rows)) throw BadInput("weight bytes do not match the shape");
+    if (act.shape(1) != size_t(cols)) throw BadInput("activation width does not match cols");
+    const int64_t n = int64_t(act.shape(0));
+    std::vector<cpu::BlockQ8> q8;
+    const void* a = act.data();
+    size_t stride = size_t(cols) * sizeof(float);
+    if (f.act == cpu::ActKind::Q8) {
+        q8.resize(size_t(n) * size_t(cols / 32));
+        for (int64_t t = 0; t < n; ++t) cpu::quantize_row_q8(act.data() + t * cols, q8.data() + t * (cols / 32), cols);
+        a = q8.data();
+        stride = cpu::act_row_bytes(cpu::ActKind::Q8, cols);
+    }
+    float* out = new float[size_t(n) * size_t(rows)];
+    nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+    f.gemm(w.data(), row_bytes, rows, a, stride, n, cols, out, size_t(rows), cpu::Epilogue{});
+    return FloatMatrix(out, {size_t(n), size_t(rows)}, owner);
+}
+
+nb::ndarray<nb::numpy, float, nb::ndim<1>> kernel_dequant(uint32_t type, Bytes w, int64_t n) {
+    const cpu::FormatKernels& f = format_or_throw(type);
+    if (n % f.block || w.size() != size_t(n / f.block * f.block_bytes)) throw BadInput("bad dequant size");
+    float* out = new float[size_t(n)];
+    nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+    f.dequant_row(w.data(), out, n);
+    return nb::ndarray<nb::numpy, float, nb::ndim<1>>(out, {size_t(n)}, owner);
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+    m.doc() = "Metallic's C++ engine";
+    nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+        try {
+            std::rethrow_exception(p);
+        } catch (const BadInput& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        }
+    });
+
+    nb::enum_<RopeStyle>(m, "RopeStyle")
+        .value("interleaved", RopeStyle::Interleaved)
+        .value("neox", RopeStyle::Neox);
+    nb::enum_<Activation>(m, "Activation").value("silu", Activation::SiLU).value("gelu_tanh", Activation::GeluTanh);
+
+    nb::class_<ModelConfig>(m, "ModelConfig")
+        .def(nb::init<>())
+        .def_rw("arch", &ModelConfig::arch)
+        .def_rw("n_layer", &ModelConfig::n_layer)
+        .def_rw("n_embd", &ModelConfig::n_embd)
+        .def_rw("n_head", &ModelConfig::n_head)
+        .def_rw("n_head_kv", &ModelConfig::n_head_kv)
+        .def_rw("head_dim", &ModelConfig::head_dim)
+        .def_rw("n_ff", &ModelConfig::n_ff)
+        .def_rw("n_vocab", &ModelConfig::n_vocab)
+        .def_rw("n_ctx_train", &ModelConfig::n_ctx_train)
+        .def_rw("rms_eps", &ModelConfig::rms_eps)
+        .def_rw("rope_base", &ModelConfig::rope_base)
+        .def_rw("rope_base_local", &ModelConfig::rope_base_local)
+        .def_rw("rope_freq_scale", &ModelConfig::rope_freq_scale)
+        .def_rw("rope_dims", &ModelConfig::rope_dims)
+        .def_rw("rope_style", &ModelConfig::rope_style)
+        .def_rw("qkv_bias", &ModelConfig::qkv_bias)
+        .def_rw("qk_norm", &ModelConfig::qk_norm)
+        .def_rw("post_norms", &ModelConfig::post_norms)
+        .def_rw("activation", &ModelConfig::activation)
+        .def_rw("embed_scale", &ModelConfig::embed_scale)
+        .def_rw("attn_scale", &ModelConfig::attn_scale)
+        .def_rw("final_logit_softcap", &ModelConfig::final_logit_softcap)
+        .def_rw("sliding_window", &ModelConfig::sliding_window);
+
+    nb::class_<TensorDesc>(m, "TensorDesc")
+        .def(nb::init<>())
+        .def("__init__",
+             [](TensorDesc* t, std::string name, uint32_t type, std::vector<int64_t> shape, uint64_t offset) {
+                 new (t) TensorDesc{std::move(name), type, std::move(shape), offset};
+             },
+             nb::arg("name"), nb::arg("type"), nb::arg("shape"), nb::arg("offset"))
+        .def_rw("name", &TensorDesc::name)
+        .def_rw("type", &TensorDesc::type)
+        .def_rw("shape", &TensorDesc::shape)
+        .def_rw("offset", &TensorDesc::offset);
+
+    nb::class_<Engine>(m, "Engine")
+        .def("__init__",
+             [](Engine* e, const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors,
+                const std::string& backend, int n_ctx, int threads, bool kv_f32, int max_batch) {
+                 EngineOptions o;
+                 o.backend = backend;
+                 o.n_ctx = n_ctx;
+                 o.threads = threads;
+                 o.kv_f32 = kv_f32;
+                 o.max_batch = max_batch;
+                 nb::gil_scoped_release release;
+                 new (e) Engine(path, cfg, tensors, o);
+             },
+             nb::arg("path"), nb::arg("config"), nb::arg("tensors"), nb::arg("backend") = "cpu",
+             nb::arg("n_ctx") = 4096, nb::arg("threads") = 0, nb::arg("kv_f32") = false,
+             nb::arg("max_batch") = 512)
+        .def("prefill",
+             [](Engine& e, Ids ids) {
+                 const float* p;
+                 {
+                     nb::gil_scoped_release release;
+                     p = e.prefill(ids.data(), int(ids.shape(0)));
+                 }
+                 return LogitsView(p, {size_t(e.config().n_vocab)}, nb::handle());
+             },
+             nb::arg("ids"), nb::rv_policy::reference_internal,
+             "Runs the tokens; returns a read-only view of the last token's logits, valid until the "
+             "next call.")
+        .def("prefill_all",
+             [](Engine& e, Ids ids) {
+                 const size_t n = ids.shape(0), V = size_t(e.config().n_vocab);
+                 float* out = new float[n * V];
+                 nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+                 {
+                     nb::gil_scoped_release release;
+                     e.prefill(ids.data(), int(n), out);
+                 }
+                 return FloatMatrix(out, {n, V}, owner);
+             },
+             nb::arg("ids"), "Runs the tokens; returns the logits of every one as a new [n, vocab] array.")
+        .def("decode",
+             [](Engine& e, int32_t id) {
+                 const float* p;
+                 {
+                     nb::gil_scoped_release release;
+                     p = e.decode(id);
+                 }
+                 return LogitsView(p, {size_t(e.config().n_vocab)}, nb::handle());
+             },
+             nb::arg("id"), nb::rv_policy::reference_internal)
+        .def("truncate", &Engine::truncate, nb::arg("n_keep"))
+        .def_prop_ro("n_past", &Engine::n_past)
+        .def_prop_ro("n_ctx", &Engine::n_ctx)
+        .def_prop_ro("threads", &Engine::threads)
+        .def_prop_ro("backend", &Engine::backend_name)
+        .def_prop_ro("max_batch", [](const Engine& e) { return e.options().max_batch; })
+        .def_prop_ro("weight_bytes_per_token", [](const Engine& e) { return e.weights().matrix_bytes; });
+
+    m.def("kernel_isa", &cpu::kernel_isa);
+    m.def("physical_cores", &cpu::physical_core_count);
+    m.def("supported_formats", &cpu::supported_format_names);
+    m.def("kernel_gemm", &kernel_gemm, nb::arg("type"), nb::arg("weights"), nb::arg("rows"), nb::arg("cols"),
+          nb::arg("act"), "Test hook: one format's matrix kernel over raw weight bytes.");
+    m.def("kernel_dequant", &kernel_dequant, nb::arg("type"), nb::arg("data"), nb::arg("n"),
+          "Test hook: one format's dequantization of raw bytes.");
+}

@@ -1,0 +1,216 @@
+// The CPU backend's op scheduling: how each op is split over the thread pool and which scratch
+// memory it uses. Compiled once per instruction set; dispatch.cpp picks the build.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/cpu_backend.h"
+#include "cpu/formats/simd.h"
+#include "cpu/ops.h"
+#include "cpu/thread_pool.h"
+#include "engine/error.h"
+
+namespace metallic::cpu::METALLIC_ISA {
+
+const FormatKernels* lookup_format(uint32_t type);
+void quantize_q8(const float* x, BlockQ8* out, int64_t n);
+
+namespace {
+
+// A slice of one matmul job: rows [r0, r1) of job->w for every token.
+struct MatmulTask {
+    const MatmulJob* job;
+    const FormatKernels* fmt;
+    int64_t r0, r1;
+};
+
+constexpr int kMaxTasks = 1024;
+
+class CpuBackend final : public Backend {
+public:
+    CpuBackend(const ModelConfig& cfg, const CpuOptions& opt)
+        : cfg_(cfg), opt_(opt), pool_(opt.threads) {
+        const int64_t kv_row = int64_t(cfg.n_head_kv) * cfg.head_dim;
+        const size_t kv_elems = size_t(cfg.n_layer) * size_t(opt.n_ctx) * size_t(kv_row);
+        if (opt.kv_f32) {
+            k32_.assign(kv_elems, 0.0f);
+            v32_.assign(kv_elems, 0.0f);
+        } else {
+            k16_.assign(kv_elems, 0);
+            v16_.assign(kv_elems, 0);
+        }
+        const int64_t max_k = std::max<int64_t>(std::max(cfg.n_embd, cfg.n_ff), int64_t(cfg.n_head) * cfg.head_dim);
+        q8_.resize(size_t(opt.max_batch) * size_t(max_k / 32 + 1));
+        scores_.resize(size_t(pool_.size()) * size_t(opt.n_ctx));
+        rope_cs_.resize(size_t(opt.max_batch) * size_t(cfg.rope_dims));
+        tasks_.resize(kMaxTasks);
+    }
+
+    const char* name() const override { return "cpu"; }
+
+    void embed(const Matrix& table, const int32_t* ids, int n, float scale, float* x) override {
+        const FormatKernels* f = lookup_format(table.type);
+        for (int t = 0; t < n; ++t) {
+            float* row = x + int64_t(t) * table.cols;
+            f->dequant_row(table.data + size_t(ids[t]) * table.row_bytes, row, table.cols);
+            if (scale != 1.0f)
+                for (int64_t i = 0; i < table.cols; ++i) row[i] *= scale;
+        }
+    }
+
+    void rmsnorm(const float* x, const float* w, float* out, int n, int d, float eps) override {
+        if (n < 8) {
+            for (int t = 0; t < n; ++t) rmsnorm_row(x + int64_t(t) * d, w, out + int64_t(t) * d, d, eps);
+            return;
+        }
+        pool_.parallel_for(n, [&](int64_t t, int) {
+            rmsnorm_row(x + t * d, w, out + t * d, d, eps);
+        });
+    }
+
+    void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
+        const int64_t k = jobs.begin()->w->cols;
+        // Quantize the shared input once if any format wants int8 activations.
+        bool need_q8 = false;
+        for (const MatmulJob& j : jobs) need_q8 |= lookup_format(j.w->type)->act == ActKind::Q8;
+        const size_t q8_stride = act_row_bytes(ActKind::Q8, k);
+        if (need_q8) {
+            BlockQ8* q = q8_.data();
+            if (n < 4) {
+                for (int t = 0; t < n; ++t) quantize_q8(in + int64_t(t) * k, q + t * (k / 32), k);
+            } else {
+                pool_.parallel_for(n, [&](int64_t t, int) { quantize_q8(in + t * k, q + t * (k / 32), k); });
+            }
+        }
+
+        // Split every job into row chunks: small enough to balance across threads, large enough
+        // that a chunk's rows stay in cache while every token block passes over them.
+        int n_tasks = 0;
+        const int threads = pool_.size();
+        for (const MatmulJob& j : jobs) {
+            const FormatKernels* f = lookup_format(j.w->type);
+            const int64_t rows = j.w->rows;
+            int64_t chunk = n == 1 ? rows / (threads * 8) : int64_t((192 << 10) / j.w->row_bytes);
+            const int64_t budget = kMaxTasks / int64_t(jobs.size());  // tasks this job may use
+            chunk = std::max({int64_t(16), chunk, (rows + budget - 1) / budget});
+            chunk = (chunk + 3) & ~int64_t(3);
+            for (int64_t r0 = 0; r0 < rows; r0 += chunk)
+                tasks_[size_t(n_tasks++)] = {&j, f, r0, std::min(rows, r0 + chunk)};
+        }
+        // Token blocks sized so one block of activations stays in L2.
+        const int64_t tb = std::clamp<int64_t>((256 << 10) / (k * 4), 6, 96);
+        pool_.parallel_for(n_tasks, [&](int64_t i, int) {
+            const MatmulTask& task = tasks_[size_t(i)];
+            const Matrix& w = *task.job->w;
+            const bool q8 = task.fmt->act == ActKind::Q8;
+            const uint8_t* act = q8 ? reinterpret_cast<const uint8_t*>(q8_.data())
+                                    : reinterpret_cast<const uint8_t*>(in);
+            const size_t act_stride = q8 ? q8_stride : size_t(k) * sizeof(float);
+            Epilogue ep;
+            ep.bias = task.job->bias ? task.job->bias + task.r0 : nullptr;
+            ep.accumulate = task.job->accumulate;
+            for (int64_t t0 = 0; t0 < n; t0 += tb) {
+                const int64_t nt = std::min<int64_t>(tb, n - t0);
+                task.fmt->gemm(w.data + size_t(task.r0) * w.row_bytes, w.row_bytes, task.r1 - task.r0,
+                               act + size_t(t0) * act_stride, act_stride, nt, k,
+                               task.job->out + t0 * w.rows + task.r0, size_t(w.rows), ep);
+            }
+        });
+    }
+
+    void rope(float* x, int n, int n_heads, int pos0, const float* inv_freq) override {
+        const int half = cfg_.rope_dims / 2;
+        const int64_t row = int64_t(n_heads) * cfg_.head_dim;
+        auto one = [&](int64_t t) {
+            float* cs = rope_cs_.data() + t * cfg_.rope_dims;
+            const float pos = static_cast<float>(pos0 + t);
+            for (int i = 0; i < half; ++i) {
+                const float theta = pos * inv_freq[i];
+                cs[i] = std::cos(theta);
+                cs[half + i] = std::sin(theta);
+            }
+            rope_row(x + t * row, n_heads, cfg_.head_dim, cfg_.rope_dims, cfg_.rope_style, cs);
+        };
+        if (n < 8) {
+            for (int t = 0; t < n; ++t) one(t);
+        } else {
+            pool_.parallel_for(n, [&](int64_t t, int) { one(t); });
+        }
+    }
+
+    void store_kv(int layer, const float* k, const float* v, int n, int pos0) override {
+        const int hd = cfg_.head_dim, nkv = cfg_.n_head_kv;
+        for (int t = 0; t < n; ++t)
+            for (int h = 0; h < nkv; ++h) {
+                const size_t dst = cache_offset(layer, h, pos0 + t);
+                const float* ks = k + (int64_t(t) * nkv + h) * hd;
+                const float* vs = v + (int64_t(t) * nkv + h) * hd;
+                if (opt_.kv_f32) {
+                    std::copy(ks, ks + hd, k32_.data() + dst);
+                    std::copy(vs, vs + hd, v32_.data() + dst);
+                } else {
+                    to_f16(ks, k16_.data() + dst, hd);
+                    to_f16(vs, v16_.data() + dst, hd);
+                }
+            }
+    }
+
+    void attention(int layer, const float* q, int n, int pos0, int window, float* out) override {
+        const int hd = cfg_.head_dim, nh = cfg_.n_head, group = cfg_.n_head / cfg_.n_head_kv;
+        const float scale = cfg_.attn_scale > 0 ? cfg_.attn_scale : 1.0f / std::sqrt(float(hd));
+        pool_.parallel_for(int64_t(n) * nh, [&](int64_t task, int thread) {
+            const int t = int(task / nh), h = int(task % nh);
+            const int pos = pos0 + t;
+            const int start = window > 0 ? std::max(0, pos - window + 1) : 0;
+            const size_t base = cache_offset(layer, h / group, start);
+            const float* qh = q + (int64_t(t) * nh + h) * hd;
+            float* oh = out + (int64_t(t) * nh + h) * hd;
+            float* scores = scores_.data() + size_t(thread) * size_t(opt_.n_ctx);
+            if (opt_.kv_f32)
+                attend(qh, k32_.data() + base, v32_.data() + base, pos - start + 1, hd, scale, scores, oh);
+            else
+                attend(qh, k16_.data() + base, v16_.data() + base, pos - start + 1, hd, scale, scores, oh);
+        });
+    }
+
+    void glu(float* g, const float* u, int64_t count, Activation act) override {
+        const int64_t chunk = 4096;
+        if (count <= chunk) {
+            METALLIC_ISA::glu(g, u, count, act);
+            return;
+        }
+        pool_.parallel_for((count + chunk - 1) / chunk, [&](int64_t i, int) {
+            const int64_t s = i * chunk;
+            METALLIC_ISA::glu(g + s, u + s, std::min(chunk, count - s), act);
+        });
+    }
+
+    void add(float* x, const float* y, int64_t count) override { METALLIC_ISA::add(x, y, count); }
+    void softcap(float* x, int64_t count, float cap) override { METALLIC_ISA::softcap(x, count, cap); }
+
+private:
+    // Cache layout [layer][kv_head][position][head_dim]: one head's keys are contiguous, so a
+    // query head scans them in order and heads of a GQA group share them without copies.
+    size_t cache_offset(int layer, int kv_head, int pos) const {
+        return ((size_t(layer) * cfg_.n_head_kv + size_t(kv_head)) * size_t(opt_.n_ctx) + size_t(pos)) *
+               size_t(cfg_.head_dim);
+    }
+
+    ModelConfig cfg_;
+    CpuOptions opt_;
+    ThreadPool pool_;
+    std::vector<uint16_t> k16_, v16_;
+    std::vector<float> k32_, v32_;
+    std::vector<BlockQ8> q8_;
+    std::vector<float> scores_;
+    std::vector<float> rope_cs_;
+    std::vector<MatmulTask> tasks_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> create_backend(const ModelConfig& cfg, const CpuOptions& opt) {
+    return std::make_unique<CpuBackend>(cfg, opt);
+}
+
+}  // namespace metallic::cpu::METALLIC_ISA

@@ -1,0 +1,68 @@
+// Run-time choice of the kernel build: the AVX2 one on x86-64 CPUs that have AVX2, FMA and
+// F16C, the portable one otherwise (and on arm64, where NEON is baseline).
+#include <string>
+
+#include "cpu/cpu_backend.h"
+#include "cpu/formats/format.h"
+
+namespace metallic::cpu {
+
+#define METALLIC_DECLARE_ISA(ns)                                                        \
+    namespace ns {                                                                      \
+    const FormatKernels* lookup_format(uint32_t type);                                  \
+    std::string format_names();                                                         \
+    void quantize_q8(const float* x, BlockQ8* out, int64_t n);                          \
+    std::unique_ptr<Backend> create_backend(const ModelConfig& cfg, const CpuOptions&); \
+    }
+METALLIC_DECLARE_ISA(generic)
+#if defined(METALLIC_HAVE_AVX2_BUILD)
+METALLIC_DECLARE_ISA(avx2)
+#endif
+
+namespace {
+
+bool use_avx2() {
+#if defined(METALLIC_HAVE_AVX2_BUILD)
+    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                           __builtin_cpu_supports("f16c");
+    return ok;
+#else
+    return false;
+#endif
+}
+
+}  // namespace
+
+const FormatKernels* find_format(uint32_t type) {
+#if defined(METALLIC_HAVE_AVX2_BUILD)
+    if (use_avx2()) return avx2::lookup_format(type);
+#endif
+    return generic::lookup_format(type);
+}
+
+std::string supported_format_names() { return generic::format_names(); }
+
+void quantize_row_q8(const float* x, BlockQ8* out, int64_t n) {
+#if defined(METALLIC_HAVE_AVX2_BUILD)
+    if (use_avx2()) return avx2::quantize_q8(x, out, n);
+#endif
+    generic::quantize_q8(x, out, n);
+}
+
+const char* kernel_isa() {
+    if (use_avx2()) return "avx2";
+#if defined(__aarch64__)
+    return "neon";
+#else
+    return "generic";
+#endif
+}
+
+std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& cfg, const CpuOptions& opt) {
+#if defined(METALLIC_HAVE_AVX2_BUILD)
+    if (use_avx2()) return avx2::create_backend(cfg, opt);
+#endif
+    return generic::create_backend(cfg, opt);
+}
+
+}  // namespace metallic::cpu

@@ -1,0 +1,24 @@
+// F32 weights: used as stored.
+#include "cpu/formats/float_gemm.h"
+
+namespace metallic::cpu::METALLIC_ISA {
+namespace {
+
+struct F32Format {
+    static F8 load8(const uint8_t* row, int64_t i) {
+        return METALLIC_ISA::load8(reinterpret_cast<const float*>(row) + i);
+    }
+    static float load1(const uint8_t* row, int64_t i) {
+        float v;
+        std::memcpy(&v, row + 4 * i, 4);
+        return v;
+    }
+};
+
+void dequant(const uint8_t* src, float* dst, int64_t n) { std::memcpy(dst, src, 4 * n); }
+
+}  // namespace
+
+extern const FormatKernels kF32 = {0, "F32", 1, 4, ActKind::F32, dequant, float_gemm<F32Format>};
+
+}  // namespace metallic::cpu::METALLIC_ISA

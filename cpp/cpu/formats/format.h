@@ -1,0 +1,65 @@
+// The per-format kernel table. Each GGML weight format supplies one FormatKernels in its own
+// file under cpp/cpu/formats/; adding a format means adding one file and one line in table.cpp.
+//
+// A format declares which activation encoding it consumes (ActKind): float formats read the
+// float activations directly, block-quantized formats read activations quantized to int8 blocks
+// once per matmul (shared by every weight that reads the same input) so their inner loop is an
+// integer dot product, as llama.cpp does on CPUs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace metallic::cpu {
+
+enum class ActKind : uint8_t { F32, Q8 };
+
+// One 32-element block of an activation row quantized to int8. `sum` is d * sum(q): formats
+// with a per-block offset (Q4_1, Q5_1) need it.
+struct BlockQ8 {
+    float d;
+    float sum;
+    int8_t q[32];
+};
+static_assert(sizeof(BlockQ8) == 40, "BlockQ8 layout");
+
+// What happens to each computed dot product before it is stored.
+struct Epilogue {
+    const float* bias = nullptr;  // per output row, may be null
+    bool accumulate = false;      // out += result (the residual add folded into the matmul)
+};
+
+struct FormatKernels {
+    uint32_t type;
+    const char* name;
+    int64_t block;
+    int64_t block_bytes;
+    ActKind act;
+    // Decodes n elements (a multiple of `block`) starting at a block boundary.
+    void (*dequant_row)(const uint8_t* src, float* dst, int64_t n);
+    // For r < nrows and t < ntok: out[t * out_stride + r] = epilogue(dot(w row r, act t)).
+    // Rows of w are `row_bytes` apart; act rows are `act_stride` bytes apart and hold k values
+    // in the format's ActKind.
+    void (*gemm)(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act,
+                 size_t act_stride, int64_t ntok, int64_t k, float* out, size_t out_stride,
+                 const Epilogue& ep);
+};
+
+// The kernels for a GGML type id on this CPU (best instruction set it supports), or null.
+const FormatKernels* find_format(uint32_t type);
+// "F32, F16, ..." for error messages.
+std::string supported_format_names();
+// The instruction set the kernels were chosen for ("avx2", "neon", "generic").
+const char* kernel_isa();
+
+// Quantizes n floats (a multiple of 32) to int8 blocks for the Q8 activation kind.
+void quantize_row_q8(const float* x, BlockQ8* out, int64_t n);
+
+// Bytes one activation row of k values takes in the given kind.
+inline size_t act_row_bytes(ActKind kind, int64_t k) {
+    return kind == ActKind::F32 ? static_cast<size_t>(k) * sizeof(float)
+                                : static_cast<size_t>(k / 32) * sizeof(BlockQ8);
+}
+
+}  // namespace metallic::cpu

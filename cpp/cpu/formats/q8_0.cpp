@@ -1,0 +1,83 @@
+// Q8_0: blocks of 32 int8 codes with one half-precision scale (34 bytes). The dot product runs
+// on int8 activation blocks: 32 integer multiply-adds per block, one float FMA per block.
+#include "cpu/formats/simd.h"
+
+namespace metallic::cpu::METALLIC_ISA {
+namespace {
+
+constexpr int64_t kBlockBytes = 34;
+
+inline float block_scale(const uint8_t* blk) {
+    uint16_t h;
+    std::memcpy(&h, blk, 2);
+    return fp16_to_fp32(h);
+}
+
+void dequant(const uint8_t* src, float* dst, int64_t n) {
+    for (int64_t b = 0; b < n / 32; ++b) {
+        const uint8_t* blk = src + b * kBlockBytes;
+        const float d = block_scale(blk);
+        const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
+        for (int i = 0; i < 32; ++i) dst[b * 32 + i] = d * static_cast<float>(q[i]);
+    }
+}
+
+template <int R, int T>
+inline void tile(const uint8_t* w, size_t row_bytes, const uint8_t* act, size_t act_stride,
+                 int64_t nb, float* out, size_t out_stride, const Epilogue& ep, int64_t r0) {
+    F8 acc[R][T];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) acc[r][t] = zero8();
+    for (int64_t b = 0; b < nb; ++b) {
+        I8x32 wq[R];
+        float dw[R];
+        for (int r = 0; r < R; ++r) {
+            const uint8_t* blk = w + r * row_bytes + b * kBlockBytes;
+            dw[r] = block_scale(blk);
+            wq[r] = load_i8x32(reinterpret_cast<const int8_t*>(blk + 2));
+        }
+        for (int t = 0; t < T; ++t) {
+            const BlockQ8& ab = reinterpret_cast<const BlockQ8*>(act + t * act_stride)[b];
+            const I8x32 aq = load_i8x32(ab.q);
+            for (int r = 0; r < R; ++r)
+                acc[r][t] = fma8(dot_i8x32(wq[r], aq), splat8(dw[r] * ab.d), acc[r][t]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) {
+            float* o = out + t * out_stride + r;
+            *o = apply_epilogue(hsum8(acc[r][t]), ep, r0 + r, o);
+        }
+}
+
+template <int R>
+inline void rows(const uint8_t* w, size_t row_bytes, const uint8_t* act, size_t act_stride,
+                 int64_t ntok, int64_t nb, float* out, size_t out_stride, const Epilogue& ep,
+                 int64_t r0) {
+    constexpr int T = 2;
+    int64_t t = 0;
+    for (; t + T <= ntok; t += T)
+        tile<R, T>(w, row_bytes, act + t * act_stride, act_stride, nb, out + t * out_stride,
+                   out_stride, ep, r0);
+    for (; t < ntok; ++t)
+        tile<R, 1>(w, row_bytes, act + t * act_stride, act_stride, nb, out + t * out_stride,
+                   out_stride, ep, r0);
+}
+
+void gemm(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act, size_t act_stride,
+          int64_t ntok, int64_t k, float* out, size_t out_stride, const Epilogue& ep) {
+    const uint8_t* a = static_cast<const uint8_t*>(act);
+    const int64_t nb = k / 32;
+    constexpr int R = 4;
+    int64_t r = 0;
+    for (; r + R <= nrows; r += R)
+        rows<R>(w + r * row_bytes, row_bytes, a, act_stride, ntok, nb, out + r, out_stride, ep, r);
+    for (; r < nrows; ++r)
+        rows<1>(w + r * row_bytes, row_bytes, a, act_stride, ntok, nb, out + r, out_stride, ep, r);
+}
+
+}  // namespace
+
+extern const FormatKernels kQ8_0 = {8, "Q8_0", 32, kBlockBytes, ActKind::Q8, dequant, gemm};
+
+}  // namespace metallic::cpu::METALLIC_ISA

@@ -1,0 +1,319 @@
+// A small vocabulary of 8-lane float operations the format kernels are written in, compiled
+// once per instruction set (the including file is built with METALLIC_ISA set to the namespace
+// of that build). AVX2 maps to intrinsics; the portable build is plain loops that compilers
+// vectorize (NEON on arm64, SSE2 on older x86).
+//
+// Everything here sits inside the ISA's namespace on purpose: an inline function compiled with
+// -mavx2 must never be merged by the linker with its portable twin.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/formats/format.h"
+
+#if defined(METALLIC_ISA_AVX2)
+#include <immintrin.h>
+#endif
+
+#ifndef METALLIC_ISA
+#error "METALLIC_ISA must name the instruction-set namespace"
+#endif
+
+namespace metallic::cpu::METALLIC_ISA {
+
+inline float fp16_to_fp32(uint16_t h) {
+    // Exact for every half value including subnormals, infinities and NaN.
+    uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000 | (mant << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        bits = sign;
+    } else {
+        float f = static_cast<float>(mant) * (1.0f / 16777216.0f);  // mant * 2^-24
+        std::memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    float out;
+    std::memcpy(&out, &bits, 4);
+    return out;
+}
+
+inline float bf16_to_fp32(uint16_t h) {
+    uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float out;
+    std::memcpy(&out, &bits, 4);
+    return out;
+}
+
+#if defined(METALLIC_ISA_AVX2)
+
+struct F8 {
+    __m256 v;
+};
+inline F8 zero8() { return {_mm256_setzero_ps()}; }
+inline F8 splat8(float x) { return {_mm256_set1_ps(x)}; }
+inline F8 load8(const float* p) { return {_mm256_loadu_ps(p)}; }
+inline F8 load8_f16(const uint16_t* p) {
+    return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+}
+inline F8 load8_bf16(const uint16_t* p) {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(w, 16))};
+}
+inline void store8(float* p, F8 a) { _mm256_storeu_ps(p, a.v); }
+inline F8 fma8(F8 a, F8 b, F8 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+inline F8 add8(F8 a, F8 b) { return {_mm256_add_ps(a.v, b.v)}; }
+inline F8 mul8(F8 a, F8 b) { return {_mm256_mul_ps(a.v, b.v)}; }
+inline float hsum8(F8 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Integer dot product of two 32-byte int8 blocks, returned as 8 float lanes whose sum is the
+// exact result. AVX2 has no signed x signed byte multiply: make the weight unsigned with abs
+// and move its sign onto the activation (vpsignb), then vpmaddubsw + vpmaddwd.
+struct I8x32 {
+    __m256i v;
+};
+inline I8x32 load_i8x32(const int8_t* p) {
+    return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))};
+}
+inline F8 dot_i8x32(I8x32 w, I8x32 a) {
+    const __m256i ax = _mm256_sign_epi8(w.v, w.v);
+    const __m256i sy = _mm256_sign_epi8(a.v, w.v);
+    const __m256i p16 = _mm256_maddubs_epi16(ax, sy);
+    const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+    return {_mm256_cvtepi32_ps(p32)};
+}
+
+#else  // portable
+
+struct F8 {
+    float v[8];
+};
+inline F8 zero8() { return F8{}; }
+inline F8 splat8(float x) {
+    F8 r;
+    for (int i = 0; i < 8; ++i) r.v[i] = x;
+    return r;
+}
+inline F8 load8(const float* p) {
+    F8 r;
+    std::memcpy(r.v, p, sizeof r.v);
+    return r;
+}
+inline F8 load8_f16(const uint16_t* p) {
+    F8 r;
+    for (int i = 0; i < 8; ++i) r.v[i] = fp16_to_fp32(p[i]);
+    return r;
+}
+inline F8 load8_bf16(const uint16_t* p) {
+    F8 r;
+    for (int i = 0; i < 8; ++i) r.v[i] = bf16_to_fp32(p[i]);
+    return r;
+}
+inline void store8(float* p, F8 a) { std::memcpy(p, a.v, sizeof a.v); }
+inline F8 fma8(F8 a, F8 b, F8 c) {
+    for (int i = 0; i < 8; ++i) c.v[i] += a.v[i] * b.v[i];
+    return c;
+}
+inline F8 add8(F8 a, F8 b) {
+    for (int i = 0; i < 8; ++i) a.v[i] += b.v[i];
+    return a;
+}
+inline F8 mul8(F8 a, F8 b) {
+    for (int i = 0; i < 8; ++i) a.v[i] *= b.v[i];
+    return a;
+}
+inline float hsum8(F8 a) {
+    return ((a.v[0] + a.v[4]) + (a.v[1] + a.v[5])) + ((a.v[2] + a.v[6]) + (a.v[3] + a.v[7]));
+}
+
+struct I8x32 {
+    int8_t v[32];
+};
+inline I8x32 load_i8x32(const int8_t* p) {
+    I8x32 r;
+    std::memcpy(r.v, p, 32);
+    return r;
+}
+inline F8 dot_i8x32(I8x32 w, I8x32 a) {
+    F8 r;
+    for (int j = 0; j < 8; ++j) {
+        int32_t s = 0;
+        for (int i = 0; i < 4; ++i) s += int32_t(w.v[4 * j + i]) * int32_t(a.v[4 * j + i]);
+        r.v[j] = static_cast<float>(s);
+    }
+    return r;
+}
+
+#endif
+
+inline float apply_epilogue(float dot, const Epilogue& ep, int64_t row, const float* prev) {
+    if (ep.bias) dot += ep.bias[row];
+    if (ep.accumulate) dot += *prev;
+    return dot;
+}
+
+}  // namespace metallic::cpu::METALLIC_ISA
+
+namespace metallic::cpu::METALLIC_ISA {
+
+// Round-to-nearest-even float -> half, exact for every finite input (overflow -> inf).
+inline uint16_t fp32_to_fp16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000;
+    x &= 0x7fffffff;
+    if (x >= 0x7f800000) return static_cast<uint16_t>(sign | 0x7c00 | (x > 0x7f800000 ? 0x200 : 0));
+    if (x >= 0x477ff000) return static_cast<uint16_t>(sign | 0x7c00);  // rounds past 65504
+    if (x < 0x38800000) {  // subnormal half (or zero): align the mantissa by hand
+        if (x < 0x33000000) return static_cast<uint16_t>(sign);
+        const uint32_t e = x >> 23;
+        const uint32_t m = (x & 0x7fffff) | 0x800000;
+        const uint32_t shift = 126 - e;  // 14..24
+        uint32_t h = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1);
+        const uint32_t half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1))) ++h;
+        return static_cast<uint16_t>(sign | h);
+    }
+    uint32_t h = ((x - 0x38000000) >> 13);
+    const uint32_t rem = x & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) ++h;
+    return static_cast<uint16_t>(sign | h);
+}
+
+inline void store8_f16(uint16_t* p, F8 a) {
+#if defined(METALLIC_ISA_AVX2)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(a.v, _MM_FROUND_TO_NEAREST_INT));
+#else
+    for (int i = 0; i < 8; ++i) p[i] = fp32_to_fp16(a.v[i]);
+#endif
+}
+
+}  // namespace metallic::cpu::METALLIC_ISA
+
+namespace metallic::cpu::METALLIC_ISA {
+
+// max |x[i]| over 32 floats.
+inline float absmax32(const float* x) {
+#if defined(METALLIC_ISA_AVX2)
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(x));
+    for (int i = 8; i < 32; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+#else
+    float m = 0.0f;
+    for (int i = 0; i < 32; ++i) m = std::fmax(m, std::fabs(x[i]));
+    return m;
+#endif
+}
+
+// q[i] = round-half-even(x[i] * scale) for 32 values already known to fit in int8;
+// returns the sum of the codes.
+inline int32_t round_to_i8x32(const float* x, float scale, int8_t* q) {
+#if defined(METALLIC_ISA_AVX2)
+    const __m256 s = _mm256_set1_ps(scale);
+    __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), s));
+    __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8), s));
+    __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 16), s));
+    __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 24), s));
+    __m256i sum = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+    // packs work within 128-bit lanes; the final permute restores element order
+    __m256i p16a = _mm256_packs_epi32(i0, i1);
+    __m256i p16b = _mm256_packs_epi32(i2, i3);
+    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), p8);
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    return _mm_cvtsi128_si32(s4);
+#else
+    int32_t sum = 0;
+    for (int i = 0; i < 32; ++i) {
+        const int32_t v = static_cast<int32_t>(std::nearbyint(x[i] * scale));
+        q[i] = static_cast<int8_t>(v);
+        sum += v;
+    }
+    return sum;
+#endif
+}
+
+}  // namespace metallic::cpu::METALLIC_ISA
+
+namespace metallic::cpu::METALLIC_ISA {
+
+// e^x for 8 lanes, relative error about 2 ulp over the float range; underflows to 0 below
+// -87.3 and saturates to inf above 88.7. Softmax, SiLU and GELU all go through here.
+inline F8 exp8(F8 x) {
+#if defined(METALLIC_ISA_AVX2)
+    const __m256 hi = _mm256_set1_ps(88.3762626647949f);
+    const __m256 lo = _mm256_set1_ps(-87.3365478515625f);
+    __m256 v = _mm256_max_ps(_mm256_min_ps(x.v, hi), lo);
+    // x = n ln2 + r with |r| <= ln2/2, ln2 split in two parts for precision.
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), v);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 res = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    // exact 0 far below the range, inf above it, NaN stays NaN
+    res = _mm256_blendv_ps(res, _mm256_setzero_ps(), _mm256_cmp_ps(x.v, lo, _CMP_LT_OQ));
+    res = _mm256_blendv_ps(res, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x.v, hi, _CMP_GT_OQ));
+    res = _mm256_blendv_ps(res, x.v, _mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
+    return {res};
+#else
+    F8 r;
+    for (int i = 0; i < 8; ++i) r.v[i] = std::exp(x.v[i]);
+    return r;
+#endif
+}
+
+inline F8 max8(F8 a, F8 b) {
+#if defined(METALLIC_ISA_AVX2)
+    return {_mm256_max_ps(a.v, b.v)};
+#else
+    for (int i = 0; i < 8; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
+    return a;
+#endif
+}
+
+inline F8 div8(F8 a, F8 b) {
+#if defined(METALLIC_ISA_AVX2)
+    return {_mm256_div_ps(a.v, b.v)};
+#else
+    for (int i = 0; i < 8; ++i) a.v[i] /= b.v[i];
+    return a;
+#endif
+}
+
+inline float hmax8(F8 a) {
+    float t[8];
+    store8(t, a);
+    float m = t[0];
+    for (int i = 1; i < 8; ++i) m = t[i] > m ? t[i] : m;
+    return m;
+}
+
+}  // namespace metallic::cpu::METALLIC_ISA

@@ -1,0 +1,34 @@
+// The formats this build knows, and the activation quantizer they share.
+#include "cpu/formats/simd.h"
+
+namespace metallic::cpu::METALLIC_ISA {
+
+extern const FormatKernels kF32, kF16, kBF16, kQ8_0;
+
+static const FormatKernels* const kAll[] = {&kF32, &kF16, &kBF16, &kQ8_0};
+
+const FormatKernels* lookup_format(uint32_t type) {
+    for (const FormatKernels* f : kAll)
+        if (f->type == type) return f;
+    return nullptr;
+}
+
+std::string format_names() {
+    std::string s;
+    for (const FormatKernels* f : kAll) s += (s.empty() ? "" : ", ") + std::string(f->name);
+    return s;
+}
+
+// Symmetric int8 quantization per 32 values: d = max|x| / 127, q = round-to-nearest(x / d).
+void quantize_q8(const float* x, BlockQ8* out, int64_t n) {
+    for (int64_t b = 0; b < n / 32; ++b) {
+        const float* xb = x + b * 32;
+        const float amax = absmax32(xb);
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = d;
+        out[b].sum = d * static_cast<float>(round_to_i8x32(xb, id, out[b].q));
+    }
+}
+
+}  // namespace metallic::cpu::METALLIC_ISA

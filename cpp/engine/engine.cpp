@@ -1,0 +1,105 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "cpu/cpu_backend.h"
+#include "cpu/thread_pool.h"
+#include "engine/error.h"
+
+namespace metallic {
+namespace {
+
+void check_config(const std::string& path, const ModelConfig& c, const EngineOptions& o) {
+    auto bad = [&](const std::string& what) { throw BadInput(path + ": " + what); };
+    if (c.n_layer <= 0 || c.n_embd <= 0 || c.n_head <= 0 || c.n_head_kv <= 0 || c.head_dim <= 0 ||
+        c.n_ff <= 0 || c.n_vocab <= 0)
+        bad("model hyper-parameters must be positive");
+    if (c.n_head % c.n_head_kv) bad("head count is not a multiple of the kv head count");
+    if (c.rope_dims <= 0 || c.rope_dims > c.head_dim || c.rope_dims % 2) bad("invalid rope dimension count");
+    if (c.sliding_window.size() != size_t(c.n_layer)) bad("sliding window list must have one entry per layer");
+    if (o.n_ctx <= 0) bad("n_ctx must be positive");
+    if (o.max_batch <= 0) bad("max_batch must be positive");
+    // A KV cache beyond 64 GiB on this path is a mistake in the request, not a model.
+    const double kv_bytes = 2.0 * c.n_layer * double(o.n_ctx) * c.n_head_kv * c.head_dim * (o.kv_f32 ? 4 : 2);
+    if (kv_bytes > 64.0 * (1ull << 30))
+        bad("n_ctx " + std::to_string(o.n_ctx) + " needs a KV cache of " +
+            std::to_string(int64_t(kv_bytes / (1 << 20))) + " MiB, which is too large");
+}
+
+// Angular frequency of each rotated pair: base^(-2i/dims), divided by the optional per-pair
+// factors (llama 3 style scaling) and times the linear position scale.
+std::vector<float> inv_freq(const ModelConfig& c, float base, const std::vector<float>& factors) {
+    std::vector<float> f(size_t(c.rope_dims / 2));
+    for (size_t i = 0; i < f.size(); ++i) {
+        float v = 1.0f / std::pow(base, float(2 * i) / float(c.rope_dims));
+        if (!factors.empty()) v /= factors[i];
+        f[i] = v * c.rope_freq_scale;
+    }
+    return f;
+}
+
+}  // namespace
+
+Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors,
+               const EngineOptions& opt)
+    : file_(path), cfg_(cfg), opt_(opt) {
+    if (opt_.threads <= 0) opt_.threads = cpu::physical_core_count();
+    opt_.max_batch = std::min(opt_.max_batch, opt_.n_ctx);
+    check_config(path, cfg_, opt_);
+    w_ = bind_weights(file_, cfg_, tensors);
+
+    if (opt_.backend == "cpu") {
+        cpu::CpuOptions co;
+        co.n_ctx = opt_.n_ctx;
+        co.threads = opt_.threads;
+        co.kv_f32 = opt_.kv_f32;
+        co.max_batch = opt_.max_batch;
+        backend_ = cpu::make_cpu_backend(cfg_, co);
+    } else {
+        throw BadInput("backend '" + opt_.backend + "' is not available in this build (available: cpu)");
+    }
+
+    inv_freq_global_ = inv_freq(cfg_, cfg_.rope_base, w_.rope_freq_factors);
+    inv_freq_local_ = inv_freq(cfg_, cfg_.rope_base_local, w_.rope_freq_factors);
+
+    const size_t B = size_t(opt_.max_batch);
+    const size_t d = size_t(cfg_.n_embd), qd = size_t(cfg_.n_head) * cfg_.head_dim,
+                 kvd = size_t(cfg_.n_head_kv) * cfg_.head_dim, ff = size_t(cfg_.n_ff);
+    x_.assign(B * d, 0.0f);
+    xb_.assign(B * std::max(d, qd), 0.0f);
+    xb2_.assign(B * d, 0.0f);
+    q_.assign(B * qd, 0.0f);
+    k_.assign(B * kvd, 0.0f);
+    v_.assign(B * kvd, 0.0f);
+    att_.assign(B * qd, 0.0f);
+    hb_.assign(B * ff, 0.0f);
+    hb2_.assign(B * ff, 0.0f);
+    logits_.assign(size_t(cfg_.n_vocab), 0.0f);
+}
+
+const float* Engine::prefill(const int32_t* ids, int n, float* all_logits) {
+    if (n <= 0) throw BadInput("no tokens to process");
+    if (int64_t(n_past_) + n > opt_.n_ctx)
+        throw BadInput(std::to_string(n) + " tokens at position " + std::to_string(n_past_) +
+                       " do not fit the context of " + std::to_string(opt_.n_ctx) + " tokens");
+    for (int i = 0; i < n; ++i)
+        if (ids[i] < 0 || ids[i] >= cfg_.n_vocab)
+            throw BadInput("token id " + std::to_string(ids[i]) + " is outside the vocabulary of " +
+                           std::to_string(cfg_.n_vocab));
+    for (int done = 0; done < n;) {
+        const int chunk = std::min(opt_.max_batch, n - done);
+        forward(ids + done, chunk, all_logits ? all_logits + size_t(done) * cfg_.n_vocab : nullptr);
+        done += chunk;
+    }
+    return logits_.data();
+}
+
+void Engine::truncate(int n_keep) {
+    if (n_keep < 0 || n_keep > n_past_)
+        throw BadInput("cannot keep " + std::to_string(n_keep) + " of " + std::to_string(n_past_) +
+                       " cached tokens");
+    n_past_ = n_keep;  // later tokens overwrite the stale cache rows
+}
+
+}  // namespace metallic

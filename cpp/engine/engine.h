@@ -1,0 +1,64 @@
+// The engine: one loaded model with its KV cache, ready to prefill and decode.
+//
+// Everything a token needs is allocated here, at load, from n_ctx and the config; prefill and
+// decode allocate nothing, do no I/O and never call into Python.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/config.h"
+#include "engine/mapped_file.h"
+#include "engine/weights.h"
+
+namespace metallic {
+
+struct EngineOptions {
+    std::string backend = "cpu";
+    int n_ctx = 4096;
+    int threads = 0;      // 0: physical cores
+    bool kv_f32 = false;  // KV cache precision (float16 by default)
+    int max_batch = 512;  // prompt tokens per forward pass; longer prompts go in several passes
+};
+
+class Engine {
+public:
+    Engine(const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors,
+           const EngineOptions& opt);
+
+    // Runs n tokens at positions n_past() .. n_past()+n-1 and appends them to the cache.
+    // Returns the logits of the last token (n_vocab floats, valid until the next call). If
+    // all_logits is given it receives n rows of n_vocab logits, one per token.
+    const float* prefill(const int32_t* ids, int n, float* all_logits = nullptr);
+    // One token: the same as prefill of a single id, on the matrix-vector path.
+    const float* decode(int32_t id) { return prefill(&id, 1); }
+
+    // Forgets cached positions from n_keep on (0 restarts the conversation).
+    void truncate(int n_keep);
+
+    int n_past() const { return n_past_; }
+    int n_ctx() const { return opt_.n_ctx; }
+    int threads() const { return opt_.threads; }
+    const ModelConfig& config() const { return cfg_; }
+    const EngineOptions& options() const { return opt_; }
+    const Weights& weights() const { return w_; }
+    const char* backend_name() const { return backend_->name(); }
+
+private:
+    void forward(const int32_t* ids, int n, float* all_logits);
+
+    MappedFile file_;
+    ModelConfig cfg_;
+    EngineOptions opt_;
+    Weights w_;
+    std::unique_ptr<Backend> backend_;
+    std::vector<float> inv_freq_global_, inv_freq_local_;
+    int n_past_ = 0;
+
+    // Activations for up to max_batch tokens.
+    std::vector<float> x_, xb_, xb2_, q_, k_, v_, att_, hb_, hb2_, logits_;
+};
+
+}  // namespace metallic

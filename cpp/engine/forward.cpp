@@ -1,0 +1,85 @@
+// The forward pass: the whole model, once, for every architecture and every backend.
+//
+// Per layer (pre-norm transformer):
+//   h   = rmsnorm(x) * attn_norm
+//   q,k,v = h Wq (+bq), h Wk (+bk), h Wv (+bv)           one pass over h
+//   q,k = rmsnorm per head (qk_norm: qwen3, gemma3)
+//   q,k = rope(q, k) at their positions                   interleaved (llama) or neox pairs
+//   cache[layer] <- k, v
+//   a   = softmax(q K^T * scale, causal, sliding window) V over the cache
+//   x  += a Wo                                            (post_norms: x += rmsnorm(a Wo))
+//   h   = rmsnorm(x) * ffn_norm
+//   x  += (act(h Wgate) * h Wup) Wdown                    SwiGLU or GeGLU
+// then logits = rmsnorm(x_last) * output_norm . Wout, optionally soft-capped.
+#include <algorithm>
+
+#include "engine/engine.h"
+
+namespace metallic {
+
+void Engine::forward(const int32_t* ids, int n, float* all_logits) {
+    Backend& B = *backend_;
+    const ModelConfig& c = cfg_;
+    const int d = c.n_embd, hd = c.head_dim;
+    const int pos0 = n_past_;
+    float* x = x_.data();
+    float* h = xb_.data();
+    float* o = xb2_.data();
+
+    B.embed(w_.token_embd, ids, n, c.embed_scale, x);
+
+    for (int l = 0; l < c.n_layer; ++l) {
+        const LayerWeights& L = w_.layers[size_t(l)];
+        const int window = c.sliding_window[size_t(l)];
+
+        // attention
+        B.rmsnorm(x, L.attn_norm.data(), h, n, d, c.rms_eps);
+        B.matmul(h, n, {{&L.wq, q_.data(), c.qkv_bias ? L.q_bias.data() : nullptr},
+                        {&L.wk, k_.data(), c.qkv_bias ? L.k_bias.data() : nullptr},
+                        {&L.wv, v_.data(), c.qkv_bias ? L.v_bias.data() : nullptr}});
+        if (c.qk_norm) {
+            B.rmsnorm(q_.data(), L.q_norm.data(), q_.data(), n * c.n_head, hd, c.rms_eps);
+            B.rmsnorm(k_.data(), L.k_norm.data(), k_.data(), n * c.n_head_kv, hd, c.rms_eps);
+        }
+        const float* freqs = window > 0 ? inv_freq_local_.data() : inv_freq_global_.data();
+        B.rope(q_.data(), n, c.n_head, pos0, freqs);
+        B.rope(k_.data(), n, c.n_head_kv, pos0, freqs);
+        B.store_kv(l, k_.data(), v_.data(), n, pos0);
+        B.attention(l, q_.data(), n, pos0, window, att_.data());
+        if (c.post_norms) {
+            B.matmul(att_.data(), n, {{&L.wo, o}});
+            B.rmsnorm(o, L.post_attn_norm.data(), o, n, d, c.rms_eps);
+            B.add(x, o, int64_t(n) * d);
+        } else {
+            B.matmul(att_.data(), n, {{&L.wo, x, nullptr, /*accumulate=*/true}});
+        }
+
+        // feed-forward
+        B.rmsnorm(x, L.ffn_norm.data(), h, n, d, c.rms_eps);
+        B.matmul(h, n, {{&L.w_gate, hb_.data()}, {&L.w_up, hb2_.data()}});
+        B.glu(hb_.data(), hb2_.data(), int64_t(n) * c.n_ff, c.activation);
+        if (c.post_norms) {
+            B.matmul(hb_.data(), n, {{&L.w_down, o}});
+            B.rmsnorm(o, L.post_ffn_norm.data(), o, n, d, c.rms_eps);
+            B.add(x, o, int64_t(n) * d);
+        } else {
+            B.matmul(hb_.data(), n, {{&L.w_down, x, nullptr, /*accumulate=*/true}});
+        }
+    }
+
+    // Output head: every row when asked for all logits, else only the last token's.
+    if (all_logits) {
+        B.rmsnorm(x, w_.output_norm.data(), h, n, d, c.rms_eps);
+        B.matmul(h, n, {{&w_.output, all_logits}});
+        if (c.final_logit_softcap > 0) B.softcap(all_logits, int64_t(n) * c.n_vocab, c.final_logit_softcap);
+        std::copy(all_logits + int64_t(n - 1) * c.n_vocab, all_logits + int64_t(n) * c.n_vocab, logits_.data());
+    } else {
+        const float* last = x + int64_t(n - 1) * d;
+        B.rmsnorm(last, w_.output_norm.data(), h, 1, d, c.rms_eps);
+        B.matmul(h, 1, {{&w_.output, logits_.data()}});
+        if (c.final_logit_softcap > 0) B.softcap(logits_.data(), c.n_vocab, c.final_logit_softcap);
+    }
+    n_past_ += n;
+}
+
+}  // namespace metallic
