@@ -44,9 +44,11 @@ ThreadPool::~ThreadPool() {
 
 void ThreadPool::work(int thread) {
     for (;;) {
-        int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed);
-        if (task >= n_tasks_) break;
+        const uint64_t c = claim_.fetch_add(1, std::memory_order_acq_rel);
+        const int64_t task = int64_t(c & 0xffffffffu), n = int64_t(c >> 32);
+        if (task >= n) break;
         fn_(ctx_, task, thread);
+        done_.fetch_add(1, std::memory_order_release);
     }
 }
 
@@ -58,9 +60,8 @@ void ThreadPool::run(int64_t n_tasks, TaskFn fn, void* ctx) {
     }
     fn_ = fn;
     ctx_ = ctx;
-    n_tasks_ = n_tasks;
-    next_task_.store(0, std::memory_order_relaxed);
-    finished_.store(0, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    claim_.store(uint64_t(n_tasks) << 32, std::memory_order_release);
     {
         // Publishing under the lock pairs with the sleepers' check in worker_main.
         std::lock_guard<std::mutex> lock(mutex_);
@@ -68,8 +69,14 @@ void ThreadPool::run(int64_t n_tasks, TaskFn fn, void* ctx) {
     }
     wake_.notify_all();
     work(0);
-    const int others = n_threads_ - 1;
-    while (finished_.load(std::memory_order_acquire) < others) METALLIC_PAUSE();
+    // Wait for tasks other threads claimed, then for any worker still between its last
+    // claim attempt and leaving work(), so the next region may reuse fn_ and ctx_.
+    int spins = 0;
+    while (done_.load(std::memory_order_acquire) < n_tasks ||
+           inflight_.load(std::memory_order_acquire) > 0) {
+        METALLIC_PAUSE();
+        if (++spins > 4096) std::this_thread::yield();  // the worker may need this core
+    }
 }
 
 void ThreadPool::worker_main(int thread) {
@@ -88,8 +95,9 @@ void ThreadPool::worker_main(int thread) {
         }
         seen = gen;
         if (stop_.load()) return;
+        inflight_.fetch_add(1, std::memory_order_acq_rel);
         work(thread);
-        finished_.fetch_add(1, std::memory_order_release);
+        inflight_.fetch_sub(1, std::memory_order_release);
     }
 }
 

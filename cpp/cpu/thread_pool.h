@@ -4,6 +4,10 @@
 // hand-off must cost well under a microsecond: workers spin on a generation counter for a while
 // after each region and only then sleep on a condition variable. The calling thread takes part
 // in every region, so a pool of N threads starts N-1 workers.
+//
+// Tasks are claimed dynamically and the caller waits only for claimed tasks, never for a
+// worker to show up: on a loaded machine a descheduled worker must not stall the region (it
+// cost 100x in decode time when the caller waited for every worker to check in).
 #pragma once
 
 #include <atomic>
@@ -42,13 +46,15 @@ private:
     int n_threads_;
     std::vector<std::thread> workers_;
 
-    // The current region; written by the caller before the generation is published.
+    // The current region. fn_ and ctx_ are written before the claim word is published.
     TaskFn fn_ = nullptr;
     void* ctx_ = nullptr;
-    int64_t n_tasks_ = 0;
-    alignas(64) std::atomic<int64_t> next_task_{0};
+    // Claim word: task count in the high 32 bits, next unclaimed index in the low 32, so a
+    // claim can never pair an index with another region's count.
+    alignas(64) std::atomic<uint64_t> claim_{0};
+    alignas(64) std::atomic<int64_t> done_{0};     // tasks finished in this region
+    alignas(64) std::atomic<int> inflight_{0};     // workers that may be inside work()
     alignas(64) std::atomic<uint64_t> generation_{0};
-    alignas(64) std::atomic<int> finished_{0};
     std::atomic<bool> stop_{false};
 
     std::mutex mutex_;

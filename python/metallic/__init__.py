@@ -1,18 +1,32 @@
-"""Metallic: LLM inference for Apple Silicon, with a fast CPU backend everywhere."""
+"""Metallic: LLM inference for Apple Silicon, with a fast CPU backend everywhere.
+
+import metallic
+model = metallic.load("model.gguf")
+for tok in model.generate("The capital of France is", max_tokens=16, temperature=0):
+    print(tok.text, end="", flush=True)
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .errors import ContextError, GGUFError, MetallicError, ModelError
+
 __version__ = "0.1.0"
+__all__ = ["load", "ContextError", "GGUFError", "MetallicError", "ModelError", "__version__"]
 
 if TYPE_CHECKING:
     from .model import Model
 
 
-def load(path: str, backend: str = "auto", n_ctx: int | None = None,
-         threads: int | None = None, **kwargs: Any) -> Model:
-    """Load a GGUF model. See :func:`metallic.model.load`."""
+def load(
+    path: str,
+    backend: str | None = "auto",
+    n_ctx: int | None = None,
+    threads: int | None = None,
+    **kwargs: Any,
+) -> Model:
+    """Loads a GGUF model; see metallic.model.load for every option."""
     from .model import load as _load
 
     return _load(path, backend=backend, n_ctx=n_ctx, threads=threads, **kwargs)

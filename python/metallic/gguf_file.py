@@ -22,14 +22,12 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from .errors import GGUFError
+
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NESTING = 4  # arrays of arrays deeper than this are not used by any model
-
-
-class GGUFError(ValueError):
-    """A GGUF file is malformed or unsupported. The message names the file and the field."""
 
 
 @dataclass(frozen=True)

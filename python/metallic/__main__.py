@@ -1,0 +1,3 @@
+from metallic.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""Every way a file or a request can be wrong gets a clear error naming what is wrong."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import metallic
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+from metallic import ContextError, GGUFError, ModelError
+from small_gguf import write_small_gguf
+
+
+def _record(data: bytes, name: str) -> int:
+    """Offset just past the name of tensor `name` in the tensor table."""
+    key = struct.pack("<Q", len(name)) + name.encode()
+    pos = data.index(key)
+    return pos + len(key)
+
+
+def _patch_tensor(
+    src: Path,
+    dst: Path,
+    name: str,
+    *,
+    type_id: int | None = None,
+    offset: int | None = None,
+    dim0: int | None = None,
+) -> Path:
+    data = bytearray(src.read_bytes())
+    p = _record(data, name)
+    (n_dims,) = struct.unpack_from("<I", data, p)
+    if dim0 is not None:
+        struct.pack_into("<Q", data, p + 4, dim0)
+    t = p + 4 + 8 * n_dims
+    if type_id is not None:
+        struct.pack_into("<I", data, t, type_id)
+    if offset is not None:
+        struct.pack_into("<Q", data, t + 4, offset)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(GGUFError, match="cannot open"):
+        metallic.load(tmp_path / "nope.gguf")
+
+
+def test_directory(tmp_path: Path) -> None:
+    with pytest.raises(GGUFError, match="cannot open"):
+        metallic.load(tmp_path)
+
+
+def test_wrong_magic(small_gguf: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "magic.gguf"
+    bad.write_bytes(b"GGML" + small_gguf.read_bytes()[4:])
+    with pytest.raises(GGUFError, match=r"magic.*not a GGUF file") as e:
+        metallic.load(bad)
+    assert str(bad) in str(e.value)
+
+
+def test_unsupported_version(small_gguf: Path, tmp_path: Path) -> None:
+    data = bytearray(small_gguf.read_bytes())
+    struct.pack_into("<I", data, 4, 99)
+    bad = tmp_path / "version.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(GGUFError, match="version 99"):
+        metallic.load(bad)
+
+
+@pytest.mark.parametrize("keep", [10, 100, 2000])
+def test_truncated_header(small_gguf: Path, tmp_path: Path, keep: int) -> None:
+    bad = tmp_path / "short.gguf"
+    bad.write_bytes(small_gguf.read_bytes()[:keep])
+    with pytest.raises(GGUFError, match="truncated|too small|past the end|impossible"):
+        metallic.load(bad)
+
+
+def test_truncated_data(small_gguf: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "cut.gguf"
+    data = small_gguf.read_bytes()
+    bad.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(GGUFError, match=r"past the end of the file.*truncated"):
+        metallic.load(bad)
+
+
+def test_offset_past_end(small_gguf: Path, tmp_path: Path) -> None:
+    bad = _patch_tensor(small_gguf, tmp_path / "off.gguf", "blk.1.ffn_up.weight", offset=1 << 40)
+    with pytest.raises(GGUFError, match="'blk.1.ffn_up.weight'.*past the end"):
+        metallic.load(bad)
+
+
+def test_misaligned_offset(small_gguf: Path, tmp_path: Path) -> None:
+    bad = _patch_tensor(small_gguf, tmp_path / "align.gguf", "blk.0.attn_q.weight", offset=3)
+    with pytest.raises(GGUFError, match="'blk.0.attn_q.weight'.*aligned"):
+        metallic.load(bad)
+
+
+def test_unknown_type(small_gguf: Path, tmp_path: Path) -> None:
+    bad = _patch_tensor(small_gguf, tmp_path / "type.gguf", "blk.0.attn_k.weight", type_id=99)
+    with pytest.raises(GGUFError, match="'blk.0.attn_k.weight' has unknown type id 99"):
+        metallic.load(bad)
+
+
+def test_unsupported_type(small_gguf: Path, tmp_path: Path) -> None:
+    # Q8_1 is a real GGML type (an activation format) that no weight kernel handles.
+    bad = _patch_tensor(
+        small_gguf,
+        tmp_path / "q81.gguf",
+        "blk.0.attn_q.weight",
+        type_id=int(GGMLQuantizationType.Q8_1),
+    )
+    with pytest.raises(ModelError, match=r"'blk.0.attn_q.weight' has type Q8_1.*supported: .*F16"):
+        metallic.load(bad)
+
+
+def test_wrong_shape(tmp_path: Path) -> None:
+    path = write_small_gguf(tmp_path / "shape.gguf", overrides={"blk.1.attn_v.weight": (48, 64)})
+    with pytest.raises(
+        ModelError, match=r"'blk.1.attn_v.weight' has shape \[64, 48\], expected \[64, 32\]"
+    ):
+        metallic.load(path)
+
+
+def test_missing_tensor(tmp_path: Path) -> None:
+    path = write_small_gguf(tmp_path / "missing.gguf", skip=("blk.1.ffn_down.weight",))
+    with pytest.raises(ModelError, match="missing tensor 'blk.1.ffn_down.weight'"):
+        metallic.load(path)
+
+
+def test_unknown_architecture(tmp_path: Path) -> None:
+    path = write_small_gguf(tmp_path / "arch.gguf", arch="gpt5")
+    with pytest.raises(ModelError, match="unknown architecture 'gpt5'"):
+        metallic.load(path)
+
+
+def test_metadata_wrong_type(small_gguf: Path, tmp_path: Path) -> None:
+    # Turn qwen2.block_count (UINT32) into an INT8 value of -1: present, but nonsense.
+    data = bytearray(small_gguf.read_bytes())
+    key = b"qwen2.block_count"
+    p = data.index(key) + len(key)
+    struct.pack_into("<I", data, p, 1)  # value type INT8
+    data[p + 4] = 0xFF
+    bad = tmp_path / "meta.gguf"
+    bad.write_bytes(bytes(data[: p + 5]) + bytes(data[p + 8 :]))
+    with pytest.raises((ModelError, GGUFError), match="qwen2.block_count|truncated|metadata"):
+        metallic.load(bad)
+
+
+def test_absurd_counts(small_gguf: Path, tmp_path: Path) -> None:
+    data = bytearray(small_gguf.read_bytes())
+    for offset, what in ((8, "tensor count"), (16, "metadata count")):
+        bad_data = bytearray(data)
+        struct.pack_into("<Q", bad_data, offset, 1 << 60)
+        bad = tmp_path / "count.gguf"
+        bad.write_bytes(bytes(bad_data))
+        with pytest.raises(GGUFError, match=what):
+            metallic.load(bad)
+
+
+def test_absurd_string_length(small_gguf: Path, tmp_path: Path) -> None:
+    data = bytearray(small_gguf.read_bytes())
+    p = data.index(b"general.architecture") - 8
+    struct.pack_into("<Q", data, p, 1 << 62)
+    bad = tmp_path / "str.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(GGUFError, match="string length"):
+        metallic.load(bad)
+
+
+def test_prompt_longer_than_context(small_gguf: Path) -> None:
+    m = metallic.load(small_gguf, n_ctx=16)
+    with pytest.raises(ContextError, match="17 tokens at position 0 do not fit the context of 16"):
+        m.prefill(list(range(17)))
+    m.prefill(list(range(10)))
+    with pytest.raises(ContextError, match="at position 10"):
+        m.prefill(list(range(7)))
+    with pytest.raises(ContextError, match="context holds 16"):
+        list(m.generate(list(range(20)), max_tokens=1))
+
+
+def test_token_out_of_range(small_gguf: Path) -> None:
+    m = metallic.load(small_gguf, n_ctx=16)
+    with pytest.raises(ContextError, match="token id 300 is outside the vocabulary of 300"):
+        m.decode(300)
+    with pytest.raises(ContextError, match="token id -1"):
+        m.prefill([1, -1])
+    with pytest.raises(ContextError, match="integers"):
+        m.prefill(np.array([1.5]))
+    assert m.n_past == 0  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("temperature", -1.0, "temperature"),
+        ("top_p", 0.0, "top_p"),
+        ("top_p", 1.5, "top_p"),
+        ("min_p", -0.1, "min_p"),
+        ("top_k", -3, "top_k"),
+        ("repeat_penalty", 0.0, "repeat_penalty"),
+        ("temperature", float("nan"), "temperature"),
+    ],
+)
+def test_bad_sampler_values(small_gguf: Path, setting: str, value: float, message: str) -> None:
+    m = metallic.load(small_gguf, n_ctx=16)
+    with pytest.raises(ValueError, match=message):
+        list(m.generate([1, 2], max_tokens=2, **{setting: value}))
+
+
+def test_bad_load_options(small_gguf: Path) -> None:
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        metallic.load(small_gguf, backend="gpu")
+    for backend in ("metal", "metal-sim"):
+        with pytest.raises(ValueError, match=f"backend '{backend}' is not available"):
+            metallic.load(small_gguf, backend=backend)
+    with pytest.raises(ValueError, match="n_ctx"):
+        metallic.load(small_gguf, n_ctx=0)
+    with pytest.raises(ValueError, match="threads"):
+        metallic.load(small_gguf, threads=0)
+    with pytest.raises(ValueError, match="kv_dtype"):
+        metallic.load(small_gguf, kv_dtype="int4")
+    with pytest.raises(ValueError, match="too large"):
+        metallic.load(small_gguf, n_ctx=1 << 30)
+
+
+def test_env_backend(small_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METALLIC_BACKEND", "metal")
+    with pytest.raises(ValueError, match="backend 'metal' is not available"):
+        metallic.load(small_gguf)
+    monkeypatch.setenv("METALLIC_BACKEND", "cpu")
+    assert metallic.load(small_gguf, n_ctx=8).backend == "cpu"
