@@ -11,7 +11,7 @@ namespace metallic::cpu {
     namespace ns {                                                                      \
     const FormatKernels* lookup_format(uint32_t type);                                  \
     std::string format_names();                                                         \
-    void quantize_q8(const float* x, BlockQ8* out, int64_t n);                          \
+    void quantize_act(ActKind kind, const float* x, void* out, int64_t n);              \
     std::unique_ptr<Backend> create_backend(const ModelConfig& cfg, const CpuOptions&); \
     }
 METALLIC_DECLARE_ISA(generic)
@@ -42,11 +42,11 @@ const FormatKernels* find_format(uint32_t type) {
 
 std::string supported_format_names() { return generic::format_names(); }
 
-void quantize_row_q8(const float* x, BlockQ8* out, int64_t n) {
+void quantize_row(ActKind kind, const float* x, void* out, int64_t n) {
 #if defined(METALLIC_HAVE_AVX2_BUILD)
-    if (use_avx2()) return avx2::quantize_q8(x, out, n);
+    if (use_avx2()) return avx2::quantize_act(kind, x, out, n);
 #endif
-    generic::quantize_q8(x, out, n);
+    generic::quantize_act(kind, x, out, n);
 }
 
 const char* kernel_isa() {

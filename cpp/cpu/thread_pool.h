@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace metallic::cpu {
@@ -33,8 +34,9 @@ public:
     // per-thread scratch memory.
     template <class F>
     void parallel_for(int64_t n_tasks, F&& fn) {
-        auto call = [](void* ctx, int64_t task, int thread) { (*static_cast<F*>(ctx))(task, thread); };
-        run(n_tasks, call, &fn);
+        using Fn = std::remove_reference_t<F>;
+        auto call = [](void* ctx, int64_t task, int thread) { (*static_cast<Fn*>(ctx))(task, thread); };
+        run(n_tasks, call, const_cast<void*>(static_cast<const void*>(&fn)));
     }
 
 private:

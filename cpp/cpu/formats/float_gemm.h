@@ -39,7 +39,7 @@ template <class Fmt, int R>
 inline void float_rows(const uint8_t* w, size_t row_bytes, const float* a, size_t a_stride,
                        int64_t ntok, int64_t k, float* out, size_t out_stride, const Epilogue& ep,
                        int64_t r0) {
-    constexpr int T = 3;
+    constexpr int T = 2;  // 4 x 2 accumulators + 4 weights + 1 activation fit in 16 ymm registers; 4 x 3 spills
     int64_t t = 0;
     for (; t + T <= ntok; t += T)
         float_tile<Fmt, R, T>(w, row_bytes, a + t * a_stride, a_stride, k, out + t * out_stride,

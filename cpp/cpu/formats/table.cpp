@@ -31,4 +31,22 @@ void quantize_q8(const float* x, BlockQ8* out, int64_t n) {
     }
 }
 
+// Symmetric int16 quantization per 32 values: d = max|x| / 32767.
+void quantize_i16(const float* x, BlockI16* out, int64_t n) {
+    for (int64_t b = 0; b < n / 32; ++b) {
+        const float* xb = x + b * 32;
+        const float d = absmax32(xb) / 32767.0f;
+        out[b].d = d;
+        round_to_i16x32(xb, d != 0.0f ? 1.0f / d : 0.0f, out[b].q);
+    }
+}
+
+void quantize_act(ActKind kind, const float* x, void* out, int64_t n) {
+    switch (kind) {
+        case ActKind::Q8: quantize_q8(x, static_cast<BlockQ8*>(out), n); return;
+        case ActKind::I16: quantize_i16(x, static_cast<BlockI16*>(out), n); return;
+        case ActKind::F32: std::memcpy(out, x, size_t(n) * sizeof(float)); return;
+    }
+}
+
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -1,0 +1,1 @@
+"""Numerical oracle: tiny random transformers models, their GGUF files, reference outputs."""
