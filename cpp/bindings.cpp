@@ -91,6 +91,7 @@ NB_MODULE(_core, m) {
         .def_rw("rope_base", &ModelConfig::rope_base)
         .def_rw("rope_base_local", &ModelConfig::rope_base_local)
         .def_rw("rope_freq_scale", &ModelConfig::rope_freq_scale)
+        .def_rw("rope_freq_scale_local", &ModelConfig::rope_freq_scale_local)
         .def_rw("rope_dims", &ModelConfig::rope_dims)
         .def_rw("rope_style", &ModelConfig::rope_style)
         .def_rw("qkv_bias", &ModelConfig::qkv_bias)

@@ -16,10 +16,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import metallic  # noqa: E402
 from oracle.reference import dequantized_copy, greedy_continuation, reference_logits  # noqa: E402
 from oracle.tiny_models import VARIANTS, tiny_gguf  # noqa: E402
-
-import metallic  # noqa: E402
 
 FTYPES = ("F32", "F16", "BF16", "Q8_0")
 CASES = [(a, v, f) for (a, v) in VARIANTS for f in FTYPES]

@@ -32,7 +32,8 @@ struct ModelConfig {
     float rms_eps = 1e-5f;
     float rope_base = 10000.0f;        // global layers
     float rope_base_local = 10000.0f;  // sliding-window layers (gemma3)
-    float rope_freq_scale = 1.0f;      // linear scaling: position * scale
+    float rope_freq_scale = 1.0f;        // linear scaling of global layers: position * scale
+    float rope_freq_scale_local = 1.0f;  // the same for sliding-window layers
     int rope_dims = 0;                 // rotated dimensions per head (<= head_dim)
     RopeStyle rope_style = RopeStyle::Neox;
 

@@ -29,12 +29,12 @@ void check_config(const std::string& path, const ModelConfig& c, const EngineOpt
 
 // Angular frequency of each rotated pair: base^(-2i/dims), divided by the optional per-pair
 // factors (llama 3 style scaling) and times the linear position scale.
-std::vector<float> inv_freq(const ModelConfig& c, float base, const std::vector<float>& factors) {
+std::vector<float> inv_freq(const ModelConfig& c, float base, float scale, const std::vector<float>& factors) {
     std::vector<float> f(size_t(c.rope_dims / 2));
     for (size_t i = 0; i < f.size(); ++i) {
         float v = 1.0f / std::pow(base, float(2 * i) / float(c.rope_dims));
         if (!factors.empty()) v /= factors[i];
-        f[i] = v * c.rope_freq_scale;
+        f[i] = v * scale;
     }
     return f;
 }
@@ -60,8 +60,8 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
         throw BadInput("backend '" + opt_.backend + "' is not available in this build (available: cpu)");
     }
 
-    inv_freq_global_ = inv_freq(cfg_, cfg_.rope_base, w_.rope_freq_factors);
-    inv_freq_local_ = inv_freq(cfg_, cfg_.rope_base_local, w_.rope_freq_factors);
+    inv_freq_global_ = inv_freq(cfg_, cfg_.rope_base, cfg_.rope_freq_scale, w_.rope_freq_factors);
+    inv_freq_local_ = inv_freq(cfg_, cfg_.rope_base_local, cfg_.rope_freq_scale_local, {});
 
     const size_t B = size_t(opt_.max_batch);
     const size_t d = size_t(cfg_.n_embd), qd = size_t(cfg_.n_head) * cfg_.head_dim,

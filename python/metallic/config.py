@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from . import _core
 from .errors import ModelError
 from .gguf_file import GGUFFile, TensorInfo
@@ -24,6 +26,10 @@ class ArchTraits:
     post_norms: bool = False
     activation: str = "silu"
     scale_embeddings: bool = False  # multiply embeddings by sqrt(n_embd)
+    # Interleaved sliding-window attention: every `swa_pattern`-th layer is global, the others
+    # see the last `attention.sliding_window` positions with RoPE base `swa_rope_base`.
+    swa_pattern: int = 0
+    swa_rope_base: float = 10000.0
 
 
 # The architectures this engine runs. Adding one is adding a row here (and, if it needs a new
@@ -31,6 +37,15 @@ class ArchTraits:
 ARCHS: dict[str, ArchTraits] = {
     "qwen2": ArchTraits(rope_style="neox", qkv_bias=True),
     "llama": ArchTraits(rope_style="interleaved"),
+    "qwen3": ArchTraits(rope_style="neox", qk_norm=True),
+    "gemma3": ArchTraits(
+        rope_style="neox",
+        qk_norm=True,
+        post_norms=True,
+        activation="gelu_tanh",
+        scale_embeddings=True,
+        swa_pattern=6,
+    ),
 }
 
 
@@ -50,6 +65,7 @@ class ModelConfig:
     rope_base: float
     rope_base_local: float
     rope_freq_scale: float
+    rope_freq_scale_local: float
     rope_dims: int
     rope_style: str
     qkv_bias: bool
@@ -193,6 +209,12 @@ def model_config(g: GGUFFile) -> ModelConfig:
 
     n_layer = m.int("block_count")
     rope_base = m.float("rope.freq_base", 10000.0)
+    sliding = _sliding_windows(g, m, traits, n_layer)
+    attn_scale = m.float("attention.scale", 0.0)
+    if arch == "gemma3" and n_layer == 62 and attn_scale == 0.0:
+        # Gemma 3 27B scales queries by 1/sqrt(n_embd / n_head) (query_pre_attn_scalar 168),
+        # the smaller ones by 1/sqrt(head_dim), as llama.cpp does.
+        attn_scale = 1.0 / math.sqrt(n_embd / n_head)
     return ModelConfig(
         arch=arch,
         name=str(g.metadata.get("general.name", "")),
@@ -206,8 +228,9 @@ def model_config(g: GGUFFile) -> ModelConfig:
         n_ctx_train=m.int("context_length", 4096),
         rms_eps=m.float("attention.layer_norm_rms_epsilon", 1e-5),
         rope_base=rope_base,
-        rope_base_local=rope_base,
+        rope_base_local=traits.swa_rope_base if traits.swa_pattern else rope_base,
         rope_freq_scale=freq_scale,
+        rope_freq_scale_local=1.0 if traits.swa_pattern else freq_scale,
         rope_dims=rope_dims,
         rope_style=traits.rope_style,
         qkv_bias=traits.qkv_bias,
@@ -215,11 +238,29 @@ def model_config(g: GGUFFile) -> ModelConfig:
         post_norms=traits.post_norms,
         activation=traits.activation,
         embed_scale=math.sqrt(n_embd) if traits.scale_embeddings else 1.0,
-        attn_scale=0.0,
-        final_logit_softcap=0.0,
+        attn_scale=attn_scale,
+        final_logit_softcap=m.float("final_logit_softcapping", 0.0),
         tied_output="output.weight" not in g.tensors,
-        sliding_window=[0] * n_layer,
+        sliding_window=sliding,
     )
+
+
+def _sliding_windows(g: GGUFFile, m: _Meta, traits: ArchTraits, n_layer: int) -> list[int]:
+    """Per layer: 0 for global attention, else the window length."""
+    if not traits.swa_pattern:
+        return [0] * n_layer
+    window = m.int("attention.sliding_window")
+    pattern = g.metadata.get(f"{m.arch}.attention.sliding_window_pattern", traits.swa_pattern)
+    if isinstance(pattern, (list, np.ndarray)):  # explicit per-layer flags
+        if len(pattern) != n_layer:
+            raise ModelError(
+                f"{g.path}: {m.arch}.attention.sliding_window_pattern has {len(pattern)} "
+                f"entries for {n_layer} layers"
+            )
+        return [window if bool(p) else 0 for p in pattern]
+    if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+        raise ModelError(f"{g.path}: {m.arch}.attention.sliding_window_pattern is invalid")
+    return [0 if (i + 1) % pattern == 0 else window for i in range(n_layer)]
 
 
 def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

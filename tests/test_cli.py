@@ -1,0 +1,162 @@
+"""The command line, end to end in subprocesses, on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import metallic
+import pytest
+from oracle.tiny_models import tiny_gguf
+
+
+def run(
+    *args: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "metallic", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=stdin,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def model_path() -> Path:
+    return tiny_gguf("qwen2", "Q8_0", "gqa2-untied")[0]
+
+
+def test_generate_json_matches_api(model_path: Path) -> None:
+    out = run(
+        "generate",
+        "-m",
+        str(model_path),
+        "--prompt-ids",
+        "5,6,7,8",
+        "-n",
+        "12",
+        "--temp",
+        "0",
+        "--output-format",
+        "json",
+        "--threads",
+        "1",
+    )
+    result = json.loads(out.stdout)
+    m = metallic.load(model_path)
+    want = [t.id for t in m.generate([5, 6, 7, 8], 12, temperature=0) if t.id >= 0]
+    assert result["tokens"] == want[: len(result["tokens"])]
+    assert result["generated_tokens"] >= len(result["tokens"])
+    # timings and peak memory on stderr
+    assert "tok/s" in out.stderr and "peak memory" in out.stderr
+
+
+def test_generate_streams_text(model_path: Path) -> None:
+    out = run(
+        "generate",
+        "-m",
+        str(model_path),
+        "--prompt",
+        "hello world",
+        "--raw",
+        "-n",
+        "8",
+        "--temp",
+        "0.7",
+        "--seed",
+        "3",
+    )
+    assert out.stdout.strip()  # some text came out
+    again = run(
+        "generate",
+        "-m",
+        str(model_path),
+        "--prompt",
+        "hello world",
+        "--raw",
+        "-n",
+        "8",
+        "--temp",
+        "0.7",
+        "--seed",
+        "3",
+    )
+    assert again.stdout == out.stdout  # seeded runs are reproducible
+
+
+def test_generate_output_none(model_path: Path) -> None:
+    out = run(
+        "generate",
+        "-m",
+        str(model_path),
+        "--prompt-ids",
+        "1,2",
+        "-n",
+        "4",
+        "--output-format",
+        "none",
+    )
+    assert out.stdout == ""
+    assert "decode:" in out.stderr
+
+
+def test_inspect(model_path: Path) -> None:
+    out = run("inspect", str(model_path))
+    assert "qwen2" in out.stdout and "Q8_0" in out.stdout and "tensors:" in out.stdout
+    info = json.loads(run("inspect", str(model_path), "--json", "--tensors").stdout)
+    assert info["model"]["arch"] == "qwen2"
+    assert info["tensor_count"] == len(info["tensors"])
+    assert {t["type"] for t in info["tensors"]} >= {"Q8_0", "F32"}
+    assert info["tokenizer"]["model"] == "gpt2"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--top-p", "0"], "--top-p: must be in (0"),
+        (["--temp", "-1"], "--temp"),
+        (["-n", "-5"], "--max-tokens"),
+        (["--threads", "0"], "--threads"),
+        (["--backend", "gpu"], "--backend: invalid choice"),
+        (["--prompt-ids", "a,b"], "--prompt-ids"),
+    ],
+)
+def test_bad_arguments(model_path: Path, args: list[str], message: str) -> None:
+    proc = run("generate", "-m", str(model_path), "--prompt", "x", *args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_errors_are_one_line_not_tracebacks(tmp_path: Path, model_path: Path) -> None:
+    proc = run("generate", "-m", str(tmp_path / "missing.gguf"), "--prompt", "x", check=False)
+    assert proc.returncode == 1
+    assert "error:" in proc.stderr and "cannot open" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    long_prompt = ",".join(["3"] * 200)
+    proc = run(
+        "generate", "-m", str(model_path), "-c", "64", "--prompt-ids", long_prompt, check=False
+    )
+    assert proc.returncode == 1 and "context" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_explains_every_flag() -> None:
+    import argparse
+
+    from metallic.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, cmd in sub.choices.items():
+        for action in cmd._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings[0]} has no help text"
+        text = run(name, "--help").stdout
+        for action in cmd._actions:
+            for flag in action.option_strings:
+                assert flag in text, f"{name}: {flag} missing from --help"
