@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from metallic.sampling import Sampler, SamplerSettings
 
 VOCAB = 151_936

@@ -9,8 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-import metallic
 import numpy as np
+
+import metallic
 from metallic.gguf_file import read_gguf
 
 

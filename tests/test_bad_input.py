@@ -5,10 +5,11 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-import metallic
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
+
+import metallic
 from metallic import ContextError, GGUFError, ModelError
 from small_gguf import write_small_gguf
 

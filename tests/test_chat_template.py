@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from metallic.chat_template import (
     BUILTIN_TEMPLATES,
     ChatTemplateError,

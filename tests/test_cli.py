@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import metallic
 import pytest
+
+import metallic
 from oracle.tiny_models import tiny_gguf
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QType
 from gguf import GGUFReader, TokenType
+
 from oracle import tiny_models as tm
 from oracle.converter import compare_gguf, converted_ggufs, gguf_summary
 from oracle.reference import dequantized_copy, greedy_continuation, reference_logits

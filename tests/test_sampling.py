@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from metallic.sampling import Sampler, SamplerSettings, _top_superset, apply_penalties
 
 VOCAB = 151_936  # Qwen2's vocabulary, the size the fast paths are built for

