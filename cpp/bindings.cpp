@@ -40,14 +40,14 @@ FloatMatrix kernel_gemm(uint32_t type, Bytes w, int64_t rows, int64_t cols, Floa
     if (w.size() != row_bytes * size_t(rows)) throw BadInput("weight bytes do not match the shape");
     if (act.shape(1) != size_t(cols)) throw BadInput("activation width does not match cols");
     const int64_t n = int64_t(act.shape(0));
-    std::vector<cpu::BlockQ8> q8;
+    const size_t stride = cpu::act_row_bytes(f.act, cols);
+    std::vector<uint8_t> quantized;
     const void* a = act.data();
-    size_t stride = size_t(cols) * sizeof(float);
-    if (f.act == cpu::ActKind::Q8) {
-        q8.resize(size_t(n) * size_t(cols / 32));
-        for (int64_t t = 0; t < n; ++t) cpu::quantize_row_q8(act.data() + t * cols, q8.data() + t * (cols / 32), cols);
-        a = q8.data();
-        stride = cpu::act_row_bytes(cpu::ActKind::Q8, cols);
+    if (f.act != cpu::ActKind::F32) {
+        quantized.resize(size_t(n) * stride);
+        for (int64_t t = 0; t < n; ++t)
+            cpu::quantize_row(f.act, act.data() + t * cols, quantized.data() + size_t(t) * stride, cols);
+        a = quantized.data();
     }
     float* out = new float[size_t(n) * size_t(rows)];
     nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });

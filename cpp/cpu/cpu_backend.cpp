@@ -13,7 +13,7 @@
 namespace metallic::cpu::METALLIC_ISA {
 
 const FormatKernels* lookup_format(uint32_t type);
-void quantize_q8(const float* x, BlockQ8* out, int64_t n);
+void quantize_act(ActKind kind, const float* x, void* out, int64_t n);
 
 namespace {
 
@@ -40,7 +40,10 @@ public:
             v16_.assign(kv_elems, 0);
         }
         const int64_t max_k = std::max<int64_t>(std::max(cfg.n_embd, cfg.n_ff), int64_t(cfg.n_head) * cfg.head_dim);
-        q8_.resize(size_t(opt.max_batch) * size_t(max_k / 32 + 1));
+        // One scratch buffer per quantized activation kind: a matmul's jobs may mix formats
+        // (e.g. Q4_K and Q6_K in a Q4_K_M file) and each kind is made once per input.
+        for (int kind = 1; kind < kActKinds; ++kind)
+            act_[kind].resize(size_t(opt.max_batch) * act_row_bytes(ActKind(kind), max_k + 256));
         scores_.resize(size_t(pool_.size()) * size_t(opt.n_ctx));
         rope_cs_.resize(size_t(opt.max_batch) * size_t(cfg.rope_dims));
         tasks_.resize(kMaxTasks);
@@ -70,16 +73,18 @@ public:
 
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
         const int64_t k = jobs.begin()->w->cols;
-        // Quantize the shared input once if any format wants int8 activations.
-        bool need_q8 = false;
-        for (const MatmulJob& j : jobs) need_q8 |= lookup_format(j.w->type)->act == ActKind::Q8;
-        const size_t q8_stride = act_row_bytes(ActKind::Q8, k);
-        if (need_q8) {
-            BlockQ8* q = q8_.data();
+        // Encode the shared input once in every activation kind the jobs' formats read.
+        bool need[kActKinds] = {};
+        for (const MatmulJob& j : jobs) need[int(lookup_format(j.w->type)->act)] = true;
+        for (int kind = 1; kind < kActKinds; ++kind) {
+            if (!need[kind]) continue;
+            const size_t stride = act_row_bytes(ActKind(kind), k);
+            uint8_t* q = act_[kind].data();
+            auto one = [&](int64_t t) { quantize_act(ActKind(kind), in + t * k, q + size_t(t) * stride, k); };
             if (n < 4) {
-                for (int t = 0; t < n; ++t) quantize_q8(in + int64_t(t) * k, q + t * (k / 32), k);
+                for (int t = 0; t < n; ++t) one(t);
             } else {
-                pool_.parallel_for(n, [&](int64_t t, int) { quantize_q8(in + t * k, q + t * (k / 32), k); });
+                pool_.parallel_for(n, [&](int64_t t, int) { one(t); });
             }
         }
 
@@ -102,10 +107,10 @@ public:
         pool_.parallel_for(n_tasks, [&](int64_t i, int) {
             const MatmulTask& task = tasks_[size_t(i)];
             const Matrix& w = *task.job->w;
-            const bool q8 = task.fmt->act == ActKind::Q8;
-            const uint8_t* act = q8 ? reinterpret_cast<const uint8_t*>(q8_.data())
-                                    : reinterpret_cast<const uint8_t*>(in);
-            const size_t act_stride = q8 ? q8_stride : size_t(k) * sizeof(float);
+            const ActKind kind = task.fmt->act;
+            const uint8_t* act = kind == ActKind::F32 ? reinterpret_cast<const uint8_t*>(in)
+                                                      : act_[int(kind)].data();
+            const size_t act_stride = act_row_bytes(kind, k);
             Epilogue ep;
             ep.bias = task.job->bias ? task.job->bias + task.r0 : nullptr;
             ep.accumulate = task.job->accumulate;
@@ -201,7 +206,7 @@ private:
     ThreadPool pool_;
     std::vector<uint16_t> k16_, v16_;
     std::vector<float> k32_, v32_;
-    std::vector<BlockQ8> q8_;
+    std::vector<uint8_t> act_[kActKinds];  // quantized inputs per ActKind (F32 unused)
     std::vector<float> scores_;
     std::vector<float> rope_cs_;
     std::vector<MatmulTask> tasks_;

@@ -1,5 +1,6 @@
 // Run-time choice of the kernel build: the AVX2 one on x86-64 CPUs that have AVX2, FMA and
 // F16C, the portable one otherwise (and on arm64, where NEON is baseline).
+#include <cstdlib>
 #include <string>
 
 #include "cpu/cpu_backend.h"
@@ -11,7 +12,7 @@ namespace metallic::cpu {
     namespace ns {                                                                      \
     const FormatKernels* lookup_format(uint32_t type);                                  \
     std::string format_names();                                                         \
-    void quantize_q8(const float* x, BlockQ8* out, int64_t n);                          \
+    void quantize_act(ActKind kind, const float* x, void* out, int64_t n);              \
     std::unique_ptr<Backend> create_backend(const ModelConfig& cfg, const CpuOptions&); \
     }
 METALLIC_DECLARE_ISA(generic)
@@ -21,10 +22,17 @@ METALLIC_DECLARE_ISA(avx2)
 
 namespace {
 
+// METALLIC_FORCE_GENERIC=1 selects the portable build even on an AVX2 CPU, so the tests can
+// check it here; it is read once, at the first kernel lookup.
+bool force_generic() {
+    const char* v = std::getenv("METALLIC_FORCE_GENERIC");
+    return v && *v && std::string(v) != "0";
+}
+
 bool use_avx2() {
 #if defined(METALLIC_HAVE_AVX2_BUILD)
     static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                           __builtin_cpu_supports("f16c");
+                           __builtin_cpu_supports("f16c") && !force_generic();
     return ok;
 #else
     return false;
@@ -42,11 +50,11 @@ const FormatKernels* find_format(uint32_t type) {
 
 std::string supported_format_names() { return generic::format_names(); }
 
-void quantize_row_q8(const float* x, BlockQ8* out, int64_t n) {
+void quantize_row(ActKind kind, const float* x, void* out, int64_t n) {
 #if defined(METALLIC_HAVE_AVX2_BUILD)
-    if (use_avx2()) return avx2::quantize_q8(x, out, n);
+    if (use_avx2()) return avx2::quantize_act(kind, x, out, n);
 #endif
-    generic::quantize_q8(x, out, n);
+    generic::quantize_act(kind, x, out, n);
 }
 
 const char* kernel_isa() {

@@ -13,7 +13,8 @@
 
 namespace metallic::cpu {
 
-enum class ActKind : uint8_t { F32, Q8 };
+enum class ActKind : uint8_t { F32, Q8, Q8K };
+constexpr int kActKinds = 3;
 
 // One 32-element block of an activation row quantized to int8. `sum` is d * sum(q): formats
 // with a per-block offset (Q4_1, Q5_1) need it.
@@ -23,6 +24,18 @@ struct BlockQ8 {
     int8_t q[32];
 };
 static_assert(sizeof(BlockQ8) == 40, "BlockQ8 layout");
+
+// One 256-element block of an activation row quantized to int8, for the K-quants: one scale
+// per super-block lets their kernels apply the weights' small integer sub-block scales in
+// integer arithmetic and convert to float once per 256 elements. bsums[i] = sum(q[16i..16i+15])
+// turns the weights' per-sub-block offsets (mins, the -32 of Q6_K, ...) into one small dot
+// product per super-block.
+struct BlockQ8K {
+    float d;
+    int8_t q[256];
+    int16_t bsums[16];
+};
+static_assert(sizeof(BlockQ8K) == 292, "BlockQ8K layout");
 
 // What happens to each computed dot product before it is stored.
 struct Epilogue {
@@ -53,13 +66,17 @@ std::string supported_format_names();
 // The instruction set the kernels were chosen for ("avx2", "neon", "generic").
 const char* kernel_isa();
 
-// Quantizes n floats (a multiple of 32) to int8 blocks for the Q8 activation kind.
-void quantize_row_q8(const float* x, BlockQ8* out, int64_t n);
+// Encodes one activation row of n floats in `kind` (not F32; n a multiple of its block).
+void quantize_row(ActKind kind, const float* x, void* out, int64_t n);
 
 // Bytes one activation row of k values takes in the given kind.
 inline size_t act_row_bytes(ActKind kind, int64_t k) {
-    return kind == ActKind::F32 ? static_cast<size_t>(k) * sizeof(float)
-                                : static_cast<size_t>(k / 32) * sizeof(BlockQ8);
+    switch (kind) {
+        case ActKind::F32: return static_cast<size_t>(k) * sizeof(float);
+        case ActKind::Q8: return static_cast<size_t>(k / 32) * sizeof(BlockQ8);
+        case ActKind::Q8K: return static_cast<size_t>(k / 256) * sizeof(BlockQ8K);
+    }
+    return 0;
 }
 
 }  // namespace metallic::cpu
