@@ -17,15 +17,21 @@
 
 namespace metallic::cpu::METALLIC_ISA {
 
+constexpr int64_t kAheadBytes = 1024;
+
 template <class Fmt, int T>
 inline void kquant_tile(const uint8_t* w, const uint8_t* act, size_t act_stride, int64_t nsb,
                         float* out, size_t out_stride, const Epilogue& ep, int64_t row) {
     F8 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = zero8();
     for (int64_t b = 0; b < nsb; ++b) {
+        // Rows are read one after another, a single linear stream; prefetching ~1 KB ahead
+        // hides the DRAM latency the out-of-order window cannot (see q32_gemm.h).
+        const uint8_t* blk = w + b * Fmt::kBytes;
+        for (int64_t line = 0; line < Fmt::kBytes; line += 64) __builtin_prefetch(blk + kAheadBytes + line);
         const BlockQ8K* a[T];
         for (int t = 0; t < T; ++t) a[t] = reinterpret_cast<const BlockQ8K*>(act + t * act_stride) + b;
-        Fmt::template dot<T>(w + b * Fmt::kBytes, a, acc);
+        Fmt::template dot<T>(blk, a, acc);
     }
     for (int t = 0; t < T; ++t) {
         float* o = out + t * out_stride;

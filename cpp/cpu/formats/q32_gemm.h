@@ -15,6 +15,8 @@
 
 namespace metallic::cpu::METALLIC_ISA {
 
+constexpr int kPrefetchRows = 8;
+
 template <class Fmt, int R, int T>
 inline void q32_tile(const uint8_t* w, size_t row_bytes, const uint8_t* act, size_t act_stride,
                      int64_t nb, float* out, size_t out_stride, const Epilogue& ep, int64_t r0) {
@@ -30,6 +32,10 @@ inline void q32_tile(const uint8_t* w, size_t row_bytes, const uint8_t* act, siz
         float dw[R], cw[R];
         for (int r = 0; r < R; ++r) {
             const uint8_t* blk = w + r * row_bytes + b * Fmt::kBytes;
+            // The kernel does too much work per byte for out-of-order execution alone to hide
+            // DRAM latency: fetch the same block of the rows two tiles ahead (past the end of
+            // the matrix a prefetch is harmless).
+            __builtin_prefetch(blk + kPrefetchRows * row_bytes);
             wq[r] = Fmt::codes(blk);
             dw[r] = Fmt::scale(blk);
             cw[r] = Fmt::offset(blk, dw[r]);
