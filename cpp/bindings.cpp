@@ -41,9 +41,14 @@ FloatMatrix kernel_gemm(uint32_t type, Bytes w, int64_t rows, int64_t cols, Floa
     if (act.shape(1) != size_t(cols)) throw BadInput("activation width does not match cols");
     const int64_t n = int64_t(act.shape(0));
     const size_t stride = cpu::act_row_bytes(f.act, cols);
-    std::vector<uint8_t> encoded(size_t(n) * stride);
-    for (int64_t t = 0; t < n; ++t) cpu::quantize_row(f.act, act.data() + t * cols, encoded.data() + t * stride, cols);
-    const void* a = encoded.data();
+    std::vector<uint8_t> quantized;
+    const void* a = act.data();
+    if (f.act != cpu::ActKind::F32) {
+        quantized.resize(size_t(n) * stride);
+        for (int64_t t = 0; t < n; ++t)
+            cpu::quantize_row(f.act, act.data() + t * cols, quantized.data() + size_t(t) * stride, cols);
+        a = quantized.data();
+    }
     float* out = new float[size_t(n) * size_t(rows)];
     nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
     f.gemm(w.data(), row_bytes, rows, a, stride, n, cols, out, size_t(rows), cpu::Epilogue{});

@@ -39,10 +39,11 @@ public:
             k16_.assign(kv_elems, 0);
             v16_.assign(kv_elems, 0);
         }
-        // One scratch row set per quantized activation kind, for the widest matmul input.
         const int64_t max_k = std::max<int64_t>(std::max(cfg.n_embd, cfg.n_ff), int64_t(cfg.n_head) * cfg.head_dim);
+        // One scratch buffer per quantized activation kind: a matmul's jobs may mix formats
+        // (e.g. Q4_K and Q6_K in a Q4_K_M file) and each kind is made once per input.
         for (int kind = 1; kind < kActKinds; ++kind)
-            act_[kind].resize(size_t(opt.max_batch) * act_row_bytes(ActKind(kind), max_k + 32));
+            act_[kind].resize(size_t(opt.max_batch) * act_row_bytes(ActKind(kind), max_k + 256));
         scores_.resize(size_t(pool_.size()) * size_t(opt.n_ctx));
         rope_cs_.resize(size_t(opt.max_batch) * size_t(cfg.rope_dims));
         tasks_.resize(kMaxTasks);
@@ -72,18 +73,18 @@ public:
 
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
         const int64_t k = jobs.begin()->w->cols;
-        // Encode the shared input once for every activation kind the jobs' formats read.
+        // Encode the shared input once in every activation kind the jobs' formats read.
         bool need[kActKinds] = {};
         for (const MatmulJob& j : jobs) need[int(lookup_format(j.w->type)->act)] = true;
         for (int kind = 1; kind < kActKinds; ++kind) {
             if (!need[kind]) continue;
             const size_t stride = act_row_bytes(ActKind(kind), k);
-            uint8_t* dst = act_[kind].data();
-            auto encode = [&](int64_t t, int) { quantize_act(ActKind(kind), in + t * k, dst + t * stride, k); };
+            uint8_t* q = act_[kind].data();
+            auto one = [&](int64_t t) { quantize_act(ActKind(kind), in + t * k, q + size_t(t) * stride, k); };
             if (n < 4) {
-                for (int t = 0; t < n; ++t) encode(t, 0);
+                for (int t = 0; t < n; ++t) one(t);
             } else {
-                pool_.parallel_for(n, encode);
+                pool_.parallel_for(n, [&](int64_t t, int) { one(t); });
             }
         }
 
@@ -205,7 +206,7 @@ private:
     ThreadPool pool_;
     std::vector<uint16_t> k16_, v16_;
     std::vector<float> k32_, v32_;
-    std::vector<uint8_t> act_[kActKinds];  // encoded matmul inputs, by ActKind
+    std::vector<uint8_t> act_[kActKinds];  // quantized inputs per ActKind (F32 unused)
     std::vector<float> scores_;
     std::vector<float> rope_cs_;
     std::vector<MatmulTask> tasks_;

@@ -1,5 +1,6 @@
 // Run-time choice of the kernel build: the AVX2 one on x86-64 CPUs that have AVX2, FMA and
 // F16C, the portable one otherwise (and on arm64, where NEON is baseline).
+#include <cstdlib>
 #include <string>
 
 #include "cpu/cpu_backend.h"
@@ -21,10 +22,17 @@ METALLIC_DECLARE_ISA(avx2)
 
 namespace {
 
+// METALLIC_FORCE_GENERIC=1 selects the portable build even on an AVX2 CPU, so the tests can
+// check it here; it is read once, at the first kernel lookup.
+bool force_generic() {
+    const char* v = std::getenv("METALLIC_FORCE_GENERIC");
+    return v && *v && std::string(v) != "0";
+}
+
 bool use_avx2() {
 #if defined(METALLIC_HAVE_AVX2_BUILD)
     static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                           __builtin_cpu_supports("f16c");
+                           __builtin_cpu_supports("f16c") && !force_generic();
     return ok;
 #else
     return false;

@@ -15,8 +15,8 @@
 
 namespace metallic::cpu {
 
-enum class ActKind : uint8_t { F32, Q8, I16 };
-constexpr int kActKinds = 3;
+enum class ActKind : uint8_t { F32, Q8, I16, Q8K };
+constexpr int kActKinds = 4;
 
 // One 32-element block of an activation row quantized to int8. `sum` is d * sum(q): formats
 // with a per-block offset (Q4_1, Q5_1) need it.
@@ -33,6 +33,18 @@ struct BlockI16 {
     int16_t q[32];
 };
 static_assert(sizeof(BlockI16) == 68, "BlockI16 layout");
+
+// One 256-element block of an activation row quantized to int8, for the K-quants: one scale
+// per super-block lets their kernels apply the weights' small integer sub-block scales in
+// integer arithmetic and convert to float once per 256 elements. bsums[i] = sum(q[16i..16i+15])
+// turns the weights' per-sub-block offsets (mins, the -32 of Q6_K, ...) into one small dot
+// product per super-block.
+struct BlockQ8K {
+    float d;
+    int8_t q[256];
+    int16_t bsums[16];
+};
+static_assert(sizeof(BlockQ8K) == 292, "BlockQ8K layout");
 
 // What happens to each computed dot product before it is stored.
 struct Epilogue {
@@ -63,17 +75,18 @@ std::string supported_format_names();
 // The instruction set the kernels were chosen for ("avx2", "neon", "generic").
 const char* kernel_isa();
 
-// Encodes one activation row of n floats (a multiple of 32 for the block kinds) as `kind`.
+// Encodes one activation row of n floats in `kind` (n a multiple of its block).
 void quantize_row(ActKind kind, const float* x, void* out, int64_t n);
 
 // Bytes one activation row of k values takes in the given kind.
 inline size_t act_row_bytes(ActKind kind, int64_t k) {
     switch (kind) {
+        case ActKind::F32: return static_cast<size_t>(k) * sizeof(float);
         case ActKind::Q8: return static_cast<size_t>(k / 32) * sizeof(BlockQ8);
         case ActKind::I16: return static_cast<size_t>(k / 32) * sizeof(BlockI16);
-        case ActKind::F32: break;
+        case ActKind::Q8K: return static_cast<size_t>(k / 256) * sizeof(BlockQ8K);
     }
-    return static_cast<size_t>(k) * sizeof(float);
+    return 0;
 }
 
 }  // namespace metallic::cpu

@@ -8,11 +8,9 @@ namespace {
 
 constexpr int64_t kBlockBytes = 34;
 
-inline float block_scale(const uint8_t* blk) {
-    uint16_t h;
-    std::memcpy(&h, blk, 2);
-    return fp16_to_fp32(h);
-}
+inline float block_scale(const uint8_t* blk) { return half_to_float(load_u16(blk)); }
+
+constexpr int kPrefetchRows = 8;  // see q32_gemm.h
 
 void dequant(const uint8_t* src, float* dst, int64_t n) {
     for (int64_t b = 0; b < n / 32; ++b) {
@@ -34,6 +32,7 @@ inline void tile(const uint8_t* w, size_t row_bytes, const uint8_t* act, size_t 
         float dw[R];
         for (int r = 0; r < R; ++r) {
             const uint8_t* blk = w + r * row_bytes + b * kBlockBytes;
+            __builtin_prefetch(blk + kPrefetchRows * row_bytes);
             dw[r] = block_scale(blk);
             wq[r] = reinterpret_cast<const int8_t*>(blk + 2);
         }

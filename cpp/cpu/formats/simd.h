@@ -354,3 +354,241 @@ inline float hmax8(F8 a) {
 }
 
 }  // namespace metallic::cpu::METALLIC_ISA
+
+namespace metallic::cpu::METALLIC_ISA {
+
+// Integer vocabulary of the block-quantized kernels. Weight codes are held as unsigned bytes
+// (I8x32 reinterpreted) and multiplied with signed int8 activations by `maddubs`, which sums
+// adjacent pairs into 16-bit lanes: with codes < 64 and |activation| <= 127 a pair never
+// exceeds 2 * 63 * 127 = 16002, so the AVX2 instruction's saturation never triggers. Lane i
+// of an I16x16 covers elements 2i and 2i + 1 of the 32; lanes 0..7 are elements 0..15.
+
+// Half -> float for one scale; F16C does it in one instruction (exact, like fp16_to_fp32).
+inline float half_to_float(uint16_t h) {
+#if defined(METALLIC_ISA_AVX2)
+    return _cvtsh_ss(h);
+#else
+    return fp16_to_fp32(h);
+#endif
+}
+
+inline uint16_t load_u16(const void* p) {
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return v;
+}
+inline uint32_t load_u32(const void* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+#if defined(METALLIC_ISA_AVX2)
+
+struct I16x16 {
+    __m256i v;
+};
+struct I32x8 {
+    __m256i v;
+};
+
+inline I8x32 load_u8x32(const uint8_t* p) {
+    return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))};
+}
+// 16 bytes of packed nibbles -> 32 codes: the low nibbles first, then the high nibbles.
+inline I8x32 load_nibbles16(const uint8_t* p) {
+    // Broadcast the 16 bytes to both halves (a pure load) and shift only the upper half:
+    // one ALU op fewer than shift + insert.
+    const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i both = _mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return {_mm256_and_si256(both, _mm256_set1_epi8(0x0f))};
+}
+// (x >> S) & mask in every byte.
+template <int S>
+inline I8x32 bits_at(I8x32 x, uint8_t mask) {
+    return {_mm256_and_si256(_mm256_srli_epi16(x.v, S), _mm256_set1_epi8(char(mask)))};
+}
+// x << S in every byte; the caller guarantees no byte overflows.
+template <int S>
+inline I8x32 shl_small(I8x32 x) {
+    return {_mm256_slli_epi16(x.v, S)};
+}
+inline I8x32 or_i8(I8x32 a, I8x32 b) { return {_mm256_or_si256(a.v, b.v)}; }
+inline I8x32 sub_i8(I8x32 a, I8x32 b) { return {_mm256_sub_epi8(a.v, b.v)}; }
+inline I8x32 splat_i8(uint8_t x) { return {_mm256_set1_epi8(char(x))}; }
+// Byte j = val if bit j of `bits` is set, else 0.
+inline I8x32 bits_to_bytes(uint32_t bits, uint8_t val) {
+    // Byte j takes byte j / 8 of `bits`, then keeps only its bit j % 8.
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(int(bits)),
+        _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+    const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    return {_mm256_and_si256(set, _mm256_set1_epi8(char(val)))};
+}
+inline I16x16 maddubs(I8x32 u, I8x32 s) { return {_mm256_maddubs_epi16(u.v, s.v)}; }
+inline I32x8 madd16(I16x16 a, I16x16 b) { return {_mm256_madd_epi16(a.v, b.v)}; }
+inline I32x8 sum_pairs16(I16x16 a) { return {_mm256_madd_epi16(a.v, _mm256_set1_epi16(1))}; }
+inline I32x8 zero_i32() { return {_mm256_setzero_si256()}; }
+inline I32x8 add_i32(I32x8 a, I32x8 b) { return {_mm256_add_epi32(a.v, b.v)}; }
+inline I16x16 add_i16(I16x16 a, I16x16 b) { return {_mm256_add_epi16(a.v, b.v)}; }
+inline F8 to_f8(I32x8 a) { return {_mm256_cvtepi32_ps(a.v)}; }
+inline I16x16 load_i16x16(const int16_t* p) {
+    return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))};
+}
+// 16 signed bytes -> 16 int16 lanes.
+inline I16x16 widen_i8x16(const int8_t* p) {
+    return {_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+}
+// 8 unsigned bytes (little-endian in `b`) -> int16 lanes 0..7, repeated in lanes 8..15.
+inline I16x16 widen_u8x8_twice(uint64_t b) {
+    return {_mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(b))))};
+}
+// 8 signed bytes -> int16 lanes 0..7, repeated in lanes 8..15.
+inline I16x16 widen_i8x8_twice(const int8_t* p) {
+    return {_mm256_broadcastsi128_si256(
+        _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
+}
+// 8 unsigned bytes -> int16 lanes 2j and 2j + 1 = byte j: per-32 weights over per-16 sums.
+inline I16x16 widen_u8x8_pairs(uint64_t b) {
+    const __m128i x = _mm_cvtsi64_si128(int64_t(b));
+    return {_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x, x))};
+}
+// Every lane = lane j (< 8) of a widen_*_twice vector.
+inline I16x16 splat_lane(I16x16 v, int j) {
+    return {_mm256_shuffle_epi8(v.v, _mm256_set1_epi16(int16_t((2 * j) | ((2 * j + 1) << 8))))};
+}
+// Lanes 0..7 = lane j, lanes 8..15 = lane j + 1 (j even, < 8) of a widen_*_twice vector: the
+// scales of two consecutive 16-element sub-blocks laid over one 32-element product.
+inline I16x16 splat_lane_pair(I16x16 v, int j) {
+    const __m128i lo = _mm_set1_epi16(int16_t((2 * j) | ((2 * j + 1) << 8)));
+    const __m128i hi = _mm_set1_epi16(int16_t((2 * j + 2) | ((2 * j + 3) << 8)));
+    return {_mm256_shuffle_epi8(v.v, _mm256_set_m128i(hi, lo))};
+}
+
+#else  // portable
+
+struct I16x16 {
+    int16_t v[16];
+};
+struct I32x8 {
+    int32_t v[8];
+};
+
+inline I8x32 load_u8x32(const uint8_t* p) {
+    I8x32 r;
+    std::memcpy(r.v, p, 32);
+    return r;
+}
+inline I8x32 load_nibbles16(const uint8_t* p) {
+    I8x32 r;
+    for (int i = 0; i < 16; ++i) {
+        r.v[i] = int8_t(p[i] & 0x0f);
+        r.v[i + 16] = int8_t(p[i] >> 4);
+    }
+    return r;
+}
+template <int S>
+inline I8x32 bits_at(I8x32 x, uint8_t mask) {
+    for (int i = 0; i < 32; ++i) x.v[i] = int8_t((uint8_t(x.v[i]) >> S) & mask);
+    return x;
+}
+template <int S>
+inline I8x32 shl_small(I8x32 x) {
+    for (int i = 0; i < 32; ++i) x.v[i] = int8_t(uint8_t(x.v[i]) << S);
+    return x;
+}
+inline I8x32 or_i8(I8x32 a, I8x32 b) {
+    for (int i = 0; i < 32; ++i) a.v[i] = int8_t(a.v[i] | b.v[i]);
+    return a;
+}
+inline I8x32 sub_i8(I8x32 a, I8x32 b) {
+    for (int i = 0; i < 32; ++i) a.v[i] = int8_t(a.v[i] - b.v[i]);
+    return a;
+}
+inline I8x32 splat_i8(uint8_t x) {
+    I8x32 r;
+    std::memset(r.v, x, 32);
+    return r;
+}
+inline I8x32 bits_to_bytes(uint32_t bits, uint8_t val) {
+    I8x32 r;
+    for (int i = 0; i < 32; ++i) r.v[i] = int8_t((bits >> i) & 1 ? val : 0);
+    return r;
+}
+inline I16x16 maddubs(I8x32 u, I8x32 s) {
+    I16x16 r;
+    for (int i = 0; i < 16; ++i) {
+        const int32_t p = int32_t(uint8_t(u.v[2 * i])) * s.v[2 * i] +
+                          int32_t(uint8_t(u.v[2 * i + 1])) * s.v[2 * i + 1];
+        r.v[i] = int16_t(p < -32768 ? -32768 : p > 32767 ? 32767 : p);  // saturates like AVX2
+    }
+    return r;
+}
+inline I32x8 madd16(I16x16 a, I16x16 b) {
+    I32x8 r;
+    for (int i = 0; i < 8; ++i)
+        r.v[i] = int32_t(a.v[2 * i]) * b.v[2 * i] + int32_t(a.v[2 * i + 1]) * b.v[2 * i + 1];
+    return r;
+}
+inline I32x8 sum_pairs16(I16x16 a) {
+    I32x8 r;
+    for (int i = 0; i < 8; ++i) r.v[i] = int32_t(a.v[2 * i]) + a.v[2 * i + 1];
+    return r;
+}
+inline I32x8 zero_i32() { return I32x8{}; }
+inline I32x8 add_i32(I32x8 a, I32x8 b) {
+    for (int i = 0; i < 8; ++i) a.v[i] += b.v[i];
+    return a;
+}
+inline I16x16 add_i16(I16x16 a, I16x16 b) {
+    for (int i = 0; i < 16; ++i) a.v[i] = int16_t(a.v[i] + b.v[i]);
+    return a;
+}
+inline F8 to_f8(I32x8 a) {
+    F8 r;
+    for (int i = 0; i < 8; ++i) r.v[i] = static_cast<float>(a.v[i]);
+    return r;
+}
+inline I16x16 load_i16x16(const int16_t* p) {
+    I16x16 r;
+    std::memcpy(r.v, p, 32);
+    return r;
+}
+inline I16x16 widen_i8x16(const int8_t* p) {
+    I16x16 r;
+    for (int i = 0; i < 16; ++i) r.v[i] = p[i];
+    return r;
+}
+inline I16x16 widen_u8x8_twice(uint64_t b) {
+    I16x16 r;
+    for (int i = 0; i < 8; ++i) r.v[i] = r.v[i + 8] = int16_t((b >> (8 * i)) & 0xff);
+    return r;
+}
+inline I16x16 widen_i8x8_twice(const int8_t* p) {
+    I16x16 r;
+    for (int i = 0; i < 8; ++i) r.v[i] = r.v[i + 8] = p[i];
+    return r;
+}
+inline I16x16 widen_u8x8_pairs(uint64_t b) {
+    I16x16 r;
+    for (int i = 0; i < 8; ++i) r.v[2 * i] = r.v[2 * i + 1] = int16_t((b >> (8 * i)) & 0xff);
+    return r;
+}
+inline I16x16 splat_lane(I16x16 v, int j) {
+    I16x16 r;
+    for (int i = 0; i < 16; ++i) r.v[i] = v.v[j];
+    return r;
+}
+inline I16x16 splat_lane_pair(I16x16 v, int j) {
+    I16x16 r;
+    for (int i = 0; i < 8; ++i) {
+        r.v[i] = v.v[j];
+        r.v[i + 8] = v.v[j + 1];
+    }
+    return r;
+}
+
+#endif
+
+}  // namespace metallic::cpu::METALLIC_ISA

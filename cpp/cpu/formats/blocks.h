@@ -1,0 +1,109 @@
+// GGML block layouts of the quantized weight formats, byte for byte as they sit in a GGUF file.
+//
+// Written to be shared with the Metal shaders: plain structs of fixed-width integers, half
+// scales kept as their raw uint16_t bits, no member functions, no C++17-only syntax.
+#pragma once
+
+#ifndef __METAL_VERSION__
+#include <cstdint>
+#endif
+
+namespace metallic {
+
+constexpr int QK = 32;     // elements per block of the 32-element formats
+constexpr int QK_K = 256;  // elements per super-block of the K-quants
+
+// d * (q - 8); element j in the low nibble of qs[j], element j + 16 in the high nibble.
+struct BlockQ4_0 {
+    uint16_t d;
+    uint8_t qs[QK / 2];
+};
+
+// d * q + m; nibbles as Q4_0.
+struct BlockQ4_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qs[QK / 2];
+};
+
+// d * (q - 16); low 4 bits as Q4_0, bit j of qh (little-endian uint32) is bit 4 of element j.
+struct BlockQ5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[QK / 2];
+};
+
+// d * q + m; bits as Q5_0.
+struct BlockQ5_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qh[4];
+    uint8_t qs[QK / 2];
+};
+
+// d * q.
+struct BlockQ8_0 {
+    uint16_t d;
+    int8_t qs[QK];
+};
+
+// 16 sub-blocks of 16: (d * (scales[i] & 15)) * q - dmin * (scales[i] >> 4), q in 0..3.
+// Element 128h + 32k + l is bits 2k..2k+1 of qs[32h + l].
+struct BlockQ2_K {
+    uint8_t scales[QK_K / 16];
+    uint8_t qs[QK_K / 4];
+    uint16_t d;
+    uint16_t dmin;
+};
+
+// 16 sub-blocks of 16 with 6-bit signed scales (stored + 32, packed in 12 bytes):
+// (d * (scale - 32)) * (q - 4 * !hbit), q in 0..3 packed as Q2_K, the high bit of element
+// 32i + l is bit i of hmask[l].
+struct BlockQ3_K {
+    uint8_t hmask[QK_K / 8];
+    uint8_t qs[QK_K / 4];
+    uint8_t scales[12];
+    uint16_t d;
+};
+
+// 8 sub-blocks of 32 with 6-bit scales and mins packed in 12 bytes:
+// (d * sc) * q - dmin * m. Bytes qs[32c .. 32c + 31] hold sub-block 2c in their low nibbles
+// and sub-block 2c + 1 in their high nibbles.
+struct BlockQ4_K {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[12];
+    uint8_t qs[QK_K / 2];
+};
+
+// Q4_K plus a fifth bit: bit i of qh[l] is bit 4 of element l of sub-block i.
+struct BlockQ5_K {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[12];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+};
+
+// 16 sub-blocks of 16 with int8 scales: (d * scales[i]) * (q - 32), q in 0..63. In each half
+// h of 128 elements, element 128h + 32k + l takes its low 4 bits from ql[64h + 32(k & 1) + l]
+// (low nibble for k < 2, high nibble otherwise) and bits 4..5 from qh[32h + l] >> 2k.
+struct BlockQ6_K {
+    uint8_t ql[QK_K / 2];
+    uint8_t qh[QK_K / 4];
+    int8_t scales[QK_K / 16];
+    uint16_t d;
+};
+
+static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block size");
+static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block size");
+static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 block size");
+static_assert(sizeof(BlockQ5_1) == 24, "Q5_1 block size");
+static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block size");
+static_assert(sizeof(BlockQ2_K) == 84, "Q2_K block size");
+static_assert(sizeof(BlockQ3_K) == 110, "Q3_K block size");
+static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block size");
+static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block size");
+static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block size");
+
+}  // namespace metallic

@@ -1,0 +1,62 @@
+// Q5_K: Q4_K plus a fifth bit per code (176 bytes); x = (d * sc) * q - dmin * m, q in 0..31.
+#include "cpu/formats/kquant_gemm.h"
+
+namespace metallic::cpu::METALLIC_ISA {
+namespace {
+
+struct Q5_K {
+    static constexpr int64_t kBytes = sizeof(BlockQ5_K);
+
+    static void dequant_block(const uint8_t* p, float* y) {
+        const BlockQ5_K& b = *reinterpret_cast<const BlockQ5_K*>(p);
+        const float d = half_to_float(load_u16(&b.d)), dmin = half_to_float(load_u16(&b.dmin));
+        uint64_t sc, mn;
+        unpack_scales_k4(b.scales, &sc, &mn);
+        for (int j = 0; j < 8; ++j) {
+            const float ds = d * static_cast<float>((sc >> (8 * j)) & 0xff);
+            const float dm = dmin * static_cast<float>((mn >> (8 * j)) & 0xff);
+            const uint8_t* q = b.qs + 32 * (j / 2);
+            const int shift = 4 * (j & 1);
+            for (int l = 0; l < 32; ++l) {
+                const int v = ((q[l] >> shift) & 0x0f) | ((b.qh[l] >> j) & 1) << 4;
+                y[32 * j + l] = ds * static_cast<float>(v) - dm;
+            }
+        }
+    }
+
+    template <int T>
+    static void dot(const uint8_t* p, const BlockQ8K* const* a, F8* acc) {
+        const BlockQ5_K& b = *reinterpret_cast<const BlockQ5_K*>(p);
+        uint64_t sc, mn;
+        unpack_scales_k4(b.scales, &sc, &mn);
+        const I16x16 scales = widen_u8x8_twice(sc);
+        I32x8 dots[T];
+        for (int t = 0; t < T; ++t) dots[t] = zero_i32();
+        I8x32 high = load_u8x32(b.qh);  // bits 2c and 2c + 1 feed sub-blocks 2c, 2c + 1
+        for (int c = 0; c < 4; ++c) {
+            const I8x32 raw = load_u8x32(b.qs + 32 * c);
+            const I8x32 lo = or_i8(bits_at<0>(raw, 0x0f), shl_small<4>(bits_at<0>(high, 0x01)));
+            const I8x32 hi = or_i8(bits_at<4>(raw, 0x0f), shl_small<3>(bits_at<0>(high, 0x02)));
+            high = bits_at<2>(high, 0x3f);
+            const I16x16 s_lo = splat_lane(scales, 2 * c), s_hi = splat_lane(scales, 2 * c + 1);
+            for (int t = 0; t < T; ++t) {
+                const I32x8 x = madd16(maddubs(lo, load_i8x32(a[t]->q + 64 * c)), s_lo);
+                const I32x8 y = madd16(maddubs(hi, load_i8x32(a[t]->q + 64 * c + 32)), s_hi);
+                dots[t] = add_i32(dots[t], add_i32(x, y));
+            }
+        }
+        const I16x16 mins = widen_u8x8_pairs(mn);
+        const float d = half_to_float(load_u16(&b.d)), dmin = half_to_float(load_u16(&b.dmin));
+        for (int t = 0; t < T; ++t) {
+            const I32x8 offs = madd16(load_i16x16(a[t]->bsums), mins);
+            acc[t] = kquant_combine(acc[t], dots[t], d, offs, -dmin, a[t]->d);
+        }
+    }
+};
+
+}  // namespace
+
+extern const FormatKernels kQ5_K = {13, "Q5_K", 256, Q5_K::kBytes, ActKind::Q8K,
+                                    kquant_dequant<Q5_K>, kquant_gemm<Q5_K>};
+
+}  // namespace metallic::cpu::METALLIC_ISA
