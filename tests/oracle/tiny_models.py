@@ -7,8 +7,9 @@ with a small but complete byte-level BPE tokenizer, so that transformers' output
 expected outputs of the engine running the file. tests/test_oracle_writer.py checks the files
 against the converter itself and against llama.cpp's own inference.
 
-Per-architecture differences live in the ``ARCHS`` table; a new architecture (qwen3, gemma3)
-is a new ``ArchSpec`` plus whatever tensors it adds to its layer table.
+Per-architecture differences live in the ``ARCHS`` table (qwen2, llama, qwen3, gemma3): an
+``ArchSpec`` names the transformers classes, the layer's tensors and the converter's conventions
+(Q/K permutation, Gemma's norm + 1, which optional keys it writes).
 
 Nothing here imports torch or transformers at module level: benchmarks/models.py reuses the
 writer on machines that only have numpy and gguf.
@@ -77,12 +78,19 @@ class TokenizerStyle:
     # Written only when the converter derives it: from a TemplateProcessing post-processor's
     # pair template (Llama 3's "<bos> $A <bos> $B" gives False).
     add_sep: bool | None = None
+    # Ids the merges leave free: None pads them as the converter pads a short tokenizer
+    # ("[PAD<id>]", UNUSED, absent from tokenizer.json); a format such as "<unused{}>" makes
+    # them special added tokens of the tokenizer (CONTROL), as in Gemma's vocabulary. Gemma 3's
+    # converter cuts token_embd to the tokenizer's size, so its fillers must be real tokens.
+    filler_format: str | None = None
 
 
 _QWEN2_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# GPT-2's own pattern (tokenizers' ByteLevel regex, llama.cpp's "gpt-2" pre-tokenizer).
+_GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -129,6 +137,30 @@ LLAMA3_TOKENIZER = TokenizerStyle(
     ),
 )
 
+# Gemma 3 as the converter sees it without a tokenizer.model: a byte-level BPE tokenizer.json
+# (Gemma3Model.set_vocab falls back to _set_vocab_gpt2), with Gemma's special tokens, BOS added,
+# <unusedN> fillers and its turn markers. Real Gemma 3 files are SentencePiece ("llama") ones;
+# this oracle checks the model's arithmetic, and a BPE vocabulary is what the converter makes
+# of a tokenizer.json-only checkpoint.
+GEMMA3_TOKENIZER = TokenizerStyle(
+    pre="gpt-2",
+    split_regex=_GPT2_REGEX,
+    controls=("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"),
+    bos="<bos>",
+    eos="<eos>",
+    pad="<pad>",
+    add_bos=True,
+    ignore_merges=False,
+    add_sep=False,
+    filler_format="<unused{}>",
+    chat_template=(
+        "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + ('model' if"
+        " message['role'] == 'assistant' else message['role']) + '\n' + message['content'] | trim"
+        " + '<end_of_turn>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    ),
+)
+
 # HF parameter name inside a decoder layer -> GGUF name inside blk.N. Shared by the Llama-like
 # families; an architecture lists only the tensors it has (unknown names are an error, so a
 # new family cannot silently drop a tensor).
@@ -147,6 +179,26 @@ _QKV_BIAS: tuple[tuple[str, str], ...] = (
     ("self_attn.q_proj.bias", "attn_q.bias"),
     ("self_attn.k_proj.bias", "attn_k.bias"),
     ("self_attn.v_proj.bias", "attn_v.bias"),
+)
+_QK_NORM: tuple[tuple[str, str], ...] = (
+    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
+)
+# Gemma 2/3 "sandwich" norms: post_attention_layernorm is a post-norm of the attention output
+# (post_attention_norm), the feed-forward's pre-norm is pre_feedforward_layernorm (ffn_norm).
+_GEMMA3_LAYER: tuple[tuple[str, str], ...] = (
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    *_QK_NORM,
+    ("post_attention_layernorm.weight", "post_attention_norm.weight"),
+    ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+    ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
 )
 _GLOBAL_TENSORS: dict[str, str] = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -172,6 +224,23 @@ class ArchSpec:
     rms_eps: float
     tokenizer: TokenizerStyle
     config_extra: tuple[tuple[str, Any], ...] = ()
+    hf_model_type: str = ""  # config.model_type when it differs from gguf_arch
+    # Gemma's RMSNorm multiplies by (1 + weight); the converter stores weight + norm_shift for
+    # every HF tensor whose name ends in "norm.weight" (Gemma3Model.norm_shift).
+    norm_shift: float = 0.0
+    # Sliding-window layers' RoPE base (Gemma 3's rope_local_base_freq), or None.
+    rope_theta_local: float | None = None
+    # Every n-th layer is global, the others use the sliding window: llama.cpp assumes Gemma 3's
+    # pattern (6) and the converter writes no attention.sliding_window_pattern, so the file
+    # cannot describe any other layout.
+    swa_pattern: int | None = None
+
+    @property
+    def model_type(self) -> str:
+        return self.hf_model_type or self.gguf_arch
+
+    def has_tensor(self, hf_suffix: str) -> bool:
+        return any(h == hf_suffix for h, _ in self.layer_tensors)
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -203,15 +272,60 @@ ARCHS: dict[str, ArchSpec] = {
         tokenizer=LLAMA3_TOKENIZER,
         config_extra=(("attention_bias", False), ("mlp_bias", False)),
     ),
+    "qwen3": ArchSpec(
+        gguf_arch="qwen3",
+        hf_model_class="Qwen3ForCausalLM",
+        hf_config_class="Qwen3Config",
+        layer_tensors=_LLAMA_LAYER + _QK_NORM,
+        qkv_bias=False,
+        permute_qk=False,  # NeoX RoPE, as HF
+        writes_vocab_size=False,
+        writes_rope_dim=False,
+        rope_theta=1_000_000.0,
+        rms_eps=1e-6,
+        tokenizer=QWEN2_TOKENIZER,
+        config_extra=(("attention_bias", False), ("use_sliding_window", False)),
+    ),
+    "gemma3": ArchSpec(
+        gguf_arch="gemma3",
+        hf_model_class="Gemma3ForCausalLM",
+        hf_config_class="Gemma3TextConfig",
+        layer_tensors=_GEMMA3_LAYER,
+        qkv_bias=False,
+        permute_qk=False,
+        writes_vocab_size=False,
+        writes_rope_dim=False,
+        rope_theta=1_000_000.0,
+        rms_eps=1e-6,
+        tokenizer=GEMMA3_TOKENIZER,
+        config_extra=(
+            ("attention_bias", False),
+            ("hidden_activation", "gelu_pytorch_tanh"),
+            ("final_logit_softcapping", None),
+            ("attn_logit_softcapping", None),
+        ),
+        hf_model_type="gemma3_text",
+        norm_shift=1.0,
+        rope_theta_local=10_000.0,
+        swa_pattern=6,
+    ),
 }
 
 
 def arch_of(model_or_config: Any) -> str:
     config = getattr(model_or_config, "config", model_or_config)
-    arch = str(config.model_type)
-    if arch not in ARCHS:
-        raise ValueError(f"no ArchSpec for model_type {arch!r}")
-    return arch
+    model_type = str(config.model_type)
+    for arch, spec in ARCHS.items():
+        if spec.model_type == model_type:
+            return arch
+    raise ValueError(f"no ArchSpec for model_type {model_type!r}")
+
+
+def swa_layer_types(n_layers: int, pattern: int) -> list[str]:
+    """HF layer_types for llama.cpp's set_swa_pattern(pattern): every pattern-th layer global."""
+    return [
+        "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layers)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +349,9 @@ class ModelShape:
     # Only set when the HF config carries an explicit head_dim: the converter writes
     # attention.key_length/value_length exactly then.
     head_dim: int | None = None
+    sliding_window: int | None = None  # set when some layers use it
+    rope_theta_local: float | None = None  # sliding layers' RoPE base
+    final_logit_softcapping: float | None = None
 
     @property
     def rope_dim(self) -> int:
@@ -242,15 +359,42 @@ class ModelShape:
 
 
 def _rope_theta(config: PretrainedConfig) -> float:
-    # transformers 5 keeps it in rope_parameters; 4.x had a top-level rope_theta.
+    # transformers 5 keeps it in rope_parameters (per layer type for Gemma 3: the global
+    # layers' is "full_attention"); 4.x had a top-level rope_theta.
     params = getattr(config, "rope_parameters", None) or {}
+    params = params.get("full_attention", params)
     if "rope_theta" in params:
         return float(params["rope_theta"])
     return float(config.rope_theta)
 
 
+def _check_gemma3(config: PretrainedConfig, spec: ArchSpec) -> None:
+    """Reject Gemma 3 configs a GGUF file cannot describe (the converter would not notice)."""
+    head_dim = config.head_dim
+    if config.query_pre_attn_scalar != head_dim:
+        # llama.cpp scales queries by 1/sqrt(head_dim), except for the 62-layer 27B model
+        # (1/sqrt(hidden/heads)); there is no metadata key for query_pre_attn_scalar.
+        raise ValueError(
+            f"gemma3: query_pre_attn_scalar {config.query_pre_attn_scalar} != head_dim {head_dim}"
+        )
+    assert spec.swa_pattern is not None
+    want = swa_layer_types(config.num_hidden_layers, spec.swa_pattern)
+    if list(config.layer_types) != want:
+        raise ValueError(f"gemma3: layer_types {config.layer_types} are not llama.cpp's {want}")
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        raise ValueError("gemma3: attn_logit_softcapping is not supported (Gemma 2 only)")
+
+
 def shape_from_config(config: PretrainedConfig) -> ModelShape:
     arch = arch_of(config)
+    spec = ARCHS[arch]
+    if arch == "gemma3":
+        _check_gemma3(config, spec)
+    layer_types = list(getattr(config, "layer_types", None) or [])
+    sliding = "sliding_attention" in layer_types and config.sliding_window is not None
+    rope_params = getattr(config, "rope_parameters", None) or {}
+    local = rope_params.get("sliding_attention", {}).get("rope_theta")
+    softcap = getattr(config, "final_logit_softcapping", None)
     return ModelShape(
         arch=arch,
         vocab=config.vocab_size,
@@ -264,6 +408,9 @@ def shape_from_config(config: PretrainedConfig) -> ModelShape:
         rms_eps=float(config.rms_norm_eps),
         tied=bool(config.tie_word_embeddings),
         head_dim=config.to_dict().get("head_dim"),
+        sliding_window=int(config.sliding_window) if sliding else None,
+        rope_theta_local=float(local) if local is not None else None,
+        final_logit_softcapping=float(softcap) if softcap else None,
     )
 
 
@@ -314,6 +461,12 @@ def model_metadata(shape: ModelShape, ftype: str, *, name: str | None = None) ->
         meta[f"{a}.vocab_size"] = _u32(shape.vocab)
     if spec.writes_rope_dim:
         meta[f"{a}.rope.dimension_count"] = _u32(shape.rope_dim)
+    if shape.rope_theta_local is not None:
+        meta[f"{a}.rope.freq_base_swa"] = _f32(shape.rope_theta_local)
+    if shape.sliding_window is not None:
+        meta[f"{a}.attention.sliding_window"] = _u32(shape.sliding_window)
+    if shape.final_logit_softcapping is not None:
+        meta[f"{a}.final_logit_softcapping"] = _f32(shape.final_logit_softcapping)
     meta["general.quantization_version"] = _u32(gguf.GGML_QUANT_VERSION)
     return meta
 
@@ -391,8 +544,9 @@ def _derive_merges(n_tokens: int) -> list[tuple[str, str]]:
 @dataclass(frozen=True)
 class TinyVocab:
     """A complete gpt2-style vocabulary: 256 byte tokens (id == byte value), merged tokens,
-    control tokens, then [PAD<id>] fillers marked UNUSED, exactly like the converter pads a
-    tokenizer that is smaller than the model's vocab_size."""
+    control tokens, then fillers: [PAD<id>] marked UNUSED, exactly like the converter pads a
+    tokenizer that is smaller than the model's vocab_size, or the style's filler_format
+    (Gemma's <unusedN>) as CONTROL tokens that the tokenizer itself has."""
 
     style: TokenizerStyle
     tokens: tuple[str, ...]
@@ -438,9 +592,15 @@ def tiny_vocab(arch: str, vocab_size: int) -> TinyVocab:
     types = [int(TokenType.NORMAL)] * len(tokens)
     tokens += style.controls
     types += [int(TokenType.CONTROL)] * len(style.controls)
+    n_fillers = 0
     while len(tokens) < vocab_size:
-        tokens.append(f"[PAD{len(tokens)}]")
-        types.append(int(TokenType.UNUSED))
+        if style.filler_format is None:
+            tokens.append(f"[PAD{len(tokens)}]")
+            types.append(int(TokenType.UNUSED))
+        else:
+            tokens.append(style.filler_format.format(n_fillers))
+            types.append(int(TokenType.CONTROL))
+        n_fillers += 1
     return TinyVocab(style, tuple(tokens), tuple(types), tuple(f"{a} {b}" for a, b in merges))
 
 
@@ -503,8 +663,10 @@ def hf_tokenizer(vocab: TinyVocab) -> PreTrainedTokenizerFast:
         )
     else:
         tok.post_processor = byte_level
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in style.controls])
-    for t in style.controls:
+    # Controls, and the fillers too when they are real tokens (they follow the controls).
+    added = style.controls if style.filler_format is None else vocab.tokens[vocab.n_base :]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in added])
+    for t in added:
         if tok.token_to_id(t) != vocab.id_of(t):
             raise AssertionError(f"{t} got id {tok.token_to_id(t)}, expected {vocab.id_of(t)}")
     # Qwen2 names no BOS in its tokenizer config (only config.json does); keep that shape so
@@ -529,11 +691,14 @@ def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def random_values(name: str, shape: Sequence[int], *, seed: int, std: float) -> np.ndarray:
-    """Deterministic float32 values for one tensor: norms around 1, everything else around 0."""
+def random_values(
+    name: str, shape: Sequence[int], *, seed: int, std: float, norm_center: float = 1.0
+) -> np.ndarray:
+    """Deterministic float32 values for one tensor: norms around norm_center (1, or 0 for
+    Gemma's 1 + weight norms: ArchSpec.norm_shift), everything else around 0."""
     values = _rng(seed, name).standard_normal(tuple(shape), dtype=np.float32) * np.float32(std)
-    if name.endswith("norm.weight"):
-        values += np.float32(1.0)
+    if name.endswith("norm.weight") and norm_center:
+        values += np.float32(norm_center)
     return values
 
 
@@ -549,13 +714,19 @@ def make_tiny_model(
     ffn: int = 200,
     vocab: int = 320,
     head_dim: int | None = None,
+    sliding_window: int | None = None,
     context_length: int = 512,
     std: float = 0.1,
 ) -> PreTrainedModel:
     """A float32, eager-attention transformers model with random weights.
 
     std >= 0.1 keeps the logits well separated (greedy decoding is stable across backends);
-    norm weights are 1 + noise and biases are noise, so none of them is a no-op.
+    norm weights are 1 + noise (as the file stores them; Gemma's HF weights are the noise) and
+    biases are noise, so none of them is a no-op.
+
+    gemma3 needs head_dim and sliding_window: its queries are scaled by 1/sqrt(head_dim)
+    (query_pre_attn_scalar = head_dim, what llama.cpp assumes) and its layers follow llama.cpp's
+    sliding-window pattern (every 6th global), with the global and local RoPE bases of the spec.
     """
     import torch
     import transformers
@@ -566,6 +737,18 @@ def make_tiny_model(
     kwargs: dict[str, Any] = dict(spec.config_extra)
     if head_dim is not None:
         kwargs["head_dim"] = head_dim
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": spec.rope_theta}
+    if spec.swa_pattern is not None:
+        if head_dim is None or sliding_window is None:
+            raise ValueError(f"{arch} needs head_dim and sliding_window")
+        kwargs["query_pre_attn_scalar"] = head_dim
+        kwargs["sliding_window"] = sliding_window
+        kwargs["layer_types"] = swa_layer_types(n_layers, spec.swa_pattern)
+    elif sliding_window is not None:
+        raise ValueError(f"{arch} has no sliding-window layers")
+    if spec.rope_theta_local is not None:
+        local = {"rope_type": "default", "rope_theta": spec.rope_theta_local}
+        rope = {"full_attention": rope, "sliding_attention": local}
     config = config_cls(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -575,7 +758,7 @@ def make_tiny_model(
         num_key_value_heads=n_kv_heads,
         max_position_embeddings=context_length,
         rms_norm_eps=spec.rms_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        rope_parameters=rope,
         tie_word_embeddings=tied,
         bos_token_id=tv.bos_id,
         eos_token_id=tv.eos_id,
@@ -590,7 +773,9 @@ def make_tiny_model(
     model = model_cls(config).to(torch.float32).eval().requires_grad_(False)
     with torch.no_grad():
         for pname, param in model.named_parameters():  # tied weights appear once
-            values = random_values(pname, param.shape, seed=seed, std=std)
+            values = random_values(
+                pname, param.shape, seed=seed, std=std, norm_center=1.0 - spec.norm_shift
+            )
             param.copy_(torch.from_numpy(values))
     if tied and model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr():
         raise AssertionError("tie_word_embeddings did not tie lm_head to embed_tokens")

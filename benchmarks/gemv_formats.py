@@ -1,5 +1,5 @@
 """Single-thread gemv (one token) throughput of every weight format's CPU kernel, in GB/s of
-weight bytes read. Not a test: run ``python bench/gemv_formats.py`` by hand.
+weight bytes read. Not a test: run ``python benchmarks/gemv_formats.py`` by hand.
 
 "hot": one matrix over and over (it sits in L2/L3, so this measures the kernel's compute);
 "cold": a ring of copies larger than the L3 so every call streams from DRAM.
