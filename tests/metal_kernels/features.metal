@@ -72,7 +72,9 @@ kernel void feat_constants(device const float* x [[buffer(0)]],
     scratch[tid] = x[i];
     threadgroup_barrier(mem_flags::mem_threadgroup);
     float v = scratch[ntg - 1 - tid] * fc_scale;
-    if (fc_double) v *= 2.0f;
-    if (!is_function_constant_defined(fc_double)) v = -1.0f;
+    if (!is_function_constant_defined(fc_double))
+        v = -1.0f;
+    else if (fc_double)
+        v *= 2.0f;
     out[i] = v;
 }

@@ -67,3 +67,10 @@ kernel void guard_tg_oob(device float* out [[buffer(0)]],
     threadgroup_barrier(mem_flags::mem_threadgroup);
     out[tid] = slot[tid];
 }
+
+// Reads a function constant the pipeline was not given.
+constant int guard_fc [[function_constant(3)]];
+kernel void guard_missing_constant(device float* out [[buffer(0)]],
+                                   uint tid [[thread_position_in_threadgroup]]) {
+    out[tid] = float(guard_fc);
+}

@@ -156,7 +156,8 @@ def rewrite(text):
 
     for m in FC_RE.finditer(masked):
         edits.append((m.start(), m.end(),
-                      "static constexpr ::metal::function_constant_t<%s, %s> %s{};" % (m.group(1), m.group(3), m.group(2))))
+                      "static constexpr ::metal::function_constant_t<%s, %s> %s{\"%s\", __FILE__, __LINE__};"
+                      % (m.group(1), m.group(3), m.group(2), m.group(2))))
     for m in TG_DECL_RE.finditer(masked):
         ty, name, dims = m.group(1), m.group(2), "".join(m.group(3).split())
         edits.append((m.start(), m.end(),

@@ -613,12 +613,16 @@ template <class T> T atomic_fetch_and_explicit(volatile atomic<T>* a, T v, memor
 // Function constants: gen_kernels.py rewrites
 //     constant T name [[function_constant(i)]];
 // into a function_constant_t<T, i> object that reads the pipeline's value when converted.
+// Reading a constant the pipeline was not given aborts (Metal refuses such a pipeline).
 template <class T, int I> struct function_constant_t {
+    const char* name;  // declaration, for the message when the pipeline lacks the value
+    const char* file;
+    int line;
     operator T() const {
         if constexpr (std::is_floating_point<T>::value)
-            return T(msim::fc_float(I, __builtin_FILE(), __builtin_LINE()));
+            return T(msim::fc_float(I, name, file, line));
         else
-            return T(msim::fc_int(I, __builtin_FILE(), __builtin_LINE()));
+            return T(msim::fc_int(I, name, file, line));
     }
 };
 template <class T, int I> bool is_function_constant_defined(function_constant_t<T, I>) { return msim::fc_defined(I); }

@@ -502,22 +502,22 @@ void* tg_decl(size_t size, size_t align, const char* file, int line) {
 namespace {
 thread_local const Pipeline* t_pipeline = nullptr;
 
-const ConstantValue& constant_or_fail(int index, const char* file, int line) {
+const ConstantValue& constant_or_fail(int index, const char* name, const char* file, int line) {
     auto it = t_pipeline->constants.find(index);
     if (it == t_pipeline->constants.end())
-        fail(file, line, "function constant %d read but not given to the pipeline of kernel %s", index,
-             t_pipeline->kernel->name);
+        fail(file, line, "function constant %s (index %d) read but not given to the pipeline of kernel %s", name,
+             index, t_pipeline->kernel->name);
     return it->second;
 }
 }  // namespace
 
 bool fc_defined(int index) { return t_pipeline->constants.count(index) != 0; }
-double fc_float(int index, const char* file, int line) {
-    const ConstantValue& c = constant_or_fail(index, file, line);
+double fc_float(int index, const char* name, const char* file, int line) {
+    const ConstantValue& c = constant_or_fail(index, name, file, line);
     return c.is_float ? c.f : double(c.i);
 }
-int64_t fc_int(int index, const char* file, int line) {
-    const ConstantValue& c = constant_or_fail(index, file, line);
+int64_t fc_int(int index, const char* name, const char* file, int line) {
+    const ConstantValue& c = constant_or_fail(index, name, file, line);
     return c.is_float ? int64_t(c.f) : c.i;
 }
 

@@ -62,8 +62,8 @@ void* tg_decl(size_t size, size_t align, const char* file, int line);
 
 // Function constants of the running pipeline.
 bool fc_defined(int index);
-double fc_float(int index, const char* file, int line);
-int64_t fc_int(int index, const char* file, int line);
+double fc_float(int index, const char* name, const char* file, int line);
+int64_t fc_int(int index, const char* name, const char* file, int line);
 
 [[noreturn]] void fail(const char* file, int line, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
 
