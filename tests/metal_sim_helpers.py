@@ -35,7 +35,11 @@ def rmsnorm(x, w, eps, tg=256):
     return out
 
 
-def gemv(w, x, nsg=4, nr=2):
+GEMV_ROWS_PER_SIMDGROUP = 2  # NR of the gemv instantiations in metal/gemv.metal
+
+
+def gemv(w, x, nsg=4):
+    nr = GEMV_ROWS_PER_SIMDGROUP
     rows, cols = w.shape
     x = np.atleast_2d(x)
     n_tok = x.shape[0]

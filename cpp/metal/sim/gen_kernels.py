@@ -149,12 +149,17 @@ ANY_ATTR_RE = re.compile(r"\[\[.*?\]\]", re.S)
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 
 
-def rewrite(text):
-    """Returns the C++-compilable copy of MSL text, with the same number of lines."""
+def rewrite(text, opencl=False):
+    """Returns the C++-compilable copy of MSL text, with the same number of lines.
+    opencl=True: the variant for the clang C++-for-OpenCL address-space check
+    (.ci/check_metal_address_spaces.py), where function constants become plain constants."""
     masked = mask_code(text)
     edits = []  # (start, end, replacement)
 
     for m in FC_RE.finditer(masked):
+        if opencl:
+            edits.append((m.start(), m.end(), "constant %s %s = %s();" % (m.group(1), m.group(2), m.group(1))))
+            continue
         edits.append((m.start(), m.end(),
                       "static constexpr ::metal::function_constant_t<%s, %s> %s{\"%s\", __FILE__, __LINE__};"
                       % (m.group(1), m.group(3), m.group(2), m.group(2))))

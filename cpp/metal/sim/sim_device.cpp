@@ -238,7 +238,8 @@ struct Worker {
     [[noreturn]] void deadlock();
 };
 
-thread_local Worker* t_worker = nullptr;
+// initial-exec: these are read on every collective; the general TLS model costs a call each time.
+__attribute__((tls_model("initial-exec"))) thread_local Worker* t_worker = nullptr;
 
 namespace {
 
@@ -500,7 +501,7 @@ void* tg_decl(size_t size, size_t align, const char* file, int line) {
 }
 
 namespace {
-thread_local const Pipeline* t_pipeline = nullptr;
+__attribute__((tls_model("initial-exec"))) thread_local const Pipeline* t_pipeline = nullptr;
 
 const ConstantValue& constant_or_fail(int index, const char* name, const char* file, int line) {
     auto it = t_pipeline->constants.find(index);
