@@ -154,3 +154,27 @@ def test_counters():
     core.sim_dispatch("guard_with_barrier", [out], [5], [64])
     c = core.sim_counters()
     assert c["dispatches"] == 1 and c["threadgroups"] == 5 and c["threads"] == 320
+
+
+# ---- AddressSanitizer build (optional) --------------------------------------------------------
+# With a _core built with -DMETALLIC_SIM_ASAN=ON, threadgroup red zones are ASan-poisoned and an
+# out-of-bounds access is reported at the faulting .metal line, reads included. Point
+# METALLIC_SIM_ASAN_CORE at that build's _core*.so to run this test (see cpp/metal/sim/README.md).
+
+@pytest.mark.skipif(not os.environ.get("METALLIC_SIM_ASAN_CORE"), reason="METALLIC_SIM_ASAN_CORE not set")
+def test_asan_build_reports_threadgroup_oob_at_the_line():
+    so = os.environ["METALLIC_SIM_ASAN_CORE"]
+    libasan = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    code = (
+        "import importlib.util, sys, numpy as np\n"
+        f"spec = importlib.util.spec_from_file_location('metallic._core', {so!r})\n"
+        "c = importlib.util.module_from_spec(spec); spec.loader.exec_module(c)\n"
+        "out = np.zeros(64, np.float32)\n"
+        "c.sim_dispatch('guard_with_barrier', [out], [4], [64])\n"
+        "c.sim_dispatch('guard_tg_oob', [out], [1], [32])\n"
+    )
+    env = dict(os.environ, LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode != 0
+    line = guard_lines("guard_tg_oob")[0] + 1  # the write after the declaration
+    assert "AddressSanitizer" in p.stderr and f"guards.metal:{line}" in p.stderr, p.stderr[-3000:]

@@ -192,6 +192,9 @@ struct Worker {
                  kMaxThreadgroupMemory);
         if (off + size + kRedZone > arena_cap) fail(file, line, "threadgroup arena exhausted");
         // Poison the block and the red zones on both sides.
+#if defined(METALLIC_SIM_ASAN)
+        ASAN_UNPOISON_MEMORY_REGION(arena + arena_used, off + size + kRedZone - arena_used);
+#endif
         std::memset(arena + arena_used, kPoison, off + size + kRedZone - arena_used);
 #if defined(METALLIC_SIM_ASAN)
         ASAN_POISON_MEMORY_REGION(arena + arena_used, off - arena_used);
@@ -355,6 +358,11 @@ void Worker::run_group(uint64_t linear) {
         f.ctx.uc_link = nullptr;
         makecontext(&f.ctx, fiber_main_uc, 0);
 #else
+#if defined(METALLIC_SIM_ASAN)
+        // The previous run left its frames' red zones poisoned (fibers end by switching away,
+        // not by returning): start from a clean shadow.
+        ASAN_UNPOISON_MEMORY_REGION(f.stack, kStackSize);
+#endif
         // A fresh stack whose first switch "returns" into fiber_main with the ABI's alignment
         // (rsp % 16 == 8 at function entry) and six zeroed callee-saved registers.
         uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + kStackSize) & ~uintptr_t(15);
