@@ -22,7 +22,7 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-#if !(defined(__x86_64__) && defined(__linux__))
+#if !(defined(__x86_64__) && defined(__linux__)) || defined(METALLIC_SIM_UCONTEXT)
 #define MSIM_UCONTEXT 1
 #include <ucontext.h>
 #endif
