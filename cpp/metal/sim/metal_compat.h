@@ -485,7 +485,7 @@ inline bool simd_all(bool v, MSIM_SITE) { return simd_detail::run(v, 0, simd_det
 
 // ---------------------------------------------------------------------------------------------
 // simdgroup_matrix. Every lane keeps the whole 8x8 matrix (the GPU spreads it over the lanes);
-// each operation is still a simdgroup rendezvous so non-uniform use aborts as on the GPU.
+// each operation is a simdgroup rendezvous, so non-uniform use aborts as on the GPU.
 template <class T, int Cols, int Rows> struct simdgroup_matrix {
     T e[Rows][Cols];
     simdgroup_matrix() = default;
@@ -515,42 +515,76 @@ inline void simd_uniform(const char* what, const char* file, int line) {
 template <class T, class U, int C, int R>
 void simdgroup_load(simdgroup_matrix<T, C, R>& d, const U* src, ulong elements_per_row = C, ulong2 origin = ulong2(0, 0),
                     bool transpose = false, MSIM_SITE) {
-    simd_uniform("simdgroup_load", file, line);
+    // Each lane loads its own copy, without a rendezvous: loads are the most frequent matrix
+    // operation, and a load in divergent code still trips the multiply or store that uses it.
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) {
             const ulong rr = transpose ? c : r, cc = transpose ? r : c;
             d.e[r][c] = T(src[(origin.y + rr) * elements_per_row + origin.x + cc]);
         }
 }
+// The store and the multiply are done once per simdgroup, by the last lane to arrive, from the
+// first lane's operands (the operands are uniform across the simdgroup, as Metal requires); each
+// lane hands over a pointer to its own operands through the rendezvous. 32 redundant 8x8x8
+// products per operation made prefill matmuls ~10x slower.
+namespace simd_detail {
+template <class T, class U, int C, int R> struct store_args {
+    const simdgroup_matrix<T, C, R>* a;
+    U* dst;
+    ulong elements_per_row;
+    ulong2 origin;
+    bool transpose;
+};
+template <class T, class U, int C, int R> void store_op(const msim::Slot* in, msim::Slot*, int) {
+    const auto* s = get<const store_args<T, U, C, R>*>(in[0]);
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) {
+            const ulong rr = s->transpose ? c : r, cc = s->transpose ? r : c;
+            s->dst[(s->origin.y + rr) * s->elements_per_row + s->origin.x + cc] = U(s->a->e[r][c]);
+        }
+}
+template <class T, class A, class B, class C2, int N> struct mma_args {
+    simdgroup_matrix<T, N, N>* d;
+    const simdgroup_matrix<A, N, N>* a;
+    const simdgroup_matrix<B, N, N>* b;
+    const simdgroup_matrix<C2, N, N>* c;
+};
+template <class T, class A, class B, class C2, int N> void mma_op(const msim::Slot* in, msim::Slot*, int n) {
+    const auto* m = get<const mma_args<T, A, B, C2, N>*>(in[0]);
+    simdgroup_matrix<T, N, N> r;
+    for (int i = 0; i < N; ++i) {
+        for (int j = 0; j < N; ++j) r.e[i][j] = T(m->c->e[i][j]);
+        // k outside j so the compiler vectorizes over j; each element still sums in k order.
+        for (int k = 0; k < N; ++k) {
+            const T aik = T(m->a->e[i][k]);
+            for (int j = 0; j < N; ++j) r.e[i][j] += aik * T(m->b->e[k][j]);
+        }
+    }
+    for (int l = 0; l < n; ++l) *get<const mma_args<T, A, B, C2, N>*>(in[l])->d = r;
+}
+}  // namespace simd_detail
+
 template <class T, class U, int C, int R>
 void simdgroup_store(const simdgroup_matrix<T, C, R>& a, U* dst, ulong elements_per_row = C, ulong2 origin = ulong2(0, 0),
                      bool transpose = false, MSIM_SITE) {
-    simd_uniform("simdgroup_store", file, line);
-    // Every lane stores; lane 0's writes would do, but all lanes hold the same values.
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) {
-            const ulong rr = transpose ? c : r, cc = transpose ? r : c;
-            dst[(origin.y + rr) * elements_per_row + origin.x + cc] = U(a.e[r][c]);
-        }
+    const simd_detail::store_args<T, U, C, R> args{&a, dst, elements_per_row, origin, transpose};
+    const void* p = &args;
+    msim::simd_collective(&p, sizeof p, 0, nullptr, simd_detail::store_op<T, U, C, R>, "simdgroup_store", file, line);
 }
 // d = a * b + c, accumulating in the destination's type.
 template <class T, class A, class B, class C2, int N>
 void simdgroup_multiply_accumulate(simdgroup_matrix<T, N, N>& d, const simdgroup_matrix<A, N, N>& a,
                                    const simdgroup_matrix<B, N, N>& b, const simdgroup_matrix<C2, N, N>& c, MSIM_SITE) {
-    simd_uniform("simdgroup_multiply_accumulate", file, line);
-    simdgroup_matrix<T, N, N> r;
-    for (int i = 0; i < N; ++i)
-        for (int j = 0; j < N; ++j) {
-            T s = T(c.e[i][j]);
-            for (int k = 0; k < N; ++k) s += T(a.e[i][k]) * T(b.e[k][j]);
-            r.e[i][j] = s;
-        }
-    d = r;
+    const simd_detail::mma_args<T, A, B, C2, N> args{&d, &a, &b, &c};
+    const void* p = &args;
+    msim::simd_collective(&p, sizeof p, 0, nullptr, simd_detail::mma_op<T, A, B, C2, N>,
+                          "simdgroup_multiply_accumulate", file, line);
 }
 template <class T, class A, class B, int N>
 void simdgroup_multiply(simdgroup_matrix<T, N, N>& d, const simdgroup_matrix<A, N, N>& a,
                         const simdgroup_matrix<B, N, N>& b, MSIM_SITE) {
-    simdgroup_multiply_accumulate(d, a, b, simdgroup_matrix<T, N, N>(T(0)), file, line);
+    const simdgroup_matrix<T, N, N> zero(T(0));
+    simdgroup_multiply_accumulate(d, a, b, zero, file, line);
 }
 
 // ---------------------------------------------------------------------------------------------
