@@ -42,6 +42,12 @@ def test_missing_barrier_reads_poison():
     assert np.isnan(out[:63]).all() and out[63] == 0.0
     core.sim_dispatch("guard_with_barrier", [out], [1], [64])
     assert np.array_equal(out, (np.arange(64) + 1) % 64)
+    # the lower neighbour: threadgroup 0 runs forwards (reads see written values), threadgroup 1
+    # backwards (reads see the poison)
+    out2 = np.zeros((2, 64), np.float32)
+    core.sim_dispatch("guard_missing_barrier_down", [out2], [2], [64])
+    assert np.array_equal(out2[0, 1:], np.arange(63))
+    assert np.isnan(out2[1, 1:]).all()
 
 
 def test_unwritten_threadgroup_memory_is_nan():

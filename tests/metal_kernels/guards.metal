@@ -13,6 +13,17 @@ kernel void guard_missing_barrier(device float* out [[buffer(0)]],
     out[tid] = slot[(tid + 1) % ntg];
 }
 
+// Reads the neighbour on the other side: odd threadgroups run their threads in reverse order,
+// so there the neighbour has not written yet either.
+kernel void guard_missing_barrier_down(device float* out [[buffer(0)]],
+                                       uint tid [[thread_position_in_threadgroup]],
+                                       uint ntg [[threads_per_threadgroup]],
+                                       uint group [[threadgroup_position_in_grid]]) {
+    threadgroup float slot[64];
+    slot[tid] = float(tid);
+    out[group * ntg + tid] = slot[(tid + ntg - 1) % ntg];
+}
+
 // The same with the barrier: correct.
 kernel void guard_with_barrier(device float* out [[buffer(0)]],
                                uint tid [[thread_position_in_threadgroup]],

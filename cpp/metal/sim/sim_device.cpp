@@ -376,11 +376,15 @@ void Worker::run_group(uint64_t linear) {
 
     // Round-robin over the fibers until all are done. A pass that resumes nobody while some
     // are still waiting is a deadlock: a group that can never complete.
+    // Odd threadgroups run their threads in reverse order: a thread that reads a neighbour's
+    // threadgroup memory without a barrier then sees the poison in some threadgroups whichever
+    // side the neighbour is on.
+    const bool reverse = linear % 2 == 1;
     uint32_t live = n_threads;
     while (live) {
         bool progressed = false;
-        for (uint32_t i = 0; i < n_threads; ++i) {
-            Fiber& f = fibers[i];
+        for (uint32_t k = 0; k < n_threads; ++k) {
+            Fiber& f = fibers[reverse ? n_threads - 1 - k : k];
             if (f.state != State::Ready) continue;
             resume(f);
             progressed = true;
