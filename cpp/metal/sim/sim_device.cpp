@@ -27,6 +27,13 @@
 #include <ucontext.h>
 #endif
 
+// With the assembly switch, a fiber that blocks switches straight to the next ready fiber
+// instead of through the scheduler: half the switches. (ASan's fiber annotations and ucontext
+// keep the simpler path through the scheduler.)
+#if !defined(MSIM_UCONTEXT) && !defined(METALLIC_SIM_ASAN)
+#define MSIM_DIRECT_SWITCH 1
+#endif
+
 namespace msim {
 
 // ---------------------------------------------------------------------------------------------
@@ -144,6 +151,8 @@ struct Worker {
     const Dispatch* disp = nullptr;
     uint32_t group[3] = {0, 0, 0};
     uint32_t n_threads = 0;
+    uint32_t live = 0;      // fibers not done
+    bool reverse = false;   // run order of this threadgroup
     int bar_arrived = 0;
     const char* bar_file = nullptr;
     int bar_line = 0;
@@ -236,6 +245,7 @@ struct Worker {
     }
 
     void run_group(uint64_t linear);
+    Fiber* next_ready(const Fiber& f);
     void resume(Fiber& f);
     void yield(Fiber& f);
     [[noreturn]] void deadlock();
@@ -255,6 +265,14 @@ void fiber_main() {
     w.disp->k->launch(f.args);
     f.state = State::Done;
     Worker& w2 = *t_worker;  // the same worker: a fiber never migrates
+    --w2.live;
+#ifdef MSIM_DIRECT_SWITCH
+    if (Fiber* g = w2.next_ready(f)) {
+        w2.cur = g;
+        void* dummy;
+        msim_switch(&dummy, g->sp);
+    }
+#endif
 #if defined(METALLIC_SIM_ASAN)
     __sanitizer_start_switch_fiber(nullptr, w2.sched_bottom, w2.sched_size);
 #endif
@@ -289,7 +307,26 @@ void Worker::resume(Fiber& f) {
     cur = nullptr;
 }
 
+// The next ready fiber after f in this threadgroup's run order, or null.
+Fiber* Worker::next_ready(const Fiber& f) {
+    const uint32_t n = n_threads;
+    uint32_t pos = reverse ? n - 1 - f.index : f.index;
+    for (uint32_t step = 1; step < n; ++step) {
+        if (++pos == n) pos = 0;
+        Fiber& g = fibers[reverse ? n - 1 - pos : pos];
+        if (g.state == State::Ready) return &g;
+    }
+    return nullptr;
+}
+
 void Worker::yield(Fiber& f) {
+#ifdef MSIM_DIRECT_SWITCH
+    if (Fiber* g = next_ready(f)) {
+        cur = g;
+        msim_switch(&f.sp, g->sp);
+        return;  // whoever switched back to f has set cur = &f
+    }
+#endif
 #if defined(METALLIC_SIM_ASAN)
     __sanitizer_start_switch_fiber(&f.fake_stack, sched_bottom, sched_size);
 #endif
@@ -379,18 +416,17 @@ void Worker::run_group(uint64_t linear) {
     // Odd threadgroups run their threads in reverse order: a thread that reads a neighbour's
     // threadgroup memory without a barrier then sees the poison in some threadgroups whichever
     // side the neighbour is on.
-    const bool reverse = linear % 2 == 1;
-    uint32_t live = n_threads;
+    reverse = linear % 2 == 1;
+    live = n_threads;
     while (live) {
         bool progressed = false;
         for (uint32_t k = 0; k < n_threads; ++k) {
             Fiber& f = fibers[reverse ? n_threads - 1 - k : k];
             if (f.state != State::Ready) continue;
-            resume(f);
+            resume(f);  // returns when no fiber is ready (direct switching) or f blocked/ended
             progressed = true;
-            if (f.state == State::Done) --live;
         }
-        if (!progressed) deadlock();
+        if (!progressed && live) deadlock();
     }
     check_red_zones();
     ++threadgroups_run;
