@@ -4,6 +4,11 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
+#ifdef METALLIC_METAL_SIM
+#include <nanobind/stl/map.h>
+
+#include "metal/sim/sim_device.h"
+#endif
 
 #include <cstring>
 
@@ -63,6 +68,60 @@ nb::ndarray<nb::numpy, float, nb::ndim<1>> kernel_dequant(uint32_t type, Bytes w
     f.dequant_row(w.data(), out, n);
     return nb::ndarray<nb::numpy, float, nb::ndim<1>>(out, {size_t(n)}, owner);
 }
+
+#ifdef METALLIC_METAL_SIM
+// ---- Metal simulator test hooks ---------------------------------------------------------------
+// Run one kernel of metal/*.metal (or tests/metal_kernels/*.metal) over NumPy arrays in place:
+// buffers[i] is bound at [[buffer(i)]]; tg_mem[i] is the length of [[threadgroup(i)]].
+using SimBuffer = nb::ndarray<nb::device::cpu, nb::c_contig>;
+
+std::vector<uint32_t> dims3(const std::vector<uint32_t>& v, const char* what) {
+    if (v.empty() || v.size() > 3) throw BadInput(std::string(what) + " needs 1 to 3 dimensions");
+    std::vector<uint32_t> r = v;
+    r.resize(3, 1);
+    return r;
+}
+
+void sim_dispatch(const std::string& name, std::vector<SimBuffer> buffers, const std::vector<uint32_t>& grid,
+                  const std::vector<uint32_t>& threadgroup, const std::vector<size_t>& tg_mem,
+                  const nb::dict& constants) {
+    std::map<int, msim::ConstantValue> values;
+    for (auto [k, v] : constants) {
+        msim::ConstantValue c;
+        if (nb::isinstance<nb::bool_>(v) || nb::isinstance<nb::int_>(v)) {
+            c.i = nb::cast<int64_t>(v);
+        } else if (nb::isinstance<nb::float_>(v)) {
+            c.is_float = true;
+            c.f = nb::cast<double>(v);
+        } else {
+            throw BadInput("function constant values must be bool, int or float");
+        }
+        values[nb::cast<int>(k)] = c;
+    }
+    msim::Device& dev = msim::Device::shared();
+    msim::Pipeline p;
+    try {
+        p = dev.pipeline(name, std::move(values));
+    } catch (const std::invalid_argument& e) {
+        throw BadInput(e.what());
+    }
+    msim::DispatchDesc d;
+    d.pipeline = &p;
+    for (auto& b : buffers) d.buffers.push_back(b.data());
+    const auto g = dims3(grid, "grid"), t = dims3(threadgroup, "threadgroup");
+    for (int i = 0; i < 3; ++i) {
+        d.groups[i] = g[size_t(i)];
+        d.threads[i] = t[size_t(i)];
+    }
+    d.tg_mem = tg_mem;
+    try {
+        nb::gil_scoped_release release;
+        dev.dispatch(d);
+    } catch (const std::invalid_argument& e) {
+        throw BadInput(e.what());
+    }
+}
+#endif
 
 }  // namespace
 
@@ -185,4 +244,23 @@ NB_MODULE(_core, m) {
           nb::arg("act"), "Test hook: one format's matrix kernel over raw weight bytes.");
     m.def("kernel_dequant", &kernel_dequant, nb::arg("type"), nb::arg("data"), nb::arg("n"),
           "Test hook: one format's dequantization of raw bytes.");
+
+#ifdef METALLIC_METAL_SIM
+    // ---- Metal simulator test hooks (see the section above) ----
+    m.def("sim_dispatch", &sim_dispatch, nb::arg("kernel_name"), nb::arg("buffers"), nb::arg("grid"),
+          nb::arg("threadgroup"), nb::arg("tg_mem") = std::vector<size_t>{}, nb::arg("constants") = nb::dict(),
+          "Test hook: runs a Metal kernel in the CPU simulator over NumPy arrays in place.");
+    m.def("sim_kernels", &msim::Device::kernel_names, "Host names of the kernels the simulator knows.");
+    m.def("sim_set_workers", [](int n) { msim::Device::shared().set_workers(n); }, nb::arg("n"));
+    m.def("sim_workers", [] { return msim::Device::shared().workers(); });
+    m.def("sim_counters", [] {
+        const msim::Counters c = msim::Device::shared().counters();
+        nb::dict d;
+        d["dispatches"] = c.dispatches;
+        d["threadgroups"] = c.threadgroups;
+        d["threads"] = c.threads;
+        return d;
+    });
+    m.def("sim_reset_counters", [] { msim::Device::shared().reset_counters(); });
+#endif
 }
