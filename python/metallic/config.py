@@ -228,7 +228,9 @@ def model_config(g: GGUFFile) -> ModelConfig:
         n_ctx_train=m.int("context_length", 4096),
         rms_eps=m.float("attention.layer_norm_rms_epsilon", 1e-5),
         rope_base=rope_base,
-        rope_base_local=traits.swa_rope_base if traits.swa_pattern else rope_base,
+        rope_base_local=m.float("rope.freq_base_swa", traits.swa_rope_base)
+        if traits.swa_pattern
+        else rope_base,
         rope_freq_scale=freq_scale,
         rope_freq_scale_local=1.0 if traits.swa_pattern else freq_scale,
         rope_dims=rope_dims,

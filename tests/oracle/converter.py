@@ -9,8 +9,13 @@ pip nor the converter. Nothing of llama.cpp is kept in the repository.
 One deliberate patch: the converter identifies the BPE pre-tokenizer by hashing the token ids of
 a fixed text and only knows the hashes of published vocabularies, which a 300-token vocabulary
 cannot reproduce. The driver replaces that lookup (TextModel.get_vocab_base_pre) by the name
-the tokenizer style declares ("qwen2", "llama-bpe"); everything else — tokens, types, merges,
-special ids, add_bos, chat template, tensors, metadata — is the converter's own work.
+the tokenizer style declares ("qwen2", "llama-bpe", "gpt-2"); everything else — tokens, types,
+merges, special ids, add_bos, chat template, tensors, metadata — is the converter's own work.
+
+Gemma 3 needs no other patch: without a tokenizer.model, Gemma3Model.set_vocab falls back to the
+same byte-level BPE path (_set_vocab_gpt2), so its tiny checkpoint carries a tokenizer.json
+only. Gemma3Model also cuts token_embd to the tokenizer's size (model vocab + added tokens), so
+the tiny Gemma vocabulary has no converter padding: its spare ids are <unusedN> added tokens.
 """
 
 from __future__ import annotations

@@ -59,9 +59,10 @@ def dequantized_copy(model: PreTrainedModel, ftype: str) -> PreTrainedModel:
     """A copy of ``model`` whose weights are what write_gguf(model, ..., ftype) stores.
 
     Every tensor goes through the writer's own plan (storage type, F16 fallback, Q/K row
-    permutation), is encoded with gguf.quants exactly as written, decoded back, and un-permuted
-    into HF's layout. The file's tied token_embd is shared by lm_head in the copy too, as
-    llama.cpp shares it. tests/test_oracle_writer.py checks this equals decoding the file.
+    permutation, Gemma's norm + 1), is encoded with gguf.quants exactly as written, decoded
+    back, and un-permuted into HF's layout. The file's tied token_embd is shared by lm_head in
+    the copy too, as llama.cpp shares it. tests/test_oracle_writer.py checks this equals
+    decoding the file.
     """
     import torch
 
@@ -74,6 +75,8 @@ def dequantized_copy(model: PreTrainedModel, ftype: str) -> PreTrainedModel:
             if plan.qtype == QType.F32:
                 continue  # stored bit-exactly
             values = decode(encode(plan.load(), plan.qtype), plan.qtype, plan.shape)
+            if plan.shift:  # Gemma's norms (F32 in practice, so never reached)
+                values = values - np.float32(plan.shift)
             if plan.permuted_heads is not None:
                 values = unpermute_qk(values, plan.permuted_heads)
             clone.get_parameter(plan.source).copy_(torch.from_numpy(np.ascontiguousarray(values)))

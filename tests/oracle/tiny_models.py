@@ -851,6 +851,7 @@ class TensorPlan:
     load: Callable[[], np.ndarray] = field(repr=False)  # float32 values in file layout
     source: str | None = None  # HF parameter it came from
     permuted_heads: int | None = None  # rows were permute_qk'ed with this head count
+    shift: float = 0.0  # added to the HF values (Gemma's norms: weight + 1)
 
 
 def plan_tensor(
@@ -861,9 +862,11 @@ def plan_tensor(
     *,
     source: str | None = None,
     permuted_heads: int | None = None,
+    shift: float = 0.0,
 ) -> TensorPlan:
     shape = tuple(int(s) for s in shape)
-    return TensorPlan(name, shape, stored_qtype(name, shape, ftype), load, source, permuted_heads)
+    qtype = stored_qtype(name, shape, ftype)
+    return TensorPlan(name, shape, qtype, load, source, permuted_heads, shift)
 
 
 def gguf_tensor_name(arch: str, hf_name: str) -> str:
@@ -888,6 +891,12 @@ def _permute_heads(spec: ArchSpec, hf_name: str, n_heads: int, n_kv_heads: int) 
     return None
 
 
+def norm_shift_of(spec: ArchSpec, hf_name: str) -> float:
+    """What the converter adds to this HF tensor (Gemma3Model.norm_shift: names ending in
+    "norm.weight", which includes q_norm/k_norm and the final norm)."""
+    return spec.norm_shift if hf_name.endswith("norm.weight") else 0.0
+
+
 def hf_tensor_plans(model: PreTrainedModel, ftype: str) -> list[TensorPlan]:
     """The tensors write_gguf writes for an HF model, in HF parameter order."""
     arch = arch_of(model)
@@ -899,13 +908,24 @@ def hf_tensor_plans(model: PreTrainedModel, ftype: str) -> list[TensorPlan]:
         heads = _permute_heads(
             spec, hf_name, config.num_attention_heads, config.num_key_value_heads
         )
+        shift = norm_shift_of(spec, hf_name)
 
-        def load(p: Any = param, h: int | None = heads) -> np.ndarray:
+        def load(p: Any = param, h: int | None = heads, add: float = shift) -> np.ndarray:
             values = p.detach().to("cpu").float().numpy()
+            if add:
+                values = values + np.float32(add)  # in float32, as the converter's torch add
             return permute_qk(values, h) if h is not None else values
 
         plans.append(
-            plan_tensor(name, param.shape, ftype, load, source=hf_name, permuted_heads=heads)
+            plan_tensor(
+                name,
+                param.shape,
+                ftype,
+                load,
+                source=hf_name,
+                permuted_heads=heads,
+                shift=shift,
+            )
         )
     if shape_from_config(config).tied and any(p.name == "output.weight" for p in plans):
         raise AssertionError("tied model produced output.weight")
@@ -977,14 +997,21 @@ def hf_parameter_shapes(shape: ModelShape) -> list[tuple[str, tuple[int, ...]]]:
             out.append((f"{p}self_attn.{proj}.weight", (rows, h)))
             if spec.qkv_bias:
                 out.append((f"{p}self_attn.{proj}.bias", (rows,)))
+        out.append((f"{p}self_attn.o_proj.weight", (h, q_rows)))
+        if spec.has_tensor("self_attn.q_norm.weight"):
+            out += [(f"{p}self_attn.q_norm.weight", (hd,)), (f"{p}self_attn.k_norm.weight", (hd,))]
         out += [
-            (f"{p}self_attn.o_proj.weight", (h, q_rows)),
             (f"{p}mlp.gate_proj.weight", (shape.ffn, h)),
             (f"{p}mlp.up_proj.weight", (shape.ffn, h)),
             (f"{p}mlp.down_proj.weight", (h, shape.ffn)),
             (f"{p}input_layernorm.weight", (h,)),
             (f"{p}post_attention_layernorm.weight", (h,)),
         ]
+        if spec.has_tensor("pre_feedforward_layernorm.weight"):
+            out += [
+                (f"{p}pre_feedforward_layernorm.weight", (h,)),
+                (f"{p}post_feedforward_layernorm.weight", (h,)),
+            ]
     out.append(("model.norm.weight", (h,)))
     if not shape.tied:
         out.append(("lm_head.weight", (shape.vocab, h)))
@@ -1000,11 +1027,14 @@ def random_tensor_plans(
     plans: list[TensorPlan] = []
     for hf_name, pshape in hf_parameter_shapes(shape):
         heads = _permute_heads(spec, hf_name, shape.n_heads, shape.n_kv_heads)
+        shift = norm_shift_of(spec, hf_name)
 
         def load(
-            n: str = hf_name, s: tuple[int, ...] = pshape, h: int | None = heads
+            n: str = hf_name, s: tuple[int, ...] = pshape, h: int | None = heads, add=shift
         ) -> np.ndarray:
-            values = random_values(n, s, seed=seed, std=std)
+            values = random_values(n, s, seed=seed, std=std, norm_center=1.0 - spec.norm_shift)
+            if add:
+                values = values + np.float32(add)
             return permute_qk(values, h) if h is not None else values
 
         plans.append(
@@ -1015,6 +1045,7 @@ def random_tensor_plans(
                 load,
                 source=hf_name,
                 permuted_heads=heads,
+                shift=shift,
             )
         )
     return plans
@@ -1064,6 +1095,7 @@ class Variant:
     tied: bool
     seed: int
     head_dim: int | None = None
+    sliding_window: int | None = None
 
     def build(self, arch: str) -> PreTrainedModel:
         return make_tiny_model(
@@ -1077,6 +1109,7 @@ class Variant:
             ffn=self.ffn,
             vocab=self.vocab,
             head_dim=self.head_dim,
+            sliding_window=self.sliding_window,
         )
 
 
@@ -1085,11 +1118,21 @@ class Variant:
 #   qwen2/mqa-tied:    hidden 72 makes every hidden-wide row (token_embd, q/k/v, gate, up,
 #                      attn_output) fall back to F16; ffn_down (row 160) stays Q8_0.
 #   llama/mha-tied:    hidden 80 likewise, with n_kv == n_heads and head_dim 16.
+#   qwen3/gqa2-hd24:   head_dim 24 != hidden 64 / 4 heads (q 96 rows, k/v 48); hidden-wide
+#                      rows and attn_output (row 96) quantize, ffn_down (row 176) is F16.
+#   gemma3/swa-hd32:   7 layers, layer 5 global (llama.cpp's pattern 6), the others with an
+#                      8-token window; head_dim 32 != 80 / 4; tied (Gemma always is). hidden 80
+#                      makes the hidden-wide rows F16, attn_output (128) and ffn_down (160)
+#                      Q8_0.
 VARIANTS: dict[tuple[str, str], Variant] = {
     ("qwen2", "gqa2-untied"): Variant(96, 6, 2, 2, 200, 320, tied=False, seed=1),
     ("qwen2", "mqa-tied"): Variant(72, 6, 1, 2, 160, 300, tied=True, seed=2),
     ("llama", "gqa2-untied"): Variant(96, 6, 2, 2, 224, 320, tied=False, seed=3),
     ("llama", "mha-tied"): Variant(80, 5, 5, 2, 200, 300, tied=True, seed=4),
+    ("qwen3", "gqa2-hd24"): Variant(64, 4, 2, 2, 176, 320, tied=False, seed=5, head_dim=24),
+    ("gemma3", "swa-hd32"): Variant(
+        80, 4, 2, 7, 160, 320, tied=True, seed=6, head_dim=32, sliding_window=8
+    ),
 }
 
 
