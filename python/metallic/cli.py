@@ -256,6 +256,14 @@ def chat_prompt_ids(model: Any, messages: list[dict[str, str]], template: str | 
     return ids
 
 
+def _chat_by_default(model: Any, override: str | None) -> bool:
+    """Chat formatting is on by default when the model ships a template (as mlx-lm does) or
+    one is given. A built-in fallback (e.g. Gemma's turn format for files without a template)
+    is used only when asked for with --chat: such files are often base models, which continue
+    text rather than answer turns."""
+    return bool(override) or bool(model.metadata.get("tokenizer.chat_template"))
+
+
 # -- subcommands ------------------------------------------------------------------------------
 
 
@@ -263,8 +271,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = _load(args)
     settings = _sampler_settings(args)
     settings.validate()
-    has_template = bool(model.metadata.get("tokenizer.chat_template")) or args.chat_template
-    use_chat = args.chat if args.chat is not None else bool(has_template)
+    use_chat = args.chat if args.chat is not None else _chat_by_default(model, args.chat_template)
     if args.prompt_ids is not None:
         prompt: Any = args.prompt_ids
     else:
