@@ -537,12 +537,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--decode", action="store_true", help="decode the given ids to text")
     t.set_defaults(func=cmd_tokenize)
+
+    from .bench import add_parser as add_bench
+
+    add_bench(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from .bench import validate
+
+        validate(args)
     try:
         return int(args.func(args))
     except MetallicError as e:

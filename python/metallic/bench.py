@@ -1,0 +1,419 @@
+"""`python -m metallic bench`: llama-bench-style throughput of prompt processing (ppN) and
+token generation (tgN), optionally head to head with llama.cpp on the same file.
+
+Each engine runs in its own worker process (this module's `worker` entry point), so each one's
+peak memory is its own and neither pays for the other's threads. The parent drives the workers
+in turn (ours, llama.cpp, ours, ...) so both see the same machine conditions, and reports mean
+and standard deviation over the repetitions after one warm-up.
+
+ppN: N prompt tokens processed as one batch into an empty cache.
+tgN: N tokens decoded one at a time into an empty cache (no sampling), as llama-bench does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+# -- worker side ----------------------------------------------------------------------------
+
+
+class _Ours:
+    def __init__(self, model: str, threads: int | None, n_ctx: int, backend: str | None) -> None:
+        import metallic
+
+        self.m = metallic.load(model, n_ctx=n_ctx, threads=threads, backend=backend)
+        self.vocab = self.m.n_vocab
+        self.threads = self.m.threads
+        self.backend = self.m.backend
+
+    def pp(self, ids: list[int]) -> None:
+        self.m.reset()
+        self.m.prefill(ids)
+
+    def tg(self, ids: list[int]) -> None:
+        self.m.reset()
+        for i in ids:
+            self.m.decode(i)
+
+
+class _LlamaCpp:
+    """llama.cpp through llama-cpp-python's low-level API: llama_decode on a batch, no logits
+    copied back to Python, as llama-bench measures it."""
+
+    def __init__(self, model: str, threads: int | None, n_ctx: int, backend: str | None) -> None:
+        import llama_cpp as L
+
+        self.L = L
+        L.llama_backend_init()
+        mp = L.llama_model_default_params()
+        self.model = L.llama_model_load_from_file(model.encode(), mp)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {model}")
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = n_ctx
+        cp.n_ubatch = 512
+        self.threads = threads or os.cpu_count() or 1
+        cp.n_threads = cp.n_threads_batch = self.threads
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        self.vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
+        self.backend = "llama.cpp"
+
+    def _run(self, ids: list[int]) -> None:
+        arr = (self.L.llama_token * len(ids))(*ids)
+        if self.L.llama_decode(self.ctx, self.L.llama_batch_get_one(arr, len(ids))) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def _clear(self) -> None:
+        self.L.llama_memory_clear(self.L.llama_get_memory(self.ctx), True)
+
+    def pp(self, ids: list[int]) -> None:
+        self._clear()
+        self._run(ids)
+
+    def tg(self, ids: list[int]) -> None:
+        self._clear()
+        for i in ids:
+            self._run([i])
+
+
+def peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def worker(argv: list[str]) -> int:
+    """Loads one engine, then answers lines of JSON requests {"test": "pp"|"tg", "n": N} with
+    {"seconds": s}; {"test": "rss"} answers the peak resident memory."""
+    engine_name, model, threads, n_ctx, backend = argv
+    cls = _Ours if engine_name == "metallic" else _LlamaCpp
+    engine = cls(model, int(threads) or None, int(n_ctx), backend or None)
+    print(
+        json.dumps({"ready": True, "threads": engine.threads, "backend": engine.backend}),
+        flush=True,
+    )
+    import random
+
+    rng = random.Random(0)
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req["test"] == "rss":
+            print(json.dumps({"rss": peak_rss_bytes()}), flush=True)
+            continue
+        ids = [rng.randrange(engine.vocab) for _ in range(req["n"])]
+        t0 = time.perf_counter()
+        getattr(engine, req["test"])(ids)
+        print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+    return 0
+
+
+# -- parent side ----------------------------------------------------------------------------
+
+
+class _Worker:
+    def __init__(self, engine: str, model: str, threads: int, n_ctx: int, backend: str) -> None:
+        self.engine = engine
+        env = dict(os.environ)
+        if engine == "llama.cpp":
+            env.pop("METALLIC_BACKEND", None)
+        # llama.cpp logs a lot: an unread pipe would fill up and block the worker.
+        self.log = tempfile.TemporaryFile(mode="w+")
+        cmd = [
+            sys.executable,
+            "-m",
+            "metallic.bench",
+            "--worker",
+            engine,
+            model,
+            str(threads),
+            str(n_ctx),
+            backend,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
+        )
+        self.info = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.log.seek(0)
+            err = self.log.read().strip()[-2000:]
+            raise RuntimeError(f"{self.engine} worker failed: {err}")
+        return json.loads(line)
+
+    def ask(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+@dataclass
+class Result:
+    engine: str
+    backend: str
+    threads: int
+    test: str
+    n: int
+    tps: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.tps)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.tps) if len(self.tps) > 1 else 0.0
+
+
+def run_bench(
+    model: str,
+    pp: int,
+    tg: int,
+    reps: int,
+    threads: int,
+    backend: str,
+    vs_llama_cpp: bool,
+    progress: bool = True,
+) -> tuple[list[Result], dict[str, int]]:
+    n_ctx = max(pp, tg) + 16
+    workers = [_Worker("metallic", model, threads, n_ctx, backend)]
+    if vs_llama_cpp:
+        workers.append(_Worker("llama.cpp", model, threads, n_ctx, ""))
+    tests = [(t, n) for t, n in (("pp", pp), ("tg", tg)) if n > 0]
+    results = {
+        (w.engine, t): Result(w.engine, w.info["backend"], w.info["threads"], t, n)
+        for w in workers
+        for t, n in tests
+    }
+    total = len(tests) * (reps + 1) * len(workers)
+    done = 0
+    try:
+        for test, n in tests:
+            for rep in range(reps + 1):  # the first round warms up and is not counted
+                for w in workers:  # interleaved: A B A B ...
+                    seconds = w.ask({"test": test, "n": n})["seconds"]
+                    if rep > 0:
+                        results[(w.engine, test)].tps.append(n / seconds)
+                    done += 1
+                    if progress:
+                        print(
+                            f"\rbench: {test}{n} {w.engine} run {rep}/{reps} [{done}/{total}]   ",
+                            end="",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+        rss = {w.engine: w.ask({"test": "rss"})["rss"] for w in workers}
+    finally:
+        for w in workers:
+            w.close()
+    if progress:
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+    return list(results.values()), rss
+
+
+def _model_facts(path: str) -> tuple[str, int, int]:
+    from .config import model_config
+    from .gguf_file import read_gguf
+
+    g = read_gguf(path)
+    cfg = model_config(g)
+    params = sum(t.n_elements for t in g.tensors.values())
+    return f"{cfg.arch} {cfg.name}".strip(), g.file_size, params
+
+
+def format_table(
+    model: str, size: int, params: int, results: list[Result], rss: dict[str, int]
+) -> str:
+    rows = [("model", "size", "params", "engine", "backend", "threads", "test", "t/s")]
+    for r in results:
+        rows.append(
+            (
+                model,
+                f"{size / 2**20:.0f} MiB",
+                f"{params / 1e6:.0f} M",
+                r.engine,
+                r.backend,
+                str(r.threads),
+                f"{r.test}{r.n}",
+                f"{r.mean:.2f} ± {r.std:.2f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    out = [line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows[1:]]
+    by = {(r.engine, r.test): r for r in results}
+    for test in dict.fromkeys(r.test for r in results):
+        if ("llama.cpp", test) in by and ("metallic", test) in by:
+            ratio = by[("metallic", test)].mean / by[("llama.cpp", test)].mean
+            out.append(f"{test}{by[('metallic', test)].n}: metallic / llama.cpp = {ratio:.2f}x")
+    for engine, b in rss.items():
+        out.append(f"peak RSS {engine}: {b / 2**20:.0f} MiB")
+    return "\n".join(out)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .models import resolve_model
+
+    path = str(resolve_model(args.model))
+    name, size, params = _model_facts(path)
+    if args.vs_llama_cpp:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            raise SystemExit(
+                'error: --vs-llama-cpp needs llama-cpp-python: pip install "metallic[bench]"'
+            ) from None
+    results, rss = run_bench(
+        path,
+        args.n_prompt,
+        args.n_gen,
+        args.repetitions,
+        args.threads or 0,
+        args.backend or "",
+        args.vs_llama_cpp,
+    )
+    if args.output == "json":
+        json.dump(
+            {
+                "model": name,
+                "path": path,
+                "size": size,
+                "params": params,
+                "peak_rss": rss,
+                "results": [
+                    {
+                        "engine": r.engine,
+                        "backend": r.backend,
+                        "threads": r.threads,
+                        "test": f"{r.test}{r.n}",
+                        "tps": r.tps,
+                        "mean": r.mean,
+                        "std": r.std,
+                    }
+                    for r in results
+                ],
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+    elif args.output == "csv":
+        print("model,engine,backend,threads,test,mean_tps,std_tps")
+        for r in results:
+            print(
+                f"{name},{r.engine},{r.backend},{r.threads},{r.test}{r.n},{r.mean:.3f},{r.std:.3f}"
+            )
+    else:
+        print(format_table(name, size, params, results, rss))
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    from .models import DEFAULT_MODEL
+
+    b = sub.add_parser(
+        "bench",
+        help="measure prompt and generation throughput (optionally vs llama.cpp)",
+        description="llama-bench-style throughput: ppN processes N prompt tokens in one batch, "
+        "tgN decodes N tokens one by one; mean ± std over repetitions after a "
+        "warm-up. Each engine runs in its own process, interleaved.",
+    )
+    b.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        metavar="PATH|NAME",
+        help=f"GGUF file or packaged model name (default: {DEFAULT_MODEL})",
+    )
+    b.add_argument(
+        "-p",
+        "--n-prompt",
+        type=int,
+        default=512,
+        metavar="N",
+        help="prompt tokens for the pp test; 0 skips it (default 512)",
+    )
+    b.add_argument(
+        "-n",
+        "--n-gen",
+        type=int,
+        default=128,
+        metavar="N",
+        help="generated tokens for the tg test; 0 skips it (default 128)",
+    )
+    b.add_argument(
+        "-r",
+        "--repetitions",
+        type=int,
+        default=5,
+        metavar="R",
+        help="measured repetitions per test (default 5)",
+    )
+    b.add_argument(
+        "-t",
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads for both engines (default: physical cores)",
+    )
+    b.add_argument(
+        "--backend",
+        choices=["auto", "cpu", "metal", "metal-sim"],
+        default=None,
+        help="metallic backend (default: auto)",
+    )
+    b.add_argument(
+        "--vs-llama-cpp",
+        action="store_true",
+        help="also run llama.cpp (llama-cpp-python) on the same file and threads, "
+        "interleaved, and print the ratios",
+    )
+    b.add_argument(
+        "--output",
+        choices=["table", "json", "csv"],
+        default="table",
+        help="output format (default: table)",
+    )
+    b.set_defaults(func=cmd_bench)
+
+
+def validate(args: argparse.Namespace) -> None:
+    for name in ("n_prompt", "n_gen"):
+        if getattr(args, name) < 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0")
+    if args.repetitions < 1:
+        raise SystemExit("error: --repetitions must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit("error: --threads must be >= 1")
+    if args.n_prompt == 0 and args.n_gen == 0:
+        raise SystemExit("error: nothing to measure (both -p and -n are 0)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        raise SystemExit(worker(sys.argv[2:]))
+    raise SystemExit("usage: python -m metallic bench ...")
