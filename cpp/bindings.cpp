@@ -4,6 +4,8 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/pair.h>
 #ifdef METALLIC_METAL_SIM
 #include <nanobind/stl/map.h>
 
@@ -182,8 +184,10 @@ NB_MODULE(_core, m) {
     nb::class_<Engine>(m, "Engine")
         .def("__init__",
              [](Engine* e, const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors,
-                const std::string& backend, int n_ctx, int threads, bool kv_f32, int max_batch) {
+                const std::string& backend, int n_ctx, int threads, bool kv_f32, int max_batch,
+                bool profile) {
                  EngineOptions o;
+                 o.profile = profile;
                  o.backend = backend;
                  o.n_ctx = n_ctx;
                  o.threads = threads;
@@ -194,7 +198,7 @@ NB_MODULE(_core, m) {
              },
              nb::arg("path"), nb::arg("config"), nb::arg("tensors"), nb::arg("backend") = "cpu",
              nb::arg("n_ctx") = 4096, nb::arg("threads") = 0, nb::arg("kv_f32") = false,
-             nb::arg("max_batch") = 512)
+             nb::arg("max_batch") = 512, nb::arg("profile") = false)
         .def("prefill",
              [](Engine& e, Ids ids) {
                  const float* p;
@@ -230,6 +234,8 @@ NB_MODULE(_core, m) {
              },
              nb::arg("id"), nb::rv_policy::reference_internal)
         .def("truncate", &Engine::truncate, nb::arg("n_keep"))
+        .def("profile", &Engine::profile, "Per-op (calls, seconds) since load or reset_profile().")
+        .def("reset_profile", &Engine::reset_profile)
         .def_prop_ro("n_past", &Engine::n_past)
         .def_prop_ro("n_ctx", &Engine::n_ctx)
         .def_prop_ro("threads", &Engine::threads)

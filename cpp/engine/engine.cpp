@@ -6,6 +6,7 @@
 #include "cpu/cpu_backend.h"
 #include "cpu/thread_pool.h"
 #include "engine/error.h"
+#include "engine/profiler.h"
 
 namespace metallic {
 namespace {
@@ -60,6 +61,8 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
         throw BadInput("backend '" + opt_.backend + "' is not available in this build (available: cpu)");
     }
 
+    if (opt_.profile) backend_ = std::make_unique<ProfilingBackend>(std::move(backend_));
+
     inv_freq_global_ = inv_freq(cfg_, cfg_.rope_base, cfg_.rope_freq_scale, w_.rope_freq_factors);
     inv_freq_local_ = inv_freq(cfg_, cfg_.rope_base_local, cfg_.rope_freq_scale_local, {});
 
@@ -93,6 +96,17 @@ const float* Engine::prefill(const int32_t* ids, int n, float* all_logits) {
         done += chunk;
     }
     return logits_.data();
+}
+
+std::map<std::string, std::pair<int64_t, double>> Engine::profile() const {
+    std::map<std::string, std::pair<int64_t, double>> out;
+    if (auto* p = dynamic_cast<const ProfilingBackend*>(backend_.get()))
+        for (const auto& [op, t] : p->times()) out[op] = {t.calls, t.seconds};
+    return out;
+}
+
+void Engine::reset_profile() {
+    if (auto* p = dynamic_cast<ProfilingBackend*>(backend_.get())) p->reset();
 }
 
 void Engine::truncate(int n_keep) {

@@ -4,6 +4,7 @@
 // decode allocate nothing, do no I/O and never call into Python.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@ struct EngineOptions {
     int threads = 0;      // 0: physical cores
     bool kv_f32 = false;  // KV cache precision (float16 by default)
     int max_batch = 512;  // prompt tokens per forward pass; longer prompts go in several passes
+    bool profile = false; // time every op (see profiler.h)
 };
 
 class Engine {
@@ -45,6 +47,9 @@ public:
     const EngineOptions& options() const { return opt_; }
     const Weights& weights() const { return w_; }
     const char* backend_name() const { return backend_->name(); }
+    // Per-op times since load or the last reset; empty unless loaded with profile = true.
+    std::map<std::string, std::pair<int64_t, double>> profile() const;
+    void reset_profile();
 
 private:
     void forward(const int32_t* ids, int n, float* all_logits);

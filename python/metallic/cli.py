@@ -96,6 +96,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="CPU threads (default: physical cores)",
     )
     g.add_argument(
+        "--profile",
+        action="store_true",
+        default=None,
+        help="print the time of every op per token at the end (also: METALLIC_PROFILE=1)",
+    )
+    g.add_argument(
         "--kv-dtype",
         choices=["f16", "f32"],
         default=None,
@@ -212,6 +218,7 @@ def _load(args: argparse.Namespace) -> Any:
         n_ctx=args.n_ctx,
         threads=args.threads,
         kv_dtype=args.kv_dtype,
+        profile=args.profile,
     )
     cfg = model.config
     print(
@@ -238,6 +245,37 @@ def _print_stats(stats: Any) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def print_profile(stats: Any) -> None:
+    """Per-op time tables: the prompt as a whole, and the decode steps per token."""
+    steps = max(stats.generated_tokens - 1, 1)
+    for title, table, per in (
+        (f"prompt ({stats.prompt_tokens - stats.cached_tokens} tokens)", stats.profile_prompt, 1),
+        (f"decode (per token, {steps} tokens)", stats.profile_decode, steps),
+    ):
+        if not table:
+            continue
+        total = sum(sec for _, sec in table.values())
+        print(f"\nprofile: {title}", file=sys.stderr)
+        print(f"  {'op':<44} {'calls':>7} {'ms':>9} {'share':>6}", file=sys.stderr)
+        for op, (calls, sec) in sorted(table.items(), key=lambda kv: -kv[1][1]):
+            print(
+                f"  {op:<44} {calls / per:>7.1f} {1e3 * sec / per:>9.3f} {sec / total:>6.1%}",
+                file=sys.stderr,
+            )
+        print(f"  {'engine ops total':<44} {'':>7} {1e3 * total / per:>9.3f}", file=sys.stderr)
+    if stats.profile_decode:
+        other = stats.decode_seconds - stats.engine_seconds - stats.sample_seconds
+        print(
+            f"  {'sampling':<44} {'':>7} {1e3 * stats.sample_seconds / steps:>9.3f}",
+            file=sys.stderr,
+        )
+        print(
+            f"  {'python (detokenize, stop strings, loop)':<44} {'':>7} "
+            f"{1e3 * other / steps:>9.3f}",
+            file=sys.stderr,
+        )
 
 
 def chat_prompt_ids(model: Any, messages: list[dict[str, str]], template: str | None) -> list[int]:
@@ -297,6 +335,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             sys.stdout.write(tok.text)
             sys.stdout.flush()
     stats = model.last_stats
+    if model.profiling:
+        print_profile(stats)
     if args.output_format == "text":
         sys.stdout.write("\n")
     elif args.output_format == "json":

@@ -36,6 +36,11 @@ class GenerationStats:
     generated_tokens: int = 0
     decode_seconds: float = 0.0
     stop_reason: str = ""  # "eog", "length", "stop", "context"
+    sample_seconds: float = 0.0  # of decode_seconds, spent sampling
+    engine_seconds: float = 0.0  # of decode_seconds, spent in the engine's decode
+    # With profiling on: per-op (calls, seconds) of the prompt, and of the decode steps.
+    profile_prompt: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)
+    profile_decode: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def prompt_tps(self) -> float:
@@ -150,8 +155,12 @@ def _run(
 
     t0 = time.perf_counter()
     stats.cached_tokens = model.reuse_prefix(ids)
+    if model.profiling:
+        model.profile(reset=True)
     logits = model.prefill(ids[stats.cached_tokens :])
     stats.prompt_seconds = time.perf_counter() - t0
+    if model.profiling:
+        stats.profile_prompt = model.profile(reset=True)
 
     detok = model.tokenizer.stream() if _has_tokenizer(model) else None
 
@@ -164,7 +173,9 @@ def _run(
     t1 = time.perf_counter()
     stats.stop_reason = "length"
     for i in range(max_tokens):
+        ts = time.perf_counter()
         tok = sampler.sample(logits, history)
+        stats.sample_seconds += time.perf_counter() - ts
         stats.generated_tokens += 1
         if tok in eog:
             stats.stop_reason = "eog"
@@ -180,11 +191,17 @@ def _run(
         else:
             stats.decode_seconds = time.perf_counter() - t1
             yield Token(tok, text)
+            te = time.perf_counter()
             logits = model.decode(tok)
+            stats.engine_seconds += time.perf_counter() - te
             continue
         stats.decode_seconds = time.perf_counter() - t1
+        if model.profiling:
+            stats.profile_decode = model.profile()
         yield Token(tok, text + drain())
         return
     stats.decode_seconds = time.perf_counter() - t1
+    if model.profiling:
+        stats.profile_decode = model.profile()
     if tail := drain():
         yield Token(-1, tail)

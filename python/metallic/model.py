@@ -53,6 +53,7 @@ class Model:
         self._engine = engine
         self._cached: list[int] = []  # token ids whose keys/values the cache holds, in order
         self.last_stats: GenerationStats | None = None
+        self.profiling = False  # set by load(profile=True)
 
     # -- properties -------------------------------------------------------------------------
 
@@ -147,6 +148,14 @@ class Model:
         self._engine.truncate(n_keep)
         del self._cached[n_keep:]
 
+    def profile(self, reset: bool = False) -> dict[str, tuple[int, float]]:
+        """Per-op (calls, seconds) of the forward pass since load or the last reset; empty
+        unless the model was loaded with profile=True (or METALLIC_PROFILE=1)."""
+        out = dict(self._engine.profile())
+        if reset:
+            self._engine.reset_profile()
+        return out
+
     @property
     def cached_tokens(self) -> list[int]:
         return list(self._cached)
@@ -201,6 +210,7 @@ def load(
     *,
     kv_dtype: str | None = None,
     max_batch: int = 512,
+    profile: bool | None = None,
 ) -> Model:
     """Loads a GGUF model: a path, or a packaged model name such as "gemma-3-270m".
 
@@ -209,6 +219,8 @@ def load(
     n_ctx: context length (default: the model's, at most 4096).
     threads: CPU threads (default: the physical cores).
     kv_dtype: "f16" or "f32" for the KV cache (default: f32 for F32 models, else f16).
+    profile: time every op of the forward pass (default: $METALLIC_PROFILE); see
+    Model.profile() and GenerationStats.profile_*.
     """
     if backend == "auto" and os.environ.get("METALLIC_BACKEND"):
         backend = None
@@ -241,6 +253,8 @@ def load(
     if kv_dtype not in ("f16", "f32"):
         raise ValueError(f"kv_dtype must be 'f16' or 'f32', got {kv_dtype!r}")
 
+    if profile is None:
+        profile = os.environ.get("METALLIC_PROFILE", "") not in ("", "0")
     descs = [_core.TensorDesc(t.name, int(t.type), list(t.shape), t.offset) for t in tensors]
     try:
         engine = _core.Engine(
@@ -252,9 +266,12 @@ def load(
             threads=threads,
             kv_f32=kv_dtype == "f32",
             max_batch=max_batch,
+            profile=bool(profile),
         )
     except ValueError as e:
         if isinstance(e, MetallicError):
             raise
         raise ModelError(str(e)) from None
-    return Model(g, cfg, engine)
+    model = Model(g, cfg, engine)
+    model.profiling = bool(profile)
+    return model

@@ -45,9 +45,7 @@ class SamplerSettings:
         _check_int("top_k", self.top_k, ">= 0 (0 turns top-k off)", lambda v: v >= 0)
         _check_real("top_p", self.top_p, "in (0, 1] (1 turns top-p off)", lambda v: 0 < v <= 1)
         _check_real("min_p", self.min_p, "in [0, 1] (0 turns min-p off)", lambda v: 0 <= v <= 1)
-        _check_real(
-            "repeat_penalty", self.repeat_penalty, "> 0 (1 turns it off)", lambda v: v > 0
-        )
+        _check_real("repeat_penalty", self.repeat_penalty, "> 0 (1 turns it off)", lambda v: v > 0)
         _check_real("presence_penalty", self.presence_penalty, "a finite number", lambda v: True)
         _check_real("frequency_penalty", self.frequency_penalty, "a finite number", lambda v: True)
         _check_int(
@@ -214,8 +212,7 @@ def _penalty_updates(
     rp = np.float32(s.repeat_penalty)
     v = np.where(v <= 0, v * rp, v / rp)
     v = v - (
-        counts.astype(np.float32) * np.float32(s.frequency_penalty)
-        + np.float32(s.presence_penalty)
+        counts.astype(np.float32) * np.float32(s.frequency_penalty) + np.float32(s.presence_penalty)
     )
     return ids, v.astype(np.float64)
 

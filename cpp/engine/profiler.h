@@ -1,0 +1,95 @@
+// A Backend decorator that times every op, for METALLIC_PROFILE / `--profile`. It is only
+// inserted when asked for, so the normal path pays nothing. Matmuls are labelled by the roles of
+// the tensors they compute ("attn_q+attn_k+attn_v", "ffn_down", "output"), so the table says
+// which weights the time goes to.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "engine/backend.h"
+
+namespace metallic {
+
+struct OpTime {
+    int64_t calls = 0;
+    double seconds = 0.0;
+};
+
+class ProfilingBackend final : public Backend {
+public:
+    explicit ProfilingBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+
+    const char* name() const override { return inner_->name(); }
+    const std::map<std::string, OpTime>& times() const { return times_; }
+    void reset() { times_.clear(); }
+
+    void embed(const Matrix& t, const int32_t* ids, int n, float s, float* x) override {
+        Timer _(this, "embed");
+        inner_->embed(t, ids, n, s, x);
+    }
+    void rmsnorm(const float* x, const float* w, float* out, int n, int d, float eps) override {
+        Timer _(this, "rmsnorm");
+        inner_->rmsnorm(x, w, out, n, d, eps);
+    }
+    void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
+        std::string label;
+        for (const MatmulJob& j : jobs) label += (label.empty() ? "" : "+") + role(j.w->name);
+        Timer _(this, "matmul " + label);
+        inner_->matmul(in, n, jobs);
+    }
+    void rope(float* x, int n, int heads, int pos0, const float* f) override {
+        Timer _(this, "rope");
+        inner_->rope(x, n, heads, pos0, f);
+    }
+    void store_kv(int layer, const float* k, const float* v, int n, int pos0) override {
+        Timer _(this, "store_kv");
+        inner_->store_kv(layer, k, v, n, pos0);
+    }
+    void attention(int layer, const float* q, int n, int pos0, int window, float* out) override {
+        Timer _(this, "attention");
+        inner_->attention(layer, q, n, pos0, window, out);
+    }
+    void glu(float* g, const float* u, int64_t count, Activation act) override {
+        Timer _(this, "glu");
+        inner_->glu(g, u, count, act);
+    }
+    void add(float* x, const float* y, int64_t count) override {
+        Timer _(this, "add");
+        inner_->add(x, y, count);
+    }
+    void softcap(float* x, int64_t count, float cap) override {
+        Timer _(this, "softcap");
+        inner_->softcap(x, count, cap);
+    }
+
+private:
+    struct Timer {
+        Timer(ProfilingBackend* p, std::string op) : p(p), op(std::move(op)), t0(clock::now()) {}
+        ~Timer() {
+            OpTime& t = p->times_[op];
+            t.calls += 1;
+            t.seconds += std::chrono::duration<double>(clock::now() - t0).count();
+        }
+        using clock = std::chrono::steady_clock;
+        ProfilingBackend* p;
+        std::string op;
+        clock::time_point t0;
+    };
+
+    // "blk.7.attn_q.weight" -> "attn_q"; "output.weight" / "token_embd.weight" -> "output"
+    static std::string role(const std::string& name) {
+        std::string r = name;
+        if (r.rfind("blk.", 0) == 0) r = r.substr(r.find('.', 4) + 1);
+        if (r == "token_embd.weight") return "output";
+        const size_t dot = r.rfind(".weight");
+        return dot == std::string::npos ? r : r.substr(0, dot);
+    }
+
+    std::unique_ptr<Backend> inner_;
+    std::map<std::string, OpTime> times_;
+};
+
+}  // namespace metallic
