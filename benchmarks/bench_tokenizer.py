@@ -41,9 +41,13 @@ def _path(name: str) -> Path:
 @pytest.fixture(scope="module")
 def prose() -> str:
     words_from = Tokenizer.from_gguf(_path("gpt-2"))
-    words = [t[1:] for i in range(words_from.vocab_size)
-             if (t := words_from.id_to_token(i)).startswith("\u0120") and t[1:].isalpha()
-             and t[1:].islower()]
+    words = [
+        t[1:]
+        for i in range(words_from.vocab_size)
+        if (t := words_from.id_to_token(i)).startswith("\u0120")
+        and t[1:].isalpha()
+        and t[1:].islower()
+    ]
     rng = random.Random(0)
     weights = [1 / (rank + 10) ** 1.1 for rank in range(len(words))]
     out: list[str] = []

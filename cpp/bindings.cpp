@@ -29,6 +29,10 @@ using Ids = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cp
 using Bytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Floats2D = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
+namespace metallic::cpu {
+double read_bandwidth(size_t bytes, int threads, int passes);
+}
+
 namespace {
 
 const cpu::FormatKernels& format_or_throw(uint32_t type) {
@@ -244,6 +248,13 @@ NB_MODULE(_core, m) {
         .def_prop_ro("weight_bytes_per_token", [](const Engine& e) { return e.weights().matrix_bytes; });
 
     m.def("kernel_isa", &cpu::kernel_isa);
+    m.def("read_bandwidth",
+          [](size_t bytes, int threads, int passes) {
+              nb::gil_scoped_release release;
+              return cpu::read_bandwidth(bytes, threads, passes);
+          },
+          nb::arg("bytes") = size_t(1) << 30, nb::arg("threads") = 1, nb::arg("passes") = 5,
+          "Bytes per second of a streaming read over a buffer of `bytes`, on `threads` threads.");
     m.def("physical_cores", &cpu::physical_core_count);
     m.def("supported_formats", &cpu::supported_format_names);
     m.def("kernel_gemm", &kernel_gemm, nb::arg("type"), nb::arg("weights"), nb::arg("rows"), nb::arg("cols"),
