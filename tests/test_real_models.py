@@ -139,3 +139,23 @@ def test_greedy_continuations(case) -> None:  # noqa: ANN001
     )
     # Continuations part ways at the first near-tie; before that they must agree.
     assert np.mean(common) >= 8, common
+
+
+def test_chat_reuses_the_reply() -> None:
+    """A second chat turn runs only its new tokens: the first prompt and the reply, which a
+    real model writes as text that re-tokenizes the same, stay in the cache."""
+    from metallic.cli import chat_prompt_ids
+
+    m = metallic.load(smollm2_gguf(), n_ctx=512)
+    messages = [{"role": "user", "content": "Name three colours."}]
+    first = chat_prompt_ids(m, messages, None)
+    reply = "".join(t.text for t in m.generate(first, 24, temperature=0))
+    messages += [
+        {"role": "assistant", "content": reply.strip()},
+        {"role": "user", "content": "And three animals?"},
+    ]
+    second = chat_prompt_ids(m, messages, None)
+    list(m.generate(second, 4, temperature=0))
+    new_tokens = m.last_stats.prompt_tokens - m.last_stats.cached_tokens
+    assert m.last_stats.cached_tokens >= len(first) + 10, m.last_stats
+    assert new_tokens < 25, m.last_stats

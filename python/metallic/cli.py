@@ -466,7 +466,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         print(" ".join(map(str, ids)))
         return 0
     for i in ids:
-        print(f"{i:>8}  {tok.token_to_piece(i, special=True)!r}")
+        piece = tok.token_to_piece(i, special=True).decode("utf-8", errors="backslashreplace")
+        print(f"{i:>8}  {piece!r}")
     print(f"{len(ids)} tokens", file=sys.stderr)
     return 0
 
