@@ -19,6 +19,16 @@ def shared_dir() -> Path:
     return Path(os.environ.get("METALLIC_SHARED", REPO.parent / "shared"))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # The tokenizer vectors come from ../shared. Locally their tests skip without it; in CI
+    # a missing data set must fail loudly, not turn into a green run that tested less.
+    if os.environ.get("CI") and not (shared_dir() / "tokenizer").is_dir():
+        raise pytest.UsageError(
+            f"CI needs the tokenizer vectors at {shared_dir() / 'tokenizer'} "
+            "(set METALLIC_SHARED to the shared/ directory)"
+        )
+
+
 @pytest.fixture(scope="session")
 def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small valid qwen2 model (random weights, F16 matrices, no tokenizer)."""
