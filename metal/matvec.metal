@@ -1,0 +1,12 @@
+// Matrix-vector instantiations, one per weight format; the kernel is in matvec.h.
+// Host: threadgroup = 32 * nsg threads, grid = (ceil(rows / (nsg * 2)), tokens).
+#include "matvec.h"
+
+template [[host_name("matvec_f32")]] [[kernel]] decltype(matvec<fmt_f32, 2>) matvec<fmt_f32, 2>;
+template [[host_name("matvec_f16")]] [[kernel]] decltype(matvec<fmt_f16, 2>) matvec<fmt_f16, 2>;
+template [[host_name("matvec_bf16")]] [[kernel]] decltype(matvec<fmt_bf16, 2>) matvec<fmt_bf16, 2>;
+template [[host_name("matvec_q8_0")]] [[kernel]] decltype(matvec<fmt_q8_0, 2>) matvec<fmt_q8_0, 2>;
+template [[host_name("matvec_q4_0")]] [[kernel]] decltype(matvec<fmt_q4_0, 2>) matvec<fmt_q4_0, 2>;
+template [[host_name("matvec_q4_1")]] [[kernel]] decltype(matvec<fmt_q4_1, 2>) matvec<fmt_q4_1, 2>;
+template [[host_name("matvec_q5_0")]] [[kernel]] decltype(matvec<fmt_q5_0, 2>) matvec<fmt_q5_0, 2>;
+template [[host_name("matvec_q5_1")]] [[kernel]] decltype(matvec<fmt_q5_1, 2>) matvec<fmt_q5_1, 2>;

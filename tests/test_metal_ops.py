@@ -1,0 +1,211 @@
+"""The Metal backend's kernels (metal/*.metal), run in the CPU simulator, against NumPy.
+
+Launch parameters and argument structs are those of cpp/metal/metal_backend.cpp. Shapes are
+chosen ragged: rows not a multiple of the rows per threadgroup, tokens not a multiple of the
+gemm tile, float rows not a multiple of the 16-byte block, odd head sizes. Limits: NMSE 5e-4 for
+matmul and attention (f32 accumulation: far tighter in practice, checked too), 1e-6 for norms
+and element-wise ops, exact for copies.
+"""
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from metal_sim_helpers import args, ceil_div, core, nmse
+
+rng = np.random.default_rng(4321)
+
+FORMATS = {  # kernel suffix -> GGML type
+    "f32": Q.F32,
+    "f16": Q.F16,
+    "bf16": Q.BF16,
+    "q8_0": Q.Q8_0,
+    "q4_0": Q.Q4_0,
+    "q4_1": Q.Q4_1,
+    "q5_0": Q.Q5_0,
+    "q5_1": Q.Q5_1,
+}
+FLOAT_FORMATS = ("f32", "f16", "bf16")
+
+
+def encode(values, fmt):
+    """(raw bytes as [rows, row_bytes] uint8, the values the kernel must see as float64)."""
+    qtype = FORMATS[fmt]
+    if qtype == Q.F32:
+        raw = values.astype(np.float32)
+    else:
+        raw = gguf.quants.quantize(values.astype(np.float32), qtype)
+    raw = np.ascontiguousarray(raw).view(np.uint8).reshape(values.shape[0], -1)
+    ref = gguf.quants.dequantize(raw, qtype) if qtype != Q.F32 else values.astype(np.float32)
+    return raw, ref.astype(np.float64)
+
+
+def linear_args(rows, cols, n, flags, row_bytes):
+    return args("iiiiQQQ", rows, cols, n, flags, row_bytes, cols, rows)
+
+
+def run_linear(kind, fmt, w_raw, x, out, bias, flags):
+    rows, row_bytes = w_raw.shape
+    n, cols = x.shape
+    a = linear_args(rows, cols, n, flags, row_bytes)
+    bufs = [a, w_raw, x, out, bias if bias is not None else out]
+    if kind == "matvec":
+        grid, tg = [ceil_div(rows, 8), n], [128]
+    else:
+        grid, tg = [ceil_div(rows, 32), ceil_div(n, 32)], [128]
+    core.sim_dispatch(f"{kind}_{fmt}", bufs, grid, tg)
+
+
+def shapes_for(fmt, float_shapes, block_shapes):
+    return float_shapes if fmt in FLOAT_FORMATS else block_shapes
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("kind", ["matvec", "gemm"])
+def test_linear(kind, fmt):
+    shapes = shapes_for(fmt, [(7, 64), (13, 40), (5, 37), (33, 96), (1, 8)], [(7, 64), (13, 96), (37, 256), (1, 32)])
+    tokens = (1, 2) if kind == "matvec" else (2, 17, 33)
+    for rows, cols in shapes:
+        w_raw, w_ref = encode(rng.standard_normal((rows, cols)), fmt)
+        for n in tokens:
+            x = rng.standard_normal((n, cols)).astype(np.float32)
+            ref = x.astype(np.float64) @ w_ref.T
+            out = np.full((n, rows), np.nan, np.float32)
+            run_linear(kind, fmt, w_raw, x, out, None, 0)
+            assert nmse(out, ref) < 5e-4, (rows, cols, n)
+            assert nmse(out, ref) < 1e-10, (rows, cols, n)
+
+
+@pytest.mark.parametrize("kind", ["matvec", "gemm"])
+@pytest.mark.parametrize("fmt", ["f16", "q8_0"])
+def test_linear_epilogue(kind, fmt):
+    rows, cols, n = 19, 64, (1 if kind == "matvec" else 5)
+    w_raw, w_ref = encode(rng.standard_normal((rows, cols)), fmt)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    resid = rng.standard_normal((n, rows)).astype(np.float32)
+    prod = x.astype(np.float64) @ w_ref.T
+    for flags, ref in ((1, prod + bias), (2, prod + resid), (3, prod + bias + resid)):
+        out = resid.copy()
+        run_linear(kind, fmt, w_raw, x, out, bias, flags)
+        assert nmse(out, ref) < 1e-10, flags
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_embed(fmt):
+    vocab, cols = 11, (40 if fmt in FLOAT_FORMATS else 64)
+    raw, ref = encode(rng.standard_normal((vocab, cols)), fmt)
+    ids = np.array([3, 0, 10, 3, 7], np.int32)
+    out = np.full((len(ids), cols), np.nan, np.float32)
+    scale = 1.5
+    core.sim_dispatch(f"embed_{fmt}", [args("ifQ", cols, scale, raw.shape[1]), raw, ids, out], [len(ids)], [64])
+    np.testing.assert_array_equal(out, (ref[ids] * scale).astype(np.float32))
+
+
+def rope_ref(x, n_heads, head_dim, rope_dims, pos0, inv_freq, neox):
+    x = x.reshape(x.shape[0], n_heads, head_dim).astype(np.float64).copy()
+    half = rope_dims // 2
+    for t in range(x.shape[0]):
+        theta = np.float32(pos0 + t) * inv_freq.astype(np.float32)
+        c, s = np.cos(theta.astype(np.float64)), np.sin(theta.astype(np.float64))
+        ia = np.arange(half) if neox else 2 * np.arange(half)
+        ib = ia + half if neox else ia + 1
+        a, b = x[t][:, ia].copy(), x[t][:, ib].copy()
+        x[t][:, ia] = a * c - b * s
+        x[t][:, ib] = a * s + b * c
+    return x.reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("n,n_heads,head_dim,rope_dims,pos0", [(1, 6, 16, 16, 0), (3, 2, 64, 32, 17), (5, 5, 12, 12, 40)])
+def test_rope(neox, n, n_heads, head_dim, rope_dims, pos0):
+    x = rng.standard_normal((n, n_heads * head_dim)).astype(np.float32)
+    inv_freq = (10000.0 ** (-np.arange(0, rope_dims, 2) / rope_dims)).astype(np.float32)
+    ref = rope_ref(x, n_heads, head_dim, rope_dims, pos0, inv_freq, neox)
+    core.sim_dispatch("rope", [args("iiii", n_heads, head_dim, rope_dims, pos0), x, inv_freq], [n, n_heads],
+                      [ceil_div(rope_dims // 2, 32) * 32], constants={0: neox})
+    assert nmse(x, ref) < 1e-6
+
+
+@pytest.mark.parametrize("kv", [np.float16, np.float32])
+def test_store_kv(kv):
+    n_kv, hd, n_ctx, pos0, n = 3, 12, 20, 5, 4
+    k = rng.standard_normal((n, n_kv * hd)).astype(np.float32)
+    v = rng.standard_normal((n, n_kv * hd)).astype(np.float32)
+    kc = np.zeros((n_kv, n_ctx, hd), kv)
+    vc = np.zeros((n_kv, n_ctx, hd), kv)
+    name = "store_kv_f16" if kv == np.float16 else "store_kv_f32"
+    core.sim_dispatch(name, [args("iiii", n_kv, hd, n_ctx, pos0), k, v, kc, vc], [n, n_kv], [32])
+    want_k = np.zeros_like(kc)
+    want_k[:, pos0:pos0 + n] = k.reshape(n, n_kv, hd).transpose(1, 0, 2).astype(kv)
+    want_v = np.zeros_like(vc)
+    want_v[:, pos0:pos0 + n] = v.reshape(n, n_kv, hd).transpose(1, 0, 2).astype(kv)
+    np.testing.assert_array_equal(kc, want_k)
+    np.testing.assert_array_equal(vc, want_v)
+
+
+def attention_ref(q, kc, vc, n_heads, n_kv, hd, pos0, window, scale):
+    n = q.shape[0]
+    out = np.zeros((n, n_heads, hd))
+    q = q.reshape(n, n_heads, hd).astype(np.float64)
+    for t in range(n):
+        pos = pos0 + t
+        start = max(0, pos - window + 1) if window > 0 else 0
+        for h in range(n_heads):
+            g = h // (n_heads // n_kv)
+            k = kc[g, start:pos + 1].astype(np.float64)
+            v = vc[g, start:pos + 1].astype(np.float64)
+            s = k @ q[t, h] * scale
+            p = np.exp(s - s.max())
+            out[t, h] = p @ v / p.sum()
+    return out.reshape(n, -1)
+
+
+@pytest.mark.parametrize("kv", [np.float16, np.float32])
+@pytest.mark.parametrize(
+    "n_heads,n_kv,hd,n_ctx,pos0,n,window",
+    [(6, 2, 16, 40, 22, 1, 0), (6, 1, 12, 40, 0, 1, 0), (4, 4, 64, 50, 10, 7, 0), (8, 2, 128, 64, 30, 3, 9),
+     (2, 1, 256, 16, 2, 3, 0), (6, 2, 16, 40, 3, 30, 5)],
+)
+def test_attention(kv, n_heads, n_kv, hd, n_ctx, pos0, n, window):
+    q = rng.standard_normal((n, n_heads * hd)).astype(np.float32)
+    kc = rng.standard_normal((n_kv, n_ctx, hd)).astype(kv)
+    vc = rng.standard_normal((n_kv, n_ctx, hd)).astype(kv)
+    scale = 1.0 / np.sqrt(hd)
+    out = np.full((n, n_heads * hd), np.nan, np.float32)
+    nsg = 4
+    name = "attention_f16" if kv == np.float16 else "attention_f32"
+    a = args("iiiiiifi", n_heads, n_kv, hd, n_ctx, pos0, window, scale, 0)
+    core.sim_dispatch(name, [a, q, kc, vc, out], [n_heads, n], [32 * nsg], tg_mem=[ceil_div((2 + hd) * nsg * 4, 16) * 16])
+    ref = attention_ref(q, kc, vc, n_heads, n_kv, hd, pos0, window, scale)
+    assert nmse(out, ref) < 5e-4
+    assert nmse(out, ref) < 1e-10
+
+
+def elementwise(name, bufs, count, cap=0.0, constants=None):
+    core.sim_dispatch(name, [args("If", count, cap), *bufs], [ceil_div(count, 256)], [256], constants=constants or {})
+
+
+@pytest.mark.parametrize("count", [1, 255, 1000])
+def test_glu_add_softcap(count):
+    g = (3 * rng.standard_normal(count)).astype(np.float32)
+    u = rng.standard_normal(count).astype(np.float32)
+    gd, ud = g.astype(np.float64), u.astype(np.float64)
+
+    out = g.copy()
+    elementwise("glu", [out, u], count, constants={0: False})
+    assert nmse(out, gd / (1 + np.exp(-gd)) * ud) < 1e-6
+
+    out = g.copy()
+    elementwise("glu", [out, u], count, constants={0: True})
+    gelu = 0.5 * gd * (1 + np.tanh(np.sqrt(2 / np.pi) * (gd + 0.044715 * gd**3)))
+    assert nmse(out, gelu * ud) < 1e-6
+
+    out = g.copy()
+    elementwise("add", [out, u], count)
+    np.testing.assert_array_equal(out, g + u)
+
+    out = g.copy()
+    elementwise("softcap", [out], count, cap=2.5)
+    assert nmse(out, 2.5 * np.tanh(gd / 2.5)) < 1e-6
