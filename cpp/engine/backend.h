@@ -1,10 +1,20 @@
 // The operations the forward pass is made of. A backend supplies them; the sequence lives once
-// in forward.cpp. Activations are plain float arrays owned by the engine (rows of `n` tokens);
-// weights are Matrix views. A Metal backend maps these pointers to buffer offsets.
+// in forward.cpp. Activations are float arrays (rows of `n` tokens) that the engine carves out of
+// memory the backend hands it at load (activations()), so a GPU backend can place them in a
+// buffer both sides see; weights are Matrix views. The Metal backend maps every pointer it is
+// given to a (buffer, offset) pair.
+//
+// Ops may only *encode* work (a GPU backend queues it); sync() finishes everything queued, and
+// the engine calls it before the host reads any result (the logits). On the CPU ops run at once
+// and sync() does nothing.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "engine/config.h"
 #include "engine/weights.h"
@@ -23,6 +33,18 @@ class Backend {
 public:
     virtual ~Backend() = default;
     virtual const char* name() const = 0;
+
+    // Memory for the engine's activations: count floats, zeroed, valid as long as the backend.
+    // Called once, at load. The default is host memory.
+    virtual float* activations(size_t count) {
+        host_activations_.assign(count, 0.0f);
+        return host_activations_.data();
+    }
+    // Waits for all work the ops queued; results are readable by the host afterwards.
+    virtual void sync() {}
+    // Counters of a GPU backend (command buffers, waits, dispatches, ...); empty on the CPU.
+    virtual std::map<std::string, uint64_t> stats() const { return {}; }
+    virtual void reset_stats() {}
 
     // x[t] = row ids[t] of the embedding table, times scale.
     virtual void embed(const Matrix& table, const int32_t* ids, int n, float scale, float* x) = 0;
@@ -43,6 +65,9 @@ public:
     virtual void add(float* x, const float* y, int64_t count) = 0;
     // x = cap * tanh(x / cap).
     virtual void softcap(float* x, int64_t count, float cap) = 0;
+
+private:
+    std::vector<float> host_activations_;
 };
 
 }  // namespace metallic

@@ -67,17 +67,27 @@ void Engine::forward(const int32_t* ids, int n, float* all_logits) {
         }
     }
 
-    // Output head: every row when asked for all logits, else only the last token's.
+    // Output head: every row when asked for all logits, else only the last token's. All rows go
+    // through logits_ logit_rows_ at a time (a GPU writes its own buffers, not the caller's).
+    const int64_t V = c.n_vocab;
     if (all_logits) {
         B.rmsnorm(x, w_.output_norm.data(), h, n, d, c.rms_eps);
-        B.matmul(h, n, {{&w_.output, all_logits}});
-        if (c.final_logit_softcap > 0) B.softcap(all_logits, int64_t(n) * c.n_vocab, c.final_logit_softcap);
-        std::copy(all_logits + int64_t(n - 1) * c.n_vocab, all_logits + int64_t(n) * c.n_vocab, logits_.data());
+        int last = 0;  // row of logits_ holding the last token's logits
+        for (int r0 = 0; r0 < n; r0 += logit_rows_) {
+            const int rows = std::min(logit_rows_, n - r0);
+            B.matmul(h + int64_t(r0) * d, rows, {{&w_.output, logits_.data()}});
+            if (c.final_logit_softcap > 0) B.softcap(logits_.data(), rows * V, c.final_logit_softcap);
+            B.sync();
+            std::copy(logits_.data(), logits_.data() + rows * V, all_logits + int64_t(r0) * V);
+            last = rows - 1;
+        }
+        if (last > 0) std::copy(logits_.data() + last * V, logits_.data() + (last + 1) * V, logits_.data());
     } else {
         const float* last = x + int64_t(n - 1) * d;
         B.rmsnorm(last, w_.output_norm.data(), h, 1, d, c.rms_eps);
         B.matmul(h, 1, {{&w_.output, logits_.data()}});
-        if (c.final_logit_softcap > 0) B.softcap(logits_.data(), c.n_vocab, c.final_logit_softcap);
+        if (c.final_logit_softcap > 0) B.softcap(logits_.data(), V, c.final_logit_softcap);
+        B.sync();
     }
     n_past_ += n;
 }

@@ -1,0 +1,423 @@
+// The Metal backend: the ops of backend.h as kernels of metal/*.metal over the GPU interface.
+//
+// Memory, all set up at load (a token allocates nothing):
+//   weights      the mmap'd file wrapped in place (no copy): one buffer, or on a GPU whose
+//                maxBufferLength is smaller than the file, page-aligned overlapping windows
+//                such that every tensor lies wholly inside one of them
+//   consts       the small float vectors ops are given by pointer (norm weights, biases, RoPE
+//                frequency tables), copied once into one buffer
+//   activations  the engine's activation arrays: the backend owns them (activations()) in one
+//                shared buffer and the engine computes pointers into it. Shared storage means
+//                the host reads the logits in place after sync(); owning the memory here
+//                (instead of wrapping the engine's vectors) avoids page-alignment games with
+//                newBufferWithBytesNoCopy on the host side.
+//   ids          the token ids of the current forward pass (written by the host at encode time:
+//                safe because the previous command buffer has finished by then)
+//   k/v cache    [layer][kv_head][position][head_dim] in half or float, as on the CPU
+//
+// Every op only encodes: the first op of a forward pass opens a command buffer, sync() (called
+// by the engine before it reads logits) commits it and waits. A decode step is therefore one
+// command buffer and one wait.
+//
+// Any float pointer an op receives is resolved to (buffer, offset): inside the activation block
+// by subtraction, else through the table of copied host vectors. A pointer in neither is a
+// programming error and throws.
+#include "metal/metal_backend.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+
+#include "engine/error.h"
+#include "engine/ggml_types.h"
+
+// Host views of the argument structs the kernels take (metal/args.h is shared with MSL).
+#include "../../metal/args.h"
+
+namespace metallic::metal {
+namespace {
+
+// Where a pointer lives on the GPU.
+struct Ref {
+    const gpu::Buffer* buf = nullptr;
+    size_t offset = 0;
+};
+
+// The kernels of one weight format.
+struct FormatPipelines {
+    std::unique_ptr<gpu::Pipeline> embed, matvec, gemm;
+};
+
+const char* format_suffix(uint32_t type) {
+    switch (GgmlType(type)) {
+        case GgmlType::F32: return "f32";
+        case GgmlType::F16: return "f16";
+        case GgmlType::BF16: return "bf16";
+        case GgmlType::Q8_0: return "q8_0";
+        case GgmlType::Q4_0: return "q4_0";
+        case GgmlType::Q4_1: return "q4_1";
+        case GgmlType::Q5_0: return "q5_0";
+        case GgmlType::Q5_1: return "q5_1";
+        default: return nullptr;
+    }
+}
+
+constexpr uint32_t kMatvecSimdgroups = 4;  // 128 threads, 2 rows per simdgroup: 8 rows per threadgroup
+constexpr uint32_t kMatvecRowsPerSimdgroup = 2;  // NR of the instantiations in matvec.metal
+constexpr uint32_t kGemmTile = 32;         // GEMM_TILE of gemm.h, 128 threads
+constexpr uint32_t kAttentionSimdgroups = 4;
+constexpr uint32_t kElementwiseThreads = 256;
+
+uint32_t ceil_div(int64_t a, int64_t b) { return uint32_t((a + b - 1) / b); }
+
+class MetalBackend final : public Backend {
+public:
+    MetalBackend(std::unique_ptr<gpu::Device> device, const ModelConfig& cfg, const MetalOptions& opt,
+                 const MappedFile& file, const Weights& w,
+                 const std::vector<std::pair<const float*, size_t>>& host_tables)
+        : dev_(std::move(device)), cfg_(cfg), opt_(opt) {
+        name_ = dev_->name();
+        wrap_weights(file, w);
+        copy_consts(w, host_tables);
+        make_pipelines(w);
+
+        ids_ = dev_->new_buffer(sizeof(int32_t) * size_t(opt_.max_batch));
+        const size_t kv_elems =
+            size_t(cfg_.n_layer) * size_t(cfg_.n_head_kv) * size_t(opt_.n_ctx) * size_t(cfg_.head_dim);
+        kv_elem_bytes_ = opt_.kv_f32 ? 4 : 2;
+        k_cache_ = dev_->new_buffer(kv_elems * kv_elem_bytes_);
+        v_cache_ = dev_->new_buffer(kv_elems * kv_elem_bytes_);
+    }
+
+    const char* name() const override { return name_.c_str(); }
+
+    float* activations(size_t count) override {
+        act_ = dev_->new_buffer(count * sizeof(float));
+        act_base_ = static_cast<float*>(act_->contents());
+        act_count_ = count;
+        return act_base_;
+    }
+
+    void sync() override {
+        if (!cb_) return;
+        cb_->commit();
+        cb_->wait();
+        cb_.reset();
+        enc_ = nullptr;
+    }
+
+    std::map<std::string, uint64_t> stats() const override {
+        const gpu::Stats& s = dev_->stats();
+        return {{"command_buffers", s.command_buffers}, {"waits", s.waits},
+                {"dispatches", s.dispatches},           {"buffer_allocations", s.buffer_allocations},
+                {"buffers_wrapped", s.buffers_wrapped}, {"weight_binds", s.weight_binds},
+                {"weight_bytes", s.weight_bytes},       {"weight_rebinds", s.weight_rebinds},
+                {"kv_bytes", kv_bytes_}};
+    }
+    void reset_stats() override {
+        dev_->reset_stats();
+        kv_bytes_ = 0;
+    }
+
+    // ---- ops ------------------------------------------------------------------------------
+
+    void embed(const Matrix& table, const int32_t* ids, int n, float scale, float* x) override {
+        std::memcpy(ids_->contents(), ids, sizeof(int32_t) * size_t(n));
+        gpu::Encoder& e = encoder();
+        EmbedArgs a{int32_t(table.cols), scale, uint64_t(table.row_bytes)};
+        e.set_pipeline(*format(table).embed);
+        e.set_args(0, a);
+        bind_weight(e, 1, table, size_t(n) * table.row_bytes);  // reads n rows of the table
+        e.set_buffer(2, *ids_, 0);
+        bind(e, 3, x);
+        e.dispatch_threadgroups({uint32_t(n), 1, 1}, {threads_for(table.cols, *format(table).embed), 1, 1});
+    }
+
+    void rmsnorm(const float* x, const float* w, float* out, int n, int d, float eps) override {
+        gpu::Encoder& e = encoder();
+        RmsNormArgs a{d, eps, uint64_t(d), uint64_t(d)};
+        e.set_pipeline(*rmsnorm_);
+        e.set_args(0, a);
+        bind(e, 1, x);
+        bind(e, 2, w);
+        bind(e, 3, out);
+        // One threadgroup per row; about 4 values per thread, a whole number of simdgroups.
+        const uint32_t tg = std::clamp<uint32_t>(ceil_div(d, 4 * 32) * 32, 32, std::min<uint32_t>(1024, rmsnorm_->max_threads()));
+        e.dispatch_threadgroups({uint32_t(n), 1, 1}, {tg, 1, 1});
+    }
+
+    void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
+        gpu::Encoder& e = encoder();
+        for (const MatmulJob& j : jobs) {
+            const Matrix& w = *j.w;
+            const FormatPipelines& f = format(w);
+            LinearArgs a{};
+            a.rows = int32_t(w.rows);
+            a.cols = int32_t(w.cols);
+            a.n_tokens = n;
+            a.flags = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0);
+            a.row_bytes = w.row_bytes;
+            a.x_stride = uint64_t(w.cols);
+            a.out_stride = uint64_t(w.rows);
+            e.set_pipeline(n == 1 ? *f.matvec : *f.gemm);
+            e.set_args(0, a);
+            bind_weight(e, 1, w, w.nbytes);
+            bind(e, 2, in);
+            bind(e, 3, j.out);
+            bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
+            if (n == 1) {
+                e.dispatch_threadgroups({ceil_div(w.rows, kMatvecSimdgroups * kMatvecRowsPerSimdgroup), 1, 1},
+                                        {32 * kMatvecSimdgroups, 1, 1});
+            } else {
+                e.dispatch_threadgroups({ceil_div(w.rows, kGemmTile), ceil_div(n, kGemmTile), 1}, {128, 1, 1});
+            }
+        }
+    }
+
+    void rope(float* x, int n, int n_heads, int pos0, const float* inv_freq) override {
+        gpu::Encoder& e = encoder();
+        RopeArgs a{n_heads, cfg_.head_dim, cfg_.rope_dims, pos0};
+        e.set_pipeline(*rope_);
+        e.set_args(0, a);
+        bind(e, 1, x);
+        bind(e, 2, inv_freq);
+        e.dispatch_threadgroups({uint32_t(n), uint32_t(n_heads), 1}, {ceil_div(cfg_.rope_dims / 2, 32) * 32, 1, 1});
+    }
+
+    void store_kv(int layer, const float* k, const float* v, int n, int pos0) override {
+        gpu::Encoder& e = encoder();
+        StoreKvArgs a{cfg_.n_head_kv, cfg_.head_dim, opt_.n_ctx, pos0};
+        e.set_pipeline(*store_kv_);
+        e.set_args(0, a);
+        bind(e, 1, k);
+        bind(e, 2, v);
+        e.set_buffer(3, *k_cache_, layer_offset(layer));
+        e.set_buffer(4, *v_cache_, layer_offset(layer));
+        e.dispatch_threadgroups({uint32_t(n), uint32_t(cfg_.n_head_kv), 1},
+                                {std::min<uint32_t>(256, ceil_div(cfg_.head_dim, 32) * 32), 1, 1});
+        kv_bytes_ += 2 * uint64_t(n) * uint64_t(cfg_.n_head_kv) * uint64_t(cfg_.head_dim) * kv_elem_bytes_;
+    }
+
+    void attention(int layer, const float* q, int n, int pos0, int window, float* out) override {
+        gpu::Encoder& e = encoder();
+        AttentionArgs a{};
+        a.n_heads = cfg_.n_head;
+        a.n_kv_heads = cfg_.n_head_kv;
+        a.head_dim = cfg_.head_dim;
+        a.n_ctx = opt_.n_ctx;
+        a.pos0 = pos0;
+        a.window = window;
+        a.scale = cfg_.attn_scale > 0 ? cfg_.attn_scale : 1.0f / std::sqrt(float(cfg_.head_dim));
+        e.set_pipeline(*attention_);
+        e.set_args(0, a);
+        bind(e, 1, q);
+        e.set_buffer(2, *k_cache_, layer_offset(layer));
+        e.set_buffer(3, *v_cache_, layer_offset(layer));
+        bind(e, 4, out);
+        const size_t shared = size_t(2 + cfg_.head_dim) * kAttentionSimdgroups * sizeof(float);
+        e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
+        e.dispatch_threadgroups({uint32_t(cfg_.n_head), uint32_t(n), 1}, {32 * kAttentionSimdgroups, 1, 1});
+        // Cache rows read: every query row reads its window of one kv head per query head.
+        for (int t = 0; t < n; ++t) {
+            const int pos = pos0 + t, start = window > 0 ? std::max(0, pos - window + 1) : 0;
+            kv_bytes_ += 2 * uint64_t(pos - start + 1) * uint64_t(cfg_.n_head_kv) * uint64_t(cfg_.head_dim) *
+                         kv_elem_bytes_;
+        }
+    }
+
+    void glu(float* g, const float* u, int64_t count, Activation act) override {
+        gpu::Encoder& e = encoder();
+        e.set_pipeline(act == Activation::GeluTanh ? *glu_gelu_ : *glu_silu_);
+        elementwise(e, g, u, count, 0.0f);
+    }
+
+    void add(float* x, const float* y, int64_t count) override {
+        gpu::Encoder& e = encoder();
+        e.set_pipeline(*add_);
+        elementwise(e, x, y, count, 0.0f);
+    }
+
+    void softcap(float* x, int64_t count, float cap) override {
+        gpu::Encoder& e = encoder();
+        e.set_pipeline(*softcap_);
+        elementwise(e, x, nullptr, count, cap);
+    }
+
+private:
+    // ---- load-time setup --------------------------------------------------------------------
+
+    void wrap_weights(const MappedFile& file, const Weights& w) {
+        const size_t page = size_t(sysconf(_SC_PAGESIZE));
+        weights_base_ = file.data();
+        if (reinterpret_cast<uintptr_t>(weights_base_) % page)
+            throw std::logic_error("metal: the model mapping is not page-aligned");
+        const size_t size = (file.size() + page - 1) / page * page;  // the mapping covers whole pages
+        const size_t max_len = dev_->max_buffer_length() / page * page;
+        size_t largest = 0;
+        for_each_matrix(w, [&](const Matrix& m) { largest = std::max(largest, m.nbytes); });
+        if (size <= max_len) {
+            window_step_ = size;
+            windows_.push_back(dev_->wrap(weights_base_, size));
+            return;
+        }
+        // Windows start every `step` bytes and are `max_len` long, so consecutive ones overlap by
+        // at least the largest tensor: a tensor starting in window i ends before window i does.
+        const size_t overlap = (largest + page - 1) / page * page;
+        if (overlap >= max_len) throw BadInput("a weight tensor is larger than the GPU's largest buffer");
+        window_step_ = max_len - overlap;
+        for (size_t start = 0; start < size; start += window_step_)
+            windows_.push_back(dev_->wrap(weights_base_ + start, std::min(max_len, size - start)));
+    }
+
+    template <typename Fn> static void for_each_matrix(const Weights& w, Fn fn) {
+        fn(w.token_embd);
+        fn(w.output);
+        for (const LayerWeights& L : w.layers)
+            for (const Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) fn(*m);
+    }
+
+    void copy_consts(const Weights& w, const std::vector<std::pair<const float*, size_t>>& host_tables) {
+        std::vector<std::pair<const float*, size_t>> tables = host_tables;
+        auto add = [&](const std::vector<float>& v) {
+            if (!v.empty()) tables.push_back({v.data(), v.size()});
+        };
+        add(w.output_norm);
+        for (const LayerWeights& L : w.layers)
+            for (const auto* v : {&L.attn_norm, &L.ffn_norm, &L.q_bias, &L.k_bias, &L.v_bias, &L.q_norm, &L.k_norm,
+                                  &L.post_attn_norm, &L.post_ffn_norm})
+                add(*v);
+        size_t total = 0;
+        for (const auto& [p, n] : tables) total += (n + 63) & ~size_t(63);  // 256-byte aligned entries
+        consts_ = dev_->new_buffer(std::max<size_t>(total, 1) * sizeof(float));
+        float* dst = static_cast<float*>(consts_->contents());
+        size_t at = 0;
+        for (const auto& [p, n] : tables) {
+            if (!p) continue;
+            std::memcpy(dst + at, p, n * sizeof(float));
+            consts_at_[p] = at * sizeof(float);
+            at += (n + 63) & ~size_t(63);
+        }
+    }
+
+    void make_pipelines(const Weights& w) {
+        for_each_matrix(w, [&](const Matrix& m) {
+            // Rows of the float formats are read with 16-byte loads from the matrix start.
+            const bool float_format = GgmlType(m.type) == GgmlType::F32 || GgmlType(m.type) == GgmlType::F16 ||
+                                      GgmlType(m.type) == GgmlType::BF16;
+            if (float_format && reinterpret_cast<uintptr_t>(m.data) % 16)
+                throw BadInput("tensor " + m.name + " is not 16-byte aligned in the file");
+            if (formats_.count(m.type)) return;
+            const char* sfx = format_suffix(m.type);
+            if (!sfx)
+                throw BadInput(std::string("the Metal backend has no kernels for ") + type_name(m.type) +
+                               " weights (tensor " + m.name + "); supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
+                               "Q5_0, Q5_1");
+            FormatPipelines& f = formats_[m.type];
+            f.embed = dev_->pipeline(std::string("embed_") + sfx);
+            f.matvec = dev_->pipeline(std::string("matvec_") + sfx);
+            f.gemm = dev_->pipeline(std::string("gemm_") + sfx);
+            require_threads(*f.matvec, 32 * kMatvecSimdgroups);
+            require_threads(*f.gemm, 128);
+        });
+        rmsnorm_ = dev_->pipeline("rmsnorm_f32");
+        rope_ = dev_->pipeline("rope", {{0, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}});
+        store_kv_ = dev_->pipeline(opt_.kv_f32 ? "store_kv_f32" : "store_kv_f16");
+        attention_ = dev_->pipeline(opt_.kv_f32 ? "attention_f32" : "attention_f16");
+        require_threads(*attention_, 32 * kAttentionSimdgroups);
+        glu_silu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(false)}});
+        glu_gelu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(true)}});
+        add_ = dev_->pipeline("add");
+        softcap_ = dev_->pipeline("softcap");
+        require_threads(*rope_, 128);
+    }
+
+    static void require_threads(const gpu::Pipeline& p, uint32_t n) {
+        if (p.max_threads() < n)
+            throw std::runtime_error("metal: kernel " + p.name() + " cannot run " + std::to_string(n) +
+                                     " threads per threadgroup on this device");
+    }
+
+    // ---- encoding helpers -------------------------------------------------------------------
+
+    gpu::Encoder& encoder() {
+        if (!cb_) {
+            cb_ = dev_->command_buffer();
+            enc_ = &cb_->encoder();
+        }
+        return *enc_;
+    }
+
+    Ref resolve(const void* p) const {
+        const float* f = static_cast<const float*>(p);
+        if (f >= act_base_ && f < act_base_ + act_count_) return {act_.get(), size_t(f - act_base_) * sizeof(float)};
+        auto it = consts_at_.find(f);
+        if (it != consts_at_.end()) return {consts_.get(), it->second};
+        throw std::logic_error("metal: an op was given a pointer outside the backend's buffers");
+    }
+
+    void bind(gpu::Encoder& e, int index, const void* p) {
+        const Ref r = resolve(p);
+        e.set_buffer(index, *r.buf, r.offset);
+    }
+
+    void bind_weight(gpu::Encoder& e, int index, const Matrix& m, size_t bytes_read) {
+        const size_t off = size_t(m.data - weights_base_);
+        const size_t i = off / window_step_;
+        e.set_weight(index, *windows_[i], off - i * window_step_, bytes_read);
+    }
+
+    const FormatPipelines& format(const Matrix& m) const { return formats_.at(m.type); }
+
+    uint32_t threads_for(int64_t n, const gpu::Pipeline& p) const {
+        return std::clamp<uint32_t>(ceil_div(n, 32) * 32, 32, std::min<uint32_t>(256, p.max_threads()));
+    }
+
+    size_t layer_offset(int layer) const {
+        return size_t(layer) * size_t(cfg_.n_head_kv) * size_t(opt_.n_ctx) * size_t(cfg_.head_dim) * kv_elem_bytes_;
+    }
+
+    void elementwise(gpu::Encoder& e, float* x, const float* y, int64_t count, float cap) {
+        ElementwiseArgs a{uint32_t(count), cap};
+        e.set_args(0, a);
+        bind(e, 1, x);
+        if (y) bind(e, 2, y);
+        e.dispatch_threadgroups({ceil_div(count, kElementwiseThreads), 1, 1}, {kElementwiseThreads, 1, 1});
+    }
+
+    std::unique_ptr<gpu::Device> dev_;
+    ModelConfig cfg_;
+    MetalOptions opt_;
+    std::string name_;
+
+    const uint8_t* weights_base_ = nullptr;
+    size_t window_step_ = 1;
+    std::vector<std::unique_ptr<gpu::Buffer>> windows_;
+    std::unique_ptr<gpu::Buffer> consts_;
+    std::unordered_map<const float*, size_t> consts_at_;
+    std::unique_ptr<gpu::Buffer> act_, ids_, k_cache_, v_cache_;
+    float* act_base_ = nullptr;
+    size_t act_count_ = 0;
+    size_t kv_elem_bytes_ = 2;
+    uint64_t kv_bytes_ = 0;  // KV-cache bytes written and read by the encoded work since the reset
+
+    std::map<uint32_t, FormatPipelines> formats_;
+    std::unique_ptr<gpu::Pipeline> rmsnorm_, rope_, store_kv_, attention_, glu_silu_, glu_gelu_, add_, softcap_;
+
+    std::unique_ptr<gpu::CommandBuffer> cb_;
+    gpu::Encoder* enc_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_metal_backend(std::unique_ptr<gpu::Device> device, const ModelConfig& cfg,
+                                            const MetalOptions& opt, const MappedFile& file, const Weights& w,
+                                            const std::vector<std::pair<const float*, size_t>>& host_tables) {
+    return std::make_unique<MetalBackend>(std::move(device), cfg, opt, file, w, host_tables);
+}
+
+}  // namespace metallic::metal
