@@ -18,5 +18,5 @@ kernel void embed(constant EmbedArgs& args [[buffer(0)]],
                   uint ntg [[threads_per_threadgroup]]) {
     device const uchar* row = table + uint64_t(ids[t]) * args.row_bytes;
     device float* out = x + uint64_t(t) * uint64_t(args.cols);
-    for (int i = int(tid); i < args.cols; i += int(ntg)) out[i] = row_get<F>(row, i) * args.scale;
+    for (int i = int(tid); i < args.cols; i += int(ntg)) out[i] = F::get(row, i) * args.scale;
 }

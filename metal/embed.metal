@@ -9,3 +9,6 @@ template [[host_name("embed_q4_0")]] [[kernel]] decltype(embed<fmt_q4_0>) embed<
 template [[host_name("embed_q4_1")]] [[kernel]] decltype(embed<fmt_q4_1>) embed<fmt_q4_1>;
 template [[host_name("embed_q5_0")]] [[kernel]] decltype(embed<fmt_q5_0>) embed<fmt_q5_0>;
 template [[host_name("embed_q5_1")]] [[kernel]] decltype(embed<fmt_q5_1>) embed<fmt_q5_1>;
+template [[host_name("embed_q4_k")]] [[kernel]] decltype(embed<fmt_q4_k>) embed<fmt_q4_k>;
+template [[host_name("embed_q5_k")]] [[kernel]] decltype(embed<fmt_q5_k>) embed<fmt_q5_k>;
+template [[host_name("embed_q6_k")]] [[kernel]] decltype(embed<fmt_q6_k>) embed<fmt_q6_k>;

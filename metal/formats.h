@@ -1,7 +1,10 @@
 // Weight formats as the kernels read them: one struct per GGML type with
-//   BLOCK, BYTES       elements and bytes of one block (for the float formats: one 16-byte load)
-//   get(blk, j)        element j of the block at blk, as float
-//   dot(blk, x)        dot product of the block with x[0 .. BLOCK), x 16-byte aligned
+//   BLOCK          elements of one unit of work: what a lane of a matvec takes at a time (one
+//                  16-byte load for the float formats, one 32-element block or sub-block for
+//                  the quantized ones)
+//   VEC            1 if dot() uses vector loads of W that need 16-byte aligned rows
+//   get(row, i)    element i of a row, as float
+//   dot(row, b, x) dot product of unit b of the row with x[0 .. BLOCK), x 16-byte aligned
 // Kernels template over these (embed, matvec, gemm), so a new format is one struct here plus a
 // line of instantiations per kernel. Block layouts come from cpp/cpu/formats/blocks.h, the
 // same header the CPU kernels use; scales are raw half bits there, read with as_type.
@@ -15,17 +18,18 @@ using namespace metal;
 inline float half_bits(ushort bits) { return float(as_type<half>(bits)); }
 
 struct fmt_f32 {
-    enum { BLOCK = 4, BYTES = 16 };
-    static inline float get(device const uchar* p, int j) { return ((device const float*)p)[j]; }
-    static inline float dot(device const uchar* p, device const float* x) {
-        return metal::dot(*(device const float4*)p, *(device const float4*)x);
+    enum { BLOCK = 4, VEC = 1 };
+    static inline float get(device const uchar* row, int i) { return ((device const float*)row)[i]; }
+    static inline float dot(device const uchar* row, int b, device const float* x) {
+        return metal::dot(((device const float4*)row)[b], *(device const float4*)x);
     }
 };
 
 struct fmt_f16 {
-    enum { BLOCK = 8, BYTES = 16 };
-    static inline float get(device const uchar* p, int j) { return float(((device const half*)p)[j]); }
-    static inline float dot(device const uchar* p, device const float* x) {
+    enum { BLOCK = 8, VEC = 1 };
+    static inline float get(device const uchar* row, int i) { return float(((device const half*)row)[i]); }
+    static inline float dot(device const uchar* row, int b, device const float* x) {
+        device const uchar* p = row + 16 * b;
         const float4 w0 = float4(*(device const half4*)p);
         const float4 w1 = float4(*(device const half4*)(p + 8));
         return metal::dot(w0, *(device const float4*)x) + metal::dot(w1, *(device const float4*)(x + 4));
@@ -37,9 +41,10 @@ inline float bf16_bits(ushort bits) { return as_type<float>(uint(bits) << 16); }
 inline float4 bf16x4(ushort4 b) { return float4(bf16_bits(b.x), bf16_bits(b.y), bf16_bits(b.z), bf16_bits(b.w)); }
 
 struct fmt_bf16 {
-    enum { BLOCK = 8, BYTES = 16 };
-    static inline float get(device const uchar* p, int j) { return bf16_bits(((device const ushort*)p)[j]); }
-    static inline float dot(device const uchar* p, device const float* x) {
+    enum { BLOCK = 8, VEC = 1 };
+    static inline float get(device const uchar* row, int i) { return bf16_bits(((device const ushort*)row)[i]); }
+    static inline float dot(device const uchar* row, int b, device const float* x) {
+        device const uchar* p = row + 16 * b;
         const float4 w0 = bf16x4(*(device const ushort4*)p);
         const float4 w1 = bf16x4(*(device const ushort4*)(p + 8));
         return metal::dot(w0, *(device const float4*)x) + metal::dot(w1, *(device const float4*)(x + 4));
@@ -48,12 +53,12 @@ struct fmt_bf16 {
 
 // d * q, q int8.
 struct fmt_q8_0 {
-    enum { BLOCK = 32, BYTES = 34 };
-    static inline float get(device const uchar* p, int j) {
+    enum { BLOCK = 32, BYTES = 34, VEC = 0 };
+    static inline float get_in_block(device const uchar* p, int j) {
         device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)p;
         return half_bits(b->d) * float(b->qs[j]);
     }
-    static inline float dot(device const uchar* p, device const float* x) {
+    static inline float dot_block(device const uchar* p, device const float* x) {
         device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)p;
         float s = 0.0f;
         for (int i = 0; i < 32; i += 4) {
@@ -61,6 +66,10 @@ struct fmt_q8_0 {
             s += metal::dot(q, *(device const float4*)(x + i));
         }
         return half_bits(b->d) * s;
+    }
+    static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
+    static inline float dot(device const uchar* row, int b, device const float* x) {
+        return dot_block(row + b * BYTES, x);
     }
 };
 
@@ -93,62 +102,165 @@ struct q5_values {
 
 // d * (q - 8)
 struct fmt_q4_0 {
-    enum { BLOCK = 32, BYTES = 18 };
-    static inline float get(device const uchar* p, int j) {
+    enum { BLOCK = 32, BYTES = 18, VEC = 0 };
+    static inline float get_in_block(device const uchar* p, int j) {
         device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)p;
         return half_bits(b->d) * float(nibble(b->qs, j) - 8);
     }
-    static inline float dot(device const uchar* p, device const float* x) {
+    static inline float dot_block(device const uchar* p, device const float* x) {
         device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)p;
         const float2 r = q32_dot_sum<q4_values>(b->qs, 0u, x);
         return half_bits(b->d) * (r.x - 8.0f * r.y);
+    }
+    static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
+    static inline float dot(device const uchar* row, int b, device const float* x) {
+        return dot_block(row + b * BYTES, x);
     }
 };
 
 // d * q + m
 struct fmt_q4_1 {
-    enum { BLOCK = 32, BYTES = 20 };
-    static inline float get(device const uchar* p, int j) {
+    enum { BLOCK = 32, BYTES = 20, VEC = 0 };
+    static inline float get_in_block(device const uchar* p, int j) {
         device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)p;
         return half_bits(b->d) * float(nibble(b->qs, j)) + half_bits(b->m);
     }
-    static inline float dot(device const uchar* p, device const float* x) {
+    static inline float dot_block(device const uchar* p, device const float* x) {
         device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)p;
         const float2 r = q32_dot_sum<q4_values>(b->qs, 0u, x);
         return half_bits(b->d) * r.x + half_bits(b->m) * r.y;
+    }
+    static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
+    static inline float dot(device const uchar* row, int b, device const float* x) {
+        return dot_block(row + b * BYTES, x);
     }
 };
 
 // d * (q - 16)
 struct fmt_q5_0 {
-    enum { BLOCK = 32, BYTES = 22 };
-    static inline float get(device const uchar* p, int j) {
+    enum { BLOCK = 32, BYTES = 22, VEC = 0 };
+    static inline float get_in_block(device const uchar* p, int j) {
         device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)p;
         return half_bits(b->d) * float(q5_values::value(nibble(b->qs, j), qh_bits(b->qh), j) - 16);
     }
-    static inline float dot(device const uchar* p, device const float* x) {
+    static inline float dot_block(device const uchar* p, device const float* x) {
         device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)p;
         const float2 r = q32_dot_sum<q5_values>(b->qs, qh_bits(b->qh), x);
         return half_bits(b->d) * (r.x - 16.0f * r.y);
+    }
+    static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
+    static inline float dot(device const uchar* row, int b, device const float* x) {
+        return dot_block(row + b * BYTES, x);
     }
 };
 
 // d * q + m
 struct fmt_q5_1 {
-    enum { BLOCK = 32, BYTES = 24 };
-    static inline float get(device const uchar* p, int j) {
+    enum { BLOCK = 32, BYTES = 24, VEC = 0 };
+    static inline float get_in_block(device const uchar* p, int j) {
         device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)p;
         return half_bits(b->d) * float(q5_values::value(nibble(b->qs, j), qh_bits(b->qh), j)) + half_bits(b->m);
     }
-    static inline float dot(device const uchar* p, device const float* x) {
+    static inline float dot_block(device const uchar* p, device const float* x) {
         device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)p;
         const float2 r = q32_dot_sum<q5_values>(b->qs, qh_bits(b->qh), x);
         return half_bits(b->d) * r.x + half_bits(b->m) * r.y;
     }
+    static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
+    static inline float dot(device const uchar* row, int b, device const float* x) {
+        return dot_block(row + b * BYTES, x);
+    }
 };
 
-// Element i of a row in format F.
-template <typename F>
-inline float row_get(device const uchar* row, int i) {
-    return F::get(row + (i / F::BLOCK) * F::BYTES, i % F::BLOCK);
+
+// ---- K-quants: super-blocks of 256 elements; a unit is a 32-element sub-block (8 per block),
+// so the lanes of a matvec share a super-block instead of one lane taking all of it.
+
+// Scale and min of sub-block j of Q4_K/Q5_K: 6 bits each, packed in 12 bytes (GGML's
+// get_scale_min_k4).
+inline int2 k4_scale_min(device const uchar* s, int j) {
+    if (j < 4) return int2(int(s[j] & 63), int(s[j + 4] & 63));
+    return int2(int((s[j + 4] & 15) | ((s[j - 4] >> 6) << 4)), int((s[j + 4] >> 4) | ((s[j] >> 6) << 4)));
 }
+
+// (d * sc) * q - dmin * m, q in 0..15: sub-block 2c in the low nibbles of qs[32c ..], 2c + 1 in
+// the high nibbles.
+struct fmt_q4_k {
+    enum { BLOCK = 32, BYTES = 144, VEC = 0 };
+    static inline float get(device const uchar* row, int i) {
+        device const metallic::BlockQ4_K* b = (device const metallic::BlockQ4_K*)(row + (i / 256) * BYTES);
+        const int e = i % 256, s = e / 32, l = e % 32;
+        const int2 sm = k4_scale_min(b->scales, s);
+        const int q = (s & 1) ? (b->qs[32 * (s / 2) + l] >> 4) : (b->qs[32 * (s / 2) + l] & 15);
+        return half_bits(b->d) * float(sm.x) * float(q) - half_bits(b->dmin) * float(sm.y);
+    }
+    static inline float dot(device const uchar* row, int u, device const float* x) {
+        device const metallic::BlockQ4_K* b = (device const metallic::BlockQ4_K*)(row + (u / 8) * BYTES);
+        const int s = u % 8;
+        const int2 sm = k4_scale_min(b->scales, s);
+        device const uchar* qs = b->qs + 32 * (s / 2);
+        const int shift = (s & 1) * 4;
+        float sq = 0.0f, sx = 0.0f;
+        for (int l = 0; l < 32; ++l) {
+            sq += float((qs[l] >> shift) & 15) * x[l];
+            sx += x[l];
+        }
+        return half_bits(b->d) * float(sm.x) * sq - half_bits(b->dmin) * float(sm.y) * sx;
+    }
+};
+
+// Q4_K plus bit 4 of element l of sub-block s in bit s of qh[l].
+struct fmt_q5_k {
+    enum { BLOCK = 32, BYTES = 176, VEC = 0 };
+    static inline float get(device const uchar* row, int i) {
+        device const metallic::BlockQ5_K* b = (device const metallic::BlockQ5_K*)(row + (i / 256) * BYTES);
+        const int e = i % 256, s = e / 32, l = e % 32;
+        const int2 sm = k4_scale_min(b->scales, s);
+        const int lo = (s & 1) ? (b->qs[32 * (s / 2) + l] >> 4) : (b->qs[32 * (s / 2) + l] & 15);
+        const int q = lo | (((b->qh[l] >> s) & 1) << 4);
+        return half_bits(b->d) * float(sm.x) * float(q) - half_bits(b->dmin) * float(sm.y);
+    }
+    static inline float dot(device const uchar* row, int u, device const float* x) {
+        device const metallic::BlockQ5_K* b = (device const metallic::BlockQ5_K*)(row + (u / 8) * BYTES);
+        const int s = u % 8;
+        const int2 sm = k4_scale_min(b->scales, s);
+        device const uchar* qs = b->qs + 32 * (s / 2);
+        const int shift = (s & 1) * 4;
+        float sq = 0.0f, sx = 0.0f;
+        for (int l = 0; l < 32; ++l) {
+            const int q = ((qs[l] >> shift) & 15) | (((b->qh[l] >> s) & 1) << 4);
+            sq += float(q) * x[l];
+            sx += x[l];
+        }
+        return half_bits(b->d) * float(sm.x) * sq - half_bits(b->dmin) * float(sm.y) * sx;
+    }
+};
+
+// (d * scales[i / 16]) * (q - 32), q in 0..63: in half h of 128 elements, element 32k + l takes
+// its low 4 bits from ql[64h + 32(k & 1) + l] (low nibble for k < 2, else high) and bits 4..5
+// from qh[32h + l] >> 2k.
+inline int q6_k_value(device const metallic::BlockQ6_K* b, int e) {
+    const int h = e / 128, k = (e % 128) / 32, l = e % 32;
+    const uchar lq = b->ql[64 * h + 32 * (k & 1) + l];
+    const int lo = k < 2 ? (lq & 15) : (lq >> 4);
+    return (lo | (((b->qh[32 * h + l] >> (2 * k)) & 3) << 4)) - 32;
+}
+
+struct fmt_q6_k {
+    enum { BLOCK = 32, BYTES = 210, VEC = 0 };
+    static inline float get(device const uchar* row, int i) {
+        device const metallic::BlockQ6_K* b = (device const metallic::BlockQ6_K*)(row + (i / 256) * BYTES);
+        const int e = i % 256;
+        return half_bits(b->d) * float(b->scales[e / 16]) * float(q6_k_value(b, e));
+    }
+    static inline float dot(device const uchar* row, int u, device const float* x) {
+        device const metallic::BlockQ6_K* b = (device const metallic::BlockQ6_K*)(row + (u / 8) * BYTES);
+        const int e0 = (u % 8) * 32;
+        float s0 = 0.0f, s1 = 0.0f;  // the unit's two 16-element scale groups
+        for (int l = 0; l < 16; ++l) {
+            s0 += float(q6_k_value(b, e0 + l)) * x[l];
+            s1 += float(q6_k_value(b, e0 + 16 + l)) * x[16 + l];
+        }
+        return half_bits(b->d) * (float(b->scales[e0 / 16]) * s0 + float(b->scales[e0 / 16 + 1]) * s1);
+    }
+};

@@ -45,7 +45,7 @@ kernel void gemm(constant LinearArgs& args [[buffer(0)]],
             const bool kin = k < K;
             xs[r * GEMM_TILE + c] = (kin && t0 + r < args.n_tokens) ? x[uint64_t(t0 + r) * args.x_stride + k] : 0.0f;
             ws[c * GEMM_TILE + r] =
-                (kin && r0 + r < args.rows) ? row_get<F>(w + uint64_t(r0 + r) * args.row_bytes, k) : 0.0f;
+                (kin && r0 + r < args.rows) ? F::get(w + uint64_t(r0 + r) * args.row_bytes, k) : 0.0f;
         }
         threadgroup_barrier(mem_flags::mem_threadgroup);
         for (int kk = 0; kk < GEMM_TILE; kk += 8) {

@@ -10,3 +10,6 @@ template [[host_name("gemm_q4_0")]] [[kernel]] decltype(gemm<fmt_q4_0>) gemm<fmt
 template [[host_name("gemm_q4_1")]] [[kernel]] decltype(gemm<fmt_q4_1>) gemm<fmt_q4_1>;
 template [[host_name("gemm_q5_0")]] [[kernel]] decltype(gemm<fmt_q5_0>) gemm<fmt_q5_0>;
 template [[host_name("gemm_q5_1")]] [[kernel]] decltype(gemm<fmt_q5_1>) gemm<fmt_q5_1>;
+template [[host_name("gemm_q4_k")]] [[kernel]] decltype(gemm<fmt_q4_k>) gemm<fmt_q4_k>;
+template [[host_name("gemm_q5_k")]] [[kernel]] decltype(gemm<fmt_q5_k>) gemm<fmt_q5_k>;
+template [[host_name("gemm_q6_k")]] [[kernel]] decltype(gemm<fmt_q6_k>) gemm<fmt_q6_k>;

@@ -2,8 +2,9 @@
 //     out[t][r] = dot(W[r], x[t]) (+ bias[r]) (+ out[t][r])
 //
 // One simdgroup per NR consecutive rows, several simdgroups per threadgroup, grid.y = tokens.
-// Lanes take whole blocks in turn (block b goes to lane b % 32): each block is one 16-byte load
-// for the float formats and one quantized block for the others, dotted with the matching x.
+// Lanes take the format's units in turn (unit b goes to lane b % 32): a unit is one 16-byte load
+// for the float formats and a 32-element block or sub-block for the quantized ones, dotted with
+// the matching x.
 // Every lane accumulates its NR partial sums; one simd_sum per row folds them at the end.
 // The epilogue adds the bias and the residual (out += ...), so a projection into the residual
 // stream needs no separate add.
@@ -43,17 +44,17 @@ kernel void matvec(constant LinearArgs& args [[buffer(0)]],
     // Whole blocks with vector loads of x need x rows 16-byte aligned (the host binds x at
     // 16-byte aligned offsets) and, for the float formats, rows of W too (the matrix start is:
     // GGUF aligns tensors to 32 bytes). Quantized blocks are read piecewise: no alignment needed.
-    const bool aligned = args.x_stride % 4 == 0 && (int(F::BYTES) != 16 || args.row_bytes % 16 == 0);
+    const bool aligned = args.x_stride % 4 == 0 && (int(F::VEC) == 0 || args.row_bytes % 16 == 0);
     const int nb = aligned ? cols / int(F::BLOCK) : 0;
     for (int b = int(lane); b < nb; b += 32) {
         device const float* xb = x + b * int(F::BLOCK);
         for (int r = 0; r < NR; ++r)
-            if (r < nr) acc[r] += F::dot(w + r * args.row_bytes + uint64_t(b) * F::BYTES, xb);
+            if (r < nr) acc[r] += F::dot(w + r * args.row_bytes, b, xb);
     }
     for (int i = nb * int(F::BLOCK) + int(lane); i < cols; i += 32) {
         const float xi = x[i];
         for (int r = 0; r < NR; ++r)
-            if (r < nr) acc[r] += row_get<F>(w + r * args.row_bytes, i) * xi;
+            if (r < nr) acc[r] += F::get(w + r * args.row_bytes, i) * xi;
     }
 
     for (int r = 0; r < NR; ++r) {

@@ -10,3 +10,6 @@ template [[host_name("matvec_q4_0")]] [[kernel]] decltype(matvec<fmt_q4_0, 2>) m
 template [[host_name("matvec_q4_1")]] [[kernel]] decltype(matvec<fmt_q4_1, 2>) matvec<fmt_q4_1, 2>;
 template [[host_name("matvec_q5_0")]] [[kernel]] decltype(matvec<fmt_q5_0, 2>) matvec<fmt_q5_0, 2>;
 template [[host_name("matvec_q5_1")]] [[kernel]] decltype(matvec<fmt_q5_1, 2>) matvec<fmt_q5_1, 2>;
+template [[host_name("matvec_q4_k")]] [[kernel]] decltype(matvec<fmt_q4_k, 2>) matvec<fmt_q4_k, 2>;
+template [[host_name("matvec_q5_k")]] [[kernel]] decltype(matvec<fmt_q5_k, 2>) matvec<fmt_q5_k, 2>;
+template [[host_name("matvec_q6_k")]] [[kernel]] decltype(matvec<fmt_q6_k, 2>) matvec<fmt_q6_k, 2>;

@@ -25,14 +25,30 @@ FORMATS = {  # kernel suffix -> GGML type
     "q4_1": Q.Q4_1,
     "q5_0": Q.Q5_0,
     "q5_1": Q.Q5_1,
+    "q4_k": Q.Q4_K,
+    "q5_k": Q.Q5_K,
+    "q6_k": Q.Q6_K,
 }
 FLOAT_FORMATS = ("f32", "f16", "bf16")
+K_QUANTS = {"q4_k": (144, (0, 2)), "q5_k": (176, (0, 2)), "q6_k": (210, (208,))}  # bytes, half fields
+
+
+def random_k_blocks(rows, cols, fmt):
+    """gguf-py cannot quantize K-quants: random blocks with sane half scales stand in."""
+    nbytes, half_at = K_QUANTS[fmt]
+    raw = rng.integers(0, 256, (rows, cols // 256, nbytes), dtype=np.uint8)
+    for off in half_at:
+        scale = (rng.uniform(0.5, 1.5, raw.shape[:2]) / 64).astype(np.float16)
+        raw[:, :, off:off + 2] = scale.view(np.uint8).reshape(rows, cols // 256, 2)
+    return raw.reshape(rows, -1)
 
 
 def encode(values, fmt):
     """(raw bytes as [rows, row_bytes] uint8, the values the kernel must see as float64)."""
     qtype = FORMATS[fmt]
-    if qtype == Q.F32:
+    if fmt in K_QUANTS:
+        raw = random_k_blocks(values.shape[0], values.shape[1], fmt)
+    elif qtype == Q.F32:
         raw = values.astype(np.float32)
     else:
         raw = gguf.quants.quantize(values.astype(np.float32), qtype)
@@ -58,6 +74,8 @@ def run_linear(kind, fmt, w_raw, x, out, bias, flags):
 
 
 def shapes_for(fmt, float_shapes, block_shapes):
+    if fmt in K_QUANTS:
+        return [(7, 256), (13, 512), (3, 768)]
     return float_shapes if fmt in FLOAT_FORMATS else block_shapes
 
 
@@ -78,9 +96,9 @@ def test_linear(kind, fmt):
 
 
 @pytest.mark.parametrize("kind", ["matvec", "gemm"])
-@pytest.mark.parametrize("fmt", ["f16", "q8_0"])
+@pytest.mark.parametrize("fmt", ["f16", "q8_0", "q6_k"])
 def test_linear_epilogue(kind, fmt):
-    rows, cols, n = 19, 64, (1 if kind == "matvec" else 5)
+    rows, cols, n = 19, 256, (1 if kind == "matvec" else 5)
     w_raw, w_ref = encode(rng.standard_normal((rows, cols)), fmt)
     x = rng.standard_normal((n, cols)).astype(np.float32)
     bias = rng.standard_normal(rows).astype(np.float32)
@@ -94,7 +112,7 @@ def test_linear_epilogue(kind, fmt):
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_embed(fmt):
-    vocab, cols = 11, (40 if fmt in FLOAT_FORMATS else 64)
+    vocab, cols = 11, (40 if fmt in FLOAT_FORMATS else 256 if fmt in K_QUANTS else 64)
     raw, ref = encode(rng.standard_normal((vocab, cols)), fmt)
     ids = np.array([3, 0, 10, 3, 7], np.int32)
     out = np.full((len(ids), cols), np.nan, np.float32)
