@@ -85,6 +85,16 @@ struct StoreKvArgs {
     int32_t pos0;
 };
 
+// rope + store_kv in one dispatch: grid (tokens, n_heads + n_kv_heads), one thread per dimension.
+struct RopeKvArgs {
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t rope_dims;
+    int32_t n_ctx;
+    int32_t pos0;
+};
+
 // Causal attention of query rows at positions pos0.. over one layer's cache; grid (heads, tokens).
 struct AttentionArgs {
     int32_t n_heads;

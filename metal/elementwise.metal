@@ -1,10 +1,10 @@
 // Element-wise ops over count values, 1-D grid of threadgroups; one thread per value.
-//   glu:     g = act(g) * u, act fixed by the function constant GLU_GELU (the model's choice):
-//            SiLU g / (1 + e^-g), or GELU with the tanh approximation, written as
-//            g * sigmoid(2c (g + 0.044715 g^3)) like the CPU backend
+//   glu:     g = act(g) * u, act (activations.h) fixed by the function constant GLU_GELU: the
+//            model's choice of SiLU or GELU-tanh
 //   add:     x += y
 //   softcap: x = cap * tanh(x / cap)
 #include <metal_stdlib>
+#include "activations.h"
 #include "args.h"
 
 using namespace metal;
@@ -16,9 +16,7 @@ kernel void glu(constant ElementwiseArgs& args [[buffer(0)]],
                 device const float* u [[buffer(2)]],
                 uint i [[thread_position_in_grid]]) {
     if (i >= args.count) return;
-    const float x = g[i];
-    const float z = GLU_GELU ? 2.0f * 0.7978845608028654f * (x + 0.044715f * x * x * x) : x;
-    g[i] = x / (1.0f + precise::exp(-z)) * u[i];
+    g[i] = gate_act(g[i], GLU_GELU) * u[i];
 }
 
 kernel void add(constant ElementwiseArgs& args [[buffer(0)]],

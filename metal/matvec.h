@@ -15,6 +15,7 @@
 #pragma once
 
 #include <metal_stdlib>
+#include "activations.h"
 #include "args.h"
 #include "formats.h"
 
@@ -64,5 +65,59 @@ kernel void matvec(constant LinearArgs& args [[buffer(0)]],
             if (args.flags & LINEAR_ACCUMULATE) s += out[row0 + r];
             out[row0 + r] = s;
         }
+    }
+}
+
+// The feed-forward's first half for decode in one pass: out[t][r] = act(dot(G[r], x[t])) *
+// dot(U[r], x[t]) with gate G and up U in the same format and shape (args describe one of
+// them). Saves the glu dispatch and the round trip of the up projection through memory. The
+// activation is the function constant MATVEC_GELU (SiLU when false).
+constant bool MATVEC_GELU [[function_constant(1)]];
+
+template <typename F, int NR>
+kernel void matvec_glu(constant LinearArgs& args [[buffer(0)]],
+                       device const uchar* wg [[buffer(1)]],
+                       device const uchar* wu [[buffer(2)]],
+                       device const float* x [[buffer(3)]],
+                       device float* out [[buffer(4)]],
+                       uint2 tgpig [[threadgroup_position_in_grid]],
+                       uint lane [[thread_index_in_simdgroup]],
+                       uint sg [[simdgroup_index_in_threadgroup]],
+                       uint nsg [[simdgroups_per_threadgroup]]) {
+    const int row0 = int((tgpig.x * nsg + sg) * NR);
+    if (row0 >= args.rows) return;  // uniform across the simdgroup
+    const int nr = min(NR, args.rows - row0);
+    const int cols = args.cols;
+    x += tgpig.y * args.x_stride;
+    out += tgpig.y * args.out_stride;
+    wg += uint64_t(row0) * args.row_bytes;
+    wu += uint64_t(row0) * args.row_bytes;
+
+    float ag[NR], au[NR];
+    for (int r = 0; r < NR; ++r) ag[r] = au[r] = 0.0f;
+
+    const bool aligned = args.x_stride % 4 == 0 && (int(F::VEC) == 0 || args.row_bytes % 16 == 0);
+    const int nb = aligned ? cols / int(F::BLOCK) : 0;
+    for (int b = int(lane); b < nb; b += 32) {
+        device const float* xb = x + b * int(F::BLOCK);
+        for (int r = 0; r < NR; ++r)
+            if (r < nr) {
+                ag[r] += F::dot(wg + r * args.row_bytes, b, xb);
+                au[r] += F::dot(wu + r * args.row_bytes, b, xb);
+            }
+    }
+    for (int i = nb * int(F::BLOCK) + int(lane); i < cols; i += 32) {
+        const float xi = x[i];
+        for (int r = 0; r < NR; ++r)
+            if (r < nr) {
+                ag[r] += F::get(wg + r * args.row_bytes, i) * xi;
+                au[r] += F::get(wu + r * args.row_bytes, i) * xi;
+            }
+    }
+
+    for (int r = 0; r < NR; ++r) {
+        const float g = simd_sum(ag[r]);
+        const float u = simd_sum(au[r]);
+        if (lane == 0 && r < nr) out[row0 + r] = gate_act(g, MATVEC_GELU) * u;
     }
 }

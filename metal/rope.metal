@@ -10,6 +10,12 @@
 //
 // store_kv: cache[kv_head][pos0 + t][:] = k[t][kv_head][:], the same for v, converted to the
 // cache's type. The cache buffers are bound at the layer's offset.
+//
+// rope_store_kv: both in one dispatch, for the attention block's q, k and v: grid (tokens,
+// n_heads + n_kv_heads); threadgroups of the first n_heads rotate a head of q in place, the
+// others a head of k, which they also write to the cache with the matching head of v. One
+// thread per dimension: each computes its rotated value from the originals, then (after a
+// barrier: the rotation reads the partner dimension) writes it.
 #include <metal_stdlib>
 #include "args.h"
 
@@ -54,5 +60,51 @@ kernel void store_kv(constant StoreKvArgs& args [[buffer(0)]],
     }
 }
 
+template <typename KV>
+kernel void rope_store_kv(constant RopeKvArgs& args [[buffer(0)]],
+                          device float* q [[buffer(1)]],
+                          device float* k [[buffer(2)]],
+                          device const float* v [[buffer(3)]],
+                          device KV* k_cache [[buffer(4)]],
+                          device KV* v_cache [[buffer(5)]],
+                          device const float* inv_freq [[buffer(6)]],
+                          uint2 tgpig [[threadgroup_position_in_grid]],
+                          uint i [[thread_position_in_threadgroup]]) {
+    const uint t = tgpig.x, head = tgpig.y;
+    const int hd = args.head_dim;
+    const bool is_q = int(head) < args.n_heads;
+    const uint kvh = head - uint(args.n_heads);
+    device float* x = is_q ? q + (uint64_t(t) * uint64_t(args.n_heads) + head) * uint64_t(hd)
+                           : k + (uint64_t(t) * uint64_t(args.n_kv_heads) + kvh) * uint64_t(hd);
+    float val = 0.0f;
+    if (int(i) < hd) {
+        val = x[i];
+        const int half_dims = args.rope_dims / 2;
+        if (int(i) < args.rope_dims) {
+            // Pair p = (a, b) rotates to (a c - b s, a s + b c).
+            const bool first = ROPE_NEOX ? int(i) < half_dims : (i & 1) == 0;
+            const int p = ROPE_NEOX ? (first ? int(i) : int(i) - half_dims) : int(i) / 2;
+            const int partner = ROPE_NEOX ? (first ? int(i) + half_dims : int(i) - half_dims)
+                                          : (first ? int(i) + 1 : int(i) - 1);
+            const float theta = float(args.pos0 + int(t)) * inv_freq[p];
+            const float c = precise::cos(theta), s = precise::sin(theta);
+            const float other = x[partner];
+            val = first ? val * c - other * s : other * s + val * c;
+        }
+    }
+    threadgroup_barrier(mem_flags::mem_device);  // every read of x before any write
+    if (int(i) < hd) {
+        x[i] = val;
+        if (!is_q) {
+            const uint64_t dst = (uint64_t(kvh) * uint64_t(args.n_ctx) + uint64_t(args.pos0) + t) * uint64_t(hd);
+            const uint64_t src = (uint64_t(t) * uint64_t(args.n_kv_heads) + kvh) * uint64_t(hd);
+            k_cache[dst + i] = KV(val);
+            v_cache[dst + i] = KV(v[src + i]);
+        }
+    }
+}
+
+template [[host_name("rope_store_kv_f16")]] [[kernel]] decltype(rope_store_kv<half>) rope_store_kv<half>;
+template [[host_name("rope_store_kv_f32")]] [[kernel]] decltype(rope_store_kv<float>) rope_store_kv<float>;
 template [[host_name("store_kv_f16")]] [[kernel]] decltype(store_kv<half>) store_kv<half>;
 template [[host_name("store_kv_f32")]] [[kernel]] decltype(store_kv<float>) store_kv<float>;

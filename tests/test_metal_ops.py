@@ -163,6 +163,46 @@ def test_store_kv(kv):
     np.testing.assert_array_equal(vc, want_v)
 
 
+@pytest.mark.parametrize("kv", [np.float16, np.float32])
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("n,n_heads,n_kv,head_dim,rope_dims,pos0", [(1, 6, 2, 16, 16, 7), (3, 5, 5, 12, 8, 0), (2, 4, 1, 256, 128, 30)])
+def test_rope_store_kv(kv, neox, n, n_heads, n_kv, head_dim, rope_dims, pos0):
+    n_ctx = 40
+    q = rng.standard_normal((n, n_heads * head_dim)).astype(np.float32)
+    k = rng.standard_normal((n, n_kv * head_dim)).astype(np.float32)
+    v = rng.standard_normal((n, n_kv * head_dim)).astype(np.float32)
+    inv_freq = (10000.0 ** (-np.arange(0, rope_dims, 2) / rope_dims)).astype(np.float32)
+    q_ref = rope_ref(q, n_heads, head_dim, rope_dims, pos0, inv_freq, neox)
+    k_ref = rope_ref(k, n_kv, head_dim, rope_dims, pos0, inv_freq, neox)
+    kc = np.zeros((n_kv, n_ctx, head_dim), kv)
+    vc = np.zeros((n_kv, n_ctx, head_dim), kv)
+    name = "rope_store_kv_f16" if kv == np.float16 else "rope_store_kv_f32"
+    a = args("iiiiii", n_heads, n_kv, head_dim, rope_dims, n_ctx, pos0)
+    core.sim_dispatch(name, [a, q, k, v, kc, vc, inv_freq], [n, n_heads + n_kv], [ceil_div(head_dim, 32) * 32],
+                      constants={0: neox})
+    assert nmse(q, q_ref) < 1e-6
+    assert nmse(k, k_ref) < 1e-6
+    np.testing.assert_array_equal(kc[:, pos0:pos0 + n], k.reshape(n, n_kv, head_dim).transpose(1, 0, 2).astype(kv))
+    np.testing.assert_array_equal(vc[:, pos0:pos0 + n], v.reshape(n, n_kv, head_dim).transpose(1, 0, 2).astype(kv))
+    assert not kc[:, :pos0].any() and not kc[:, pos0 + n:].any()
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("gelu", [False, True])
+def test_matvec_glu(fmt, gelu):
+    for rows, cols in shapes_for(fmt, [(13, 40), (33, 96)], [(13, 64), (9, 96)]):
+        g_raw, g_ref = encode(rng.standard_normal((rows, cols)), fmt)
+        u_raw, u_ref = encode(rng.standard_normal((rows, cols)), fmt)
+        x = rng.standard_normal((1, cols)).astype(np.float32)
+        gd, ud = x.astype(np.float64) @ g_ref.T, x.astype(np.float64) @ u_ref.T
+        act = 0.5 * gd * (1 + np.tanh(np.sqrt(2 / np.pi) * (gd + 0.044715 * gd**3))) if gelu else gd / (1 + np.exp(-gd))
+        out = np.full((1, rows), np.nan, np.float32)
+        a = linear_args(rows, cols, 1, 0, g_raw.shape[1])
+        core.sim_dispatch(f"matvec_glu_{fmt}", [a, g_raw, u_raw, x, out], [ceil_div(rows, 8), 1], [128],
+                          constants={1: gelu})
+        assert nmse(out, act * ud) < 1e-6, (rows, cols)
+
+
 def attention_ref(q, kc, vc, n_heads, n_kv, hd, pos0, window, scale):
     n = q.shape[0]
     out = np.zeros((n, n_heads, hd))

@@ -66,6 +66,21 @@ public:
     // x = cap * tanh(x / cap).
     virtual void softcap(float* x, int64_t count, float cap) = 0;
 
+    // ---- steps a backend may fuse; the defaults are the ops above in sequence ----
+    // RoPE on q (n_heads heads) and k (n_kv_heads), then k and v into the layer's cache.
+    virtual void rope_store_kv(int layer, float* q, int n_heads, float* k, int n_kv_heads, const float* v, int n,
+                               int pos0, const float* inv_freq) {
+        rope(q, n, n_heads, pos0, inv_freq);
+        rope(k, n, n_kv_heads, pos0, inv_freq);
+        store_kv(layer, k, v, n, pos0);
+    }
+    // g = act(h Wgate) * (h Wup) over n rows; u receives h Wup (or is left alone if fused).
+    virtual void gate_up_glu(const float* h, int n, const Matrix& gate, const Matrix& up, float* g, float* u,
+                             Activation act) {
+        matmul(h, n, {{&gate, g}, {&up, u}});
+        glu(g, u, int64_t(n) * gate.rows, act);
+    }
+
 private:
     std::vector<float> host_activations_;
 };

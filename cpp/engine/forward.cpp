@@ -42,9 +42,7 @@ void Engine::forward(const int32_t* ids, int n, float* all_logits) {
             B.rmsnorm(k_.data(), L.k_norm.data(), k_.data(), n * c.n_head_kv, hd, c.rms_eps);
         }
         const float* freqs = window > 0 ? inv_freq_local_.data() : inv_freq_global_.data();
-        B.rope(q_.data(), n, c.n_head, pos0, freqs);
-        B.rope(k_.data(), n, c.n_head_kv, pos0, freqs);
-        B.store_kv(l, k_.data(), v_.data(), n, pos0);
+        B.rope_store_kv(l, q_.data(), c.n_head, k_.data(), c.n_head_kv, v_.data(), n, pos0, freqs);
         B.attention(l, q_.data(), n, pos0, window, att_.data());
         if (c.post_norms) {
             B.matmul(att_.data(), n, {{&L.wo, o}});
@@ -56,8 +54,7 @@ void Engine::forward(const int32_t* ids, int n, float* all_logits) {
 
         // feed-forward
         B.rmsnorm(x, L.ffn_norm.data(), h, n, d, c.rms_eps);
-        B.matmul(h, n, {{&L.w_gate, hb_.data()}, {&L.w_up, hb2_.data()}});
-        B.glu(hb_.data(), hb2_.data(), int64_t(n) * c.n_ff, c.activation);
+        B.gate_up_glu(h, n, L.w_gate, L.w_up, hb_.data(), hb2_.data(), c.activation);
         if (c.post_norms) {
             B.matmul(hb_.data(), n, {{&L.w_down, o}});
             B.rmsnorm(o, L.post_ffn_norm.data(), o, n, d, c.rms_eps);

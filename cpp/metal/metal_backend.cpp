@@ -50,7 +50,7 @@ struct Ref {
 
 // The kernels of one weight format.
 struct FormatPipelines {
-    std::unique_ptr<gpu::Pipeline> embed, matvec, gemm;
+    std::unique_ptr<gpu::Pipeline> embed, matvec, gemm, matvec_glu;  // matvec_glu: the model's activation
 };
 
 const char* format_suffix(uint32_t type) {
@@ -233,6 +233,49 @@ public:
         }
     }
 
+    // Fused: RoPE of q and k and the KV write in one dispatch.
+    void rope_store_kv(int layer, float* q, int n_heads, float* k, int n_kv_heads, const float* v, int n, int pos0,
+                       const float* inv_freq) override {
+        gpu::Encoder& e = encoder();
+        RopeKvArgs a{n_heads, n_kv_heads, cfg_.head_dim, cfg_.rope_dims, opt_.n_ctx, pos0};
+        e.set_pipeline(*rope_store_kv_);
+        e.set_args(0, a);
+        bind(e, 1, q);
+        bind(e, 2, k);
+        bind(e, 3, v);
+        e.set_buffer(4, *k_cache_, layer_offset(layer));
+        e.set_buffer(5, *v_cache_, layer_offset(layer));
+        bind(e, 6, inv_freq);
+        e.dispatch_threadgroups({uint32_t(n), uint32_t(n_heads + n_kv_heads), 1}, {ceil_div(cfg_.head_dim, 32) * 32, 1, 1});
+        kv_bytes_ += 2 * uint64_t(n) * uint64_t(n_kv_heads) * uint64_t(cfg_.head_dim) * kv_elem_bytes_;
+    }
+
+    // Fused for decode when gate and up share a format: both matvecs and the GLU in one pass.
+    void gate_up_glu(const float* h, int n, const Matrix& gate, const Matrix& up, float* g, float* u,
+                     Activation act) override {
+        if (n != 1 || act != cfg_.activation || gate.type != up.type || gate.rows != up.rows || gate.cols != up.cols ||
+            gate.row_bytes != up.row_bytes) {
+            Backend::gate_up_glu(h, n, gate, up, g, u, act);
+            return;
+        }
+        gpu::Encoder& e = encoder();
+        LinearArgs a{};
+        a.rows = int32_t(gate.rows);
+        a.cols = int32_t(gate.cols);
+        a.n_tokens = 1;
+        a.row_bytes = gate.row_bytes;
+        a.x_stride = uint64_t(gate.cols);
+        a.out_stride = uint64_t(gate.rows);
+        e.set_pipeline(*format(gate).matvec_glu);  // its activation is the model's (cfg_.activation)
+        e.set_args(0, a);
+        bind_weight(e, 1, gate, gate.nbytes);
+        bind_weight(e, 2, up, up.nbytes);
+        bind(e, 3, h);
+        bind(e, 4, g);
+        e.dispatch_threadgroups({ceil_div(gate.rows, kMatvecSimdgroups * kMatvecRowsPerSimdgroup), 1, 1},
+                                {32 * kMatvecSimdgroups, 1, 1});
+    }
+
     void glu(float* g, const float* u, int64_t count, Activation act) override {
         gpu::Encoder& e = encoder();
         e.set_pipeline(act == Activation::GeluTanh ? *glu_gelu_ : *glu_silu_);
@@ -324,12 +367,19 @@ private:
             f.embed = dev_->pipeline(std::string("embed_") + sfx);
             f.matvec = dev_->pipeline(std::string("matvec_") + sfx);
             f.gemm = dev_->pipeline(std::string("gemm_") + sfx);
+            f.matvec_glu = dev_->pipeline(std::string("matvec_glu_") + sfx,
+                                          {{1, gpu::Constant::of_bool(cfg_.activation == Activation::GeluTanh)}});
+            require_threads(*f.matvec_glu, 32 * kMatvecSimdgroups);
             require_threads(*f.matvec, 32 * kMatvecSimdgroups);
             require_threads(*f.gemm, 128);
         });
         rmsnorm_ = dev_->pipeline("rmsnorm_f32");
         rope_ = dev_->pipeline("rope", {{0, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}});
+        if (cfg_.head_dim > 256) throw BadInput("the Metal backend supports head sizes up to 256");
         store_kv_ = dev_->pipeline(opt_.kv_f32 ? "store_kv_f32" : "store_kv_f16");
+        const gpu::Constants neox = {{0, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}};
+        rope_store_kv_ = dev_->pipeline(opt_.kv_f32 ? "rope_store_kv_f32" : "rope_store_kv_f16", neox);
+        require_threads(*rope_store_kv_, 256);
         attention_ = dev_->pipeline(opt_.kv_f32 ? "attention_f32" : "attention_f16");
         require_threads(*attention_, 32 * kAttentionSimdgroups);
         glu_silu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(false)}});
@@ -409,7 +459,8 @@ private:
     uint64_t kv_bytes_ = 0;  // KV-cache bytes written and read by the encoded work since the reset
 
     std::map<uint32_t, FormatPipelines> formats_;
-    std::unique_ptr<gpu::Pipeline> rmsnorm_, rope_, store_kv_, attention_, glu_silu_, glu_gelu_, add_, softcap_;
+    std::unique_ptr<gpu::Pipeline> rmsnorm_, rope_, store_kv_, rope_store_kv_, attention_, glu_silu_, glu_gelu_, add_,
+        softcap_;
 
     std::unique_ptr<gpu::CommandBuffer> cb_;
     gpu::Encoder* enc_ = nullptr;
