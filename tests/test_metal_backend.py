@@ -117,7 +117,7 @@ def test_gemma3_against_cpu(ftype: str, tmp_path) -> None:  # noqa: ANN001
 
 def test_kv_f32_and_chunked_prefill_match_cpu() -> None:
     path, _ = tiny_gguf("llama", "F16", "gqa2-untied")
-    ids = prompt(320, n=30, seed=4)
+    ids = prompt(320, n=45, seed=4)  # two 32-token gemm tiles
     want = metallic.load(path, backend="cpu", n_ctx=64, kv_dtype="f32").prefill_all(ids)
     for max_batch in (512, 7, 1):
         m = load(path, n_ctx=64, kv_dtype="f32", max_batch=max_batch)
@@ -197,17 +197,36 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert metallic.load(path, n_ctx=8).backend == "metal-sim"
 
 
+def _gemma3_or_skip():  # noqa: ANN202
+    try:
+        from real_models import gemma3_gguf
+
+        return gemma3_gguf()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"Gemma 3 270M not available: {e}")
+
+
+def test_prefill_all_stages_logits_in_groups() -> None:
+    """prefill_all with more rows than the staged logits hold (64 MiB: 64 rows of Gemma's 262k
+    vocabulary) runs the output head in groups; forward.cpp does this for every backend, so the
+    cheap CPU backend checks it."""
+    path = _gemma3_or_skip()
+    m = metallic.load(path, backend="cpu", n_ctx=160)
+    ids = prompt(1000, n=150, seed=9)
+    every = m.prefill_all(ids)
+    m.reset()
+    np.testing.assert_array_equal(m.prefill(ids), every[-1])
+    for k in (0, 63, 64, 127, 128):
+        m.reset()
+        np.testing.assert_allclose(m.prefill(ids[: k + 1]), every[k], rtol=0, atol=1e-4 * np.abs(every[k]).max())
+
+
 def test_real_gemma3_q4_k_m_decode_matches_cpu() -> None:
     """Gemma 3 270M Q4_K_M (Q4_K, Q6_K, Q5_0, Q8_0 weights, 262k vocabulary) on metal-sim, one
     token at a time (the prefill gemm is slow in the simulator). The CPU backend multiplies
     these formats with 8-bit quantized activations and the Metal kernels with float ones, so
     the logits differ by that rounding (NMSE ~1e-3); the greedy tokens agree."""
-    try:
-        from real_models import gemma3_gguf
-
-        path = gemma3_gguf()
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"Gemma 3 270M not available: {e}")
+    path = _gemma3_or_skip()
     m = metallic.load(path, backend="metal-sim", n_ctx=32)
     cpu = metallic.load(path, backend="cpu", n_ctx=32)
     tok = 2  # <bos>
