@@ -41,7 +41,7 @@ def counted_from_config(ftype: str) -> dict[str, int]:
     weights = int(s.n_layers * layer_params * bytes_per + s.vocab * s.hidden * bytes_per)
     embed_row = int(s.hidden * bytes_per)
     return {
-        "dispatches": 1 + 10 * s.n_layers + 2,
+        "dispatches": 1 + 8 * s.n_layers + 2,
         "command_buffers": 1,
         "waits": 1,
         "buffer_allocations": 0,

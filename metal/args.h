@@ -61,6 +61,16 @@ struct LinearArgs {
     uint64_t out_stride;  // floats between token rows of out
 };
 
+// Up to three matvecs of one format and width sharing x (one token): matvec_jobs_*.
+struct LinearJobsArgs {
+    int32_t cols;
+    int32_t n_jobs;
+    int32_t rows[3];
+    int32_t flags[3];
+    int32_t first_tg[4];  // first threadgroup of each job; first_tg[n_jobs] = the grid (unused entries too)
+    uint64_t row_bytes;   // at byte 48: no padding
+};
+
 // x[t][i] = table[ids[t]][i] * scale, one threadgroup per token.
 struct EmbedArgs {
     int32_t cols;

@@ -21,6 +21,39 @@
 
 using namespace metal;
 
+// Rows row0 .. row0 + nr - 1 of W (row_bytes apart, w pointing at row0) dotted with x, each
+// folded over the simdgroup: every lane gets the nr sums in sums[].
+template <typename F, int NR>
+inline void matvec_dots(device const uchar* w, uint64_t row_bytes, int nr, int cols, bool x_aligned,
+                        device const float* x, uint lane, thread float* sums) {
+    float acc[NR];
+    for (int r = 0; r < NR; ++r) acc[r] = 0.0f;
+
+    // Whole units with vector loads of x need x rows 16-byte aligned (the host binds x at
+    // 16-byte aligned offsets) and, for the float formats, rows of W too (the matrix start is:
+    // GGUF aligns tensors to 32 bytes). Quantized blocks are read piecewise: no alignment needed.
+    const bool aligned = x_aligned && (int(F::VEC) == 0 || row_bytes % 16 == 0);
+    const int nb = aligned ? cols / int(F::BLOCK) : 0;
+    for (int b = int(lane); b < nb; b += 32) {
+        device const float* xb = x + b * int(F::BLOCK);
+        for (int r = 0; r < NR; ++r)
+            if (r < nr) acc[r] += F::dot(w + r * row_bytes, b, xb);
+    }
+    for (int i = nb * int(F::BLOCK) + int(lane); i < cols; i += 32) {
+        const float xi = x[i];
+        for (int r = 0; r < NR; ++r)
+            if (r < nr) acc[r] += F::get(w + r * row_bytes, i) * xi;
+    }
+    for (int r = 0; r < NR; ++r) sums[r] = simd_sum(acc[r]);
+}
+
+// The epilogue of row r: + bias, + what out holds (residual), store.
+inline void linear_store(device float* out, device const float* bias, int r, int flags, float s) {
+    if (flags & LINEAR_BIAS) s += bias[r];
+    if (flags & LINEAR_ACCUMULATE) s += out[r];
+    out[r] = s;
+}
+
 template <typename F, int NR>
 kernel void matvec(constant LinearArgs& args [[buffer(0)]],
                    device const uchar* w [[buffer(1)]],
@@ -34,38 +67,48 @@ kernel void matvec(constant LinearArgs& args [[buffer(0)]],
     const int row0 = int((tgpig.x * nsg + sg) * NR);
     if (row0 >= args.rows) return;  // uniform across the simdgroup
     const int nr = min(NR, args.rows - row0);
-    const int cols = args.cols;
     x += tgpig.y * args.x_stride;
     out += tgpig.y * args.out_stride;
-    w += uint64_t(row0) * args.row_bytes;
 
-    float acc[NR];
-    for (int r = 0; r < NR; ++r) acc[r] = 0.0f;
+    float sums[NR];
+    matvec_dots<F, NR>(w + uint64_t(row0) * args.row_bytes, args.row_bytes, nr, args.cols, args.x_stride % 4 == 0,
+                       x, lane, sums);
+    for (int r = 0; r < NR; ++r)
+        if (lane == 0 && r < nr) linear_store(out, bias, row0 + r, args.flags, sums[r]);
+}
 
-    // Whole blocks with vector loads of x need x rows 16-byte aligned (the host binds x at
-    // 16-byte aligned offsets) and, for the float formats, rows of W too (the matrix start is:
-    // GGUF aligns tensors to 32 bytes). Quantized blocks are read piecewise: no alignment needed.
-    const bool aligned = args.x_stride % 4 == 0 && (int(F::VEC) == 0 || args.row_bytes % 16 == 0);
-    const int nb = aligned ? cols / int(F::BLOCK) : 0;
-    for (int b = int(lane); b < nb; b += 32) {
-        device const float* xb = x + b * int(F::BLOCK);
-        for (int r = 0; r < NR; ++r)
-            if (r < nr) acc[r] += F::dot(w + r * args.row_bytes, b, xb);
-    }
-    for (int i = nb * int(F::BLOCK) + int(lane); i < cols; i += 32) {
-        const float xi = x[i];
-        for (int r = 0; r < NR; ++r)
-            if (r < nr) acc[r] += F::get(w + r * args.row_bytes, i) * xi;
-    }
+// Up to three matrices of one format and width reading the same x (q, k and v) in one dispatch
+// for decode: threadgroups first_tg[j] .. first_tg[j + 1] - 1 work on job j. Unused jobs' buffers
+// are bound to job 0's.
+template <typename F, int NR>
+kernel void matvec_jobs(constant LinearJobsArgs& args [[buffer(0)]],
+                        device const uchar* w0 [[buffer(1)]],
+                        device const uchar* w1 [[buffer(2)]],
+                        device const uchar* w2 [[buffer(3)]],
+                        device const float* x [[buffer(4)]],
+                        device float* out0 [[buffer(5)]],
+                        device float* out1 [[buffer(6)]],
+                        device float* out2 [[buffer(7)]],
+                        device const float* bias0 [[buffer(8)]],
+                        device const float* bias1 [[buffer(9)]],
+                        device const float* bias2 [[buffer(10)]],
+                        uint tg [[threadgroup_position_in_grid]],
+                        uint lane [[thread_index_in_simdgroup]],
+                        uint sg [[simdgroup_index_in_threadgroup]],
+                        uint nsg [[simdgroups_per_threadgroup]]) {
+    const int job = int(tg) >= args.first_tg[2] ? 2 : (int(tg) >= args.first_tg[1] ? 1 : 0);
+    const int rows = args.rows[job];
+    const int row0 = int((int(tg) - args.first_tg[job]) * int(nsg) + int(sg)) * NR;
+    if (row0 >= rows) return;  // uniform across the simdgroup
+    const int nr = min(NR, rows - row0);
+    device const uchar* w = job == 0 ? w0 : (job == 1 ? w1 : w2);
+    device float* out = job == 0 ? out0 : (job == 1 ? out1 : out2);
+    device const float* bias = job == 0 ? bias0 : (job == 1 ? bias1 : bias2);
 
-    for (int r = 0; r < NR; ++r) {
-        float s = simd_sum(acc[r]);
-        if (lane == 0 && r < nr) {
-            if (args.flags & LINEAR_BIAS) s += bias[row0 + r];
-            if (args.flags & LINEAR_ACCUMULATE) s += out[row0 + r];
-            out[row0 + r] = s;
-        }
-    }
+    float sums[NR];
+    matvec_dots<F, NR>(w + uint64_t(row0) * args.row_bytes, args.row_bytes, nr, args.cols, true, x, lane, sums);
+    for (int r = 0; r < NR; ++r)
+        if (lane == 0 && r < nr) linear_store(out, bias, row0 + r, args.flags[job], sums[r]);
 }
 
 // The feed-forward's first half for decode in one pass: out[t][r] = act(dot(G[r], x[t])) *

@@ -1,6 +1,7 @@
 // Matrix-vector instantiations, one per weight format; the kernel is in matvec.h.
 // Host: threadgroup = 32 * nsg threads, grid = (ceil(rows / (nsg * 2)), tokens). matvec_glu_*
-// need the function constant 1 (GELU or SiLU).
+// need the function constant 1 (GELU or SiLU); matvec_jobs_* take grid = (total threadgroups of
+// up to three jobs) with one token.
 #include "matvec.h"
 
 template [[host_name("matvec_f32")]] [[kernel]] decltype(matvec<fmt_f32, 2>) matvec<fmt_f32, 2>;
@@ -25,3 +26,14 @@ template [[host_name("matvec_glu_q5_1")]] [[kernel]] decltype(matvec_glu<fmt_q5_
 template [[host_name("matvec_glu_q4_k")]] [[kernel]] decltype(matvec_glu<fmt_q4_k, 2>) matvec_glu<fmt_q4_k, 2>;
 template [[host_name("matvec_glu_q5_k")]] [[kernel]] decltype(matvec_glu<fmt_q5_k, 2>) matvec_glu<fmt_q5_k, 2>;
 template [[host_name("matvec_glu_q6_k")]] [[kernel]] decltype(matvec_glu<fmt_q6_k, 2>) matvec_glu<fmt_q6_k, 2>;
+template [[host_name("matvec_jobs_f32")]] [[kernel]] decltype(matvec_jobs<fmt_f32, 2>) matvec_jobs<fmt_f32, 2>;
+template [[host_name("matvec_jobs_f16")]] [[kernel]] decltype(matvec_jobs<fmt_f16, 2>) matvec_jobs<fmt_f16, 2>;
+template [[host_name("matvec_jobs_bf16")]] [[kernel]] decltype(matvec_jobs<fmt_bf16, 2>) matvec_jobs<fmt_bf16, 2>;
+template [[host_name("matvec_jobs_q8_0")]] [[kernel]] decltype(matvec_jobs<fmt_q8_0, 2>) matvec_jobs<fmt_q8_0, 2>;
+template [[host_name("matvec_jobs_q4_0")]] [[kernel]] decltype(matvec_jobs<fmt_q4_0, 2>) matvec_jobs<fmt_q4_0, 2>;
+template [[host_name("matvec_jobs_q4_1")]] [[kernel]] decltype(matvec_jobs<fmt_q4_1, 2>) matvec_jobs<fmt_q4_1, 2>;
+template [[host_name("matvec_jobs_q5_0")]] [[kernel]] decltype(matvec_jobs<fmt_q5_0, 2>) matvec_jobs<fmt_q5_0, 2>;
+template [[host_name("matvec_jobs_q5_1")]] [[kernel]] decltype(matvec_jobs<fmt_q5_1, 2>) matvec_jobs<fmt_q5_1, 2>;
+template [[host_name("matvec_jobs_q4_k")]] [[kernel]] decltype(matvec_jobs<fmt_q4_k, 2>) matvec_jobs<fmt_q4_k, 2>;
+template [[host_name("matvec_jobs_q5_k")]] [[kernel]] decltype(matvec_jobs<fmt_q5_k, 2>) matvec_jobs<fmt_q5_k, 2>;
+template [[host_name("matvec_jobs_q6_k")]] [[kernel]] decltype(matvec_jobs<fmt_q6_k, 2>) matvec_jobs<fmt_q6_k, 2>;

@@ -156,9 +156,9 @@ def test_decode_counters(variant: str, tied: bool) -> None:
         assert s["waits"] == 1
         assert s["buffer_allocations"] == 0
         assert s["buffers_wrapped"] == 0
-        # embed, 10 per layer (2 norms, q k v, rope + KV write, attention, o, gate-up-glu,
+        # embed, 8 per layer (2 norms, q-k-v, rope + KV write, attention, o, gate-up-glu,
         # down), final norm and output head
-        assert s["dispatches"] == 1 + 10 * L + 2
+        assert s["dispatches"] == 1 + 8 * L + 2
         # every matrix bound once, plus the embedding table for its one row; a tied output
         # head is that same table again
         assert s["weight_binds"] == _n_matrices(m) + 1

@@ -50,7 +50,7 @@ struct Ref {
 
 // The kernels of one weight format.
 struct FormatPipelines {
-    std::unique_ptr<gpu::Pipeline> embed, matvec, gemm, matvec_glu;  // matvec_glu: the model's activation
+    std::unique_ptr<gpu::Pipeline> embed, matvec, gemm, matvec_jobs, matvec_glu;  // matvec_glu: the model's activation
 };
 
 const char* format_suffix(uint32_t type) {
@@ -156,6 +156,10 @@ public:
 
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
         gpu::Encoder& e = encoder();
+        if (n == 1 && can_share_dispatch(in, jobs)) {
+            matvec_jobs(e, in, jobs);
+            return;
+        }
         for (const MatmulJob& j : jobs) {
             const Matrix& w = *j.w;
             const FormatPipelines& f = format(w);
@@ -180,6 +184,51 @@ public:
                 e.dispatch_threadgroups({ceil_div(w.rows, kGemmTile), ceil_div(n, kGemmTile), 1}, {128, 1, 1});
             }
         }
+    }
+
+    // Decode jobs of one format and width (q, k, v) go in one matvec_jobs dispatch.
+    bool can_share_dispatch(const float* in, std::initializer_list<MatmulJob> jobs) const {
+        if (jobs.size() < 2 || jobs.size() > 3 || resolve(in).offset % 16) return false;
+        const Matrix& w0 = *jobs.begin()->w;
+        for (const MatmulJob& j : jobs)
+            if (j.w->type != w0.type || j.w->cols != w0.cols || j.w->row_bytes != w0.row_bytes) return false;
+        return true;
+    }
+
+    void matvec_jobs(gpu::Encoder& e, const float* in, std::initializer_list<MatmulJob> jobs) {
+        const Matrix& w0 = *jobs.begin()->w;
+        LinearJobsArgs a{};
+        a.cols = int32_t(w0.cols);
+        a.n_jobs = int32_t(jobs.size());
+        a.row_bytes = w0.row_bytes;
+        const uint32_t rows_per_tg = kMatvecSimdgroups * kMatvecRowsPerSimdgroup;
+        int i = 0;
+        uint32_t groups = 0;
+        const MatmulJob* first = jobs.begin();
+        e.set_pipeline(*format(w0).matvec_jobs);
+        for (const MatmulJob& j : jobs) {
+            a.rows[i] = int32_t(j.w->rows);
+            a.flags[i] = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0);
+            a.first_tg[i] = int32_t(groups);
+            groups += ceil_div(j.w->rows, rows_per_tg);
+            ++i;
+        }
+        for (int k = i; k < 4; ++k) a.first_tg[k] = int32_t(groups);
+        e.set_args(0, a);
+        i = 0;
+        for (const MatmulJob& j : jobs) {
+            bind_weight(e, 1 + i, *j.w, j.w->nbytes);
+            bind(e, 5 + i, j.out);
+            bind(e, 8 + i, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
+            ++i;
+        }
+        for (; i < 3; ++i) {  // unused jobs: job 0's buffers, never read
+            e.set_buffer(1 + i, *windows_[0], 0);
+            bind(e, 5 + i, first->out);
+            bind(e, 8 + i, first->out);
+        }
+        bind(e, 4, in);
+        e.dispatch_threadgroups({groups, 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
     }
 
     void rope(float* x, int n, int n_heads, int pos0, const float* inv_freq) override {
@@ -367,6 +416,8 @@ private:
             f.embed = dev_->pipeline(std::string("embed_") + sfx);
             f.matvec = dev_->pipeline(std::string("matvec_") + sfx);
             f.gemm = dev_->pipeline(std::string("gemm_") + sfx);
+            f.matvec_jobs = dev_->pipeline(std::string("matvec_jobs_") + sfx);
+            require_threads(*f.matvec_jobs, 32 * kMatvecSimdgroups);
             f.matvec_glu = dev_->pipeline(std::string("matvec_glu_") + sfx,
                                           {{1, gpu::Constant::of_bool(cfg_.activation == Activation::GeluTanh)}});
             require_threads(*f.matvec_glu, 32 * kMatvecSimdgroups);
