@@ -113,6 +113,8 @@ def main(argv: list[str]) -> int:
             print(f"  simulator: one decode step at position {pos} took {elapsed:.2f} s")
         for k, v in counts.items():
             print(f"  {k:20s} {v:>14,}")
+        print(f"  (from 256 cached positions on, split attention adds a merge pass: "
+              f"{counts['dispatches'] + s.n_layers} dispatches)")
         for p in POSITIONS:
             total = counts["weight_bytes"] + kv_bytes(p)
             est = "  ".join(f"{chip} {bw * 1e9 / total:6.0f}" for chip, bw in BANDWIDTH_GBS.items())

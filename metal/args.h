@@ -114,7 +114,7 @@ struct AttentionArgs {
     int32_t pos0;
     int32_t window;  // 0: full attention
     float scale;
-    int32_t pad_;
+    int32_t split_len;  // attention_split/merge: positions per split of the window
 };
 
 // Element-wise ops over count values: glu (g = act(g) * u), add (x += y), softcap.

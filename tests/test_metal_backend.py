@@ -124,6 +124,20 @@ def test_kv_f32_and_chunked_prefill_match_cpu() -> None:
         assert_close(m.prefill_all(ids), want, "F16", f"max_batch {max_batch}")
 
 
+def test_long_context_decode_splits_attention() -> None:
+    """Decode past 256 cached positions splits attention over threadgroups (plus a merge pass)."""
+    path, _ = tiny_gguf("qwen2", "F16", "gqa2-untied")
+    ids = prompt(320, n=300, seed=10)
+    m = load(path, n_ctx=320)
+    cpu = metallic.load(path, backend="cpu", n_ctx=320)
+    assert_close(m.prefill(ids), cpu.prefill(ids), "F16", "prefill")
+    for t in (7, 8):
+        m.reset_gpu_stats()
+        got = m.decode(t).copy()
+        assert_close(got, cpu.decode(t), "F16", "long-context decode")
+        assert m.gpu_stats()["dispatches"] == 1 + 9 * m.config.n_layer + 2  # + 1 merge per layer
+
+
 def test_prefill_equals_decode_steps() -> None:
     path, _ = tiny_gguf("qwen2", "Q8_0", "gqa2-untied")
     m = load(path, n_ctx=64)

@@ -271,6 +271,27 @@ def test_attention(kv, n_heads, n_kv, hd, n_ctx, pos0, n, window):
     assert nmse(out, ref) < 1e-10
 
 
+@pytest.mark.parametrize("kv", [np.float16, np.float32])
+@pytest.mark.parametrize("n_heads,n_kv,hd,pos0,window,split_len", [(6, 2, 16, 300, 0, 128), (4, 1, 64, 500, 200, 64),
+                                                                  (2, 2, 12, 257, 0, 128), (8, 2, 128, 130, 0, 32)])
+def test_attention_split_and_merge(kv, n_heads, n_kv, hd, pos0, window, split_len):
+    n_ctx = pos0 + 5
+    q = rng.standard_normal((1, n_heads * hd)).astype(np.float32)
+    kc = rng.standard_normal((n_kv, n_ctx, hd)).astype(kv)
+    vc = rng.standard_normal((n_kv, n_ctx, hd)).astype(kv)
+    scale = 1.0 / np.sqrt(hd)
+    start = max(0, pos0 - window + 1) if window > 0 else 0
+    splits = ceil_div(pos0 - start + 1, split_len)
+    partial = np.full(n_heads * splits * (hd + 2), np.nan, np.float32)
+    out = np.full((1, n_heads * hd), np.nan, np.float32)
+    a = args("iiiiiifi", n_heads, n_kv, hd, n_ctx, pos0, window, scale, split_len)
+    name = "attention_split_f16" if kv == np.float16 else "attention_split_f32"
+    core.sim_dispatch(name, [a, q, kc, vc, partial], [n_heads, splits], [128], tg_mem=[ceil_div((2 + hd) * 4 * 4, 16) * 16])
+    core.sim_dispatch("attention_merge", [a, partial, out], [n_heads], [ceil_div(hd, 32) * 32])
+    ref = attention_ref(q, kc, vc, n_heads, n_kv, hd, pos0, window, scale)
+    assert nmse(out, ref) < 1e-10
+
+
 def elementwise(name, bufs, count, cap=0.0, constants=None):
     core.sim_dispatch(name, [args("If", count, cap), *bufs], [ceil_div(count, 256)], [256], constants=constants or {})
 

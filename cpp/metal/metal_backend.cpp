@@ -74,6 +74,7 @@ constexpr uint32_t kMatvecSimdgroups = 4;  // 128 threads, 2 rows per simdgroup:
 constexpr uint32_t kMatvecRowsPerSimdgroup = 2;  // NR of the instantiations in matvec.metal
 constexpr uint32_t kGemmTile = 32;         // GEMM_TILE of gemm.h, 128 threads
 constexpr uint32_t kAttentionSimdgroups = 4;
+constexpr int kAttentionSplitLen = 128;  // positions per threadgroup of split decode attention
 constexpr uint32_t kElementwiseThreads = 256;
 
 uint32_t ceil_div(int64_t a, int64_t b) { return uint32_t((a + b - 1) / b); }
@@ -95,6 +96,8 @@ public:
         kv_elem_bytes_ = opt_.kv_f32 ? 4 : 2;
         k_cache_ = dev_->new_buffer(kv_elems * kv_elem_bytes_);
         v_cache_ = dev_->new_buffer(kv_elems * kv_elem_bytes_);
+        const size_t max_splits = (size_t(opt_.n_ctx) + kAttentionSplitLen - 1) / kAttentionSplitLen;
+        attn_partial_ = dev_->new_buffer(size_t(cfg_.n_head) * max_splits * size_t(cfg_.head_dim + 2) * sizeof(float));
     }
 
     const char* name() const override { return name_.c_str(); }
@@ -265,15 +268,36 @@ public:
         a.pos0 = pos0;
         a.window = window;
         a.scale = cfg_.attn_scale > 0 ? cfg_.attn_scale : 1.0f / std::sqrt(float(cfg_.head_dim));
-        e.set_pipeline(*attention_);
-        e.set_args(0, a);
-        bind(e, 1, q);
-        e.set_buffer(2, *k_cache_, layer_offset(layer));
-        e.set_buffer(3, *v_cache_, layer_offset(layer));
-        bind(e, 4, out);
         const size_t shared = size_t(2 + cfg_.head_dim) * kAttentionSimdgroups * sizeof(float);
-        e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
-        e.dispatch_threadgroups({uint32_t(cfg_.n_head), uint32_t(n), 1}, {32 * kAttentionSimdgroups, 1, 1});
+        const int len = pos0 - (window > 0 ? std::max(0, pos0 - window + 1) : 0) + 1;  // decode's window
+        if (n == 1 && len >= 2 * kAttentionSplitLen) {
+            // Long-context decode: n_head threadgroups alone would leave most of a GPU idle, so
+            // the window is split over threadgroups and the partials merged in a second pass.
+            a.split_len = kAttentionSplitLen;
+            const uint32_t splits = ceil_div(len, kAttentionSplitLen);
+            e.set_pipeline(*attention_split_);
+            e.set_args(0, a);
+            bind(e, 1, q);
+            e.set_buffer(2, *k_cache_, layer_offset(layer));
+            e.set_buffer(3, *v_cache_, layer_offset(layer));
+            e.set_buffer(4, *attn_partial_, 0);
+            e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
+            e.dispatch_threadgroups({uint32_t(cfg_.n_head), splits, 1}, {32 * kAttentionSimdgroups, 1, 1});
+            e.set_pipeline(*attention_merge_);
+            e.set_args(0, a);
+            e.set_buffer(1, *attn_partial_, 0);
+            bind(e, 2, out);
+            e.dispatch_threadgroups({uint32_t(cfg_.n_head), 1, 1}, {ceil_div(cfg_.head_dim, 32) * 32, 1, 1});
+        } else {
+            e.set_pipeline(*attention_);
+            e.set_args(0, a);
+            bind(e, 1, q);
+            e.set_buffer(2, *k_cache_, layer_offset(layer));
+            e.set_buffer(3, *v_cache_, layer_offset(layer));
+            bind(e, 4, out);
+            e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
+            e.dispatch_threadgroups({uint32_t(cfg_.n_head), uint32_t(n), 1}, {32 * kAttentionSimdgroups, 1, 1});
+        }
         // Cache rows read: every query row reads its window of one kv head per query head.
         for (int t = 0; t < n; ++t) {
             const int pos = pos0 + t, start = window > 0 ? std::max(0, pos - window + 1) : 0;
@@ -432,6 +456,9 @@ private:
         rope_store_kv_ = dev_->pipeline(opt_.kv_f32 ? "rope_store_kv_f32" : "rope_store_kv_f16", neox);
         require_threads(*rope_store_kv_, 256);
         attention_ = dev_->pipeline(opt_.kv_f32 ? "attention_f32" : "attention_f16");
+        attention_split_ = dev_->pipeline(opt_.kv_f32 ? "attention_split_f32" : "attention_split_f16");
+        attention_merge_ = dev_->pipeline("attention_merge");
+        require_threads(*attention_split_, 32 * kAttentionSimdgroups);
         require_threads(*attention_, 32 * kAttentionSimdgroups);
         glu_silu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(false)}});
         glu_gelu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(true)}});
@@ -504,14 +531,15 @@ private:
     std::unique_ptr<gpu::Buffer> consts_;
     std::unordered_map<const float*, size_t> consts_at_;
     std::unique_ptr<gpu::Buffer> act_, ids_, k_cache_, v_cache_;
+    std::unique_ptr<gpu::Buffer> attn_partial_;  // split decode attention: [head][split][M, L, acc]
     float* act_base_ = nullptr;
     size_t act_count_ = 0;
     size_t kv_elem_bytes_ = 2;
     uint64_t kv_bytes_ = 0;  // KV-cache bytes written and read by the encoded work since the reset
 
     std::map<uint32_t, FormatPipelines> formats_;
-    std::unique_ptr<gpu::Pipeline> rmsnorm_, rope_, store_kv_, rope_store_kv_, attention_, glu_silu_, glu_gelu_, add_,
-        softcap_;
+    std::unique_ptr<gpu::Pipeline> rmsnorm_, rope_, store_kv_, rope_store_kv_, attention_, attention_split_,
+        attention_merge_, glu_silu_, glu_gelu_, add_, softcap_;
 
     std::unique_ptr<gpu::CommandBuffer> cb_;
     gpu::Encoder* enc_ = nullptr;
