@@ -138,6 +138,24 @@ def test_long_context_decode_splits_attention() -> None:
         assert m.gpu_stats()["dispatches"] == 1 + 9 * m.config.n_layer + 2  # + 1 merge per layer
 
 
+def test_weights_in_windows_when_the_file_exceeds_the_largest_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file larger than maxBufferLength is wrapped as overlapping page-aligned windows, each
+    tensor inside one: same logits as one buffer."""
+    path, _ = tiny_gguf("qwen2", "F32", "gqa2-untied")  # ~0.8 MB, largest tensor 120 KiB
+    ids = prompt(320, n=9, seed=11)
+    want = load(path).prefill_all(ids)
+    monkeypatch.setenv("METALLIC_SIM_MAX_BUFFER_LENGTH", str(256 << 10))
+    m = load(path)
+    assert m.gpu_stats()["buffers_wrapped"] >= 5
+    np.testing.assert_array_equal(m.prefill_all(ids), want)
+    m.reset_gpu_stats()
+    m.decode(5)
+    assert m.gpu_stats()["weight_rebinds"] == 0
+    monkeypatch.setenv("METALLIC_SIM_MAX_BUFFER_LENGTH", str(64 << 10))  # smaller than a tensor
+    with pytest.raises(ValueError, match="larger than the GPU's largest buffer"):
+        load(path)
+
+
 def test_prefill_equals_decode_steps() -> None:
     path, _ = tiny_gguf("qwen2", "Q8_0", "gqa2-untied")
     m = load(path, n_ctx=64)
