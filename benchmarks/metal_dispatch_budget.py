@@ -41,7 +41,7 @@ def counted_from_config(ftype: str) -> dict[str, int]:
     weights = int(s.n_layers * layer_params * bytes_per + s.vocab * s.hidden * bytes_per)
     embed_row = int(s.hidden * bytes_per)
     return {
-        "dispatches": 1 + 8 * s.n_layers + 2,
+        "dispatches": 1 + 6 * s.n_layers + 1,
         "command_buffers": 1,
         "waits": 1,
         "buffer_allocations": 0,
@@ -80,11 +80,12 @@ def time_gemv() -> float:
     args = np.frombuffer(np.array([rows, cols, 1, 0], np.int32).tobytes()
                          + np.array([cols * 2, cols, rows], np.uint64).tobytes(), np.uint8).copy()
     grid, tg = [(rows + 7) // 8, 1], [128]
-    _core.sim_dispatch("matvec_f16", [args, w, x, out, out], grid, tg)  # warm up
+    consts = {1: False, 2: False, 3: 0.0}  # metal/matvec.h's function constants: plain matvec
+    _core.sim_dispatch("matvec_f16", [args, w, x, out, out, x], grid, tg, constants=consts)  # warm up
     best = float("inf")
     for _ in range(5):
         t = time.perf_counter()
-        _core.sim_dispatch("matvec_f16", [args, w, x, out, out], grid, tg)
+        _core.sim_dispatch("matvec_f16", [args, w, x, out, out, x], grid, tg, constants=consts)
         best = min(best, time.perf_counter() - t)
     ref = x[0].astype(np.float64) @ w.astype(np.float64).T
     assert np.abs(out[0] - ref).max() < 1e-3 * np.abs(ref).max()

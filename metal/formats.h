@@ -4,7 +4,8 @@
 //                  the quantized ones)
 //   VEC            1 if dot() uses vector loads of W that need 16-byte aligned rows
 //   get(row, i)    element i of a row, as float
-//   dot(row, b, x) dot product of unit b of the row with x[0 .. BLOCK), x 16-byte aligned
+//   dot(row, b, x) dot product of unit b of the row with the unit's inputs x.s(0 .. BLOCK - 1)
+//                  (x.v4(i): four of them at once, 16-byte aligned); x is an input view below
 // Kernels template over these (embed, matvec, gemm), so a new format is one struct here plus a
 // line of instantiations per kernel. Block layouts come from cpp/cpu/formats/blocks.h, the
 // same header the CPU kernels use; scales are raw half bits there, read with as_type.
@@ -17,22 +18,40 @@ using namespace metal;
 
 inline float half_bits(ushort bits) { return float(as_type<half>(bits)); }
 
+// Input views: where a matvec reads the vector it multiplies. at(i) moves the view to element i.
+//   x_plain    x itself
+//   x_normed   x * w, for RMSNorm fused into the matvec: the norm's 1/rms factor is a scalar, so
+//              it is applied to the finished dot products instead of to every element
+struct x_plain {
+    device const float* x;
+    inline float s(int i) const { return x[i]; }
+    inline float4 v4(int i) const { return *(device const float4*)(x + i); }
+    inline x_plain at(int i) const { return x_plain{x + i}; }
+};
+struct x_normed {
+    device const float* x;
+    device const float* w;
+    inline float s(int i) const { return x[i] * w[i]; }
+    inline float4 v4(int i) const { return *(device const float4*)(x + i) * *(device const float4*)(w + i); }
+    inline x_normed at(int i) const { return x_normed{x + i, w + i}; }
+};
+
 struct fmt_f32 {
     enum { BLOCK = 4, VEC = 1 };
     static inline float get(device const uchar* row, int i) { return ((device const float*)row)[i]; }
-    static inline float dot(device const uchar* row, int b, device const float* x) {
-        return metal::dot(((device const float4*)row)[b], *(device const float4*)x);
+    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
+        return metal::dot(((device const float4*)row)[b], x.v4(0));
     }
 };
 
 struct fmt_f16 {
     enum { BLOCK = 8, VEC = 1 };
     static inline float get(device const uchar* row, int i) { return float(((device const half*)row)[i]); }
-    static inline float dot(device const uchar* row, int b, device const float* x) {
+    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
         device const uchar* p = row + 16 * b;
         const float4 w0 = float4(*(device const half4*)p);
         const float4 w1 = float4(*(device const half4*)(p + 8));
-        return metal::dot(w0, *(device const float4*)x) + metal::dot(w1, *(device const float4*)(x + 4));
+        return metal::dot(w0, x.v4(0)) + metal::dot(w1, x.v4(4));
     }
 };
 
@@ -43,11 +62,11 @@ inline float4 bf16x4(ushort4 b) { return float4(bf16_bits(b.x), bf16_bits(b.y), 
 struct fmt_bf16 {
     enum { BLOCK = 8, VEC = 1 };
     static inline float get(device const uchar* row, int i) { return bf16_bits(((device const ushort*)row)[i]); }
-    static inline float dot(device const uchar* row, int b, device const float* x) {
+    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
         device const uchar* p = row + 16 * b;
         const float4 w0 = bf16x4(*(device const ushort4*)p);
         const float4 w1 = bf16x4(*(device const ushort4*)(p + 8));
-        return metal::dot(w0, *(device const float4*)x) + metal::dot(w1, *(device const float4*)(x + 4));
+        return metal::dot(w0, x.v4(0)) + metal::dot(w1, x.v4(4));
     }
 };
 
@@ -58,17 +77,17 @@ struct fmt_q8_0 {
         device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)p;
         return half_bits(b->d) * float(b->qs[j]);
     }
-    static inline float dot_block(device const uchar* p, device const float* x) {
+    template <typename X> static inline float dot_block(device const uchar* p, thread const X& x) {
         device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)p;
         float s = 0.0f;
         for (int i = 0; i < 32; i += 4) {
             const float4 q = float4(float(b->qs[i]), float(b->qs[i + 1]), float(b->qs[i + 2]), float(b->qs[i + 3]));
-            s += metal::dot(q, *(device const float4*)(x + i));
+            s += metal::dot(q, x.v4(i));
         }
         return half_bits(b->d) * s;
     }
     static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
-    static inline float dot(device const uchar* row, int b, device const float* x) {
+    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
         return dot_block(row + b * BYTES, x);
     }
 };
@@ -80,15 +99,15 @@ inline uint qh_bits(device const uchar* qh) {
     return uint(qh[0]) | (uint(qh[1]) << 8) | (uint(qh[2]) << 16) | (uint(qh[3]) << 24);
 }
 
-// Sum over the block of q[j] * x[j] and of x[j], for the formats of the form d * q + m.
-template <typename Q>
-inline float2 q32_dot_sum(device const uchar* qs, uint qh, device const float* x) {
+// Sum over the block of q[j] * x.s(j) and of x.s(j), for the formats of the form d * q + m.
+template <typename Q, typename X>
+inline float2 q32_dot_sum(device const uchar* qs, uint qh, thread const X& x) {
     float s = 0.0f, sx = 0.0f;
     for (int j = 0; j < 16; ++j) {
         const float lo = float(Q::value(qs[j] & 15, qh, j));
         const float hi = float(Q::value(qs[j] >> 4, qh, j + 16));
-        s += lo * x[j] + hi * x[j + 16];
-        sx += x[j] + x[j + 16];
+        s += lo * x.s(j) + hi * x.s(j + 16);
+        sx += x.s(j) + x.s(j + 16);
     }
     return float2(s, sx);
 }
@@ -107,13 +126,13 @@ struct fmt_q4_0 {
         device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)p;
         return half_bits(b->d) * float(nibble(b->qs, j) - 8);
     }
-    static inline float dot_block(device const uchar* p, device const float* x) {
+    template <typename X> static inline float dot_block(device const uchar* p, thread const X& x) {
         device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)p;
-        const float2 r = q32_dot_sum<q4_values>(b->qs, 0u, x);
+        const float2 r = q32_dot_sum<q4_values, X>(b->qs, 0u, x);
         return half_bits(b->d) * (r.x - 8.0f * r.y);
     }
     static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
-    static inline float dot(device const uchar* row, int b, device const float* x) {
+    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
         return dot_block(row + b * BYTES, x);
     }
 };
@@ -125,13 +144,13 @@ struct fmt_q4_1 {
         device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)p;
         return half_bits(b->d) * float(nibble(b->qs, j)) + half_bits(b->m);
     }
-    static inline float dot_block(device const uchar* p, device const float* x) {
+    template <typename X> static inline float dot_block(device const uchar* p, thread const X& x) {
         device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)p;
-        const float2 r = q32_dot_sum<q4_values>(b->qs, 0u, x);
+        const float2 r = q32_dot_sum<q4_values, X>(b->qs, 0u, x);
         return half_bits(b->d) * r.x + half_bits(b->m) * r.y;
     }
     static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
-    static inline float dot(device const uchar* row, int b, device const float* x) {
+    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
         return dot_block(row + b * BYTES, x);
     }
 };
@@ -143,13 +162,13 @@ struct fmt_q5_0 {
         device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)p;
         return half_bits(b->d) * float(q5_values::value(nibble(b->qs, j), qh_bits(b->qh), j) - 16);
     }
-    static inline float dot_block(device const uchar* p, device const float* x) {
+    template <typename X> static inline float dot_block(device const uchar* p, thread const X& x) {
         device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)p;
-        const float2 r = q32_dot_sum<q5_values>(b->qs, qh_bits(b->qh), x);
+        const float2 r = q32_dot_sum<q5_values, X>(b->qs, qh_bits(b->qh), x);
         return half_bits(b->d) * (r.x - 16.0f * r.y);
     }
     static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
-    static inline float dot(device const uchar* row, int b, device const float* x) {
+    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
         return dot_block(row + b * BYTES, x);
     }
 };
@@ -161,13 +180,13 @@ struct fmt_q5_1 {
         device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)p;
         return half_bits(b->d) * float(q5_values::value(nibble(b->qs, j), qh_bits(b->qh), j)) + half_bits(b->m);
     }
-    static inline float dot_block(device const uchar* p, device const float* x) {
+    template <typename X> static inline float dot_block(device const uchar* p, thread const X& x) {
         device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)p;
-        const float2 r = q32_dot_sum<q5_values>(b->qs, qh_bits(b->qh), x);
+        const float2 r = q32_dot_sum<q5_values, X>(b->qs, qh_bits(b->qh), x);
         return half_bits(b->d) * r.x + half_bits(b->m) * r.y;
     }
     static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
-    static inline float dot(device const uchar* row, int b, device const float* x) {
+    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
         return dot_block(row + b * BYTES, x);
     }
 };
@@ -194,7 +213,7 @@ struct fmt_q4_k {
         const int q = (s & 1) ? (b->qs[32 * (s / 2) + l] >> 4) : (b->qs[32 * (s / 2) + l] & 15);
         return half_bits(b->d) * float(sm.x) * float(q) - half_bits(b->dmin) * float(sm.y);
     }
-    static inline float dot(device const uchar* row, int u, device const float* x) {
+    template <typename X> static inline float dot(device const uchar* row, int u, thread const X& x) {
         device const metallic::BlockQ4_K* b = (device const metallic::BlockQ4_K*)(row + (u / 8) * BYTES);
         const int s = u % 8;
         const int2 sm = k4_scale_min(b->scales, s);
@@ -202,8 +221,8 @@ struct fmt_q4_k {
         const int shift = (s & 1) * 4;
         float sq = 0.0f, sx = 0.0f;
         for (int l = 0; l < 32; ++l) {
-            sq += float((qs[l] >> shift) & 15) * x[l];
-            sx += x[l];
+            sq += float((qs[l] >> shift) & 15) * x.s(l);
+            sx += x.s(l);
         }
         return half_bits(b->d) * float(sm.x) * sq - half_bits(b->dmin) * float(sm.y) * sx;
     }
@@ -220,7 +239,7 @@ struct fmt_q5_k {
         const int q = lo | (((b->qh[l] >> s) & 1) << 4);
         return half_bits(b->d) * float(sm.x) * float(q) - half_bits(b->dmin) * float(sm.y);
     }
-    static inline float dot(device const uchar* row, int u, device const float* x) {
+    template <typename X> static inline float dot(device const uchar* row, int u, thread const X& x) {
         device const metallic::BlockQ5_K* b = (device const metallic::BlockQ5_K*)(row + (u / 8) * BYTES);
         const int s = u % 8;
         const int2 sm = k4_scale_min(b->scales, s);
@@ -229,8 +248,8 @@ struct fmt_q5_k {
         float sq = 0.0f, sx = 0.0f;
         for (int l = 0; l < 32; ++l) {
             const int q = ((qs[l] >> shift) & 15) | (((b->qh[l] >> s) & 1) << 4);
-            sq += float(q) * x[l];
-            sx += x[l];
+            sq += float(q) * x.s(l);
+            sx += x.s(l);
         }
         return half_bits(b->d) * float(sm.x) * sq - half_bits(b->dmin) * float(sm.y) * sx;
     }
@@ -253,13 +272,13 @@ struct fmt_q6_k {
         const int e = i % 256;
         return half_bits(b->d) * float(b->scales[e / 16]) * float(q6_k_value(b, e));
     }
-    static inline float dot(device const uchar* row, int u, device const float* x) {
+    template <typename X> static inline float dot(device const uchar* row, int u, thread const X& x) {
         device const metallic::BlockQ6_K* b = (device const metallic::BlockQ6_K*)(row + (u / 8) * BYTES);
         const int e0 = (u % 8) * 32;
         float s0 = 0.0f, s1 = 0.0f;  // the unit's two 16-element scale groups
         for (int l = 0; l < 16; ++l) {
-            s0 += float(q6_k_value(b, e0 + l)) * x[l];
-            s1 += float(q6_k_value(b, e0 + 16 + l)) * x[16 + l];
+            s0 += float(q6_k_value(b, e0 + l)) * x.s(l);
+            s1 += float(q6_k_value(b, e0 + 16 + l)) * x.s(16 + l);
         }
         return half_bits(b->d) * (float(b->scales[e0 / 16]) * s0 + float(b->scales[e0 / 16 + 1]) * s1);
     }

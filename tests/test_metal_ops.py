@@ -67,10 +67,15 @@ def run_linear(kind, fmt, w_raw, x, out, bias, flags):
     a = linear_args(rows, cols, n, flags, row_bytes)
     bufs = [a, w_raw, x, out, bias if bias is not None else out]
     if kind == "matvec":
-        grid, tg = [ceil_div(rows, 8), n], [128]
+        bufs.append(x)  # norm weight, unread without the fused norm
+        core.sim_dispatch(f"matvec_{fmt}", bufs, [ceil_div(rows, 8), n], [128], constants=matvec_constants())
     else:
-        grid, tg = [ceil_div(rows, 32), ceil_div(n, 32)], [128]
-    core.sim_dispatch(f"{kind}_{fmt}", bufs, grid, tg)
+        core.sim_dispatch(f"gemm_{fmt}", bufs, [ceil_div(rows, 32), ceil_div(n, 32)], [128])
+
+
+def matvec_constants(gelu=False, norm_eps=None):
+    """Function constants of the matvec family (metal/matvec.h): every one is given."""
+    return {1: gelu, 2: norm_eps is not None, 3: float(norm_eps or 0.0)}
 
 
 def shapes_for(fmt, float_shapes, block_shapes):
@@ -118,10 +123,42 @@ def test_matvec_jobs(fmt, n_jobs):
     first += [first[-1]] * (4 - len(first))
     pad = lambda v, fill: v + [fill] * (3 - len(v))  # noqa: E731
     a = args("ii3i3i4iQ", cols, n_jobs, *pad(rows, 0), *pad(flags, 0), *first, ws[0][0].shape[1])
-    bufs = [a, *pad([w[0] for w in ws], ws[0][0]), x, *pad(outs, outs[0]), *pad(biases, biases[0])]
-    core.sim_dispatch(f"matvec_jobs_{fmt}", bufs, [sum(groups)], [128])
+    bufs = [a, *pad([w[0] for w in ws], ws[0][0]), x, *pad(outs, outs[0]), *pad(biases, biases[0]), x]
+    core.sim_dispatch(f"matvec_jobs_{fmt}", bufs, [sum(groups)], [128], constants=matvec_constants())
     for out, want in zip(outs, refs):
         assert nmse(out, want) < 1e-10
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_matvec_family_with_fused_rmsnorm(fmt):
+    """MATVEC_NORM: x is RMSNorm's input; the kernels multiply rmsnorm(x) * norm_w."""
+    eps = 1e-6
+    cols = 256 if fmt in K_QUANTS else (40 if fmt in FLOAT_FORMATS else 96)
+    x = (3 * rng.standard_normal((1, cols))).astype(np.float32)
+    nw = (1 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
+    xd = x.astype(np.float64)
+    h = xd / np.sqrt(np.mean(xd**2) + eps) * nw
+    c = matvec_constants(norm_eps=eps)
+    (g_raw, g_ref), (u_raw, u_ref), (v_raw, v_ref) = (encode(rng.standard_normal((r, cols)), fmt) for r in (21, 21, 9))
+
+    out = np.full((1, 21), np.nan, np.float32)
+    core.sim_dispatch(f"matvec_{fmt}", [linear_args(21, cols, 1, 0, g_raw.shape[1]), g_raw, x, out, out, nw],
+                      [ceil_div(21, 8), 1], [128], constants=c)
+    assert nmse(out, h @ g_ref.T) < 1e-10
+
+    outs = [np.full((1, 21), np.nan, np.float32), np.full((1, 9), np.nan, np.float32)]
+    a = args("ii3i3i4iQ", cols, 2, 21, 9, 0, 0, 0, 0, 0, 3, 5, 5, g_raw.shape[1])
+    core.sim_dispatch(f"matvec_jobs_{fmt}", [a, g_raw, v_raw, g_raw, x, outs[0], outs[1], outs[0], outs[0], outs[0],
+                                             outs[0], nw], [5], [128], constants=c)
+    assert nmse(outs[0], h @ g_ref.T) < 1e-10
+    assert nmse(outs[1], h @ v_ref.T) < 1e-10
+
+    out = np.full((1, 21), np.nan, np.float32)
+    core.sim_dispatch(f"matvec_glu_{fmt}", [linear_args(21, cols, 1, 0, g_raw.shape[1]), g_raw, u_raw, x, out, nw],
+                      [ceil_div(21, 8), 1], [128], constants=c)
+    gd, ud = h @ g_ref.T, h @ u_ref.T
+    with np.errstate(over="ignore"):
+        assert nmse(out, gd / (1 + np.exp(-gd)) * ud) < 1e-6
 
 
 @pytest.mark.parametrize("kind", ["matvec", "gemm"])
@@ -228,8 +265,8 @@ def test_matvec_glu(fmt, gelu):
             act = 0.5 * gd * (1 + np.tanh(np.sqrt(2 / np.pi) * (gd + 0.044715 * gd**3))) if gelu else gd / (1 + np.exp(-gd))
         out = np.full((1, rows), np.nan, np.float32)
         a = linear_args(rows, cols, 1, 0, g_raw.shape[1])
-        core.sim_dispatch(f"matvec_glu_{fmt}", [a, g_raw, u_raw, x, out], [ceil_div(rows, 8), 1], [128],
-                          constants={1: gelu})
+        core.sim_dispatch(f"matvec_glu_{fmt}", [a, g_raw, u_raw, x, out, x], [ceil_div(rows, 8), 1], [128],
+                          constants=matvec_constants(gelu))
         assert nmse(out, act * ud) < 1e-6, (rows, cols)
 
 

@@ -74,6 +74,19 @@ public:
         rope(k, n, n_kv_heads, pos0, inv_freq);
         store_kv(layer, k, v, n, pos0);
     }
+    // out = rmsnorm(x) * w (n rows of d), then the jobs over out. A backend that fuses the norm
+    // into the matrix products may leave out unwritten.
+    virtual void rmsnorm_matmul(const float* x, const float* w, float eps, float* out, int n, int d,
+                                std::initializer_list<MatmulJob> jobs) {
+        rmsnorm(x, w, out, n, d, eps);
+        matmul(out, n, jobs);
+    }
+    // out = rmsnorm(x) * w, then gate_up_glu over out (out may be left unwritten likewise).
+    virtual void rmsnorm_gate_up_glu(const float* x, const float* w, float eps, float* out, int n, int d,
+                                     const Matrix& gate, const Matrix& up, float* g, float* u, Activation act) {
+        rmsnorm(x, w, out, n, d, eps);
+        gate_up_glu(out, n, gate, up, g, u, act);
+    }
     // g = act(h Wgate) * (h Wup) over n rows; u receives h Wup (or is left alone if fused).
     virtual void gate_up_glu(const float* h, int n, const Matrix& gate, const Matrix& up, float* g, float* u,
                              Activation act) {

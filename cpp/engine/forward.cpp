@@ -33,10 +33,10 @@ void Engine::forward(const int32_t* ids, int n, float* all_logits) {
         const int window = c.sliding_window[size_t(l)];
 
         // attention
-        B.rmsnorm(x, L.attn_norm.data(), h, n, d, c.rms_eps);
-        B.matmul(h, n, {{&L.wq, q_.data(), c.qkv_bias ? L.q_bias.data() : nullptr},
-                        {&L.wk, k_.data(), c.qkv_bias ? L.k_bias.data() : nullptr},
-                        {&L.wv, v_.data(), c.qkv_bias ? L.v_bias.data() : nullptr}});
+        B.rmsnorm_matmul(x, L.attn_norm.data(), c.rms_eps, h, n, d,
+                         {{&L.wq, q_.data(), c.qkv_bias ? L.q_bias.data() : nullptr},
+                          {&L.wk, k_.data(), c.qkv_bias ? L.k_bias.data() : nullptr},
+                          {&L.wv, v_.data(), c.qkv_bias ? L.v_bias.data() : nullptr}});
         if (c.qk_norm) {
             B.rmsnorm(q_.data(), L.q_norm.data(), q_.data(), n * c.n_head, hd, c.rms_eps);
             B.rmsnorm(k_.data(), L.k_norm.data(), k_.data(), n * c.n_head_kv, hd, c.rms_eps);
@@ -53,8 +53,8 @@ void Engine::forward(const int32_t* ids, int n, float* all_logits) {
         }
 
         // feed-forward
-        B.rmsnorm(x, L.ffn_norm.data(), h, n, d, c.rms_eps);
-        B.gate_up_glu(h, n, L.w_gate, L.w_up, hb_.data(), hb2_.data(), c.activation);
+        B.rmsnorm_gate_up_glu(x, L.ffn_norm.data(), c.rms_eps, h, n, d, L.w_gate, L.w_up, hb_.data(), hb2_.data(),
+                              c.activation);
         if (c.post_norms) {
             B.matmul(hb_.data(), n, {{&L.w_down, o}});
             B.rmsnorm(o, L.post_ffn_norm.data(), o, n, d, c.rms_eps);
@@ -81,8 +81,7 @@ void Engine::forward(const int32_t* ids, int n, float* all_logits) {
         if (last > 0) std::copy(logits_.data() + last * V, logits_.data() + (last + 1) * V, logits_.data());
     } else {
         const float* last = x + int64_t(n - 1) * d;
-        B.rmsnorm(last, w_.output_norm.data(), h, 1, d, c.rms_eps);
-        B.matmul(h, 1, {{&w_.output, logits_.data()}});
+        B.rmsnorm_matmul(last, w_.output_norm.data(), c.rms_eps, h, 1, d, {{&w_.output, logits_.data()}});
         if (c.final_logit_softcap > 0) B.softcap(logits_.data(), V, c.final_logit_softcap);
         B.sync();
     }

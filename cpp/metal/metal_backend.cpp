@@ -50,7 +50,10 @@ struct Ref {
 
 // The kernels of one weight format.
 struct FormatPipelines {
-    std::unique_ptr<gpu::Pipeline> embed, matvec, gemm, matvec_jobs, matvec_glu;  // matvec_glu: the model's activation
+    std::unique_ptr<gpu::Pipeline> embed, gemm;
+    // Decode kernels, [0] plain and [1] with RMSNorm fused in (matvec.h, MATVEC_NORM);
+    // matvec_glu applies the model's activation.
+    std::unique_ptr<gpu::Pipeline> matvec[2], matvec_jobs[2], matvec_glu[2];
 };
 
 const char* format_suffix(uint32_t type) {
@@ -159,79 +162,51 @@ public:
 
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
         gpu::Encoder& e = encoder();
-        if (n == 1 && can_share_dispatch(in, jobs)) {
-            matvec_jobs(e, in, jobs);
+        if (n == 1) {
+            encode_matvecs(e, in, nullptr, jobs);
             return;
         }
         for (const MatmulJob& j : jobs) {
             const Matrix& w = *j.w;
-            const FormatPipelines& f = format(w);
-            LinearArgs a{};
-            a.rows = int32_t(w.rows);
-            a.cols = int32_t(w.cols);
-            a.n_tokens = n;
-            a.flags = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0);
-            a.row_bytes = w.row_bytes;
-            a.x_stride = uint64_t(w.cols);
-            a.out_stride = uint64_t(w.rows);
-            e.set_pipeline(n == 1 ? *f.matvec : *f.gemm);
+            LinearArgs a = linear_args(j, n);
+            e.set_pipeline(*format(w).gemm);
             e.set_args(0, a);
             bind_weight(e, 1, w, w.nbytes);
             bind(e, 2, in);
             bind(e, 3, j.out);
             bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
-            if (n == 1) {
-                e.dispatch_threadgroups({ceil_div(w.rows, kMatvecSimdgroups * kMatvecRowsPerSimdgroup), 1, 1},
-                                        {32 * kMatvecSimdgroups, 1, 1});
-            } else {
-                e.dispatch_threadgroups({ceil_div(w.rows, kGemmTile), ceil_div(n, kGemmTile), 1}, {128, 1, 1});
-            }
+            e.dispatch_threadgroups({ceil_div(w.rows, kGemmTile), ceil_div(n, kGemmTile), 1}, {128, 1, 1});
         }
     }
 
-    // Decode jobs of one format and width (q, k, v) go in one matvec_jobs dispatch.
-    bool can_share_dispatch(const float* in, std::initializer_list<MatmulJob> jobs) const {
-        if (jobs.size() < 2 || jobs.size() > 3 || resolve(in).offset % 16) return false;
-        const Matrix& w0 = *jobs.begin()->w;
-        for (const MatmulJob& j : jobs)
-            if (j.w->type != w0.type || j.w->cols != w0.cols || j.w->row_bytes != w0.row_bytes) return false;
-        return true;
+    // Fused for decode: the norm is computed inside the matvecs (MATVEC_NORM), which read
+    // x * norm weight and scale their sums; `out` (the normalized rows) is then not written.
+    void rmsnorm_matmul(const float* x, const float* w, float eps, float* out, int n, int d,
+                        std::initializer_list<MatmulJob> jobs) override {
+        if (n != 1 || eps != cfg_.rms_eps || resolve(x).offset % 16 || jobs.begin()->w->cols != d) {
+            Backend::rmsnorm_matmul(x, w, eps, out, n, d, jobs);
+            return;
+        }
+        encode_matvecs(encoder(), x, w, jobs);
     }
 
-    void matvec_jobs(gpu::Encoder& e, const float* in, std::initializer_list<MatmulJob> jobs) {
-        const Matrix& w0 = *jobs.begin()->w;
-        LinearJobsArgs a{};
-        a.cols = int32_t(w0.cols);
-        a.n_jobs = int32_t(jobs.size());
-        a.row_bytes = w0.row_bytes;
-        const uint32_t rows_per_tg = kMatvecSimdgroups * kMatvecRowsPerSimdgroup;
-        int i = 0;
-        uint32_t groups = 0;
-        const MatmulJob* first = jobs.begin();
-        e.set_pipeline(*format(w0).matvec_jobs);
-        for (const MatmulJob& j : jobs) {
-            a.rows[i] = int32_t(j.w->rows);
-            a.flags[i] = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0);
-            a.first_tg[i] = int32_t(groups);
-            groups += ceil_div(j.w->rows, rows_per_tg);
-            ++i;
+    void rmsnorm_gate_up_glu(const float* x, const float* w, float eps, float* out, int n, int d, const Matrix& gate,
+                             const Matrix& up, float* g, float* u, Activation act) override {
+        if (n != 1 || eps != cfg_.rms_eps || resolve(x).offset % 16 || gate.cols != d || !can_fuse_glu(gate, up, act)) {
+            Backend::rmsnorm_gate_up_glu(x, w, eps, out, n, d, gate, up, g, u, act);
+            return;
         }
-        for (int k = i; k < 4; ++k) a.first_tg[k] = int32_t(groups);
-        e.set_args(0, a);
-        i = 0;
-        for (const MatmulJob& j : jobs) {
-            bind_weight(e, 1 + i, *j.w, j.w->nbytes);
-            bind(e, 5 + i, j.out);
-            bind(e, 8 + i, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
-            ++i;
+        encode_matvec_glu(encoder(), x, w, gate, up, g);
+    }
+
+    // Fused for decode when gate and up share a format: both matvecs and the GLU in one pass.
+    void gate_up_glu(const float* h, int n, const Matrix& gate, const Matrix& up, float* g, float* u,
+                     Activation act) override {
+        if (n != 1 || !can_fuse_glu(gate, up, act)) {
+            Backend::gate_up_glu(h, n, gate, up, g, u, act);
+            return;
         }
-        for (; i < 3; ++i) {  // unused jobs: job 0's buffers, never read
-            e.set_buffer(1 + i, *windows_[0], 0);
-            bind(e, 5 + i, first->out);
-            bind(e, 8 + i, first->out);
-        }
-        bind(e, 4, in);
-        e.dispatch_threadgroups({groups, 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
+        encode_matvec_glu(encoder(), h, nullptr, gate, up, g);
     }
 
     void rope(float* x, int n, int n_heads, int pos0, const float* inv_freq) override {
@@ -323,32 +298,6 @@ public:
         kv_bytes_ += 2 * uint64_t(n) * uint64_t(n_kv_heads) * uint64_t(cfg_.head_dim) * kv_elem_bytes_;
     }
 
-    // Fused for decode when gate and up share a format: both matvecs and the GLU in one pass.
-    void gate_up_glu(const float* h, int n, const Matrix& gate, const Matrix& up, float* g, float* u,
-                     Activation act) override {
-        if (n != 1 || act != cfg_.activation || gate.type != up.type || gate.rows != up.rows || gate.cols != up.cols ||
-            gate.row_bytes != up.row_bytes) {
-            Backend::gate_up_glu(h, n, gate, up, g, u, act);
-            return;
-        }
-        gpu::Encoder& e = encoder();
-        LinearArgs a{};
-        a.rows = int32_t(gate.rows);
-        a.cols = int32_t(gate.cols);
-        a.n_tokens = 1;
-        a.row_bytes = gate.row_bytes;
-        a.x_stride = uint64_t(gate.cols);
-        a.out_stride = uint64_t(gate.rows);
-        e.set_pipeline(*format(gate).matvec_glu);  // its activation is the model's (cfg_.activation)
-        e.set_args(0, a);
-        bind_weight(e, 1, gate, gate.nbytes);
-        bind_weight(e, 2, up, up.nbytes);
-        bind(e, 3, h);
-        bind(e, 4, g);
-        e.dispatch_threadgroups({ceil_div(gate.rows, kMatvecSimdgroups * kMatvecRowsPerSimdgroup), 1, 1},
-                                {32 * kMatvecSimdgroups, 1, 1});
-    }
-
     void glu(float* g, const float* u, int64_t count, Activation act) override {
         gpu::Encoder& e = encoder();
         e.set_pipeline(act == Activation::GeluTanh ? *glu_gelu_ : *glu_silu_);
@@ -438,15 +387,19 @@ private:
                                "Q5_0, Q5_1, Q4_K, Q5_K, Q6_K");
             FormatPipelines& f = formats_[m.type];
             f.embed = dev_->pipeline(std::string("embed_") + sfx);
-            f.matvec = dev_->pipeline(std::string("matvec_") + sfx);
             f.gemm = dev_->pipeline(std::string("gemm_") + sfx);
-            f.matvec_jobs = dev_->pipeline(std::string("matvec_jobs_") + sfx);
-            require_threads(*f.matvec_jobs, 32 * kMatvecSimdgroups);
-            f.matvec_glu = dev_->pipeline(std::string("matvec_glu_") + sfx,
-                                          {{1, gpu::Constant::of_bool(cfg_.activation == Activation::GeluTanh)}});
-            require_threads(*f.matvec_glu, 32 * kMatvecSimdgroups);
-            require_threads(*f.matvec, 32 * kMatvecSimdgroups);
             require_threads(*f.gemm, 128);
+            for (int fused = 0; fused < 2; ++fused) {
+                // Every constant the kernels declare is given, used or not.
+                const gpu::Constants c = {{1, gpu::Constant::of_bool(cfg_.activation == Activation::GeluTanh)},
+                                          {2, gpu::Constant::of_bool(fused == 1)},
+                                          {3, gpu::Constant::of_float(cfg_.rms_eps)}};
+                f.matvec[fused] = dev_->pipeline(std::string("matvec_") + sfx, c);
+                f.matvec_jobs[fused] = dev_->pipeline(std::string("matvec_jobs_") + sfx, c);
+                f.matvec_glu[fused] = dev_->pipeline(std::string("matvec_glu_") + sfx, c);
+                for (const auto* p : {&f.matvec[fused], &f.matvec_jobs[fused], &f.matvec_glu[fused]})
+                    require_threads(**p, 32 * kMatvecSimdgroups);
+            }
         });
         rmsnorm_ = dev_->pipeline("rmsnorm_f32");
         rope_ = dev_->pipeline("rope", {{0, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}});
@@ -471,6 +424,114 @@ private:
         if (p.max_threads() < n)
             throw std::runtime_error("metal: kernel " + p.name() + " cannot run " + std::to_string(n) +
                                      " threads per threadgroup on this device");
+    }
+
+    // ---- the decode matvec family ----------------------------------------------------------
+
+    static LinearArgs linear_args(const MatmulJob& j, int n) {
+        const Matrix& w = *j.w;
+        LinearArgs a{};
+        a.rows = int32_t(w.rows);
+        a.cols = int32_t(w.cols);
+        a.n_tokens = n;
+        a.flags = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0);
+        a.row_bytes = w.row_bytes;
+        a.x_stride = uint64_t(w.cols);
+        a.out_stride = uint64_t(w.rows);
+        return a;
+    }
+
+    static uint32_t matvec_groups(const Matrix& w) {
+        return ceil_div(w.rows, kMatvecSimdgroups * kMatvecRowsPerSimdgroup);
+    }
+
+    // One token through every job: jobs of one format and width (q, k, v) in one matvec_jobs
+    // dispatch, else one matvec each. norm_w: RMSNorm fused in (x is the norm's input).
+    void encode_matvecs(gpu::Encoder& e, const float* x, const float* norm_w, std::initializer_list<MatmulJob> jobs) {
+        if (can_share_dispatch(x, jobs)) {
+            encode_matvec_jobs(e, x, norm_w, jobs);
+            return;
+        }
+        for (const MatmulJob& j : jobs) {
+            const LinearArgs a = linear_args(j, 1);
+            e.set_pipeline(*format(*j.w).matvec[norm_w ? 1 : 0]);
+            e.set_args(0, a);
+            bind_weight(e, 1, *j.w, j.w->nbytes);
+            bind(e, 2, x);
+            bind(e, 3, j.out);
+            bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
+            bind(e, 5, norm_w ? norm_w : x);      // read only with the norm fused
+            e.dispatch_threadgroups({matvec_groups(*j.w), 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
+        }
+    }
+
+    bool can_share_dispatch(const float* in, std::initializer_list<MatmulJob> jobs) const {
+        if (jobs.size() < 2 || jobs.size() > 3 || resolve(in).offset % 16) return false;
+        const Matrix& w0 = *jobs.begin()->w;
+        for (const MatmulJob& j : jobs)
+            if (j.w->type != w0.type || j.w->cols != w0.cols || j.w->row_bytes != w0.row_bytes) return false;
+        return true;
+    }
+
+    void encode_matvec_jobs(gpu::Encoder& e, const float* in, const float* norm_w,
+                            std::initializer_list<MatmulJob> jobs) {
+        const Matrix& w0 = *jobs.begin()->w;
+        LinearJobsArgs a{};
+        a.cols = int32_t(w0.cols);
+        a.n_jobs = int32_t(jobs.size());
+        a.row_bytes = w0.row_bytes;
+        int i = 0;
+        uint32_t groups = 0;
+        for (const MatmulJob& j : jobs) {
+            a.rows[i] = int32_t(j.w->rows);
+            a.flags[i] = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0);
+            a.first_tg[i] = int32_t(groups);
+            groups += matvec_groups(*j.w);
+            ++i;
+        }
+        for (int k = i; k < 4; ++k) a.first_tg[k] = int32_t(groups);
+        e.set_pipeline(*format(w0).matvec_jobs[norm_w ? 1 : 0]);
+        e.set_args(0, a);
+        i = 0;
+        for (const MatmulJob& j : jobs) {
+            bind_weight(e, 1 + i, *j.w, j.w->nbytes);
+            bind(e, 5 + i, j.out);
+            bind(e, 8 + i, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
+            ++i;
+        }
+        const MatmulJob* first = jobs.begin();
+        for (; i < 3; ++i) {  // unused jobs: job 0's buffers, never read
+            e.set_buffer(1 + i, *windows_[0], 0);
+            bind(e, 5 + i, first->out);
+            bind(e, 8 + i, first->out);
+        }
+        bind(e, 4, in);
+        bind(e, 11, norm_w ? norm_w : in);  // read only with the norm fused
+        e.dispatch_threadgroups({groups, 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
+    }
+
+    bool can_fuse_glu(const Matrix& gate, const Matrix& up, Activation act) const {
+        return act == cfg_.activation && gate.type == up.type && gate.rows == up.rows && gate.cols == up.cols &&
+               gate.row_bytes == up.row_bytes;
+    }
+
+    void encode_matvec_glu(gpu::Encoder& e, const float* x, const float* norm_w, const Matrix& gate, const Matrix& up,
+                           float* g) {
+        LinearArgs a{};
+        a.rows = int32_t(gate.rows);
+        a.cols = int32_t(gate.cols);
+        a.n_tokens = 1;
+        a.row_bytes = gate.row_bytes;
+        a.x_stride = uint64_t(gate.cols);
+        a.out_stride = uint64_t(gate.rows);
+        e.set_pipeline(*format(gate).matvec_glu[norm_w ? 1 : 0]);  // the model's activation
+        e.set_args(0, a);
+        bind_weight(e, 1, gate, gate.nbytes);
+        bind_weight(e, 2, up, up.nbytes);
+        bind(e, 3, x);
+        bind(e, 4, g);
+        bind(e, 5, norm_w ? norm_w : x);  // read only with the norm fused
+        e.dispatch_threadgroups({matvec_groups(gate), 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
     }
 
     // ---- encoding helpers -------------------------------------------------------------------
