@@ -103,6 +103,8 @@ struct RopeKvArgs {
     int32_t rope_dims;
     int32_t n_ctx;
     int32_t pos0;
+    int32_t qk_norm;  // 1: RMS-normalize each head of q and k first (weights at buffers 7 and 8)
+    float eps;
 };
 
 // Causal attention of query rows at positions pos0.. over one layer's cache; grid (heads, tokens).

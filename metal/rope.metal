@@ -15,7 +15,8 @@
 // n_heads + n_kv_heads); threadgroups of the first n_heads rotate a head of q in place, the
 // others a head of k, which they also write to the cache with the matching head of v. One
 // thread per dimension: each computes its rotated value from the originals, then (after a
-// barrier: the rotation reads the partner dimension) writes it.
+// barrier: the rotation reads the partner dimension) writes it. For qk-norm models (Qwen3,
+// Gemma 3) the head is RMS-normalized first, in the same pass.
 #include <metal_stdlib>
 #include "args.h"
 
@@ -68,17 +69,37 @@ kernel void rope_store_kv(constant RopeKvArgs& args [[buffer(0)]],
                           device KV* k_cache [[buffer(4)]],
                           device KV* v_cache [[buffer(5)]],
                           device const float* inv_freq [[buffer(6)]],
+                          device const float* q_norm [[buffer(7)]],
+                          device const float* k_norm [[buffer(8)]],
                           uint2 tgpig [[threadgroup_position_in_grid]],
-                          uint i [[thread_position_in_threadgroup]]) {
+                          uint i [[thread_position_in_threadgroup]],
+                          uint lane [[thread_index_in_simdgroup]],
+                          uint sg [[simdgroup_index_in_threadgroup]],
+                          uint nsg [[simdgroups_per_threadgroup]]) {
+    threadgroup float partial[8];  // head_dim <= 256: at most 8 simdgroups
     const uint t = tgpig.x, head = tgpig.y;
     const int hd = args.head_dim;
     const bool is_q = int(head) < args.n_heads;
     const uint kvh = head - uint(args.n_heads);
     device float* x = is_q ? q + (uint64_t(t) * uint64_t(args.n_heads) + head) * uint64_t(hd)
                            : k + (uint64_t(t) * uint64_t(args.n_kv_heads) + kvh) * uint64_t(hd);
+
+    // qk-norm: x = x / rms(x) * norm_w over the head, one factor per threadgroup.
+    float scale = 1.0f;
+    if (args.qk_norm) {  // uniform: the whole grid does it or none
+        const float xi = int(i) < hd ? x[i] : 0.0f;
+        const float ss = simd_sum(xi * xi);
+        if (lane == 0) partial[sg] = ss;
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        float total = 0.0f;
+        for (uint s = 0; s < nsg; ++s) total += partial[s];
+        scale = rsqrt(total / float(hd) + args.eps);
+    }
+    device const float* nw = is_q ? q_norm : k_norm;
+
     float val = 0.0f;
     if (int(i) < hd) {
-        val = x[i];
+        val = args.qk_norm ? x[i] * scale * nw[i] : x[i];
         const int half_dims = args.rope_dims / 2;
         if (int(i) < args.rope_dims) {
             // Pair p = (a, b) rotates to (a c - b s, a s + b c).
@@ -88,7 +109,7 @@ kernel void rope_store_kv(constant RopeKvArgs& args [[buffer(0)]],
                                           : (first ? int(i) + 1 : int(i) - 1);
             const float theta = float(args.pos0 + int(t)) * inv_freq[p];
             const float c = precise::cos(theta), s = precise::sin(theta);
-            const float other = x[partner];
+            const float other = args.qk_norm ? x[partner] * scale * nw[partner] : x[partner];
             val = first ? val * c - other * s : other * s + val * c;
         }
     }

@@ -243,9 +243,9 @@ def test_rope_store_kv(kv, neox, n, n_heads, n_kv, head_dim, rope_dims, pos0):
     kc = np.zeros((n_kv, n_ctx, head_dim), kv)
     vc = np.zeros((n_kv, n_ctx, head_dim), kv)
     name = "rope_store_kv_f16" if kv == np.float16 else "rope_store_kv_f32"
-    a = args("iiiiii", n_heads, n_kv, head_dim, rope_dims, n_ctx, pos0)
-    core.sim_dispatch(name, [a, q, k, v, kc, vc, inv_freq], [n, n_heads + n_kv], [ceil_div(head_dim, 32) * 32],
-                      constants={0: neox})
+    a = args("iiiiiiif", n_heads, n_kv, head_dim, rope_dims, n_ctx, pos0, 0, 0.0)
+    core.sim_dispatch(name, [a, q, k, v, kc, vc, inv_freq, inv_freq, inv_freq], [n, n_heads + n_kv],
+                      [ceil_div(head_dim, 32) * 32], constants={0: neox})
     assert nmse(q, q_ref) < 1e-6
     assert nmse(k, k_ref) < 1e-6
     np.testing.assert_array_equal(kc[:, pos0:pos0 + n], k.reshape(n, n_kv, head_dim).transpose(1, 0, 2).astype(kv))
@@ -268,6 +268,44 @@ def test_matvec_glu(fmt, gelu):
         core.sim_dispatch(f"matvec_glu_{fmt}", [a, g_raw, u_raw, x, out, x], [ceil_div(rows, 8), 1], [128],
                           constants=matvec_constants(gelu))
         assert nmse(out, act * ud) < 1e-6, (rows, cols)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("n,n_heads,n_kv,head_dim,rope_dims", [(2, 6, 2, 16, 16), (1, 4, 1, 256, 256), (3, 2, 2, 40, 20)])
+def test_rope_store_kv_with_qk_norm(neox, n, n_heads, n_kv, head_dim, rope_dims):
+    n_ctx, pos0, eps = 16, 3, 1e-6
+    q = (2 * rng.standard_normal((n, n_heads * head_dim))).astype(np.float32)
+    k = (2 * rng.standard_normal((n, n_kv * head_dim))).astype(np.float32)
+    v = rng.standard_normal((n, n_kv * head_dim)).astype(np.float32)
+    qw = (1 + 0.1 * rng.standard_normal(head_dim)).astype(np.float32)
+    kw = (1 + 0.1 * rng.standard_normal(head_dim)).astype(np.float32)
+    inv_freq = (10000.0 ** (-np.arange(0, rope_dims, 2) / rope_dims)).astype(np.float32)
+
+    def norm(x, heads, w):
+        x = x.reshape(n, heads, head_dim).astype(np.float64)
+        return (x / np.sqrt(np.mean(x**2, axis=2, keepdims=True) + eps) * w).reshape(n, -1)
+
+    q_ref = rope_ref(norm(q, n_heads, qw), n_heads, head_dim, rope_dims, pos0, inv_freq, neox)
+    k_ref = rope_ref(norm(k, n_kv, kw), n_kv, head_dim, rope_dims, pos0, inv_freq, neox)
+    kc = np.zeros((n_kv, n_ctx, head_dim), np.float32)
+    vc = np.zeros((n_kv, n_ctx, head_dim), np.float32)
+    a = args("iiiiiiif", n_heads, n_kv, head_dim, rope_dims, n_ctx, pos0, 1, eps)
+    core.sim_dispatch("rope_store_kv_f32", [a, q, k, v, kc, vc, inv_freq, qw, kw], [n, n_heads + n_kv],
+                      [ceil_div(head_dim, 32) * 32], constants={0: neox})
+    assert nmse(q, q_ref) < 1e-6
+    assert nmse(k, k_ref) < 1e-6
+    np.testing.assert_array_equal(kc[:, pos0:pos0 + n], k.reshape(n, n_kv, head_dim).transpose(1, 0, 2))
+
+
+def test_rmsnorm_add():
+    n, d, eps = 3, 640, 1e-6
+    y = rng.standard_normal((n, d)).astype(np.float32)
+    w = (1 + 0.1 * rng.standard_normal(d)).astype(np.float32)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    yd = y.astype(np.float64)
+    ref = x + yd / np.sqrt(np.mean(yd**2, axis=1, keepdims=True) + eps) * w
+    core.sim_dispatch("rmsnorm_add_f32", [args("ifQQ", d, eps, d, d), y, w, x], [n], [160])
+    assert nmse(x, ref) < 1e-12
 
 
 def attention_ref(q, kc, vc, n_heads, n_kv, hd, pos0, window, scale):

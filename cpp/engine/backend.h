@@ -67,9 +67,15 @@ public:
     virtual void softcap(float* x, int64_t count, float cap) = 0;
 
     // ---- steps a backend may fuse; the defaults are the ops above in sequence ----
-    // RoPE on q (n_heads heads) and k (n_kv_heads), then k and v into the layer's cache.
+    // RoPE on q (n_heads heads) and k (n_kv_heads), then k and v into the layer's cache. With
+    // q_norm and k_norm (qk-norm models), each head of q and k is first RMS-normalized with them.
     virtual void rope_store_kv(int layer, float* q, int n_heads, float* k, int n_kv_heads, const float* v, int n,
-                               int pos0, const float* inv_freq) {
+                               int pos0, const float* inv_freq, const float* q_norm, const float* k_norm,
+                               int head_dim, float eps) {
+        if (q_norm) {
+            rmsnorm(q, q_norm, q, n * n_heads, head_dim, eps);
+            rmsnorm(k, k_norm, k, n * n_kv_heads, head_dim, eps);
+        }
         rope(q, n, n_heads, pos0, inv_freq);
         rope(k, n, n_kv_heads, pos0, inv_freq);
         store_kv(layer, k, v, n, pos0);
@@ -86,6 +92,11 @@ public:
                                      const Matrix& gate, const Matrix& up, float* g, float* u, Activation act) {
         rmsnorm(x, w, out, n, d, eps);
         gate_up_glu(out, n, gate, up, g, u, act);
+    }
+    // x += rmsnorm(y) * w over n rows of d (Gemma's post-norms); y may be left normalized.
+    virtual void add_rmsnorm(float* x, float* y, const float* w, float eps, int n, int d) {
+        rmsnorm(y, w, y, n, d, eps);
+        add(x, y, int64_t(n) * d);
     }
     // g = act(h Wgate) * (h Wup) over n rows; u receives h Wup (or is left alone if fused).
     virtual void gate_up_glu(const float* h, int n, const Matrix& gate, const Matrix& up, float* g, float* u,

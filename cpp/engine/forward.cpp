@@ -37,17 +37,13 @@ void Engine::forward(const int32_t* ids, int n, float* all_logits) {
                          {{&L.wq, q_.data(), c.qkv_bias ? L.q_bias.data() : nullptr},
                           {&L.wk, k_.data(), c.qkv_bias ? L.k_bias.data() : nullptr},
                           {&L.wv, v_.data(), c.qkv_bias ? L.v_bias.data() : nullptr}});
-        if (c.qk_norm) {
-            B.rmsnorm(q_.data(), L.q_norm.data(), q_.data(), n * c.n_head, hd, c.rms_eps);
-            B.rmsnorm(k_.data(), L.k_norm.data(), k_.data(), n * c.n_head_kv, hd, c.rms_eps);
-        }
         const float* freqs = window > 0 ? inv_freq_local_.data() : inv_freq_global_.data();
-        B.rope_store_kv(l, q_.data(), c.n_head, k_.data(), c.n_head_kv, v_.data(), n, pos0, freqs);
+        B.rope_store_kv(l, q_.data(), c.n_head, k_.data(), c.n_head_kv, v_.data(), n, pos0, freqs,
+                        c.qk_norm ? L.q_norm.data() : nullptr, c.qk_norm ? L.k_norm.data() : nullptr, hd, c.rms_eps);
         B.attention(l, q_.data(), n, pos0, window, att_.data());
         if (c.post_norms) {
             B.matmul(att_.data(), n, {{&L.wo, o}});
-            B.rmsnorm(o, L.post_attn_norm.data(), o, n, d, c.rms_eps);
-            B.add(x, o, int64_t(n) * d);
+            B.add_rmsnorm(x, o, L.post_attn_norm.data(), c.rms_eps, n, d);
         } else {
             B.matmul(att_.data(), n, {{&L.wo, x, nullptr, /*accumulate=*/true}});
         }
@@ -57,8 +53,7 @@ void Engine::forward(const int32_t* ids, int n, float* all_logits) {
                               c.activation);
         if (c.post_norms) {
             B.matmul(hb_.data(), n, {{&L.w_down, o}});
-            B.rmsnorm(o, L.post_ffn_norm.data(), o, n, d, c.rms_eps);
-            B.add(x, o, int64_t(n) * d);
+            B.add_rmsnorm(x, o, L.post_ffn_norm.data(), c.rms_eps, n, d);
         } else {
             B.matmul(hb_.data(), n, {{&L.w_down, x, nullptr, /*accumulate=*/true}});
         }

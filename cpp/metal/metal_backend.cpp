@@ -155,9 +155,7 @@ public:
         bind(e, 1, x);
         bind(e, 2, w);
         bind(e, 3, out);
-        // One threadgroup per row; about 4 values per thread, a whole number of simdgroups.
-        const uint32_t tg = std::clamp<uint32_t>(ceil_div(d, 4 * 32) * 32, 32, std::min<uint32_t>(1024, rmsnorm_->max_threads()));
-        e.dispatch_threadgroups({uint32_t(n), 1, 1}, {tg, 1, 1});
+        e.dispatch_threadgroups({uint32_t(n), 1, 1}, {rmsnorm_threads(d), 1, 1});
     }
 
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
@@ -281,11 +279,12 @@ public:
         }
     }
 
-    // Fused: RoPE of q and k and the KV write in one dispatch.
+    // Fused: qk-norm (if any), RoPE of q and k and the KV write in one dispatch.
     void rope_store_kv(int layer, float* q, int n_heads, float* k, int n_kv_heads, const float* v, int n, int pos0,
-                       const float* inv_freq) override {
+                       const float* inv_freq, const float* q_norm, const float* k_norm, int head_dim,
+                       float eps) override {
         gpu::Encoder& e = encoder();
-        RopeKvArgs a{n_heads, n_kv_heads, cfg_.head_dim, cfg_.rope_dims, opt_.n_ctx, pos0};
+        RopeKvArgs a{n_heads, n_kv_heads, head_dim, cfg_.rope_dims, opt_.n_ctx, pos0, q_norm ? 1 : 0, eps};
         e.set_pipeline(*rope_store_kv_);
         e.set_args(0, a);
         bind(e, 1, q);
@@ -294,8 +293,22 @@ public:
         e.set_buffer(4, *k_cache_, layer_offset(layer));
         e.set_buffer(5, *v_cache_, layer_offset(layer));
         bind(e, 6, inv_freq);
-        e.dispatch_threadgroups({uint32_t(n), uint32_t(n_heads + n_kv_heads), 1}, {ceil_div(cfg_.head_dim, 32) * 32, 1, 1});
-        kv_bytes_ += 2 * uint64_t(n) * uint64_t(n_kv_heads) * uint64_t(cfg_.head_dim) * kv_elem_bytes_;
+        bind(e, 7, q_norm ? q_norm : inv_freq);  // read only with qk-norm
+        bind(e, 8, k_norm ? k_norm : inv_freq);
+        e.dispatch_threadgroups({uint32_t(n), uint32_t(n_heads + n_kv_heads), 1}, {ceil_div(head_dim, 32) * 32, 1, 1});
+        kv_bytes_ += 2 * uint64_t(n) * uint64_t(n_kv_heads) * uint64_t(head_dim) * kv_elem_bytes_;
+    }
+
+    // Fused: x += rmsnorm(y) * w in one dispatch (y is left as it was).
+    void add_rmsnorm(float* x, float* y, const float* w, float eps, int n, int d) override {
+        gpu::Encoder& e = encoder();
+        RmsNormArgs a{d, eps, uint64_t(d), uint64_t(d)};
+        e.set_pipeline(*rmsnorm_add_);
+        e.set_args(0, a);
+        bind(e, 1, y);
+        bind(e, 2, w);
+        bind(e, 3, x);
+        e.dispatch_threadgroups({uint32_t(n), 1, 1}, {rmsnorm_threads(d), 1, 1});
     }
 
     void glu(float* g, const float* u, int64_t count, Activation act) override {
@@ -402,6 +415,7 @@ private:
             }
         });
         rmsnorm_ = dev_->pipeline("rmsnorm_f32");
+        rmsnorm_add_ = dev_->pipeline("rmsnorm_add_f32");
         rope_ = dev_->pipeline("rope", {{0, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}});
         if (cfg_.head_dim > 256) throw BadInput("the Metal backend supports head sizes up to 256");
         store_kv_ = dev_->pipeline(opt_.kv_f32 ? "store_kv_f32" : "store_kv_f16");
@@ -565,6 +579,12 @@ private:
 
     const FormatPipelines& format(const Matrix& m) const { return formats_.at(m.type); }
 
+    // One threadgroup per row; about 4 values per thread, a whole number of simdgroups.
+    uint32_t rmsnorm_threads(int d) const {
+        const uint32_t limit = std::min(rmsnorm_->max_threads(), rmsnorm_add_->max_threads());
+        return std::clamp<uint32_t>(ceil_div(d, 4 * 32) * 32, 32, std::min<uint32_t>(1024, limit));
+    }
+
     uint32_t threads_for(int64_t n, const gpu::Pipeline& p) const {
         return std::clamp<uint32_t>(ceil_div(n, 32) * 32, 32, std::min<uint32_t>(256, p.max_threads()));
     }
@@ -599,7 +619,7 @@ private:
     uint64_t kv_bytes_ = 0;  // KV-cache bytes written and read by the encoded work since the reset
 
     std::map<uint32_t, FormatPipelines> formats_;
-    std::unique_ptr<gpu::Pipeline> rmsnorm_, rope_, store_kv_, rope_store_kv_, attention_, attention_split_,
+    std::unique_ptr<gpu::Pipeline> rmsnorm_, rmsnorm_add_, rope_, store_kv_, rope_store_kv_, attention_, attention_split_,
         attention_merge_, glu_silu_, glu_gelu_, add_, softcap_;
 
     std::unique_ptr<gpu::CommandBuffer> cb_;
