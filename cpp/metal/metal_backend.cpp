@@ -1,52 +1,32 @@
 // The Metal backend: the ops of backend.h as kernels of metal/*.metal over the GPU interface.
 //
-// Memory, all set up at load (a token allocates nothing):
-//   weights      the mmap'd file wrapped in place (no copy): one buffer, or on a GPU whose
-//                maxBufferLength is smaller than the file, page-aligned overlapping windows
-//                such that every tensor lies wholly inside one of them
-//   consts       the small float vectors ops are given by pointer (norm weights, biases, RoPE
-//                frequency tables), copied once into one buffer
-//   activations  the engine's activation arrays: the backend owns them (activations()) in one
-//                shared buffer and the engine computes pointers into it. Shared storage means
-//                the host reads the logits in place after sync(); owning the memory here
-//                (instead of wrapping the engine's vectors) avoids page-alignment games with
-//                newBufferWithBytesNoCopy on the host side.
+// Memory, all set up at load (a token allocates nothing): the weights, the small host vectors
+// and the activations are mapped to GPU buffers by BufferMap (buffer_map.h); here live
 //   ids          the token ids of the current forward pass (written by the host at encode time:
 //                safe because the previous command buffer has finished by then)
 //   k/v cache    [layer][kv_head][position][head_dim] in half or float, as on the CPU
+//   partials     split decode attention's per-split (max, sum, accumulator)
 //
 // Every op only encodes: the first op of a forward pass opens a command buffer, sync() (called
 // by the engine before it reads logits) commits it and waits. A decode step is therefore one
 // command buffer and one wait.
-//
-// Any float pointer an op receives is resolved to (buffer, offset): inside the activation block
-// by subtraction, else through the table of copied host vectors. A pointer in neither is a
-// programming error and throws.
 #include "metal/metal_backend.h"
-
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
-#include <unordered_map>
 
 #include "engine/error.h"
 #include "engine/ggml_types.h"
+#include "metal/buffer_map.h"
 
 // Host views of the argument structs the kernels take (metal/args.h is shared with MSL).
 #include "../../metal/args.h"
 
 namespace metallic::metal {
 namespace {
-
-// Where a pointer lives on the GPU.
-struct Ref {
-    const gpu::Buffer* buf = nullptr;
-    size_t offset = 0;
-};
 
 // The kernels of one weight format.
 struct FormatPipelines {
@@ -87,10 +67,8 @@ public:
     MetalBackend(std::unique_ptr<gpu::Device> device, const ModelConfig& cfg, const MetalOptions& opt,
                  const MappedFile& file, const Weights& w,
                  const std::vector<std::pair<const float*, size_t>>& host_tables)
-        : dev_(std::move(device)), cfg_(cfg), opt_(opt) {
+        : dev_(std::move(device)), cfg_(cfg), opt_(opt), map_(*dev_, file, w, host_tables) {
         name_ = dev_->name();
-        wrap_weights(file, w);
-        copy_consts(w, host_tables);
         make_pipelines(w);
 
         ids_ = dev_->new_buffer(sizeof(int32_t) * size_t(opt_.max_batch));
@@ -105,12 +83,7 @@ public:
 
     const char* name() const override { return name_.c_str(); }
 
-    float* activations(size_t count) override {
-        act_ = dev_->new_buffer(count * sizeof(float));
-        act_base_ = static_cast<float*>(act_->contents());
-        act_count_ = count;
-        return act_base_;
-    }
+    float* activations(size_t count) override { return map_.make_activations(count); }
 
     void sync() override {
         if (!cb_) return;
@@ -332,59 +305,6 @@ public:
 private:
     // ---- load-time setup --------------------------------------------------------------------
 
-    void wrap_weights(const MappedFile& file, const Weights& w) {
-        const size_t page = size_t(sysconf(_SC_PAGESIZE));
-        weights_base_ = file.data();
-        if (reinterpret_cast<uintptr_t>(weights_base_) % page)
-            throw std::logic_error("metal: the model mapping is not page-aligned");
-        const size_t size = (file.size() + page - 1) / page * page;  // the mapping covers whole pages
-        const size_t max_len = dev_->max_buffer_length() / page * page;
-        size_t largest = 0;
-        for_each_matrix(w, [&](const Matrix& m) { largest = std::max(largest, m.nbytes); });
-        if (size <= max_len) {
-            window_step_ = size;
-            windows_.push_back(dev_->wrap(weights_base_, size));
-            return;
-        }
-        // Windows start every `step` bytes and are `max_len` long, so consecutive ones overlap by
-        // at least the largest tensor: a tensor starting in window i ends before window i does.
-        const size_t overlap = (largest + page - 1) / page * page;
-        if (overlap >= max_len) throw BadInput("a weight tensor is larger than the GPU's largest buffer");
-        window_step_ = max_len - overlap;
-        for (size_t start = 0; start < size; start += window_step_)
-            windows_.push_back(dev_->wrap(weights_base_ + start, std::min(max_len, size - start)));
-    }
-
-    template <typename Fn> static void for_each_matrix(const Weights& w, Fn fn) {
-        fn(w.token_embd);
-        fn(w.output);
-        for (const LayerWeights& L : w.layers)
-            for (const Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) fn(*m);
-    }
-
-    void copy_consts(const Weights& w, const std::vector<std::pair<const float*, size_t>>& host_tables) {
-        std::vector<std::pair<const float*, size_t>> tables = host_tables;
-        auto add = [&](const std::vector<float>& v) {
-            if (!v.empty()) tables.push_back({v.data(), v.size()});
-        };
-        add(w.output_norm);
-        for (const LayerWeights& L : w.layers)
-            for (const auto* v : {&L.attn_norm, &L.ffn_norm, &L.q_bias, &L.k_bias, &L.v_bias, &L.q_norm, &L.k_norm,
-                                  &L.post_attn_norm, &L.post_ffn_norm})
-                add(*v);
-        size_t total = 0;
-        for (const auto& [p, n] : tables) total += (n + 63) & ~size_t(63);  // 256-byte aligned entries
-        consts_ = dev_->new_buffer(std::max<size_t>(total, 1) * sizeof(float));
-        float* dst = static_cast<float*>(consts_->contents());
-        size_t at = 0;
-        for (const auto& [p, n] : tables) {
-            if (!p) continue;
-            std::memcpy(dst + at, p, n * sizeof(float));
-            consts_at_[p] = at * sizeof(float);
-            at += (n + 63) & ~size_t(63);
-        }
-    }
-
     void make_pipelines(const Weights& w) {
         for_each_matrix(w, [&](const Matrix& m) {
             // Rows of the float formats are read with 16-byte loads from the matrix start.
@@ -515,7 +435,7 @@ private:
         }
         const MatmulJob* first = jobs.begin();
         for (; i < 3; ++i) {  // unused jobs: job 0's buffers, never read
-            e.set_buffer(1 + i, *windows_[0], 0);
+            e.set_buffer(1 + i, map_.any_weights(), 0);
             bind(e, 5 + i, first->out);
             bind(e, 8 + i, first->out);
         }
@@ -558,23 +478,16 @@ private:
         return *enc_;
     }
 
-    Ref resolve(const void* p) const {
-        const float* f = static_cast<const float*>(p);
-        if (f >= act_base_ && f < act_base_ + act_count_) return {act_.get(), size_t(f - act_base_) * sizeof(float)};
-        auto it = consts_at_.find(f);
-        if (it != consts_at_.end()) return {consts_.get(), it->second};
-        throw std::logic_error("metal: an op was given a pointer outside the backend's buffers");
-    }
+    BufferRef resolve(const void* p) const { return map_.resolve(p); }
 
     void bind(gpu::Encoder& e, int index, const void* p) {
-        const Ref r = resolve(p);
+        const BufferRef r = resolve(p);
         e.set_buffer(index, *r.buf, r.offset);
     }
 
     void bind_weight(gpu::Encoder& e, int index, const Matrix& m, size_t bytes_read) {
-        const size_t off = size_t(m.data - weights_base_);
-        const size_t i = off / window_step_;
-        e.set_weight(index, *windows_[i], off - i * window_step_, bytes_read);
+        const BufferRef r = map_.weight(m);
+        e.set_weight(index, *r.buf, r.offset, bytes_read);
     }
 
     const FormatPipelines& format(const Matrix& m) const { return formats_.at(m.type); }
@@ -606,15 +519,9 @@ private:
     MetalOptions opt_;
     std::string name_;
 
-    const uint8_t* weights_base_ = nullptr;
-    size_t window_step_ = 1;
-    std::vector<std::unique_ptr<gpu::Buffer>> windows_;
-    std::unique_ptr<gpu::Buffer> consts_;
-    std::unordered_map<const float*, size_t> consts_at_;
-    std::unique_ptr<gpu::Buffer> act_, ids_, k_cache_, v_cache_;
+    BufferMap map_;
+    std::unique_ptr<gpu::Buffer> ids_, k_cache_, v_cache_;
     std::unique_ptr<gpu::Buffer> attn_partial_;  // split decode attention: [head][split][M, L, acc]
-    float* act_base_ = nullptr;
-    size_t act_count_ = 0;
     size_t kv_elem_bytes_ = 2;
     uint64_t kv_bytes_ = 0;  // KV-cache bytes written and read by the encoded work since the reset
 
