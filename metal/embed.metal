@@ -12,3 +12,5 @@ template [[host_name("embed_q5_1")]] [[kernel]] decltype(embed<fmt_q5_1>) embed<
 template [[host_name("embed_q4_k")]] [[kernel]] decltype(embed<fmt_q4_k>) embed<fmt_q4_k>;
 template [[host_name("embed_q5_k")]] [[kernel]] decltype(embed<fmt_q5_k>) embed<fmt_q5_k>;
 template [[host_name("embed_q6_k")]] [[kernel]] decltype(embed<fmt_q6_k>) embed<fmt_q6_k>;
+template [[host_name("embed_q2_k")]] [[kernel]] decltype(embed<fmt_q2_k>) embed<fmt_q2_k>;
+template [[host_name("embed_q3_k")]] [[kernel]] decltype(embed<fmt_q3_k>) embed<fmt_q3_k>;

@@ -283,3 +283,68 @@ struct fmt_q6_k {
         return half_bits(b->d) * (float(b->scales[e0 / 16]) * s0 + float(b->scales[e0 / 16 + 1]) * s1);
     }
 };
+
+// (d * (scales[i] & 15)) * q - dmin * (scales[i] >> 4) for sub-block i = e / 16 of 16 elements,
+// q in 0..3: element e = 128h + 32k + l is bits 2k..2k + 1 of qs[32h + l].
+struct fmt_q2_k {
+    enum { BLOCK = 32, BYTES = 84, VEC = 0 };
+    static inline float value(device const metallic::BlockQ2_K* b, int e) {
+        const int q = (b->qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+        const uchar sc = b->scales[e / 16];
+        return half_bits(b->d) * float(sc & 15) * float(q) - half_bits(b->dmin) * float(sc >> 4);
+    }
+    static inline float get(device const uchar* row, int i) {
+        return value((device const metallic::BlockQ2_K*)(row + (i / 256) * BYTES), i % 256);
+    }
+    template <typename X> static inline float dot(device const uchar* row, int u, thread const X& x) {
+        device const metallic::BlockQ2_K* b = (device const metallic::BlockQ2_K*)(row + (u / 8) * BYTES);
+        const int e0 = (u % 8) * 32;
+        device const uchar* qs = b->qs + 32 * (e0 / 128);
+        const int shift = 2 * ((e0 % 128) / 32);
+        float s = 0.0f;
+        for (int half_unit = 0; half_unit < 2; ++half_unit) {  // two sub-blocks of 16, own scales
+            const uchar sc = b->scales[e0 / 16 + half_unit];
+            float sq = 0.0f, sx = 0.0f;
+            for (int l = 16 * half_unit; l < 16 * half_unit + 16; ++l) {
+                const float xl = x.s(l);
+                sq += float((qs[l] >> shift) & 3) * xl;
+                sx += xl;
+            }
+            s += half_bits(b->d) * float(sc & 15) * sq - half_bits(b->dmin) * float(sc >> 4) * sx;
+        }
+        return s;
+    }
+};
+
+// (d * (scale_i - 32)) * (q - 4 * !hbit) for sub-block i = e / 16, q in 0..3 packed as in Q2_K,
+// the high bit of element 32j + l (j = e / 32) bit j of hmask[l]. The 16 6-bit scales: low 4
+// bits in the nibbles of scales[0 .. 7] (i < 8: low nibble of scales[i], else high nibble of
+// scales[i - 8]), high 2 bits in scales[8 + i % 4] >> 2 (i / 4) (GGML's kmask unpacking).
+inline int q3_k_scale(device const uchar* s, int i) {
+    const int lo = i < 8 ? (s[i] & 15) : (s[i - 8] >> 4);
+    const int hi = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+struct fmt_q3_k {
+    enum { BLOCK = 32, BYTES = 110, VEC = 0 };
+    static inline int code(device const metallic::BlockQ3_K* b, int e) {
+        const int q = (b->qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+        return q - (((b->hmask[e % 32] >> (e / 32)) & 1) ? 0 : 4);
+    }
+    static inline float get(device const uchar* row, int i) {
+        device const metallic::BlockQ3_K* b = (device const metallic::BlockQ3_K*)(row + (i / 256) * BYTES);
+        const int e = i % 256;
+        return half_bits(b->d) * float(q3_k_scale(b->scales, e / 16)) * float(code(b, e));
+    }
+    template <typename X> static inline float dot(device const uchar* row, int u, thread const X& x) {
+        device const metallic::BlockQ3_K* b = (device const metallic::BlockQ3_K*)(row + (u / 8) * BYTES);
+        const int e0 = (u % 8) * 32;
+        float s0 = 0.0f, s1 = 0.0f;  // the unit's two 16-element scale groups
+        for (int l = 0; l < 16; ++l) {
+            s0 += float(code(b, e0 + l)) * x.s(l);
+            s1 += float(code(b, e0 + 16 + l)) * x.s(16 + l);
+        }
+        return half_bits(b->d) * (float(q3_k_scale(b->scales, e0 / 16)) * s0 + float(q3_k_scale(b->scales, e0 / 16 + 1)) * s1);
+    }
+};

@@ -13,3 +13,5 @@ template [[host_name("gemm_q5_1")]] [[kernel]] decltype(gemm<fmt_q5_1>) gemm<fmt
 template [[host_name("gemm_q4_k")]] [[kernel]] decltype(gemm<fmt_q4_k>) gemm<fmt_q4_k>;
 template [[host_name("gemm_q5_k")]] [[kernel]] decltype(gemm<fmt_q5_k>) gemm<fmt_q5_k>;
 template [[host_name("gemm_q6_k")]] [[kernel]] decltype(gemm<fmt_q6_k>) gemm<fmt_q6_k>;
+template [[host_name("gemm_q2_k")]] [[kernel]] decltype(gemm<fmt_q2_k>) gemm<fmt_q2_k>;
+template [[host_name("gemm_q3_k")]] [[kernel]] decltype(gemm<fmt_q3_k>) gemm<fmt_q3_k>;

@@ -37,3 +37,9 @@ template [[host_name("matvec_jobs_q5_1")]] [[kernel]] decltype(matvec_jobs<fmt_q
 template [[host_name("matvec_jobs_q4_k")]] [[kernel]] decltype(matvec_jobs<fmt_q4_k, 2>) matvec_jobs<fmt_q4_k, 2>;
 template [[host_name("matvec_jobs_q5_k")]] [[kernel]] decltype(matvec_jobs<fmt_q5_k, 2>) matvec_jobs<fmt_q5_k, 2>;
 template [[host_name("matvec_jobs_q6_k")]] [[kernel]] decltype(matvec_jobs<fmt_q6_k, 2>) matvec_jobs<fmt_q6_k, 2>;
+template [[host_name("matvec_q2_k")]] [[kernel]] decltype(matvec<fmt_q2_k, 2>) matvec<fmt_q2_k, 2>;
+template [[host_name("matvec_q3_k")]] [[kernel]] decltype(matvec<fmt_q3_k, 2>) matvec<fmt_q3_k, 2>;
+template [[host_name("matvec_jobs_q2_k")]] [[kernel]] decltype(matvec_jobs<fmt_q2_k, 2>) matvec_jobs<fmt_q2_k, 2>;
+template [[host_name("matvec_jobs_q3_k")]] [[kernel]] decltype(matvec_jobs<fmt_q3_k, 2>) matvec_jobs<fmt_q3_k, 2>;
+template [[host_name("matvec_glu_q2_k")]] [[kernel]] decltype(matvec_glu<fmt_q2_k, 2>) matvec_glu<fmt_q2_k, 2>;
+template [[host_name("matvec_glu_q3_k")]] [[kernel]] decltype(matvec_glu<fmt_q3_k, 2>) matvec_glu<fmt_q3_k, 2>;

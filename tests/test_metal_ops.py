@@ -25,12 +25,20 @@ FORMATS = {  # kernel suffix -> GGML type
     "q4_1": Q.Q4_1,
     "q5_0": Q.Q5_0,
     "q5_1": Q.Q5_1,
+    "q2_k": Q.Q2_K,
+    "q3_k": Q.Q3_K,
     "q4_k": Q.Q4_K,
     "q5_k": Q.Q5_K,
     "q6_k": Q.Q6_K,
 }
 FLOAT_FORMATS = ("f32", "f16", "bf16")
-K_QUANTS = {"q4_k": (144, (0, 2)), "q5_k": (176, (0, 2)), "q6_k": (210, (208,))}  # bytes, half fields
+K_QUANTS = {  # block bytes, offsets of the half scale fields
+    "q2_k": (84, (80, 82)),
+    "q3_k": (110, (108,)),
+    "q4_k": (144, (0, 2)),
+    "q5_k": (176, (0, 2)),
+    "q6_k": (210, (208,)),
+}
 
 
 def random_k_blocks(rows, cols, fmt):

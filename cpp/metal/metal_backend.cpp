@@ -46,6 +46,8 @@ const char* format_suffix(uint32_t type) {
         case GgmlType::Q4_1: return "q4_1";
         case GgmlType::Q5_0: return "q5_0";
         case GgmlType::Q5_1: return "q5_1";
+        case GgmlType::Q2_K: return "q2_k";
+        case GgmlType::Q3_K: return "q3_k";
         case GgmlType::Q4_K: return "q4_k";
         case GgmlType::Q5_K: return "q5_k";
         case GgmlType::Q6_K: return "q6_k";
@@ -317,7 +319,7 @@ private:
             if (!sfx)
                 throw BadInput(std::string("the Metal backend has no kernels for ") + type_name(m.type) +
                                " weights (tensor " + m.name + "); supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
-                               "Q5_0, Q5_1, Q4_K, Q5_K, Q6_K");
+                               "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K");
             FormatPipelines& f = formats_[m.type];
             f.embed = dev_->pipeline(std::string("embed_") + sfx);
             f.gemm = dev_->pipeline(std::string("gemm_") + sfx);
