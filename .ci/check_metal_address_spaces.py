@@ -48,6 +48,8 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         # Rewritten copies of every .metal and .h under metal/, paths mirrored, #line to the original.
         srcs = glob.glob(os.path.join(ROOT, "metal", "*.metal")) + glob.glob(os.path.join(ROOT, "metal", "*.h"))
+        # Headers the kernels share with the host (GGML block layouts).
+        srcs.append(os.path.join(ROOT, "cpp", "cpu", "formats", "blocks.h"))
         for src in set(srcs) | {os.path.abspath(f) for f in files}:
             rel = os.path.relpath(src, ROOT)
             dst = os.path.join(tmp, rel)

@@ -19,6 +19,7 @@
 #include "engine/engine.h"
 #include "engine/error.h"
 #include "engine/ggml_types.h"
+#include "metal/gpu.h"
 
 namespace nb = nanobind;
 using namespace metallic;
@@ -245,7 +246,16 @@ NB_MODULE(_core, m) {
         .def_prop_ro("threads", &Engine::threads)
         .def_prop_ro("backend", &Engine::backend_name)
         .def_prop_ro("max_batch", [](const Engine& e) { return e.options().max_batch; })
-        .def_prop_ro("weight_bytes_per_token", [](const Engine& e) { return e.weights().matrix_bytes; });
+        .def_prop_ro("weight_bytes_per_token", [](const Engine& e) { return e.weights().matrix_bytes; })
+        .def("gpu_stats",
+             [](Engine& e) {
+                 nb::dict d;
+                 for (const auto& [k, v] : e.backend().stats()) d[k.c_str()] = v;
+                 return d;
+             },
+             "GPU-interface counters since the last reset (command_buffers, waits, dispatches, "
+             "buffer_allocations, weight_binds, weight_bytes, ...); empty on the CPU backend.")
+        .def("reset_gpu_stats", [](Engine& e) { e.backend().reset_stats(); });
 
     m.def("kernel_isa", &cpu::kernel_isa);
     m.def("read_bandwidth",
@@ -257,6 +267,8 @@ NB_MODULE(_core, m) {
           "Bytes per second of a streaming read over a buffer of `bytes`, on `threads` threads.");
     m.def("physical_cores", &cpu::physical_core_count);
     m.def("supported_formats", &cpu::supported_format_names);
+    m.def("metal_available", &gpu::metal_device_available, "Whether this machine has a Metal GPU for backend 'metal'.");
+    m.def("metal_sim_available", &gpu::sim_available, "Whether this build has the Metal simulator (backend 'metal-sim').");
     m.def("kernel_gemm", &kernel_gemm, nb::arg("type"), nb::arg("weights"), nb::arg("rows"), nb::arg("cols"),
           nb::arg("act"), "Test hook: one format's matrix kernel over raw weight bytes.");
     m.def("kernel_dequant", &kernel_dequant, nb::arg("type"), nb::arg("data"), nb::arg("n"),

@@ -21,7 +21,8 @@ inline float threadgroup_sum(float v, threadgroup float* partial, uint lane, uin
 }
 
 // T: the weight's element type (float or half). x and out are float; out may alias x.
-template <typename T>
+// ADD: out += instead of out = (x += rmsnorm(y) * w for Gemma's post-norms, in one dispatch).
+template <typename T, bool ADD>
 kernel void rmsnorm(constant RmsNormArgs& args [[buffer(0)]],
                     device const float* x [[buffer(1)]],
                     device const T* w [[buffer(2)]],
@@ -51,5 +52,8 @@ kernel void rmsnorm(constant RmsNormArgs& args [[buffer(0)]],
     const float scale = rsqrt(ss / float(d) + args.eps);
 
     // All reads of x happened before the barrier inside threadgroup_sum, so out may alias x.
-    for (int i = int(tid); i < d; i += int(ntg)) out[i] = x[i] * scale * float(w[i]);
+    for (int i = int(tid); i < d; i += int(ntg)) {
+        const float v = x[i] * scale * float(w[i]);
+        out[i] = ADD ? out[i] + v : v;
+    }
 }

@@ -37,3 +37,12 @@ def test_address_space_mistakes_are_caught():
     assert len(expected) == 4
     for n in expected:
         assert f"address_space_mistakes.metal:{n}:" in p.stdout, p.stdout
+
+
+@pytest.mark.skipif(shutil.which("clang++") is None, reason="clang++ not installed")
+def test_gpu_metal_mm_type_checks_against_the_api_stubs():
+    """cpp/metal/gpu_metal.mm (compiled only on Apple) as Objective-C++ with ARC against
+    .ci/metal_objc_stubs: catches syntax, C++ and selector mistakes before a Mac sees the file."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, ".ci", "check_gpu_metal.py")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr

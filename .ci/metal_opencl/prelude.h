@@ -131,7 +131,7 @@ bool isnan(float);
 bool isinf(float);
 float pow(float, float);
 template <class To, class From> To as_type(From f);
-namespace fast { using metal::exp; using metal::exp2; using metal::rsqrt; using metal::sqrt; using metal::tanh; }
+namespace fast { using metal::exp; using metal::exp2; using metal::rsqrt; using metal::sqrt; using metal::tanh; using metal::sin; using metal::cos; }
 namespace precise { using namespace fast; }
 
 enum class mem_flags { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4 };

@@ -1,10 +1,20 @@
 // The operations the forward pass is made of. A backend supplies them; the sequence lives once
-// in forward.cpp. Activations are plain float arrays owned by the engine (rows of `n` tokens);
-// weights are Matrix views. A Metal backend maps these pointers to buffer offsets.
+// in forward.cpp. Activations are float arrays (rows of `n` tokens) that the engine carves out of
+// memory the backend hands it at load (activations()), so a GPU backend can place them in a
+// buffer both sides see; weights are Matrix views. The Metal backend maps every pointer it is
+// given to a (buffer, offset) pair.
+//
+// Ops may only *encode* work (a GPU backend queues it); sync() finishes everything queued, and
+// the engine calls it before the host reads any result (the logits). On the CPU ops run at once
+// and sync() does nothing.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "engine/config.h"
 #include "engine/weights.h"
@@ -23,6 +33,18 @@ class Backend {
 public:
     virtual ~Backend() = default;
     virtual const char* name() const = 0;
+
+    // Memory for the engine's activations: count floats, zeroed, valid as long as the backend.
+    // Called once, at load. The default is host memory.
+    virtual float* activations(size_t count) {
+        host_activations_.assign(count, 0.0f);
+        return host_activations_.data();
+    }
+    // Waits for all work the ops queued; results are readable by the host afterwards.
+    virtual void sync() {}
+    // Counters of a GPU backend (command buffers, waits, dispatches, ...); empty on the CPU.
+    virtual std::map<std::string, uint64_t> stats() const { return {}; }
+    virtual void reset_stats() {}
 
     // x[t] = row ids[t] of the embedding table, times scale.
     virtual void embed(const Matrix& table, const int32_t* ids, int n, float scale, float* x) = 0;
@@ -43,6 +65,48 @@ public:
     virtual void add(float* x, const float* y, int64_t count) = 0;
     // x = cap * tanh(x / cap).
     virtual void softcap(float* x, int64_t count, float cap) = 0;
+
+    // ---- steps a backend may fuse; the defaults are the ops above in sequence ----
+    // RoPE on q (n_heads heads) and k (n_kv_heads), then k and v into the layer's cache. With
+    // q_norm and k_norm (qk-norm models), each head of q and k is first RMS-normalized with them.
+    virtual void rope_store_kv(int layer, float* q, int n_heads, float* k, int n_kv_heads, const float* v, int n,
+                               int pos0, const float* inv_freq, const float* q_norm, const float* k_norm,
+                               int head_dim, float eps) {
+        if (q_norm) {
+            rmsnorm(q, q_norm, q, n * n_heads, head_dim, eps);
+            rmsnorm(k, k_norm, k, n * n_kv_heads, head_dim, eps);
+        }
+        rope(q, n, n_heads, pos0, inv_freq);
+        rope(k, n, n_kv_heads, pos0, inv_freq);
+        store_kv(layer, k, v, n, pos0);
+    }
+    // out = rmsnorm(x) * w (n rows of d), then the jobs over out. A backend that fuses the norm
+    // into the matrix products may leave out unwritten.
+    virtual void rmsnorm_matmul(const float* x, const float* w, float eps, float* out, int n, int d,
+                                std::initializer_list<MatmulJob> jobs) {
+        rmsnorm(x, w, out, n, d, eps);
+        matmul(out, n, jobs);
+    }
+    // out = rmsnorm(x) * w, then gate_up_glu over out (out may be left unwritten likewise).
+    virtual void rmsnorm_gate_up_glu(const float* x, const float* w, float eps, float* out, int n, int d,
+                                     const Matrix& gate, const Matrix& up, float* g, float* u, Activation act) {
+        rmsnorm(x, w, out, n, d, eps);
+        gate_up_glu(out, n, gate, up, g, u, act);
+    }
+    // x += rmsnorm(y) * w over n rows of d (Gemma's post-norms); y may be left normalized.
+    virtual void add_rmsnorm(float* x, float* y, const float* w, float eps, int n, int d) {
+        rmsnorm(y, w, y, n, d, eps);
+        add(x, y, int64_t(n) * d);
+    }
+    // g = act(h Wgate) * (h Wup) over n rows; u receives h Wup (or is left alone if fused).
+    virtual void gate_up_glu(const float* h, int n, const Matrix& gate, const Matrix& up, float* g, float* u,
+                             Activation act) {
+        matmul(h, n, {{&gate, g}, {&up, u}});
+        glu(g, u, int64_t(n) * gate.rows, act);
+    }
+
+private:
+    std::vector<float> host_activations_;
 };
 
 }  // namespace metallic

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 
 #include "cpu/cpu_backend.h"
 #include "cpu/thread_pool.h"
 #include "engine/error.h"
 #include "engine/profiler.h"
+#include "metal/gpu.h"
+#include "metal/metal_backend.h"
 
 namespace metallic {
 namespace {
@@ -50,6 +53,9 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
     check_config(path, cfg_, opt_);
     w_ = bind_weights(file_, cfg_, tensors);
 
+    inv_freq_global_ = inv_freq(cfg_, cfg_.rope_base, cfg_.rope_freq_scale, w_.rope_freq_factors);
+    inv_freq_local_ = inv_freq(cfg_, cfg_.rope_base_local, cfg_.rope_freq_scale_local, {});
+
     if (opt_.backend == "cpu") {
         cpu::CpuOptions co;
         co.n_ctx = opt_.n_ctx;
@@ -57,28 +63,50 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
         co.kv_f32 = opt_.kv_f32;
         co.max_batch = opt_.max_batch;
         backend_ = cpu::make_cpu_backend(cfg_, co);
+    } else if (opt_.backend == "metal" || opt_.backend == "metal-sim") {
+        std::unique_ptr<gpu::Device> dev;
+        if (opt_.backend == "metal") {
+            dev = gpu::make_metal_device();
+            if (!dev)
+                throw BadInput("backend 'metal' needs a Metal GPU and this machine has none (available here: " +
+                               std::string(gpu::sim_available() ? "metal-sim, cpu)" : "cpu)"));
+        } else {
+            if (!gpu::sim_available())
+                throw BadInput("backend 'metal-sim' is not part of this build (METALLIC_METAL_SIM=OFF; available: cpu)");
+            dev = gpu::make_sim_device();
+        }
+        metal::MetalOptions mo;
+        mo.n_ctx = opt_.n_ctx;
+        mo.kv_f32 = opt_.kv_f32;
+        mo.max_batch = opt_.max_batch;
+        backend_ = metal::make_metal_backend(std::move(dev), cfg_, mo, file_, w_,
+                                             {{inv_freq_global_.data(), inv_freq_global_.size()},
+                                              {inv_freq_local_.data(), inv_freq_local_.size()}});
     } else {
-        throw BadInput("backend '" + opt_.backend + "' is not available in this build (available: cpu)");
+        throw BadInput("unknown backend '" + opt_.backend + "' (available: cpu, metal-sim, metal)");
     }
 
     if (opt_.profile) backend_ = std::make_unique<ProfilingBackend>(std::move(backend_));
 
-    inv_freq_global_ = inv_freq(cfg_, cfg_.rope_base, cfg_.rope_freq_scale, w_.rope_freq_factors);
-    inv_freq_local_ = inv_freq(cfg_, cfg_.rope_base_local, cfg_.rope_freq_scale_local, {});
-
+    // All activations in one block from the backend, each array 256-byte aligned (GPU vector
+    // loads and buffer-offset rules are satisfied by any alignment up to that).
     const size_t B = size_t(opt_.max_batch);
     const size_t d = size_t(cfg_.n_embd), qd = size_t(cfg_.n_head) * cfg_.head_dim,
                  kvd = size_t(cfg_.n_head_kv) * cfg_.head_dim, ff = size_t(cfg_.n_ff);
-    x_.assign(B * d, 0.0f);
-    xb_.assign(B * std::max(d, qd), 0.0f);
-    xb2_.assign(B * d, 0.0f);
-    q_.assign(B * qd, 0.0f);
-    k_.assign(B * kvd, 0.0f);
-    v_.assign(B * kvd, 0.0f);
-    att_.assign(B * qd, 0.0f);
-    hb_.assign(B * ff, 0.0f);
-    hb2_.assign(B * ff, 0.0f);
-    logits_.assign(size_t(cfg_.n_vocab), 0.0f);
+    const size_t V = size_t(cfg_.n_vocab);
+    // At most 64 MiB of staged logits (about 110 rows of a 152k vocabulary), at least one row.
+    logit_rows_ = int(std::clamp<size_t>((size_t(64) << 20) / (V * sizeof(float)), 1, B));
+    Span* spans[] = {&x_, &xb_, &xb2_, &q_, &k_, &v_, &att_, &hb_, &hb2_, &logits_};
+    const size_t sizes[] = {B * d, B * std::max(d, qd), B * d, B * qd, B * kvd, B * kvd, B * qd, B * ff, B * ff,
+                            size_t(logit_rows_) * V};
+    auto round_up = [](size_t n) { return (n + 63) & ~size_t(63); };
+    size_t total = 0;
+    for (size_t s : sizes) total += round_up(s);
+    float* mem = backend_->activations(total);
+    for (size_t i = 0; i < std::size(sizes); ++i) {
+        *spans[i] = Span{mem, sizes[i]};
+        mem += round_up(sizes[i]);
+    }
 }
 
 const float* Engine::prefill(const int32_t* ids, int n, float* all_logits) {

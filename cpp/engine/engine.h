@@ -50,6 +50,7 @@ public:
     // Per-op times since load or the last reset; empty unless loaded with profile = true.
     std::map<std::string, std::pair<int64_t, double>> profile() const;
     void reset_profile();
+    Backend& backend() { return *backend_; }
 
 private:
     void forward(const int32_t* ids, int n, float* all_logits);
@@ -62,8 +63,19 @@ private:
     std::vector<float> inv_freq_global_, inv_freq_local_;
     int n_past_ = 0;
 
-    // Activations for up to max_batch tokens.
-    std::vector<float> x_, xb_, xb2_, q_, k_, v_, att_, hb_, hb2_, logits_;
+    // Activations for up to max_batch tokens, carved out of the backend's activations() memory.
+    struct Span {
+        float* p = nullptr;
+        size_t n = 0;
+        float* data() const { return p; }
+        size_t size() const { return n; }
+    };
+    Span x_, xb_, xb2_, q_, k_, v_, att_, hb_, hb2_;
+    // logit_rows_ rows of n_vocab logits: the output head of prefill_all runs that many tokens
+    // at a time into here (a GPU writes only its own buffers), then they are copied out. Row 0
+    // holds the last token's logits when prefill returns.
+    Span logits_;
+    int logit_rows_ = 1;
 };
 
 }  // namespace metallic

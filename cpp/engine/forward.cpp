@@ -33,51 +33,52 @@ void Engine::forward(const int32_t* ids, int n, float* all_logits) {
         const int window = c.sliding_window[size_t(l)];
 
         // attention
-        B.rmsnorm(x, L.attn_norm.data(), h, n, d, c.rms_eps);
-        B.matmul(h, n, {{&L.wq, q_.data(), c.qkv_bias ? L.q_bias.data() : nullptr},
-                        {&L.wk, k_.data(), c.qkv_bias ? L.k_bias.data() : nullptr},
-                        {&L.wv, v_.data(), c.qkv_bias ? L.v_bias.data() : nullptr}});
-        if (c.qk_norm) {
-            B.rmsnorm(q_.data(), L.q_norm.data(), q_.data(), n * c.n_head, hd, c.rms_eps);
-            B.rmsnorm(k_.data(), L.k_norm.data(), k_.data(), n * c.n_head_kv, hd, c.rms_eps);
-        }
+        B.rmsnorm_matmul(x, L.attn_norm.data(), c.rms_eps, h, n, d,
+                         {{&L.wq, q_.data(), c.qkv_bias ? L.q_bias.data() : nullptr},
+                          {&L.wk, k_.data(), c.qkv_bias ? L.k_bias.data() : nullptr},
+                          {&L.wv, v_.data(), c.qkv_bias ? L.v_bias.data() : nullptr}});
         const float* freqs = window > 0 ? inv_freq_local_.data() : inv_freq_global_.data();
-        B.rope(q_.data(), n, c.n_head, pos0, freqs);
-        B.rope(k_.data(), n, c.n_head_kv, pos0, freqs);
-        B.store_kv(l, k_.data(), v_.data(), n, pos0);
+        B.rope_store_kv(l, q_.data(), c.n_head, k_.data(), c.n_head_kv, v_.data(), n, pos0, freqs,
+                        c.qk_norm ? L.q_norm.data() : nullptr, c.qk_norm ? L.k_norm.data() : nullptr, hd, c.rms_eps);
         B.attention(l, q_.data(), n, pos0, window, att_.data());
         if (c.post_norms) {
             B.matmul(att_.data(), n, {{&L.wo, o}});
-            B.rmsnorm(o, L.post_attn_norm.data(), o, n, d, c.rms_eps);
-            B.add(x, o, int64_t(n) * d);
+            B.add_rmsnorm(x, o, L.post_attn_norm.data(), c.rms_eps, n, d);
         } else {
             B.matmul(att_.data(), n, {{&L.wo, x, nullptr, /*accumulate=*/true}});
         }
 
         // feed-forward
-        B.rmsnorm(x, L.ffn_norm.data(), h, n, d, c.rms_eps);
-        B.matmul(h, n, {{&L.w_gate, hb_.data()}, {&L.w_up, hb2_.data()}});
-        B.glu(hb_.data(), hb2_.data(), int64_t(n) * c.n_ff, c.activation);
+        B.rmsnorm_gate_up_glu(x, L.ffn_norm.data(), c.rms_eps, h, n, d, L.w_gate, L.w_up, hb_.data(), hb2_.data(),
+                              c.activation);
         if (c.post_norms) {
             B.matmul(hb_.data(), n, {{&L.w_down, o}});
-            B.rmsnorm(o, L.post_ffn_norm.data(), o, n, d, c.rms_eps);
-            B.add(x, o, int64_t(n) * d);
+            B.add_rmsnorm(x, o, L.post_ffn_norm.data(), c.rms_eps, n, d);
         } else {
             B.matmul(hb_.data(), n, {{&L.w_down, x, nullptr, /*accumulate=*/true}});
         }
     }
 
-    // Output head: every row when asked for all logits, else only the last token's.
+    // Output head: every row when asked for all logits, else only the last token's. All rows go
+    // through logits_ logit_rows_ at a time (a GPU writes its own buffers, not the caller's).
+    const int64_t V = c.n_vocab;
     if (all_logits) {
         B.rmsnorm(x, w_.output_norm.data(), h, n, d, c.rms_eps);
-        B.matmul(h, n, {{&w_.output, all_logits}});
-        if (c.final_logit_softcap > 0) B.softcap(all_logits, int64_t(n) * c.n_vocab, c.final_logit_softcap);
-        std::copy(all_logits + int64_t(n - 1) * c.n_vocab, all_logits + int64_t(n) * c.n_vocab, logits_.data());
+        int last = 0;  // row of logits_ holding the last token's logits
+        for (int r0 = 0; r0 < n; r0 += logit_rows_) {
+            const int rows = std::min(logit_rows_, n - r0);
+            B.matmul(h + int64_t(r0) * d, rows, {{&w_.output, logits_.data()}});
+            if (c.final_logit_softcap > 0) B.softcap(logits_.data(), rows * V, c.final_logit_softcap);
+            B.sync();
+            std::copy(logits_.data(), logits_.data() + rows * V, all_logits + int64_t(r0) * V);
+            last = rows - 1;
+        }
+        if (last > 0) std::copy(logits_.data() + last * V, logits_.data() + (last + 1) * V, logits_.data());
     } else {
         const float* last = x + int64_t(n - 1) * d;
-        B.rmsnorm(last, w_.output_norm.data(), h, 1, d, c.rms_eps);
-        B.matmul(h, 1, {{&w_.output, logits_.data()}});
-        if (c.final_logit_softcap > 0) B.softcap(logits_.data(), c.n_vocab, c.final_logit_softcap);
+        B.rmsnorm_matmul(last, w_.output_norm.data(), c.rms_eps, h, 1, d, {{&w_.output, logits_.data()}});
+        if (c.final_logit_softcap > 0) B.softcap(logits_.data(), V, c.final_logit_softcap);
+        B.sync();
     }
     n_past_ += n;
 }

@@ -26,6 +26,44 @@ public:
     const std::map<std::string, OpTime>& times() const { return times_; }
     void reset() { times_.clear(); }
 
+    // Everything passes through, fused steps included, so profiling does not change what a
+    // backend runs. On a GPU backend ops only encode: their times are encode times, and the
+    // GPU's work shows up under "sync".
+    float* activations(size_t count) override { return inner_->activations(count); }
+    void sync() override {
+        Timer _(this, "sync");
+        inner_->sync();
+    }
+    std::map<std::string, uint64_t> stats() const override { return inner_->stats(); }
+    void reset_stats() override { inner_->reset_stats(); }
+    void rope_store_kv(int layer, float* q, int n_heads, float* k, int n_kv_heads, const float* v,
+                       int n, int pos0, const float* inv_freq, const float* q_norm,
+                       const float* k_norm, int head_dim, float eps) override {
+        Timer _(this, "rope_store_kv");
+        inner_->rope_store_kv(layer, q, n_heads, k, n_kv_heads, v, n, pos0, inv_freq, q_norm, k_norm,
+                              head_dim, eps);
+    }
+    void rmsnorm_matmul(const float* x, const float* w, float eps, float* out, int n, int d,
+                        std::initializer_list<MatmulJob> jobs) override {
+        Timer _(this, "rmsnorm+matmul " + labels(jobs));
+        inner_->rmsnorm_matmul(x, w, eps, out, n, d, jobs);
+    }
+    void rmsnorm_gate_up_glu(const float* x, const float* w, float eps, float* out, int n, int d,
+                             const Matrix& gate, const Matrix& up, float* g, float* u,
+                             Activation act) override {
+        Timer _(this, "rmsnorm+ffn_gate+ffn_up+glu");
+        inner_->rmsnorm_gate_up_glu(x, w, eps, out, n, d, gate, up, g, u, act);
+    }
+    void add_rmsnorm(float* x, float* y, const float* w, float eps, int n, int d) override {
+        Timer _(this, "add_rmsnorm");
+        inner_->add_rmsnorm(x, y, w, eps, n, d);
+    }
+    void gate_up_glu(const float* h, int n, const Matrix& gate, const Matrix& up, float* g,
+                     float* u, Activation act) override {
+        Timer _(this, "ffn_gate+ffn_up+glu");
+        inner_->gate_up_glu(h, n, gate, up, g, u, act);
+    }
+
     void embed(const Matrix& t, const int32_t* ids, int n, float s, float* x) override {
         Timer _(this, "embed");
         inner_->embed(t, ids, n, s, x);
@@ -35,9 +73,7 @@ public:
         inner_->rmsnorm(x, w, out, n, d, eps);
     }
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
-        std::string label;
-        for (const MatmulJob& j : jobs) label += (label.empty() ? "" : "+") + role(j.w->name);
-        Timer _(this, "matmul " + label);
+        Timer _(this, "matmul " + labels(jobs));
         inner_->matmul(in, n, jobs);
     }
     void rope(float* x, int n, int heads, int pos0, const float* f) override {
@@ -78,6 +114,12 @@ private:
         std::string op;
         clock::time_point t0;
     };
+
+    static std::string labels(std::initializer_list<MatmulJob> jobs) {
+        std::string label;
+        for (const MatmulJob& j : jobs) label += (label.empty() ? "" : "+") + role(j.w->name);
+        return label;
+    }
 
     // "blk.7.attn_q.weight" -> "attn_q"; "output.weight" / "token_embd.weight" -> "output"
     static std::string role(const std::string& name) {

@@ -31,10 +31,16 @@ def resolve_backend(name: str | None) -> str:
     if choice not in BACKENDS:
         raise ValueError(f"unknown backend '{choice}' (choose from: {', '.join(BACKENDS)})")
     if choice == "auto":
-        return "cpu"  # the Metal backend is not part of this build yet
-    if choice in ("metal", "metal-sim"):
+        return "metal" if _core.metal_available() else "cpu"
+    if choice == "metal" and not _core.metal_available():
+        others = "metal-sim, cpu" if _core.metal_sim_available() else "cpu"
         raise ValueError(
-            f"backend '{choice}' is not available in this build of metallic (available: cpu, auto)"
+            f"backend 'metal' is not available: this machine has no Metal GPU (available: {others})"
+        )
+    if choice == "metal-sim" and not _core.metal_sim_available():
+        raise ValueError(
+            "backend 'metal-sim' is not available in this build of metallic "
+            "(built with METALLIC_METAL_SIM=OFF; available: cpu)"
         )
     return choice
 
@@ -76,6 +82,13 @@ class Model:
     @property
     def threads(self) -> int:
         return self._engine.threads
+
+    def gpu_stats(self) -> dict[str, int]:
+        """GPU counters since the last reset_gpu_stats() (empty on the CPU backend)."""
+        return dict(self._engine.gpu_stats())
+
+    def reset_gpu_stats(self) -> None:
+        self._engine.reset_gpu_stats()
 
     @property
     def n_vocab(self) -> int:

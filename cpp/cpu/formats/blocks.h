@@ -8,10 +8,17 @@
 #include <cstdint>
 #endif
 
+// MSL puts program-scope constants in the constant address space.
+#ifdef __METAL_VERSION__
+#define METALLIC_PROGRAM_CONSTANT constant
+#else
+#define METALLIC_PROGRAM_CONSTANT
+#endif
+
 namespace metallic {
 
-constexpr int QK = 32;     // elements per block of the 32-element formats
-constexpr int QK_K = 256;  // elements per super-block of the K-quants
+METALLIC_PROGRAM_CONSTANT constexpr int QK = 32;     // elements per block of the 32-element formats
+METALLIC_PROGRAM_CONSTANT constexpr int QK_K = 256;  // elements per super-block of the K-quants
 
 // d * (q - 8); element j in the low nibble of qs[j], element j + 16 in the high nibble.
 struct BlockQ4_0 {

@@ -1,0 +1,77 @@
+// Syntax-check stubs: the Metal declarations cpp/metal/gpu_metal.mm uses, with the signatures of
+// Apple's Metal framework documentation (see Foundation/Foundation.h here).
+#pragma once
+#import <Foundation/Foundation.h>
+
+typedef struct { NSUInteger width, height, depth; } MTLSize;
+static inline MTLSize MTLSizeMake(NSUInteger w, NSUInteger h, NSUInteger d) { MTLSize s = {w, h, d}; return s; }
+
+typedef enum : NSUInteger { MTLResourceStorageModeShared = 0 } MTLResourceOptions;
+typedef enum : NSUInteger { MTLDataTypeInt = 29, MTLDataTypeFloat = 3, MTLDataTypeBool = 53 } MTLDataType;
+typedef enum : NSUInteger {
+    MTLCommandBufferStatusNotEnqueued = 0,
+    MTLCommandBufferStatusCompleted = 4,
+    MTLCommandBufferStatusError = 5,
+} MTLCommandBufferStatus;
+
+@protocol MTLBuffer
+- (void *)contents;
+@property (readonly) NSUInteger length;
+@end
+
+@protocol MTLFunction
+@end
+
+@protocol MTLComputePipelineState
+@property (readonly) NSUInteger maxTotalThreadsPerThreadgroup;
+@end
+
+@interface MTLFunctionConstantValues : NSObject
+- (void)setConstantValue:(const void *)value type:(MTLDataType)type atIndex:(NSUInteger)index;
+@end
+
+@protocol MTLLibrary
+- (id<MTLFunction>)newFunctionWithName:(NSString *)functionName;
+- (id<MTLFunction>)newFunctionWithName:(NSString *)name
+                        constantValues:(MTLFunctionConstantValues *)constantValues
+                                 error:(NSError **)error;
+@end
+
+@protocol MTLComputeCommandEncoder
+- (void)endEncoding;
+- (void)setComputePipelineState:(id<MTLComputePipelineState>)state;
+- (void)setBuffer:(id<MTLBuffer>)buffer offset:(NSUInteger)offset atIndex:(NSUInteger)index;
+- (void)setBytes:(const void *)bytes length:(NSUInteger)length atIndex:(NSUInteger)index;
+- (void)setThreadgroupMemoryLength:(NSUInteger)length atIndex:(NSUInteger)index;
+- (void)dispatchThreadgroups:(MTLSize)threadgroupsPerGrid threadsPerThreadgroup:(MTLSize)threadsPerThreadgroup;
+@end
+
+@protocol MTLCommandBuffer
+- (id<MTLComputeCommandEncoder>)computeCommandEncoder;
+- (void)commit;
+- (void)waitUntilCompleted;
+@property (readonly) MTLCommandBufferStatus status;
+@property (readonly) NSError *error;
+@end
+
+@protocol MTLCommandQueue
+- (id<MTLCommandBuffer>)commandBuffer;
+@end
+
+@protocol MTLDevice
+- (id<MTLCommandQueue>)newCommandQueue;
+- (id<MTLBuffer>)newBufferWithLength:(NSUInteger)length options:(MTLResourceOptions)options;
+- (id<MTLBuffer>)newBufferWithBytesNoCopy:(void *)pointer
+                                   length:(NSUInteger)length
+                                  options:(MTLResourceOptions)options
+                              deallocator:(void (^)(void *pointer, NSUInteger length))deallocator;
+- (id<MTLLibrary>)newLibraryWithURL:(NSURL *)url error:(NSError **)error;
+- (id<MTLComputePipelineState>)newComputePipelineStateWithFunction:(id<MTLFunction>)computeFunction
+                                                             error:(NSError **)error;
+@property (readonly) NSUInteger maxBufferLength;
+@end
+
+#ifdef __cplusplus
+extern "C"
+#endif
+id<MTLDevice> MTLCreateSystemDefaultDevice(void);

@@ -1,0 +1,90 @@
+// The Metal backend's map from host pointers to (buffer, offset); see buffer_map.h.
+#include "metal/buffer_map.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "engine/error.h"
+
+namespace metallic::metal {
+
+BufferMap::BufferMap(gpu::Device& dev, const MappedFile& file, const Weights& w,
+                     const std::vector<std::pair<const float*, size_t>>& host_tables)
+    : dev_(dev) {
+    wrap_weights(file, w);
+    copy_host_tables(w, host_tables);
+}
+
+void BufferMap::wrap_weights(const MappedFile& file, const Weights& w) {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    weights_base_ = file.data();
+    if (reinterpret_cast<uintptr_t>(weights_base_) % page)
+        throw std::logic_error("metal: the model mapping is not page-aligned");
+    const size_t size = (file.size() + page - 1) / page * page;  // the mapping covers whole pages
+    const size_t max_len = dev_.max_buffer_length() / page * page;
+    size_t largest = 0;
+    for_each_matrix(w, [&](const Matrix& m) { largest = std::max(largest, m.nbytes); });
+    if (size <= max_len) {
+        window_step_ = size;
+        windows_.push_back(dev_.wrap(weights_base_, size));
+        return;
+    }
+    // Windows start every `step` bytes and are `max_len` long, so consecutive ones overlap by at
+    // least the largest tensor: a tensor starting in window i ends before window i does.
+    const size_t overlap = (largest + page - 1) / page * page;
+    if (overlap >= max_len) throw BadInput("a weight tensor is larger than the GPU's largest buffer");
+    window_step_ = max_len - overlap;
+    for (size_t start = 0; start < size; start += window_step_)
+        windows_.push_back(dev_.wrap(weights_base_ + start, std::min(max_len, size - start)));
+}
+
+void BufferMap::copy_host_tables(const Weights& w, const std::vector<std::pair<const float*, size_t>>& host_tables) {
+    std::vector<std::pair<const float*, size_t>> tables = host_tables;
+    auto add = [&](const std::vector<float>& v) {
+        if (!v.empty()) tables.push_back({v.data(), v.size()});
+    };
+    add(w.output_norm);
+    for (const LayerWeights& L : w.layers)
+        for (const auto* v : {&L.attn_norm, &L.ffn_norm, &L.q_bias, &L.k_bias, &L.v_bias, &L.q_norm, &L.k_norm,
+                              &L.post_attn_norm, &L.post_ffn_norm})
+            add(*v);
+    // Entries 256-byte aligned: vector loads and any buffer-offset rule are satisfied.
+    auto padded = [](size_t n) { return (n + 63) & ~size_t(63); };
+    size_t total = 0;
+    for (const auto& [p, n] : tables) total += padded(n);
+    tables_ = dev_.new_buffer(std::max<size_t>(total, 1) * sizeof(float));
+    float* dst = static_cast<float*>(tables_->contents());
+    size_t at = 0;
+    for (const auto& [p, n] : tables) {
+        if (!p) continue;
+        std::memcpy(dst + at, p, n * sizeof(float));
+        table_at_[p] = at * sizeof(float);
+        at += padded(n);
+    }
+}
+
+float* BufferMap::make_activations(size_t count) {
+    act_ = dev_.new_buffer(count * sizeof(float));
+    act_base_ = static_cast<const float*>(act_->contents());
+    act_count_ = count;
+    return static_cast<float*>(act_->contents());
+}
+
+BufferRef BufferMap::resolve(const void* p) const {
+    const float* f = static_cast<const float*>(p);
+    if (f >= act_base_ && f < act_base_ + act_count_) return {act_.get(), size_t(f - act_base_) * sizeof(float)};
+    auto it = table_at_.find(f);
+    if (it != table_at_.end()) return {tables_.get(), it->second};
+    throw std::logic_error("metal: an op was given a pointer outside the backend's buffers");
+}
+
+BufferRef BufferMap::weight(const Matrix& m) const {
+    const size_t off = size_t(m.data - weights_base_);
+    const size_t i = off / window_step_;
+    return {windows_[i].get(), off - i * window_step_};
+}
+
+}  // namespace metallic::metal

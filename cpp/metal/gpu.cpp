@@ -1,0 +1,56 @@
+// The counting layer of the GPU interface: every public operation of gpu.h that the tests and
+// the dispatch budget care about is counted here, once, for the simulator and Metal alike.
+#include "metal/gpu.h"
+
+#include <stdexcept>
+
+namespace metallic::gpu {
+
+void Encoder::set_weight(int index, const Buffer& b, size_t offset, size_t bytes) {
+    ++stats_->weight_binds;
+    stats_->weight_bytes += bytes;
+    if (!bound_->insert({b.contents(), offset}).second) ++stats_->weight_rebinds;
+    do_set_buffer(index, b, offset);
+}
+
+void Encoder::dispatch_threadgroups(Size3 groups, Size3 threads) {
+    ++stats_->dispatches;
+    do_dispatch(groups, threads);
+}
+
+void CommandBuffer::commit() {
+    ++stats_->command_buffers;
+    do_commit();
+}
+
+void CommandBuffer::wait() {
+    ++stats_->waits;
+    do_wait();
+}
+
+std::unique_ptr<Buffer> Device::new_buffer(size_t bytes) {
+    ++stats_.buffer_allocations;
+    return do_new_buffer(bytes);
+}
+
+std::unique_ptr<Buffer> Device::wrap(const void* p, size_t bytes) {
+    ++stats_.buffers_wrapped;
+    return do_wrap(p, bytes);
+}
+
+#ifndef __APPLE__
+// Off Apple there is no Metal; gpu_metal.mm provides these on Apple builds.
+std::unique_ptr<Device> make_metal_device() { return nullptr; }
+bool metal_device_available() { return false; }
+#endif
+
+}  // namespace metallic::gpu
+
+namespace metallic::gpu {
+#ifdef METALLIC_METAL_SIM
+bool sim_available() { return true; }
+#else
+bool sim_available() { return false; }
+std::unique_ptr<Device> make_sim_device() { throw std::runtime_error("this build has no Metal simulator"); }
+#endif
+}  // namespace metallic::gpu

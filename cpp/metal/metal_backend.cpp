@@ -1,0 +1,546 @@
+// The Metal backend: the ops of backend.h as kernels of metal/*.metal over the GPU interface.
+//
+// Memory, all set up at load (a token allocates nothing): the weights, the small host vectors
+// and the activations are mapped to GPU buffers by BufferMap (buffer_map.h); here live
+//   ids          the token ids of the current forward pass (written by the host at encode time:
+//                safe because the previous command buffer has finished by then)
+//   k/v cache    [layer][kv_head][position][head_dim] in half or float, as on the CPU
+//   partials     split decode attention's per-split (max, sum, accumulator)
+//
+// Every op only encodes: the first op of a forward pass opens a command buffer, sync() (called
+// by the engine before it reads logits) commits it and waits. A decode step is therefore one
+// command buffer and one wait.
+#include "metal/metal_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "engine/error.h"
+#include "engine/ggml_types.h"
+#include "metal/buffer_map.h"
+
+// Host views of the argument structs the kernels take (metal/args.h is shared with MSL).
+#include "../../metal/args.h"
+
+namespace metallic::metal {
+namespace {
+
+// The kernels of one weight format.
+struct FormatPipelines {
+    std::unique_ptr<gpu::Pipeline> embed, gemm;
+    // Decode kernels, [0] plain and [1] with RMSNorm fused in (matvec.h, MATVEC_NORM);
+    // matvec_glu applies the model's activation.
+    std::unique_ptr<gpu::Pipeline> matvec[2], matvec_jobs[2], matvec_glu[2];
+};
+
+const char* format_suffix(uint32_t type) {
+    switch (GgmlType(type)) {
+        case GgmlType::F32: return "f32";
+        case GgmlType::F16: return "f16";
+        case GgmlType::BF16: return "bf16";
+        case GgmlType::Q8_0: return "q8_0";
+        case GgmlType::Q4_0: return "q4_0";
+        case GgmlType::Q4_1: return "q4_1";
+        case GgmlType::Q5_0: return "q5_0";
+        case GgmlType::Q5_1: return "q5_1";
+        case GgmlType::Q2_K: return "q2_k";
+        case GgmlType::Q3_K: return "q3_k";
+        case GgmlType::Q4_K: return "q4_k";
+        case GgmlType::Q5_K: return "q5_k";
+        case GgmlType::Q6_K: return "q6_k";
+        default: return nullptr;
+    }
+}
+
+constexpr uint32_t kMatvecSimdgroups = 4;  // 128 threads, 2 rows per simdgroup: 8 rows per threadgroup
+constexpr uint32_t kMatvecRowsPerSimdgroup = 2;  // NR of the instantiations in matvec.metal
+constexpr uint32_t kGemmTile = 32;         // GEMM_TILE of gemm.h, 128 threads
+constexpr uint32_t kAttentionSimdgroups = 4;
+constexpr int kAttentionSplitLen = 128;  // positions per threadgroup of split decode attention
+constexpr uint32_t kElementwiseThreads = 256;
+
+uint32_t ceil_div(int64_t a, int64_t b) { return uint32_t((a + b - 1) / b); }
+
+class MetalBackend final : public Backend {
+public:
+    MetalBackend(std::unique_ptr<gpu::Device> device, const ModelConfig& cfg, const MetalOptions& opt,
+                 const MappedFile& file, const Weights& w,
+                 const std::vector<std::pair<const float*, size_t>>& host_tables)
+        : dev_(std::move(device)), cfg_(cfg), opt_(opt), map_(*dev_, file, w, host_tables) {
+        name_ = dev_->name();
+        make_pipelines(w);
+
+        ids_ = dev_->new_buffer(sizeof(int32_t) * size_t(opt_.max_batch));
+        const size_t kv_elems =
+            size_t(cfg_.n_layer) * size_t(cfg_.n_head_kv) * size_t(opt_.n_ctx) * size_t(cfg_.head_dim);
+        kv_elem_bytes_ = opt_.kv_f32 ? 4 : 2;
+        k_cache_ = dev_->new_buffer(kv_elems * kv_elem_bytes_);
+        v_cache_ = dev_->new_buffer(kv_elems * kv_elem_bytes_);
+        const size_t max_splits = (size_t(opt_.n_ctx) + kAttentionSplitLen - 1) / kAttentionSplitLen;
+        attn_partial_ = dev_->new_buffer(size_t(cfg_.n_head) * max_splits * size_t(cfg_.head_dim + 2) * sizeof(float));
+    }
+
+    const char* name() const override { return name_.c_str(); }
+
+    float* activations(size_t count) override { return map_.make_activations(count); }
+
+    void sync() override {
+        if (!cb_) return;
+        cb_->commit();
+        cb_->wait();
+        cb_.reset();
+        enc_ = nullptr;
+    }
+
+    std::map<std::string, uint64_t> stats() const override {
+        const gpu::Stats& s = dev_->stats();
+        return {{"command_buffers", s.command_buffers}, {"waits", s.waits},
+                {"dispatches", s.dispatches},           {"buffer_allocations", s.buffer_allocations},
+                {"buffers_wrapped", s.buffers_wrapped}, {"weight_binds", s.weight_binds},
+                {"weight_bytes", s.weight_bytes},       {"weight_rebinds", s.weight_rebinds},
+                {"kv_bytes", kv_bytes_}};
+    }
+    void reset_stats() override {
+        dev_->reset_stats();
+        kv_bytes_ = 0;
+    }
+
+    // ---- ops ------------------------------------------------------------------------------
+
+    void embed(const Matrix& table, const int32_t* ids, int n, float scale, float* x) override {
+        std::memcpy(ids_->contents(), ids, sizeof(int32_t) * size_t(n));
+        gpu::Encoder& e = encoder();
+        EmbedArgs a{int32_t(table.cols), scale, uint64_t(table.row_bytes)};
+        e.set_pipeline(*format(table).embed);
+        e.set_args(0, a);
+        bind_weight(e, 1, table, size_t(n) * table.row_bytes);  // reads n rows of the table
+        e.set_buffer(2, *ids_, 0);
+        bind(e, 3, x);
+        e.dispatch_threadgroups({uint32_t(n), 1, 1}, {threads_for(table.cols, *format(table).embed), 1, 1});
+    }
+
+    void rmsnorm(const float* x, const float* w, float* out, int n, int d, float eps) override {
+        gpu::Encoder& e = encoder();
+        RmsNormArgs a{d, eps, uint64_t(d), uint64_t(d)};
+        e.set_pipeline(*rmsnorm_);
+        e.set_args(0, a);
+        bind(e, 1, x);
+        bind(e, 2, w);
+        bind(e, 3, out);
+        e.dispatch_threadgroups({uint32_t(n), 1, 1}, {rmsnorm_threads(d), 1, 1});
+    }
+
+    void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
+        gpu::Encoder& e = encoder();
+        if (n == 1) {
+            encode_matvecs(e, in, nullptr, jobs);
+            return;
+        }
+        for (const MatmulJob& j : jobs) {
+            const Matrix& w = *j.w;
+            LinearArgs a = linear_args(j, n);
+            e.set_pipeline(*format(w).gemm);
+            e.set_args(0, a);
+            bind_weight(e, 1, w, w.nbytes);
+            bind(e, 2, in);
+            bind(e, 3, j.out);
+            bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
+            e.dispatch_threadgroups({ceil_div(w.rows, kGemmTile), ceil_div(n, kGemmTile), 1}, {128, 1, 1});
+        }
+    }
+
+    // Fused for decode: the norm is computed inside the matvecs (MATVEC_NORM), which read
+    // x * norm weight and scale their sums; `out` (the normalized rows) is then not written.
+    void rmsnorm_matmul(const float* x, const float* w, float eps, float* out, int n, int d,
+                        std::initializer_list<MatmulJob> jobs) override {
+        if (n != 1 || eps != cfg_.rms_eps || resolve(x).offset % 16 || jobs.begin()->w->cols != d) {
+            Backend::rmsnorm_matmul(x, w, eps, out, n, d, jobs);
+            return;
+        }
+        encode_matvecs(encoder(), x, w, jobs);
+    }
+
+    void rmsnorm_gate_up_glu(const float* x, const float* w, float eps, float* out, int n, int d, const Matrix& gate,
+                             const Matrix& up, float* g, float* u, Activation act) override {
+        if (n != 1 || eps != cfg_.rms_eps || resolve(x).offset % 16 || gate.cols != d || !can_fuse_glu(gate, up, act)) {
+            Backend::rmsnorm_gate_up_glu(x, w, eps, out, n, d, gate, up, g, u, act);
+            return;
+        }
+        encode_matvec_glu(encoder(), x, w, gate, up, g);
+    }
+
+    // Fused for decode when gate and up share a format: both matvecs and the GLU in one pass.
+    void gate_up_glu(const float* h, int n, const Matrix& gate, const Matrix& up, float* g, float* u,
+                     Activation act) override {
+        if (n != 1 || !can_fuse_glu(gate, up, act)) {
+            Backend::gate_up_glu(h, n, gate, up, g, u, act);
+            return;
+        }
+        encode_matvec_glu(encoder(), h, nullptr, gate, up, g);
+    }
+
+    void rope(float* x, int n, int n_heads, int pos0, const float* inv_freq) override {
+        gpu::Encoder& e = encoder();
+        RopeArgs a{n_heads, cfg_.head_dim, cfg_.rope_dims, pos0};
+        e.set_pipeline(*rope_);
+        e.set_args(0, a);
+        bind(e, 1, x);
+        bind(e, 2, inv_freq);
+        e.dispatch_threadgroups({uint32_t(n), uint32_t(n_heads), 1}, {ceil_div(cfg_.rope_dims / 2, 32) * 32, 1, 1});
+    }
+
+    void store_kv(int layer, const float* k, const float* v, int n, int pos0) override {
+        gpu::Encoder& e = encoder();
+        StoreKvArgs a{cfg_.n_head_kv, cfg_.head_dim, opt_.n_ctx, pos0};
+        e.set_pipeline(*store_kv_);
+        e.set_args(0, a);
+        bind(e, 1, k);
+        bind(e, 2, v);
+        e.set_buffer(3, *k_cache_, layer_offset(layer));
+        e.set_buffer(4, *v_cache_, layer_offset(layer));
+        e.dispatch_threadgroups({uint32_t(n), uint32_t(cfg_.n_head_kv), 1},
+                                {std::min<uint32_t>(256, ceil_div(cfg_.head_dim, 32) * 32), 1, 1});
+        kv_bytes_ += 2 * uint64_t(n) * uint64_t(cfg_.n_head_kv) * uint64_t(cfg_.head_dim) * kv_elem_bytes_;
+    }
+
+    void attention(int layer, const float* q, int n, int pos0, int window, float* out) override {
+        gpu::Encoder& e = encoder();
+        AttentionArgs a{};
+        a.n_heads = cfg_.n_head;
+        a.n_kv_heads = cfg_.n_head_kv;
+        a.head_dim = cfg_.head_dim;
+        a.n_ctx = opt_.n_ctx;
+        a.pos0 = pos0;
+        a.window = window;
+        a.scale = cfg_.attn_scale > 0 ? cfg_.attn_scale : 1.0f / std::sqrt(float(cfg_.head_dim));
+        const size_t shared = size_t(2 + cfg_.head_dim) * kAttentionSimdgroups * sizeof(float);
+        const int len = pos0 - (window > 0 ? std::max(0, pos0 - window + 1) : 0) + 1;  // decode's window
+        if (n == 1 && len >= 2 * kAttentionSplitLen) {
+            // Long-context decode: n_head threadgroups alone would leave most of a GPU idle, so
+            // the window is split over threadgroups and the partials merged in a second pass.
+            a.split_len = kAttentionSplitLen;
+            const uint32_t splits = ceil_div(len, kAttentionSplitLen);
+            e.set_pipeline(*attention_split_);
+            e.set_args(0, a);
+            bind(e, 1, q);
+            e.set_buffer(2, *k_cache_, layer_offset(layer));
+            e.set_buffer(3, *v_cache_, layer_offset(layer));
+            e.set_buffer(4, *attn_partial_, 0);
+            e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
+            e.dispatch_threadgroups({uint32_t(cfg_.n_head), splits, 1}, {32 * kAttentionSimdgroups, 1, 1});
+            e.set_pipeline(*attention_merge_);
+            e.set_args(0, a);
+            e.set_buffer(1, *attn_partial_, 0);
+            bind(e, 2, out);
+            e.dispatch_threadgroups({uint32_t(cfg_.n_head), 1, 1}, {ceil_div(cfg_.head_dim, 32) * 32, 1, 1});
+        } else {
+            e.set_pipeline(*attention_);
+            e.set_args(0, a);
+            bind(e, 1, q);
+            e.set_buffer(2, *k_cache_, layer_offset(layer));
+            e.set_buffer(3, *v_cache_, layer_offset(layer));
+            bind(e, 4, out);
+            e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
+            e.dispatch_threadgroups({uint32_t(cfg_.n_head), uint32_t(n), 1}, {32 * kAttentionSimdgroups, 1, 1});
+        }
+        // Cache rows read: every query row reads its window of one kv head per query head.
+        for (int t = 0; t < n; ++t) {
+            const int pos = pos0 + t, start = window > 0 ? std::max(0, pos - window + 1) : 0;
+            kv_bytes_ += 2 * uint64_t(pos - start + 1) * uint64_t(cfg_.n_head_kv) * uint64_t(cfg_.head_dim) *
+                         kv_elem_bytes_;
+        }
+    }
+
+    // Fused: qk-norm (if any), RoPE of q and k and the KV write in one dispatch.
+    void rope_store_kv(int layer, float* q, int n_heads, float* k, int n_kv_heads, const float* v, int n, int pos0,
+                       const float* inv_freq, const float* q_norm, const float* k_norm, int head_dim,
+                       float eps) override {
+        gpu::Encoder& e = encoder();
+        RopeKvArgs a{n_heads, n_kv_heads, head_dim, cfg_.rope_dims, opt_.n_ctx, pos0, q_norm ? 1 : 0, eps};
+        e.set_pipeline(*rope_store_kv_);
+        e.set_args(0, a);
+        bind(e, 1, q);
+        bind(e, 2, k);
+        bind(e, 3, v);
+        e.set_buffer(4, *k_cache_, layer_offset(layer));
+        e.set_buffer(5, *v_cache_, layer_offset(layer));
+        bind(e, 6, inv_freq);
+        bind(e, 7, q_norm ? q_norm : inv_freq);  // read only with qk-norm
+        bind(e, 8, k_norm ? k_norm : inv_freq);
+        e.dispatch_threadgroups({uint32_t(n), uint32_t(n_heads + n_kv_heads), 1}, {ceil_div(head_dim, 32) * 32, 1, 1});
+        kv_bytes_ += 2 * uint64_t(n) * uint64_t(n_kv_heads) * uint64_t(head_dim) * kv_elem_bytes_;
+    }
+
+    // Fused: x += rmsnorm(y) * w in one dispatch (y is left as it was).
+    void add_rmsnorm(float* x, float* y, const float* w, float eps, int n, int d) override {
+        gpu::Encoder& e = encoder();
+        RmsNormArgs a{d, eps, uint64_t(d), uint64_t(d)};
+        e.set_pipeline(*rmsnorm_add_);
+        e.set_args(0, a);
+        bind(e, 1, y);
+        bind(e, 2, w);
+        bind(e, 3, x);
+        e.dispatch_threadgroups({uint32_t(n), 1, 1}, {rmsnorm_threads(d), 1, 1});
+    }
+
+    void glu(float* g, const float* u, int64_t count, Activation act) override {
+        gpu::Encoder& e = encoder();
+        e.set_pipeline(act == Activation::GeluTanh ? *glu_gelu_ : *glu_silu_);
+        elementwise(e, g, u, count, 0.0f);
+    }
+
+    void add(float* x, const float* y, int64_t count) override {
+        gpu::Encoder& e = encoder();
+        e.set_pipeline(*add_);
+        elementwise(e, x, y, count, 0.0f);
+    }
+
+    void softcap(float* x, int64_t count, float cap) override {
+        gpu::Encoder& e = encoder();
+        e.set_pipeline(*softcap_);
+        elementwise(e, x, nullptr, count, cap);
+    }
+
+private:
+    // ---- load-time setup --------------------------------------------------------------------
+
+    void make_pipelines(const Weights& w) {
+        for_each_matrix(w, [&](const Matrix& m) {
+            // Rows of the float formats are read with 16-byte loads from the matrix start.
+            const bool float_format = GgmlType(m.type) == GgmlType::F32 || GgmlType(m.type) == GgmlType::F16 ||
+                                      GgmlType(m.type) == GgmlType::BF16;
+            if (float_format && reinterpret_cast<uintptr_t>(m.data) % 16)
+                throw BadInput("tensor " + m.name + " is not 16-byte aligned in the file");
+            if (formats_.count(m.type)) return;
+            const char* sfx = format_suffix(m.type);
+            if (!sfx)
+                throw BadInput(std::string("the Metal backend has no kernels for ") + type_name(m.type) +
+                               " weights (tensor " + m.name + "); supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
+                               "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K");
+            FormatPipelines& f = formats_[m.type];
+            f.embed = dev_->pipeline(std::string("embed_") + sfx);
+            f.gemm = dev_->pipeline(std::string("gemm_") + sfx);
+            require_threads(*f.gemm, 128);
+            for (int fused = 0; fused < 2; ++fused) {
+                // Every constant the kernels declare is given, used or not.
+                const gpu::Constants c = {{1, gpu::Constant::of_bool(cfg_.activation == Activation::GeluTanh)},
+                                          {2, gpu::Constant::of_bool(fused == 1)},
+                                          {3, gpu::Constant::of_float(cfg_.rms_eps)}};
+                f.matvec[fused] = dev_->pipeline(std::string("matvec_") + sfx, c);
+                f.matvec_jobs[fused] = dev_->pipeline(std::string("matvec_jobs_") + sfx, c);
+                f.matvec_glu[fused] = dev_->pipeline(std::string("matvec_glu_") + sfx, c);
+                for (const auto* p : {&f.matvec[fused], &f.matvec_jobs[fused], &f.matvec_glu[fused]})
+                    require_threads(**p, 32 * kMatvecSimdgroups);
+            }
+        });
+        rmsnorm_ = dev_->pipeline("rmsnorm_f32");
+        rmsnorm_add_ = dev_->pipeline("rmsnorm_add_f32");
+        rope_ = dev_->pipeline("rope", {{0, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}});
+        if (cfg_.head_dim > 256) throw BadInput("the Metal backend supports head sizes up to 256");
+        store_kv_ = dev_->pipeline(opt_.kv_f32 ? "store_kv_f32" : "store_kv_f16");
+        const gpu::Constants neox = {{0, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}};
+        rope_store_kv_ = dev_->pipeline(opt_.kv_f32 ? "rope_store_kv_f32" : "rope_store_kv_f16", neox);
+        require_threads(*rope_store_kv_, 256);
+        attention_ = dev_->pipeline(opt_.kv_f32 ? "attention_f32" : "attention_f16");
+        attention_split_ = dev_->pipeline(opt_.kv_f32 ? "attention_split_f32" : "attention_split_f16");
+        attention_merge_ = dev_->pipeline("attention_merge");
+        require_threads(*attention_split_, 32 * kAttentionSimdgroups);
+        require_threads(*attention_, 32 * kAttentionSimdgroups);
+        glu_silu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(false)}});
+        glu_gelu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(true)}});
+        add_ = dev_->pipeline("add");
+        softcap_ = dev_->pipeline("softcap");
+        require_threads(*rope_, 128);
+    }
+
+    static void require_threads(const gpu::Pipeline& p, uint32_t n) {
+        if (p.max_threads() < n)
+            throw std::runtime_error("metal: kernel " + p.name() + " cannot run " + std::to_string(n) +
+                                     " threads per threadgroup on this device");
+    }
+
+    // ---- the decode matvec family ----------------------------------------------------------
+
+    static LinearArgs linear_args(const MatmulJob& j, int n) {
+        const Matrix& w = *j.w;
+        LinearArgs a{};
+        a.rows = int32_t(w.rows);
+        a.cols = int32_t(w.cols);
+        a.n_tokens = n;
+        a.flags = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0);
+        a.row_bytes = w.row_bytes;
+        a.x_stride = uint64_t(w.cols);
+        a.out_stride = uint64_t(w.rows);
+        return a;
+    }
+
+    static uint32_t matvec_groups(const Matrix& w) {
+        return ceil_div(w.rows, kMatvecSimdgroups * kMatvecRowsPerSimdgroup);
+    }
+
+    // One token through every job: jobs of one format and width (q, k, v) in one matvec_jobs
+    // dispatch, else one matvec each. norm_w: RMSNorm fused in (x is the norm's input).
+    void encode_matvecs(gpu::Encoder& e, const float* x, const float* norm_w, std::initializer_list<MatmulJob> jobs) {
+        if (can_share_dispatch(x, jobs)) {
+            encode_matvec_jobs(e, x, norm_w, jobs);
+            return;
+        }
+        for (const MatmulJob& j : jobs) {
+            const LinearArgs a = linear_args(j, 1);
+            e.set_pipeline(*format(*j.w).matvec[norm_w ? 1 : 0]);
+            e.set_args(0, a);
+            bind_weight(e, 1, *j.w, j.w->nbytes);
+            bind(e, 2, x);
+            bind(e, 3, j.out);
+            bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
+            bind(e, 5, norm_w ? norm_w : x);      // read only with the norm fused
+            e.dispatch_threadgroups({matvec_groups(*j.w), 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
+        }
+    }
+
+    bool can_share_dispatch(const float* in, std::initializer_list<MatmulJob> jobs) const {
+        if (jobs.size() < 2 || jobs.size() > 3 || resolve(in).offset % 16) return false;
+        const Matrix& w0 = *jobs.begin()->w;
+        for (const MatmulJob& j : jobs)
+            if (j.w->type != w0.type || j.w->cols != w0.cols || j.w->row_bytes != w0.row_bytes) return false;
+        return true;
+    }
+
+    void encode_matvec_jobs(gpu::Encoder& e, const float* in, const float* norm_w,
+                            std::initializer_list<MatmulJob> jobs) {
+        const Matrix& w0 = *jobs.begin()->w;
+        LinearJobsArgs a{};
+        a.cols = int32_t(w0.cols);
+        a.n_jobs = int32_t(jobs.size());
+        a.row_bytes = w0.row_bytes;
+        int i = 0;
+        uint32_t groups = 0;
+        for (const MatmulJob& j : jobs) {
+            a.rows[i] = int32_t(j.w->rows);
+            a.flags[i] = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0);
+            a.first_tg[i] = int32_t(groups);
+            groups += matvec_groups(*j.w);
+            ++i;
+        }
+        for (int k = i; k < 4; ++k) a.first_tg[k] = int32_t(groups);
+        e.set_pipeline(*format(w0).matvec_jobs[norm_w ? 1 : 0]);
+        e.set_args(0, a);
+        i = 0;
+        for (const MatmulJob& j : jobs) {
+            bind_weight(e, 1 + i, *j.w, j.w->nbytes);
+            bind(e, 5 + i, j.out);
+            bind(e, 8 + i, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
+            ++i;
+        }
+        const MatmulJob* first = jobs.begin();
+        for (; i < 3; ++i) {  // unused jobs: job 0's buffers, never read
+            e.set_buffer(1 + i, map_.any_weights(), 0);
+            bind(e, 5 + i, first->out);
+            bind(e, 8 + i, first->out);
+        }
+        bind(e, 4, in);
+        bind(e, 11, norm_w ? norm_w : in);  // read only with the norm fused
+        e.dispatch_threadgroups({groups, 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
+    }
+
+    bool can_fuse_glu(const Matrix& gate, const Matrix& up, Activation act) const {
+        return act == cfg_.activation && gate.type == up.type && gate.rows == up.rows && gate.cols == up.cols &&
+               gate.row_bytes == up.row_bytes;
+    }
+
+    void encode_matvec_glu(gpu::Encoder& e, const float* x, const float* norm_w, const Matrix& gate, const Matrix& up,
+                           float* g) {
+        LinearArgs a{};
+        a.rows = int32_t(gate.rows);
+        a.cols = int32_t(gate.cols);
+        a.n_tokens = 1;
+        a.row_bytes = gate.row_bytes;
+        a.x_stride = uint64_t(gate.cols);
+        a.out_stride = uint64_t(gate.rows);
+        e.set_pipeline(*format(gate).matvec_glu[norm_w ? 1 : 0]);  // the model's activation
+        e.set_args(0, a);
+        bind_weight(e, 1, gate, gate.nbytes);
+        bind_weight(e, 2, up, up.nbytes);
+        bind(e, 3, x);
+        bind(e, 4, g);
+        bind(e, 5, norm_w ? norm_w : x);  // read only with the norm fused
+        e.dispatch_threadgroups({matvec_groups(gate), 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
+    }
+
+    // ---- encoding helpers -------------------------------------------------------------------
+
+    gpu::Encoder& encoder() {
+        if (!cb_) {
+            cb_ = dev_->command_buffer();
+            enc_ = &cb_->encoder();
+        }
+        return *enc_;
+    }
+
+    BufferRef resolve(const void* p) const { return map_.resolve(p); }
+
+    void bind(gpu::Encoder& e, int index, const void* p) {
+        const BufferRef r = resolve(p);
+        e.set_buffer(index, *r.buf, r.offset);
+    }
+
+    void bind_weight(gpu::Encoder& e, int index, const Matrix& m, size_t bytes_read) {
+        const BufferRef r = map_.weight(m);
+        e.set_weight(index, *r.buf, r.offset, bytes_read);
+    }
+
+    const FormatPipelines& format(const Matrix& m) const { return formats_.at(m.type); }
+
+    // One threadgroup per row; about 4 values per thread, a whole number of simdgroups.
+    uint32_t rmsnorm_threads(int d) const {
+        const uint32_t limit = std::min(rmsnorm_->max_threads(), rmsnorm_add_->max_threads());
+        return std::clamp<uint32_t>(ceil_div(d, 4 * 32) * 32, 32, std::min<uint32_t>(1024, limit));
+    }
+
+    uint32_t threads_for(int64_t n, const gpu::Pipeline& p) const {
+        return std::clamp<uint32_t>(ceil_div(n, 32) * 32, 32, std::min<uint32_t>(256, p.max_threads()));
+    }
+
+    size_t layer_offset(int layer) const {
+        return size_t(layer) * size_t(cfg_.n_head_kv) * size_t(opt_.n_ctx) * size_t(cfg_.head_dim) * kv_elem_bytes_;
+    }
+
+    void elementwise(gpu::Encoder& e, float* x, const float* y, int64_t count, float cap) {
+        ElementwiseArgs a{uint32_t(count), cap};
+        e.set_args(0, a);
+        bind(e, 1, x);
+        if (y) bind(e, 2, y);
+        e.dispatch_threadgroups({ceil_div(count, kElementwiseThreads), 1, 1}, {kElementwiseThreads, 1, 1});
+    }
+
+    std::unique_ptr<gpu::Device> dev_;
+    ModelConfig cfg_;
+    MetalOptions opt_;
+    std::string name_;
+
+    BufferMap map_;
+    std::unique_ptr<gpu::Buffer> ids_, k_cache_, v_cache_;
+    std::unique_ptr<gpu::Buffer> attn_partial_;  // split decode attention: [head][split][M, L, acc]
+    size_t kv_elem_bytes_ = 2;
+    uint64_t kv_bytes_ = 0;  // KV-cache bytes written and read by the encoded work since the reset
+
+    std::map<uint32_t, FormatPipelines> formats_;
+    std::unique_ptr<gpu::Pipeline> rmsnorm_, rmsnorm_add_, rope_, store_kv_, rope_store_kv_, attention_, attention_split_,
+        attention_merge_, glu_silu_, glu_gelu_, add_, softcap_;
+
+    std::unique_ptr<gpu::CommandBuffer> cb_;
+    gpu::Encoder* enc_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_metal_backend(std::unique_ptr<gpu::Device> device, const ModelConfig& cfg,
+                                            const MetalOptions& opt, const MappedFile& file, const Weights& w,
+                                            const std::vector<std::pair<const float*, size_t>>& host_tables) {
+    return std::make_unique<MetalBackend>(std::move(device), cfg, opt, file, w, host_tables);
+}
+
+}  // namespace metallic::metal
