@@ -100,20 +100,29 @@ def test_generate_greedy_equals_transformers() -> None:
 
 @pytest.mark.parametrize("ftype", ["F16", "Q8_0"])
 def test_prefill_equals_decode_steps(ftype: str) -> None:
-    """Prefill of N tokens (matrix-matrix path) gives the logits of N single decode steps."""
+    """Prefill of N tokens (matrix-matrix path) gives the logits of N single decode steps.
+
+    Float formats run the same arithmetic both ways: identical. Block formats differ by design
+    in the activations (decode: int16 blocks for integer dot products; prefill: floats against
+    dequantized weights), which must stay far inside the oracle tolerance.
+    """
     path, _ = tiny_gguf("llama", ftype, "gqa2-untied")
     m = metallic.load(path, n_ctx=64)
     ids = prompt(m.n_vocab, n=19, seed=3)
     batched = m.prefill_all(ids)
     m.reset()
     single = np.stack([m.decode(t).copy() for t in ids])
-    np.testing.assert_allclose(batched, single, rtol=0, atol=1e-5 * np.abs(single).max())
+    if ftype == "F16":
+        np.testing.assert_array_equal(batched, single)
+    else:
+        assert nmse(batched, single) < 1e-6
 
 
 def test_results_do_not_depend_on_threads_or_batching() -> None:
     path, _ = tiny_gguf("qwen2", "Q8_0", "gqa2-untied")
     ids = prompt(320, n=30, seed=4)
     runs = []
+    # (batches of one token take the decode path, so no split here leaves a single token)
     for threads, max_batch in ((1, 512), (2, 512), (2, 7), (3, 4)):
         m = metallic.load(path, n_ctx=64, threads=threads, max_batch=max_batch)
         runs.append(m.prefill_all(ids))

@@ -9,6 +9,7 @@
 #include "cpu/ops.h"
 #include "cpu/thread_pool.h"
 #include "engine/error.h"
+#include "engine/ggml_types.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 
@@ -25,6 +26,16 @@ struct MatmulTask {
 };
 
 constexpr int kMaxTasks = 1024;
+
+// Batches (prefill) run block-quantized weights through the float kernel: each task dequantizes
+// its rows once into per-thread scratch, and the cost spreads over every token. The float tile
+// does more multiply-adds per instruction than the integer dot products (which win for decode,
+// where weights are read once and memory is the limit), and with float activations prefill is
+// also more precise. Any batch of two or more takes this path, so how a prompt is split into
+// batches never changes its results.
+constexpr int kDequantBatch = 2;
+// Rows of float weights one task dequantizes: kept near L2 size so token blocks reuse them.
+constexpr size_t kDequantBytes = 192 << 10;
 
 class CpuBackend final : public Backend {
 public:
@@ -45,6 +56,8 @@ public:
         for (int kind = 1; kind < kActKinds; ++kind)
             act_[kind].resize(size_t(opt.max_batch) * act_row_bytes(ActKind(kind), max_k + 256));
         scores_.resize(size_t(pool_.size()) * size_t(opt.n_ctx));
+        dequant_rows_ = std::max<size_t>(16, kDequantBytes / (size_t(max_k) * sizeof(float)));
+        dequant_.resize(size_t(pool_.size()) * dequant_rows_ * size_t(max_k));
         rope_cs_.resize(size_t(opt.max_batch) * size_t(cfg.rope_dims));
         tasks_.resize(kMaxTasks);
     }
@@ -74,8 +87,10 @@ public:
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
         const int64_t k = jobs.begin()->w->cols;
         // Encode the shared input once in every activation kind the jobs' formats read.
+        const bool dequant = n >= kDequantBatch;  // see kDequantBatch
         bool need[kActKinds] = {};
-        for (const MatmulJob& j : jobs) need[int(lookup_format(j.w->type)->act)] = true;
+        if (!dequant)
+            for (const MatmulJob& j : jobs) need[int(lookup_format(j.w->type)->act)] = true;
         for (int kind = 1; kind < kActKinds; ++kind) {
             if (!need[kind]) continue;
             const size_t stride = act_row_bytes(ActKind(kind), k);
@@ -96,6 +111,7 @@ public:
             const FormatKernels* f = lookup_format(j.w->type);
             const int64_t rows = j.w->rows;
             int64_t chunk = n == 1 ? rows / (threads * 8) : int64_t((192 << 10) / j.w->row_bytes);
+            if (dequant && f->act != ActKind::F32) chunk = int64_t(dequant_rows_) & ~int64_t(3);
             const int64_t budget = kMaxTasks / int64_t(jobs.size());  // tasks this job may use
             chunk = std::max({int64_t(16), chunk, (rows + budget - 1) / budget});
             chunk = (chunk + 3) & ~int64_t(3);
@@ -104,16 +120,35 @@ public:
         }
         // Token blocks sized so one block of activations stays in L2.
         const int64_t tb = std::clamp<int64_t>((256 << 10) / (k * 4), 6, 96);
-        pool_.parallel_for(n_tasks, [&](int64_t i, int) {
+        const FormatKernels* f32 = lookup_format(uint32_t(GgmlType::F32));
+        pool_.parallel_for(n_tasks, [&](int64_t i, int thread) {
             const MatmulTask& task = tasks_[size_t(i)];
             const Matrix& w = *task.job->w;
+            Epilogue ep;
+            ep.bias = task.job->bias ? task.job->bias + task.r0 : nullptr;
+            ep.accumulate = task.job->accumulate;
+            if (dequant && task.fmt->act != ActKind::F32) {
+                // In pieces of at most dequant_rows_ rows: the scratch holds no more.
+                float* rows = dequant_.data() + size_t(thread) * dequant_rows_ * size_t(k);
+                for (int64_t s0 = task.r0; s0 < task.r1; s0 += int64_t(dequant_rows_)) {
+                    const int64_t s1 = std::min(task.r1, s0 + int64_t(dequant_rows_));
+                    for (int64_t r = s0; r < s1; ++r)
+                        task.fmt->dequant_row(w.data + size_t(r) * w.row_bytes, rows + (r - s0) * k, k);
+                    Epilogue sub = ep;
+                    if (sub.bias) sub.bias += s0 - task.r0;
+                    for (int64_t t0 = 0; t0 < n; t0 += tb) {
+                        const int64_t nt = std::min<int64_t>(tb, n - t0);
+                        f32->gemm(reinterpret_cast<const uint8_t*>(rows), size_t(k) * sizeof(float), s1 - s0,
+                                  in + t0 * k, size_t(k) * sizeof(float), nt, k,
+                                  task.job->out + t0 * w.rows + s0, size_t(w.rows), sub);
+                    }
+                }
+                return;
+            }
             const ActKind kind = task.fmt->act;
             const uint8_t* act = kind == ActKind::F32 ? reinterpret_cast<const uint8_t*>(in)
                                                       : act_[int(kind)].data();
             const size_t act_stride = act_row_bytes(kind, k);
-            Epilogue ep;
-            ep.bias = task.job->bias ? task.job->bias + task.r0 : nullptr;
-            ep.accumulate = task.job->accumulate;
             for (int64_t t0 = 0; t0 < n; t0 += tb) {
                 const int64_t nt = std::min<int64_t>(tb, n - t0);
                 task.fmt->gemm(w.data + size_t(task.r0) * w.row_bytes, w.row_bytes, task.r1 - task.r0,
@@ -208,6 +243,8 @@ private:
     std::vector<float> k32_, v32_;
     std::vector<uint8_t> act_[kActKinds];  // quantized inputs per ActKind (F32 unused)
     std::vector<float> scores_;
+    std::vector<float> dequant_;  // per thread: dequant_rows_ rows of the widest matmul input
+    size_t dequant_rows_ = 0;
     std::vector<float> rope_cs_;
     std::vector<MatmulTask> tasks_;
 };
