@@ -246,11 +246,18 @@ def test_prefill_all_stages_logits_in_groups() -> None:
     m = metallic.load(path, backend="cpu", n_ctx=160)
     ids = prompt(1000, n=150, seed=9)
     every = m.prefill_all(ids)
+
+    def nmse(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.mean((a - b) ** 2) / np.mean(b**2))
+
+    # prefill() runs the output head for the last row alone (the single-token integer path),
+    # prefill_all() for all rows as a batch (the float path): equal but for that rounding.
+    # Prompts of 2+ tokens keep every layer on the batch path (a 1-token prompt is a decode).
     m.reset()
-    np.testing.assert_array_equal(m.prefill(ids), every[-1])
-    for k in (0, 63, 64, 127, 128):
+    assert nmse(m.prefill(ids), every[-1]) < 1e-6
+    for k in (1, 63, 64, 127, 128):
         m.reset()
-        np.testing.assert_allclose(m.prefill(ids[: k + 1]), every[k], rtol=0, atol=1e-4 * np.abs(every[k]).max())
+        assert nmse(m.prefill(ids[: k + 1]), every[k]) < 1e-6, k
 
 
 def test_real_gemma3_q4_k_m_decode_matches_cpu() -> None:
