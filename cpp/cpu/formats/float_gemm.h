@@ -49,12 +49,37 @@ inline void float_rows(const uint8_t* w, size_t row_bytes, const float* a, size_
                               out_stride, ep, r0);
 }
 
+// Decode (one token): one row at a time, four independent accumulators over k. A single
+// sequential stream per thread is what the hardware prefetcher follows best: measured 12%
+// faster F16 decode than four interleaved rows (27.4 vs 24.5 tok/s, Qwen2.5-0.5B shape).
+template <class Fmt>
+inline void float_gemv(const uint8_t* w, size_t row_bytes, int64_t nrows, const float* a,
+                       int64_t k, float* out, const Epilogue& ep) {
+    const int64_t k32 = k & ~int64_t(31);
+    for (int64_t r = 0; r < nrows; ++r) {
+        const uint8_t* row = w + r * row_bytes;
+        F8 acc0 = zero8(), acc1 = zero8(), acc2 = zero8(), acc3 = zero8();
+        int64_t i = 0;
+        for (; i < k32; i += 32) {
+            acc0 = fma8(Fmt::load8(row, i), load8(a + i), acc0);
+            acc1 = fma8(Fmt::load8(row, i + 8), load8(a + i + 8), acc1);
+            acc2 = fma8(Fmt::load8(row, i + 16), load8(a + i + 16), acc2);
+            acc3 = fma8(Fmt::load8(row, i + 24), load8(a + i + 24), acc3);
+        }
+        for (; i + 8 <= k; i += 8) acc0 = fma8(Fmt::load8(row, i), load8(a + i), acc0);
+        float s = hsum8(add8(add8(acc0, acc1), add8(acc2, acc3)));
+        for (; i < k; ++i) s += Fmt::load1(row, i) * a[i];
+        out[r] = apply_epilogue(s, ep, r, out + r);
+    }
+}
+
 template <class Fmt>
 void float_gemm(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act,
                 size_t act_stride, int64_t ntok, int64_t k, float* out, size_t out_stride,
                 const Epilogue& ep) {
     const float* a = static_cast<const float*>(act);
     const size_t a_stride = act_stride / sizeof(float);
+    if (ntok == 1) return float_gemv<Fmt>(w, row_bytes, nrows, a, k, out, ep);
     constexpr int R = 4;
     int64_t r = 0;
     for (; r + R <= nrows; r += R)

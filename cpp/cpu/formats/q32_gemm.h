@@ -79,9 +79,12 @@ void q32_gemm(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act
     const int64_t nb = k / 32;
     constexpr int R = 4;
     int64_t r = 0;
-    for (; r + R <= nrows; r += R)
-        q32_rows<Fmt, R>(w + r * row_bytes, row_bytes, a, act_stride, ntok, nb, out + r,
-                         out_stride, ep, r);
+    // Decode (one token) reads one row at a time: a single sequential stream per thread is what
+    // the prefetcher follows best (Q8_0 decode 43.7 vs 34.7 tok/s with four interleaved rows).
+    if (ntok > 1)
+        for (; r + R <= nrows; r += R)
+            q32_rows<Fmt, R>(w + r * row_bytes, row_bytes, a, act_stride, ntok, nb, out + r,
+                             out_stride, ep, r);
     for (; r < nrows; ++r)
         q32_rows<Fmt, 1>(w + r * row_bytes, row_bytes, a, act_stride, ntok, nb, out + r,
                          out_stride, ep, r);

@@ -49,59 +49,12 @@ inline void tile(const uint8_t* w, size_t row_bytes, const uint8_t* act, size_t 
         }
 }
 
-// Four rows at once (the common case): each row's int32 block dot is folded with the others'
-// (fold4), so the four rows share one int->float convert, one scale vector (four half scales
-// converted together) and one FMA per block and token, instead of one of each per row. This
-// cuts the decode kernel's instructions per weight byte by about a third.
-template <int T>
-inline void tile4(const uint8_t* w, size_t row_bytes, const uint8_t* act, size_t act_stride,
-                  int64_t nb, float* out, size_t out_stride, const Epilogue& ep, int64_t r0) {
-    F8 acc[T];
-    for (int t = 0; t < T; ++t) acc[t] = zero8();
-    for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk[4];
-        for (int r = 0; r < 4; ++r) {
-            blk[r] = w + r * row_bytes + b * kBlockBytes;
-            if ((b & 1) == 0) __builtin_prefetch(blk[r] + kPrefetchRows * row_bytes);
-        }
-        const F8 dw = halves4x2(load_u16(blk[0]), load_u16(blk[1]), load_u16(blk[2]),
-                                load_u16(blk[3]));
-        for (int t = 0; t < T; ++t) {
-            const BlockI16& ab = reinterpret_cast<const BlockI16*>(act + t * act_stride)[b];
-            const I16x16 lo = load_i16x16(ab.q), hi = load_i16x16(ab.q + 16);
-            I32x8 d[4];
-            for (int r = 0; r < 4; ++r) {
-                const int8_t* q = reinterpret_cast<const int8_t*>(blk[r] + 2);
-                d[r] = add_i32(madd16(widen_i8x16(q), lo), madd16(widen_i8x16(q + 16), hi));
-            }
-            acc[t] = fma8(to_f8(fold4(d[0], d[1], d[2], d[3])), mul8(dw, splat8(ab.d)), acc[t]);
-        }
-    }
-    for (int t = 0; t < T; ++t) {
-        float lanes[8];
-        store8(lanes, acc[t]);
-        for (int r = 0; r < 4; ++r) {
-            float* o = out + t * out_stride + r;
-            *o = apply_epilogue(lanes[r] + lanes[r + 4], ep, r0 + r, o);
-        }
-    }
-}
-
 template <int R>
 inline void rows(const uint8_t* w, size_t row_bytes, const uint8_t* act, size_t act_stride,
                  int64_t ntok, int64_t nb, float* out, size_t out_stride, const Epilogue& ep,
                  int64_t r0) {
     constexpr int T = 2;
     int64_t t = 0;
-    if constexpr (R == 4) {
-        for (; t + T <= ntok; t += T)
-            tile4<T>(w, row_bytes, act + t * act_stride, act_stride, nb, out + t * out_stride,
-                     out_stride, ep, r0);
-        for (; t < ntok; ++t)
-            tile4<1>(w, row_bytes, act + t * act_stride, act_stride, nb, out + t * out_stride,
-                     out_stride, ep, r0);
-        return;
-    }
     for (; t + T <= ntok; t += T)
         tile<R, T>(w, row_bytes, act + t * act_stride, act_stride, nb, out + t * out_stride,
                    out_stride, ep, r0);
@@ -116,8 +69,11 @@ void gemm(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act, si
     const int64_t nb = k / 32;
     constexpr int R = 4;
     int64_t r = 0;
-    for (; r + R <= nrows; r += R)
-        rows<R>(w + r * row_bytes, row_bytes, a, act_stride, ntok, nb, out + r, out_stride, ep, r);
+    // Decode (one token) reads one row at a time: a single sequential stream per thread is what
+    // the prefetcher follows best (Q8_0 decode 43.7 vs 34.7 tok/s with four interleaved rows).
+    if (ntok > 1)
+        for (; r + R <= nrows; r += R)
+            rows<R>(w + r * row_bytes, row_bytes, a, act_stride, ntok, nb, out + r, out_stride, ep, r);
     for (; r < nrows; ++r)
         rows<1>(w + r * row_bytes, row_bytes, a, act_stride, ntok, nb, out + r, out_stride, ep, r);
 }

@@ -433,16 +433,6 @@ inline I32x8 zero_i32() { return {_mm256_setzero_si256()}; }
 inline I32x8 add_i32(I32x8 a, I32x8 b) { return {_mm256_add_epi32(a.v, b.v)}; }
 inline I16x16 add_i16(I16x16 a, I16x16 b) { return {_mm256_add_epi16(a.v, b.v)}; }
 inline F8 to_f8(I32x8 a) { return {_mm256_cvtepi32_ps(a.v)}; }
-// Folds four rows' 8-lane partial dots into one vector: lane j holds a partial sum of row j % 4
-// (lanes j and j + 4 together make the row's total). Lets 4 rows share one convert and FMA.
-inline I32x8 fold4(I32x8 a, I32x8 b, I32x8 c, I32x8 d) {
-    return {_mm256_hadd_epi32(_mm256_hadd_epi32(a.v, b.v), _mm256_hadd_epi32(c.v, d.v))};
-}
-// Four half-precision scales as floats in lanes [0..3] and again in [4..7], matching fold4.
-inline F8 halves4x2(uint16_t h0, uint16_t h1, uint16_t h2, uint16_t h3) {
-    const __m128 f = _mm_cvtph_ps(_mm_setr_epi16(short(h0), short(h1), short(h2), short(h3), 0, 0, 0, 0));
-    return {_mm256_set_m128(f, f)};
-}
 inline I16x16 load_i16x16(const int16_t* p) {
     return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))};
 }
@@ -547,21 +537,6 @@ inline I32x8 sum_pairs16(I16x16 a) {
     return r;
 }
 inline I32x8 zero_i32() { return I32x8{}; }
-inline I32x8 fold4(I32x8 a, I32x8 b, I32x8 c, I32x8 d) {
-    const I32x8* rows[4] = {&a, &b, &c, &d};
-    I32x8 r;
-    for (int j = 0; j < 8; ++j) {
-        const int32_t* v = rows[j % 4]->v + 4 * (j / 4);
-        r.v[j] = v[0] + v[1] + v[2] + v[3];
-    }
-    return r;
-}
-inline F8 halves4x2(uint16_t h0, uint16_t h1, uint16_t h2, uint16_t h3) {
-    const float f[4] = {fp16_to_fp32(h0), fp16_to_fp32(h1), fp16_to_fp32(h2), fp16_to_fp32(h3)};
-    F8 r;
-    for (int j = 0; j < 8; ++j) r.v[j] = f[j % 4];
-    return r;
-}
 inline I32x8 add_i32(I32x8 a, I32x8 b) {
     for (int i = 0; i < 8; ++i) a.v[i] += b.v[i];
     return a;
