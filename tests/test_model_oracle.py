@@ -102,8 +102,9 @@ def test_generate_greedy_equals_transformers() -> None:
 def test_prefill_equals_decode_steps(ftype: str) -> None:
     """Prefill of N tokens (matrix-matrix path) gives the logits of N single decode steps.
 
-    Float formats run the same arithmetic both ways: identical. Block formats differ by design
-    in the activations (decode: int16 blocks for integer dot products; prefill: floats against
+    Float formats run the same arithmetic both ways, summed in a different order (decode keeps
+    four accumulators per row): equal to float rounding. Block formats differ by design in the
+    activations (decode: int16 blocks for integer dot products; prefill: floats against
     dequantized weights), which must stay far inside the oracle tolerance.
     """
     path, _ = tiny_gguf("llama", ftype, "gqa2-untied")
@@ -113,7 +114,7 @@ def test_prefill_equals_decode_steps(ftype: str) -> None:
     m.reset()
     single = np.stack([m.decode(t).copy() for t in ids])
     if ftype == "F16":
-        np.testing.assert_array_equal(batched, single)
+        assert max_rel(batched, single) < 1e-5
     else:
         assert nmse(batched, single) < 1e-6
 
