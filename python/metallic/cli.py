@@ -210,10 +210,11 @@ def _sampler_settings(args: argparse.Namespace) -> Any:
 def _load(args: argparse.Namespace) -> Any:
     from .model import load
 
+    path = resolve_model(args.model)  # may assemble the packaged default model first
     t0 = time.perf_counter()
-    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    print(f"loading {path} ...", file=sys.stderr, flush=True)
     model = load(
-        args.model,
+        path,
         backend=args.backend,
         n_ctx=args.n_ctx,
         threads=args.threads,
