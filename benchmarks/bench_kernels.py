@@ -1,5 +1,6 @@
-"""Matrix-vector product per weight format (decode's kernel), as GB/s of weights read against
-the machine's streaming read bandwidth measured in the same session.
+"""The matrix kernels per weight format, against the machine's limits measured in the same
+session: the one-token product (decode's kernel) as GB/s of weights read against the streaming
+read bandwidth, and the batch product (prefill's) as GFLOP/s against the FMA peak. One thread.
 
     pytest benchmarks/bench_kernels.py --benchmark-columns=median
 """
@@ -17,9 +18,17 @@ RING_BYTES = 192 << 20  # far past the last-level cache
 FORMATS = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K]
 
 
+BATCH = 128  # tokens of the batch product
+
+
 @pytest.fixture(scope="session")
 def read_bandwidth() -> float:
     return core.read_bandwidth(1 << 30, 1, 5)
+
+
+@pytest.fixture(scope="session")
+def fma_peak() -> float:
+    return core.fma_peak(1, 3)
 
 
 def _weights(fmt: T) -> np.ndarray:
@@ -42,10 +51,21 @@ def test_gemv(benchmark, read_bandwidth: float, fmt: T) -> None:  # noqa: ANN001
     step = iter(range(1 << 62))
 
     def gemv() -> None:
-        core.kernel_gemm(int(fmt), ring[next(step) % len(ring)], ROWS, COLS, act)
+        core.kernel_gemm(int(fmt), ring[next(step) % len(ring)], ROWS, COLS, act, False)
 
     benchmark(gemv)
     gbps = data.nbytes / benchmark.stats.stats.median / 1e9
     benchmark.extra_info["GBps"] = round(gbps, 2)
     benchmark.extra_info["read_bandwidth_GBps"] = round(read_bandwidth / 1e9, 2)
     benchmark.extra_info["fraction_of_bandwidth"] = round(gbps * 1e9 / read_bandwidth, 3)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=[f.name for f in FORMATS])
+def test_batch_gemm(benchmark, fma_peak: float, fmt: T) -> None:  # noqa: ANN001
+    data = _weights(fmt)
+    act = np.random.default_rng(1).standard_normal((BATCH, COLS)).astype(np.float32)
+    benchmark(core.kernel_gemm, int(fmt), data, ROWS, COLS, act, True)
+    flops = 2.0 * BATCH * ROWS * COLS / benchmark.stats.stats.median
+    benchmark.extra_info["GFLOPs"] = round(flops / 1e9, 1)
+    benchmark.extra_info["fma_peak_GFLOPs"] = round(fma_peak / 1e9, 1)
+    benchmark.extra_info["fraction_of_peak"] = round(flops / fma_peak, 3)

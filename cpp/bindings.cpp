@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "cpu/formats/format.h"
+#include "cpu/machine_limits.h"
 #include "cpu/thread_pool.h"
 #include "engine/engine.h"
 #include "engine/error.h"
@@ -30,10 +31,6 @@ using Ids = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cp
 using Bytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Floats2D = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
-namespace metallic::cpu {
-double read_bandwidth(size_t bytes, int threads, int passes);
-}
-
 namespace {
 
 const cpu::FormatKernels& format_or_throw(uint32_t type) {
@@ -44,26 +41,32 @@ const cpu::FormatKernels& format_or_throw(uint32_t type) {
     return *f;
 }
 
-// Reference hooks for the kernel tests: one format's gemm and dequantization on raw bytes.
-FloatMatrix kernel_gemm(uint32_t type, Bytes w, int64_t rows, int64_t cols, Floats2D act) {
+// Reference hooks for the kernel tests: one format's matrix kernels and dequantization on raw
+// bytes. Without `batch`, every token row runs the format's own one-token kernel (decode); with
+// it, all rows run through the batch product (prefill).
+FloatMatrix kernel_gemm(uint32_t type, Bytes w, int64_t rows, int64_t cols, Floats2D act, bool batch) {
     const cpu::FormatKernels& f = format_or_throw(type);
     if (cols % f.block || rows <= 0) throw BadInput("bad gemm shape");
     const size_t row_bytes = size_t(cols / f.block * f.block_bytes);
     if (w.size() != row_bytes * size_t(rows)) throw BadInput("weight bytes do not match the shape");
     if (act.shape(1) != size_t(cols)) throw BadInput("activation width does not match cols");
     const int64_t n = int64_t(act.shape(0));
-    const size_t stride = cpu::act_row_bytes(f.act, cols);
-    std::vector<uint8_t> quantized;
-    const void* a = act.data();
-    if (f.act != cpu::ActKind::F32) {
-        quantized.resize(size_t(n) * stride);
-        for (int64_t t = 0; t < n; ++t)
-            cpu::quantize_row(f.act, act.data() + t * cols, quantized.data() + size_t(t) * stride, cols);
-        a = quantized.data();
-    }
     float* out = new float[size_t(n) * size_t(rows)];
     nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
-    f.gemm(w.data(), row_bytes, rows, a, stride, n, cols, out, size_t(rows), cpu::Epilogue{});
+    if (batch) {
+        cpu::batch_gemm(f, w.data(), row_bytes, rows, act.data(), n, cols, out);
+        return FloatMatrix(out, {size_t(n), size_t(rows)}, owner);
+    }
+    std::vector<uint8_t> quantized(cpu::act_row_bytes(f.act, cols));
+    for (int64_t t = 0; t < n; ++t) {
+        const float* x = act.data() + t * cols;
+        const void* a = x;
+        if (f.act != cpu::ActKind::F32) {
+            cpu::quantize_row(f.act, x, quantized.data(), cols);
+            a = quantized.data();
+        }
+        f.gemv(w.data(), row_bytes, rows, a, cols, out + t * rows, cpu::Epilogue{});
+    }
     return FloatMatrix(out, {size_t(n), size_t(rows)}, owner);
 }
 
@@ -265,12 +268,20 @@ NB_MODULE(_core, m) {
           },
           nb::arg("bytes") = size_t(1) << 30, nb::arg("threads") = 1, nb::arg("passes") = 5,
           "Bytes per second of a streaming read over a buffer of `bytes`, on `threads` threads.");
+    m.def("fma_peak",
+          [](int threads, int passes) {
+              nb::gil_scoped_release release;
+              return cpu::fma_peak(threads, passes);
+          },
+          nb::arg("threads") = 1, nb::arg("passes") = 3,
+          "Float operations per second of the kernels' vector multiply-adds on `threads` threads.");
     m.def("physical_cores", &cpu::physical_core_count);
     m.def("supported_formats", &cpu::supported_format_names);
     m.def("metal_available", &gpu::metal_device_available, "Whether this machine has a Metal GPU for backend 'metal'.");
     m.def("metal_sim_available", &gpu::sim_available, "Whether this build has the Metal simulator (backend 'metal-sim').");
     m.def("kernel_gemm", &kernel_gemm, nb::arg("type"), nb::arg("weights"), nb::arg("rows"), nb::arg("cols"),
-          nb::arg("act"), "Test hook: one format's matrix kernel over raw weight bytes.");
+          nb::arg("act"), nb::arg("batch"),
+          "Test hook: one format's one-token kernel (or, with batch, the batch product) over raw weight bytes.");
     m.def("kernel_dequant", &kernel_dequant, nb::arg("type"), nb::arg("data"), nb::arg("n"),
           "Test hook: one format's dequantization of raw bytes.");
 

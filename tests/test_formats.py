@@ -1,8 +1,10 @@
 """Every weight format's CPU kernels against gguf-py, in both kernel builds.
 
-For each format: dequantization must equal ``gguf.quants.dequantize`` bit for bit, and the
-matrix kernel (on its quantized activations) must match the float reference
-``act @ dequantized.T`` closely, over ragged shapes. The portable build is not selected on an
+For each format: dequantization must equal ``gguf.quants.dequantize`` bit for bit, and both
+matrix paths must match the float reference ``act @ dequantized.T`` closely, over ragged
+shapes: the format's one-token kernel (decode, on its quantized activations) and the batch
+product every format shares (prefill: weights decoded into 16-row panels, 256 columns at a time,
+tokens in tiles of 6). The portable build is not selected on an
 AVX2 CPU, so it runs in a subprocess with METALLIC_FORCE_GENERIC=1 (read once, at first use).
 
 Run as a script (``python test_formats.py IN OUT``) this file is that subprocess: it computes
@@ -22,8 +24,8 @@ from gguf import quants
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
          "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
-TOKENS = [1, 2, 3, 5, 7]
-ROWS = 13  # not a multiple of the 4-row tiles
+TOKENS = [1, 2, 3, 5, 7, 13]  # token tiles of 6: full, ragged, and fewer than one
+ROWS = 37  # two full 16-row panels and a ragged one
 
 # Where the half factors sit in the K-quant blocks gguf-py cannot quantize to; every other
 # byte is a random code or packed sub-block scale.
@@ -34,7 +36,8 @@ def make_case(name: str, rng: np.random.Generator) -> dict:
     qtype = Q[name]
     block, block_bytes = quants.GGML_QUANT_SIZES[qtype]
     nblocks = 3 if block == 256 else 5
-    cols = block * nblocks if block > 1 else 72
+    # Several 256-column slabs, the last one ragged (603 = 2 x 256 + 91, 91 = 11 x 8 + 3).
+    cols = block * nblocks if block > 1 else 603
     if name in HALF_OFFSETS:
         raw = rng.integers(0, 256, size=(ROWS, cols // block, block_bytes), dtype=np.uint8)
         for off in HALF_OFFSETS[name]:
@@ -63,7 +66,8 @@ def compute(cases: dict) -> dict:
         w = c["w"]
         out[name, "deq"] = _core.kernel_dequant(c["type"], w.reshape(-1), ROWS * c["cols"])
         for n, a in c["acts"].items():
-            out[name, n] = _core.kernel_gemm(c["type"], w.reshape(-1), ROWS, c["cols"], a)
+            out[name, n] = _core.kernel_gemm(c["type"], w.reshape(-1), ROWS, c["cols"], a, False)
+            out[name, n, "batch"] = _core.kernel_gemm(c["type"], w.reshape(-1), ROWS, c["cols"], a, True)
     return out
 
 
@@ -107,6 +111,7 @@ def results(request, cases, tmp_path_factory):
         out[name, "deq"] = flat[f"{name}/deq"]
         for n in TOKENS:
             out[name, n] = flat[f"{name}/{n}"]
+            out[name, n, "batch"] = flat[f"{name}/{n}/batch"]
     assert out["isa"] == "generic"
     return out
 
@@ -128,13 +133,25 @@ def test_dequant_matches_gguf_bit_for_bit(name, cases, results):
 
 @pytest.mark.parametrize("name", TYPES)
 @pytest.mark.parametrize("ntok", TOKENS)
-def test_gemm_matches_float_reference(name, ntok, cases, results):
+def test_gemv_matches_float_reference(name, ntok, cases, results):
     case = cases[name]
     ref = case["acts"][ntok].astype(np.float64) @ reference(case).T.astype(np.float64)
     got = results[name, ntok]
     assert got.shape == (ntok, ROWS)
     nmse = float(np.sum((got - ref) ** 2) / np.sum(ref**2))
     assert nmse < 5e-4, f"NMSE {nmse:.3g}"
+
+
+@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("ntok", TOKENS)
+def test_batch_gemm_matches_float_reference(name, ntok, cases, results):
+    # Float activations times exactly dequantized weights: only float32 summation error.
+    case = cases[name]
+    ref = case["acts"][ntok].astype(np.float64) @ reference(case).T.astype(np.float64)
+    got = results[name, ntok, "batch"]
+    assert got.shape == (ntok, ROWS)
+    err = np.abs(got - ref) / (np.abs(case["acts"][ntok]) @ np.abs(reference(case)).T + 1e-30)
+    assert err.max() < 1e-5, f"max relative error {err.max():.3g}"
 
 
 def test_native_build_is_selected(results):
@@ -148,6 +165,6 @@ if __name__ == "__main__":
     flat_in = np.load(sys.argv[1])
     res = compute(unflatten(flat_in))
     flat_out = {"isa": np.array(res.pop("isa"))}
-    for (name, key), v in res.items():
-        flat_out[f"{name}/{key}"] = v
+    for (name, *key), v in res.items():
+        flat_out["/".join(map(str, [name, *key]))] = v
     np.savez(sys.argv[2], **flat_out)

@@ -7,6 +7,7 @@
 #include "cpu/cpu_backend.h"
 #include "cpu/formats/simd.h"
 #include "cpu/ops.h"
+#include "cpu/panel_gemm.h"
 #include "cpu/thread_pool.h"
 #include "engine/error.h"
 #include "engine/ggml_types.h"
@@ -27,17 +28,11 @@ struct MatmulTask {
 
 constexpr int kMaxTasks = 1024;
 
-// Batches (prefill) run block-quantized weights through the F16 kernel: each task dequantizes
-// its rows once into per-thread F16 scratch, and the cost spreads over every token. The float
-// tile does more multiply-adds per instruction than the integer dot products (which win for
-// decode, where weights are read once and memory is the limit), and with float activations
-// prefill is also more precise (rounding weights to F16 costs ~6e-8 NMSE per matmul, int8
-// activations ~3e-5). F16 rather than F32 scratch: the tile streams its weight rows from L2
-// once per token pair, and half the bytes measured 1.6x faster. Any batch of two or more takes
-// this path, so how a prompt is split into batches never changes its results.
-constexpr int kDequantBatch = 2;
-// Bytes of F16 weights one task dequantizes: near L2 size so every token block reuses them.
-constexpr size_t kDequantBytes = 192 << 10;
+// Batches of at least this many tokens go through panel_gemm (weights decoded to float once per
+// batch, see panel_gemm.h); a single token runs each format's own dot-product kernel. Every
+// batch size from two up takes the same path with the same summation order, so how a prompt is
+// split into batches never changes its results.
+constexpr int kPanelBatch = 2;
 
 class CpuBackend final : public Backend {
 public:
@@ -56,11 +51,11 @@ public:
         // One scratch buffer per quantized activation kind: a matmul's jobs may mix formats
         // (e.g. Q4_K and Q6_K in a Q4_K_M file) and each kind is made once per input.
         for (int kind = 1; kind < kActKinds; ++kind)
-            act_[kind].resize(size_t(opt.max_batch) * act_row_bytes(ActKind(kind), max_k + 256));
+            act_[kind].resize(act_row_bytes(ActKind(kind), max_k + 256));
         scores_.resize(size_t(pool_.size()) * size_t(opt.n_ctx));
-        dequant_rows_ = std::max<size_t>(16, kDequantBytes / (size_t(max_k) * sizeof(uint16_t)));
-        dequant_.resize(size_t(pool_.size()) * dequant_rows_ * size_t(max_k));
-        dequant_row_.resize(size_t(pool_.size()) * size_t(max_k));
+        const int64_t max_rows = std::max<int64_t>({cfg.n_vocab, cfg.n_ff, max_k});
+        panel_.resize(size_t(pool_.size()));
+        for (PanelScratch& s : panel_) s.reserve(panel_chunk(max_rows, kMaxTasks), opt.max_batch);
         rope_cs_.resize(size_t(opt.max_batch) * size_t(cfg.rope_dims));
         tasks_.resize(kMaxTasks);
     }
@@ -89,78 +84,49 @@ public:
 
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
         const int64_t k = jobs.begin()->w->cols;
+        const bool batch = n >= kPanelBatch;
         // Encode the shared input once in every activation kind the jobs' formats read.
-        const bool dequant = n >= kDequantBatch;  // see kDequantBatch
         bool need[kActKinds] = {};
-        if (!dequant)
+        if (!batch)
             for (const MatmulJob& j : jobs) need[int(lookup_format(j.w->type)->act)] = true;
         for (int kind = 1; kind < kActKinds; ++kind) {
             if (!need[kind]) continue;
-            const size_t stride = act_row_bytes(ActKind(kind), k);
-            uint8_t* q = act_[kind].data();
-            auto one = [&](int64_t t) { quantize_act(ActKind(kind), in + t * k, q + size_t(t) * stride, k); };
-            if (n < 4) {
-                for (int t = 0; t < n; ++t) one(t);
-            } else {
-                pool_.parallel_for(n, [&](int64_t t, int) { one(t); });
-            }
+            quantize_act(ActKind(kind), in, act_[kind].data(), k);
         }
 
-        // Split every job into row chunks: small enough to balance across threads, large enough
-        // that a chunk's rows stay in cache while every token block passes over them.
+        // Split every job into row chunks that balance across threads.
         int n_tasks = 0;
         const int threads = pool_.size();
         for (const MatmulJob& j : jobs) {
             const FormatKernels* f = lookup_format(j.w->type);
             const int64_t rows = j.w->rows;
-            int64_t chunk = n == 1 ? rows / (threads * 8) : int64_t((192 << 10) / j.w->row_bytes);
-            if (dequant && f->act != ActKind::F32) chunk = int64_t(dequant_rows_) & ~int64_t(3);
             const int64_t budget = kMaxTasks / int64_t(jobs.size());  // tasks this job may use
-            chunk = std::max({int64_t(16), chunk, (rows + budget - 1) / budget});
-            chunk = (chunk + 3) & ~int64_t(3);
+            int64_t chunk;
+            if (batch) {
+                chunk = panel_chunk(rows, budget);
+            } else {
+                chunk = std::max({int64_t(16), rows / (threads * 8), (rows + budget - 1) / budget});
+                chunk = (chunk + 3) & ~int64_t(3);
+            }
             for (int64_t r0 = 0; r0 < rows; r0 += chunk)
                 tasks_[size_t(n_tasks++)] = {&j, f, r0, std::min(rows, r0 + chunk)};
         }
-        // Token blocks sized so one block of activations stays in L2.
-        const int64_t tb = std::clamp<int64_t>((256 << 10) / (k * 4), 6, 96);
-        const FormatKernels* f16 = lookup_format(uint32_t(GgmlType::F16));
         pool_.parallel_for(n_tasks, [&](int64_t i, int thread) {
             const MatmulTask& task = tasks_[size_t(i)];
             const Matrix& w = *task.job->w;
             Epilogue ep;
             ep.bias = task.job->bias ? task.job->bias + task.r0 : nullptr;
             ep.accumulate = task.job->accumulate;
-            if (dequant && task.fmt->act != ActKind::F32) {
-                // In pieces of at most dequant_rows_ rows: the scratch holds no more.
-                uint16_t* rows = dequant_.data() + size_t(thread) * dequant_rows_ * size_t(k);
-                float* row = dequant_row_.data() + size_t(thread) * size_t(k);
-                for (int64_t s0 = task.r0; s0 < task.r1; s0 += int64_t(dequant_rows_)) {
-                    const int64_t s1 = std::min(task.r1, s0 + int64_t(dequant_rows_));
-                    for (int64_t r = s0; r < s1; ++r) {
-                        task.fmt->dequant_row(w.data + size_t(r) * w.row_bytes, row, k);
-                        to_f16(row, rows + (r - s0) * k, k);
-                    }
-                    Epilogue sub = ep;
-                    if (sub.bias) sub.bias += s0 - task.r0;
-                    for (int64_t t0 = 0; t0 < n; t0 += tb) {
-                        const int64_t nt = std::min<int64_t>(tb, n - t0);
-                        f16->gemm(reinterpret_cast<const uint8_t*>(rows), size_t(k) * sizeof(uint16_t), s1 - s0,
-                                  in + t0 * k, size_t(k) * sizeof(float), nt, k,
-                                  task.job->out + t0 * w.rows + s0, size_t(w.rows), sub);
-                    }
-                }
+            const uint8_t* rows = w.data + size_t(task.r0) * w.row_bytes;
+            float* out = task.job->out + task.r0;
+            if (batch) {
+                panel_gemm(*task.fmt, rows, w.row_bytes, task.r1 - task.r0, in, n, k, out,
+                           size_t(w.rows), ep, panel_[size_t(thread)]);
                 return;
             }
             const ActKind kind = task.fmt->act;
-            const uint8_t* act = kind == ActKind::F32 ? reinterpret_cast<const uint8_t*>(in)
-                                                      : act_[int(kind)].data();
-            const size_t act_stride = act_row_bytes(kind, k);
-            for (int64_t t0 = 0; t0 < n; t0 += tb) {
-                const int64_t nt = std::min<int64_t>(tb, n - t0);
-                task.fmt->gemm(w.data + size_t(task.r0) * w.row_bytes, w.row_bytes, task.r1 - task.r0,
-                               act + size_t(t0) * act_stride, act_stride, nt, k,
-                               task.job->out + t0 * w.rows + task.r0, size_t(w.rows), ep);
-            }
+            const void* act = kind == ActKind::F32 ? static_cast<const void*>(in) : act_[int(kind)].data();
+            task.fmt->gemv(rows, w.row_bytes, task.r1 - task.r0, act, k, out, ep);
         });
     }
 
@@ -247,11 +213,9 @@ private:
     ThreadPool pool_;
     std::vector<uint16_t> k16_, v16_;
     std::vector<float> k32_, v32_;
-    std::vector<uint8_t> act_[kActKinds];  // quantized inputs per ActKind (F32 unused)
+    std::vector<uint8_t> act_[kActKinds];  // one quantized input row per ActKind (F32 unused)
     std::vector<float> scores_;
-    std::vector<uint16_t> dequant_;  // per thread: dequant_rows_ F16 rows of the widest input
-    std::vector<float> dequant_row_;  // per thread: one float row on its way to F16
-    size_t dequant_rows_ = 0;
+    std::vector<PanelScratch> panel_;  // per thread
     std::vector<float> rope_cs_;
     std::vector<MatmulTask> tasks_;
 };

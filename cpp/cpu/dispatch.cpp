@@ -13,6 +13,10 @@ namespace metallic::cpu {
     const FormatKernels* lookup_format(uint32_t type);                                  \
     std::string format_names();                                                         \
     void quantize_act(ActKind kind, const float* x, void* out, int64_t n);              \
+    void panel_gemm_once(const FormatKernels& f, const uint8_t* w, size_t row_bytes,    \
+                         int64_t nrows, const float* a, int64_t n, int64_t k, float* out); \
+    double read_bandwidth(size_t bytes, int threads, int passes);                       \
+    double fma_peak(int threads, int passes);                                           \
     std::unique_ptr<Backend> create_backend(const ModelConfig& cfg, const CpuOptions&); \
     }
 METALLIC_DECLARE_ISA(generic)
@@ -55,6 +59,28 @@ void quantize_row(ActKind kind, const float* x, void* out, int64_t n) {
     if (use_avx2()) return avx2::quantize_act(kind, x, out, n);
 #endif
     generic::quantize_act(kind, x, out, n);
+}
+
+void batch_gemm(const FormatKernels& f, const uint8_t* w, size_t row_bytes, int64_t nrows,
+                const float* a, int64_t n, int64_t k, float* out) {
+#if defined(METALLIC_HAVE_AVX2_BUILD)
+    if (use_avx2()) return avx2::panel_gemm_once(f, w, row_bytes, nrows, a, n, k, out);
+#endif
+    generic::panel_gemm_once(f, w, row_bytes, nrows, a, n, k, out);
+}
+
+double read_bandwidth(size_t bytes, int threads, int passes) {
+#if defined(METALLIC_HAVE_AVX2_BUILD)
+    if (use_avx2()) return avx2::read_bandwidth(bytes, threads, passes);
+#endif
+    return generic::read_bandwidth(bytes, threads, passes);
+}
+
+double fma_peak(int threads, int passes) {
+#if defined(METALLIC_HAVE_AVX2_BUILD)
+    if (use_avx2()) return avx2::fma_peak(threads, passes);
+#endif
+    return generic::fma_peak(threads, passes);
 }
 
 const char* kernel_isa() {

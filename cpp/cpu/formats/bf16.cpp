@@ -1,5 +1,5 @@
 // BF16 weights: the top half of a float, widened by a shift.
-#include "cpu/formats/float_gemm.h"
+#include "cpu/formats/float_gemv.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
@@ -23,6 +23,6 @@ void dequant(const uint8_t* src, float* dst, int64_t n) {
 
 }  // namespace
 
-extern const FormatKernels kBF16 = {30, "BF16", 1, 2, ActKind::F32, dequant, float_gemm<BF16Format>};
+extern const FormatKernels kBF16 = {30, "BF16", 1, 2, ActKind::F32, dequant, float_gemv<BF16Format>};
 
 }  // namespace metallic::cpu::METALLIC_ISA

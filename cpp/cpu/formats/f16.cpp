@@ -1,5 +1,5 @@
 // F16 (IEEE half) weights, widened to float in registers.
-#include "cpu/formats/float_gemm.h"
+#include "cpu/formats/float_gemv.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
@@ -23,6 +23,6 @@ void dequant(const uint8_t* src, float* dst, int64_t n) {
 
 }  // namespace
 
-extern const FormatKernels kF16 = {1, "F16", 1, 2, ActKind::F32, dequant, float_gemm<F16Format>};
+extern const FormatKernels kF16 = {1, "F16", 1, 2, ActKind::F32, dequant, float_gemv<F16Format>};
 
 }  // namespace metallic::cpu::METALLIC_ISA

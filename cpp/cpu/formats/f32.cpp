@@ -1,5 +1,5 @@
 // F32 weights: used as stored.
-#include "cpu/formats/float_gemm.h"
+#include "cpu/formats/float_gemv.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
@@ -19,6 +19,6 @@ void dequant(const uint8_t* src, float* dst, int64_t n) { std::memcpy(dst, src, 
 
 }  // namespace
 
-extern const FormatKernels kF32 = {0, "F32", 1, 4, ActKind::F32, dequant, float_gemm<F32Format>};
+extern const FormatKernels kF32 = {0, "F32", 1, 4, ActKind::F32, dequant, float_gemv<F32Format>};
 
 }  // namespace metallic::cpu::METALLIC_ISA

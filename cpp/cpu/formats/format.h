@@ -1,10 +1,10 @@
 // The per-format kernel table. Each GGML weight format supplies one FormatKernels in its own
 // file under cpp/cpu/formats/; adding a format means adding one file and one line in table.cpp.
 //
-// A format declares which activation encoding it consumes (ActKind): float formats read the
-// float activations directly; block-quantized formats read activations quantized once per
-// matmul (shared by every weight that reads the same input) so their inner loop is an integer
-// dot product, as llama.cpp does on CPUs. Q8_0 takes int16 activations: on AVX2 that costs the
+// A format declares which activation encoding its one-token kernel consumes (ActKind): float
+// formats read the float activations directly; block-quantized formats read activations
+// quantized once per matmul (shared by every weight that reads the same input) so their inner
+// loop is an integer dot product, as llama.cpp does on CPUs. Q8_0 takes int16 activations: on AVX2 that costs the
 // same instructions as int8 (sign-extend instead of the sign trick) and removes the activation
 // rounding error, which otherwise adds ~3e-5 NMSE per matmul.
 #pragma once
@@ -60,12 +60,11 @@ struct FormatKernels {
     ActKind act;
     // Decodes n elements (a multiple of `block`) starting at a block boundary.
     void (*dequant_row)(const uint8_t* src, float* dst, int64_t n);
-    // For r < nrows and t < ntok: out[t * out_stride + r] = epilogue(dot(w row r, act t)).
-    // Rows of w are `row_bytes` apart; act rows are `act_stride` bytes apart and hold k values
-    // in the format's ActKind.
-    void (*gemm)(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act,
-                 size_t act_stride, int64_t ntok, int64_t k, float* out, size_t out_stride,
-                 const Epilogue& ep);
+    // One token (decode): for r < nrows, out[r] = epilogue(dot(w row r, act)). Rows of w are
+    // `row_bytes` apart; act holds k values in the format's ActKind. Batches of tokens run
+    // through cpu/panel_gemm.h instead, on dequant_row's floats.
+    void (*gemv)(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act, int64_t k,
+                 float* out, const Epilogue& ep);
 };
 
 // The kernels for a GGML type id on this CPU (best instruction set it supports), or null.
@@ -77,6 +76,11 @@ const char* kernel_isa();
 
 // Encodes one activation row of n floats in `kind` (n a multiple of its block).
 void quantize_row(ActKind kind, const float* x, void* out, int64_t n);
+
+// The batch product of cpu/panel_gemm.h with this CPU's kernel build, for the kernel tests:
+// out[t * nrows + r] = dot(W row r, a row t) for n tokens of k floats.
+void batch_gemm(const FormatKernels& f, const uint8_t* w, size_t row_bytes, int64_t nrows,
+                const float* a, int64_t n, int64_t k, float* out);
 
 // Bytes one activation row of k values takes in the given kind.
 inline size_t act_row_bytes(ActKind kind, int64_t k) {

@@ -1,6 +1,6 @@
 // Q2_K: 256 2-bit codes in 16 sub-blocks of 16, each with a 4-bit scale and a 4-bit min under
 // half factors d and dmin (84 bytes); x = (d * sc) * q - dmin * m.
-#include "cpu/formats/kquant_gemm.h"
+#include "cpu/formats/kquant_gemv.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
@@ -20,8 +20,7 @@ struct Q2_K {
         }
     }
 
-    template <int T>
-    static void dot(const uint8_t* p, const BlockQ8K* const* a, F8* acc) {
+    static F8 dot(const uint8_t* p, const BlockQ8K& a, F8 acc) {
         const BlockQ2_K& b = *reinterpret_cast<const BlockQ2_K*>(p);
         // Split the scale bytes into scales (low nibbles) and mins (high nibbles).
         int8_t sc[16], mn[16];
@@ -31,8 +30,7 @@ struct Q2_K {
             std::memcpy(sc + i, &s, 4);
             std::memcpy(mn + i, &m, 4);
         }
-        I32x8 dots[T];
-        for (int t = 0; t < T; ++t) dots[t] = zero_i32();
+        I32x8 dots = zero_i32();
         for (int h = 0; h < 2; ++h) {
             const I8x32 raw = load_u8x32(b.qs + 32 * h);
             const I8x32 q[4] = {bits_at<0>(raw, 3), bits_at<2>(raw, 3), bits_at<4>(raw, 3),
@@ -40,24 +38,20 @@ struct Q2_K {
             const I16x16 scales = widen_i8x8_twice(sc + 8 * h);
             for (int k = 0; k < 4; ++k) {
                 const I16x16 s = splat_lane_pair(scales, 2 * k);  // sub-blocks 8h + 2k, +1
-                for (int t = 0; t < T; ++t) {
-                    const I16x16 prod = maddubs(q[k], load_i8x32(a[t]->q + 128 * h + 32 * k));
-                    dots[t] = add_i32(dots[t], madd16(prod, s));
-                }
+                const I16x16 prod = maddubs(q[k], load_i8x32(a.q + 128 * h + 32 * k));
+                dots = add_i32(dots, madd16(prod, s));
             }
         }
         const I16x16 mins = widen_i8x16(mn);
         const float d = half_to_float(load_u16(&b.d)), dmin = half_to_float(load_u16(&b.dmin));
-        for (int t = 0; t < T; ++t) {
-            const I32x8 offs = madd16(load_i16x16(a[t]->bsums), mins);
-            acc[t] = kquant_combine(acc[t], dots[t], d, offs, -dmin, a[t]->d);
-        }
+        const I32x8 offs = madd16(load_i16x16(a.bsums), mins);
+        return kquant_combine(acc, dots, d, offs, -dmin, a.d);
     }
 };
 
 }  // namespace
 
 extern const FormatKernels kQ2_K = {10, "Q2_K", 256, Q2_K::kBytes, ActKind::Q8K,
-                                    kquant_dequant<Q2_K>, kquant_gemm<Q2_K>};
+                                    kquant_dequant<Q2_K>, kquant_gemv<Q2_K>};
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -1,7 +1,7 @@
 // Q3_K: 256 3-bit codes (2 low bits + a high-bit mask) in 16 sub-blocks of 16 with 6-bit
 // signed scales under a half factor (110 bytes); x = (d * (s - 32)) * (q - 4), where the
 // stored high bit is set when q >= 4.
-#include "cpu/formats/kquant_gemm.h"
+#include "cpu/formats/kquant_gemv.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
@@ -39,13 +39,11 @@ struct Q3_K {
         }
     }
 
-    template <int T>
-    static void dot(const uint8_t* p, const BlockQ8K* const* a, F8* acc) {
+    static F8 dot(const uint8_t* p, const BlockQ8K& a, F8 acc) {
         const BlockQ3_K& b = *reinterpret_cast<const BlockQ3_K*>(p);
         int8_t sc[16];
         unpack_scales(b.scales, sc);
-        I32x8 dots[T];
-        for (int t = 0; t < T; ++t) dots[t] = zero_i32();
+        I32x8 dots = zero_i32();
         I8x32 hm = load_u8x32(b.hmask);  // bit g feeds group g (32 elements); shifted down
         for (int h = 0; h < 2; ++h) {
             const I8x32 raw = load_u8x32(b.qs + 32 * h);
@@ -57,24 +55,20 @@ struct Q3_K {
                 const I8x32 u = or_i8(lo[k], shl_small<2>(bits_at<0>(hm, 1)));
                 hm = bits_at<1>(hm, 0x7f);
                 const I16x16 s = splat_lane_pair(scales, 2 * k);  // sub-blocks 8h + 2k, +1
-                for (int t = 0; t < T; ++t) {
-                    const I16x16 prod = maddubs(u, load_i8x32(a[t]->q + 128 * h + 32 * k));
-                    dots[t] = add_i32(dots[t], madd16(prod, s));
-                }
+                const I16x16 prod = maddubs(u, load_i8x32(a.q + 128 * h + 32 * k));
+                dots = add_i32(dots, madd16(prod, s));
             }
         }
         const I16x16 all = widen_i8x16(sc);
         const float d = half_to_float(load_u16(&b.d));
-        for (int t = 0; t < T; ++t) {
-            const I32x8 offs = madd16(load_i16x16(a[t]->bsums), all);
-            acc[t] = kquant_combine(acc[t], dots[t], d, offs, -4.0f * d, a[t]->d);
-        }
+        const I32x8 offs = madd16(load_i16x16(a.bsums), all);
+        return kquant_combine(acc, dots, d, offs, -4.0f * d, a.d);
     }
 };
 
 }  // namespace
 
 extern const FormatKernels kQ3_K = {11, "Q3_K", 256, Q3_K::kBytes, ActKind::Q8K,
-                                    kquant_dequant<Q3_K>, kquant_gemm<Q3_K>};
+                                    kquant_dequant<Q3_K>, kquant_gemv<Q3_K>};
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -1,6 +1,6 @@
 // Q4_0: 32 4-bit codes and a half scale (18 bytes); x = d * (q - 8).
 #include "cpu/formats/blocks.h"
-#include "cpu/formats/q32_gemm.h"
+#include "cpu/formats/q32_gemv.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
@@ -24,6 +24,6 @@ struct Q4_0 {
 }  // namespace
 
 extern const FormatKernels kQ4_0 = {2, "Q4_0", 32, Q4_0::kBytes, ActKind::Q8, q32_dequant<Q4_0>,
-                                    q32_gemm<Q4_0>};
+                                    q32_gemv<Q4_0>};
 
 }  // namespace metallic::cpu::METALLIC_ISA

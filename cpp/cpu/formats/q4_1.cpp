@@ -1,6 +1,6 @@
 // Q4_1: 32 4-bit codes, a half scale and a half minimum (20 bytes); x = d * q + m.
 #include "cpu/formats/blocks.h"
-#include "cpu/formats/q32_gemm.h"
+#include "cpu/formats/q32_gemv.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
@@ -25,6 +25,6 @@ struct Q4_1 {
 }  // namespace
 
 extern const FormatKernels kQ4_1 = {3, "Q4_1", 32, Q4_1::kBytes, ActKind::Q8, q32_dequant<Q4_1>,
-                                    q32_gemm<Q4_1>};
+                                    q32_gemv<Q4_1>};
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -1,6 +1,6 @@
 // Q4_K: 256 4-bit codes in 8 sub-blocks of 32, each with a 6-bit scale and a 6-bit min under
 // half factors d and dmin (144 bytes); x = (d * sc) * q - dmin * m.
-#include "cpu/formats/kquant_gemm.h"
+#include "cpu/formats/kquant_gemv.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
@@ -22,36 +22,30 @@ struct Q4_K {
         }
     }
 
-    template <int T>
-    static void dot(const uint8_t* p, const BlockQ8K* const* a, F8* acc) {
+    static F8 dot(const uint8_t* p, const BlockQ8K& a, F8 acc) {
         const BlockQ4_K& b = *reinterpret_cast<const BlockQ4_K*>(p);
         uint64_t sc, mn;
         unpack_scales_k4(b.scales, &sc, &mn);
         const I16x16 scales = widen_u8x8_twice(sc);
-        I32x8 dots[T];
-        for (int t = 0; t < T; ++t) dots[t] = zero_i32();
+        I32x8 dots = zero_i32();
         for (int c = 0; c < 4; ++c) {  // 64 elements: sub-blocks 2c (low nibbles), 2c + 1
             const I8x32 raw = load_u8x32(b.qs + 32 * c);
             const I8x32 lo = bits_at<0>(raw, 0x0f), hi = bits_at<4>(raw, 0x0f);
             const I16x16 s_lo = splat_lane(scales, 2 * c), s_hi = splat_lane(scales, 2 * c + 1);
-            for (int t = 0; t < T; ++t) {
-                const I32x8 x = madd16(maddubs(lo, load_i8x32(a[t]->q + 64 * c)), s_lo);
-                const I32x8 y = madd16(maddubs(hi, load_i8x32(a[t]->q + 64 * c + 32)), s_hi);
-                dots[t] = add_i32(dots[t], add_i32(x, y));
-            }
+            const I32x8 x = madd16(maddubs(lo, load_i8x32(a.q + 64 * c)), s_lo);
+            const I32x8 y = madd16(maddubs(hi, load_i8x32(a.q + 64 * c + 32)), s_hi);
+            dots = add_i32(dots, add_i32(x, y));
         }
         const I16x16 mins = widen_u8x8_pairs(mn);
         const float d = half_to_float(load_u16(&b.d)), dmin = half_to_float(load_u16(&b.dmin));
-        for (int t = 0; t < T; ++t) {
-            const I32x8 offs = madd16(load_i16x16(a[t]->bsums), mins);
-            acc[t] = kquant_combine(acc[t], dots[t], d, offs, -dmin, a[t]->d);
-        }
+        const I32x8 offs = madd16(load_i16x16(a.bsums), mins);
+        return kquant_combine(acc, dots, d, offs, -dmin, a.d);
     }
 };
 
 }  // namespace
 
 extern const FormatKernels kQ4_K = {12, "Q4_K", 256, Q4_K::kBytes, ActKind::Q8K,
-                                    kquant_dequant<Q4_K>, kquant_gemm<Q4_K>};
+                                    kquant_dequant<Q4_K>, kquant_gemv<Q4_K>};
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -1,7 +1,7 @@
 // Q5_0: 32 5-bit codes (low nibbles + a 32-bit mask of fifth bits) and a half scale
 // (22 bytes); x = d * (q - 16).
 #include "cpu/formats/blocks.h"
-#include "cpu/formats/q32_gemm.h"
+#include "cpu/formats/q32_gemv.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
@@ -30,6 +30,6 @@ struct Q5_0 {
 }  // namespace
 
 extern const FormatKernels kQ5_0 = {6, "Q5_0", 32, Q5_0::kBytes, ActKind::Q8, q32_dequant<Q5_0>,
-                                    q32_gemm<Q5_0>};
+                                    q32_gemv<Q5_0>};
 
 }  // namespace metallic::cpu::METALLIC_ISA

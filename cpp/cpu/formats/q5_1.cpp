@@ -1,6 +1,6 @@
 // Q5_1: 32 5-bit codes, a half scale and a half minimum (24 bytes); x = d * q + m.
 #include "cpu/formats/blocks.h"
-#include "cpu/formats/q32_gemm.h"
+#include "cpu/formats/q32_gemv.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
@@ -30,6 +30,6 @@ struct Q5_1 {
 }  // namespace
 
 extern const FormatKernels kQ5_1 = {7, "Q5_1", 32, Q5_1::kBytes, ActKind::Q8, q32_dequant<Q5_1>,
-                                    q32_gemm<Q5_1>};
+                                    q32_gemv<Q5_1>};
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -1,5 +1,5 @@
 // Q5_K: Q4_K plus a fifth bit per code (176 bytes); x = (d * sc) * q - dmin * m, q in 0..31.
-#include "cpu/formats/kquant_gemm.h"
+#include "cpu/formats/kquant_gemv.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
@@ -24,14 +24,12 @@ struct Q5_K {
         }
     }
 
-    template <int T>
-    static void dot(const uint8_t* p, const BlockQ8K* const* a, F8* acc) {
+    static F8 dot(const uint8_t* p, const BlockQ8K& a, F8 acc) {
         const BlockQ5_K& b = *reinterpret_cast<const BlockQ5_K*>(p);
         uint64_t sc, mn;
         unpack_scales_k4(b.scales, &sc, &mn);
         const I16x16 scales = widen_u8x8_twice(sc);
-        I32x8 dots[T];
-        for (int t = 0; t < T; ++t) dots[t] = zero_i32();
+        I32x8 dots = zero_i32();
         I8x32 high = load_u8x32(b.qh);  // bits 2c and 2c + 1 feed sub-blocks 2c, 2c + 1
         for (int c = 0; c < 4; ++c) {
             const I8x32 raw = load_u8x32(b.qs + 32 * c);
@@ -39,24 +37,20 @@ struct Q5_K {
             const I8x32 hi = or_i8(bits_at<4>(raw, 0x0f), shl_small<3>(bits_at<0>(high, 0x02)));
             high = bits_at<2>(high, 0x3f);
             const I16x16 s_lo = splat_lane(scales, 2 * c), s_hi = splat_lane(scales, 2 * c + 1);
-            for (int t = 0; t < T; ++t) {
-                const I32x8 x = madd16(maddubs(lo, load_i8x32(a[t]->q + 64 * c)), s_lo);
-                const I32x8 y = madd16(maddubs(hi, load_i8x32(a[t]->q + 64 * c + 32)), s_hi);
-                dots[t] = add_i32(dots[t], add_i32(x, y));
-            }
+            const I32x8 x = madd16(maddubs(lo, load_i8x32(a.q + 64 * c)), s_lo);
+            const I32x8 y = madd16(maddubs(hi, load_i8x32(a.q + 64 * c + 32)), s_hi);
+            dots = add_i32(dots, add_i32(x, y));
         }
         const I16x16 mins = widen_u8x8_pairs(mn);
         const float d = half_to_float(load_u16(&b.d)), dmin = half_to_float(load_u16(&b.dmin));
-        for (int t = 0; t < T; ++t) {
-            const I32x8 offs = madd16(load_i16x16(a[t]->bsums), mins);
-            acc[t] = kquant_combine(acc[t], dots[t], d, offs, -dmin, a[t]->d);
-        }
+        const I32x8 offs = madd16(load_i16x16(a.bsums), mins);
+        return kquant_combine(acc, dots, d, offs, -dmin, a.d);
     }
 };
 
 }  // namespace
 
 extern const FormatKernels kQ5_K = {13, "Q5_K", 256, Q5_K::kBytes, ActKind::Q8K,
-                                    kquant_dequant<Q5_K>, kquant_gemm<Q5_K>};
+                                    kquant_dequant<Q5_K>, kquant_gemv<Q5_K>};
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -1,6 +1,6 @@
 // Q6_K: 256 6-bit codes in 16 sub-blocks of 16 with int8 scales under a half factor
 // (210 bytes); x = (d * sc) * (q - 32).
-#include "cpu/formats/kquant_gemm.h"
+#include "cpu/formats/kquant_gemv.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
@@ -26,11 +26,9 @@ struct Q6_K {
                 }
     }
 
-    template <int T>
-    static void dot(const uint8_t* p, const BlockQ8K* const* a, F8* acc) {
+    static F8 dot(const uint8_t* p, const BlockQ8K& a, F8 acc) {
         const BlockQ6_K& b = *reinterpret_cast<const BlockQ6_K*>(p);
-        I32x8 dots[T];
-        for (int t = 0; t < T; ++t) dots[t] = zero_i32();
+        I32x8 dots = zero_i32();
         for (int h = 0; h < 2; ++h) {
             const I8x32 ql0 = load_u8x32(b.ql + 64 * h), ql1 = load_u8x32(b.ql + 64 * h + 32);
             const I8x32 qh = load_u8x32(b.qh + 32 * h);
@@ -43,25 +41,21 @@ struct Q6_K {
             const I16x16 scales = widen_i8x8_twice(b.scales + 8 * h);
             for (int k = 0; k < 4; ++k) {
                 const I16x16 s = splat_lane_pair(scales, 2 * k);  // sub-blocks 8h + 2k, +1
-                for (int t = 0; t < T; ++t) {
-                    const I16x16 prod = maddubs(q[k], load_i8x32(a[t]->q + 128 * h + 32 * k));
-                    dots[t] = add_i32(dots[t], madd16(prod, s));
-                }
+                const I16x16 prod = maddubs(q[k], load_i8x32(a.q + 128 * h + 32 * k));
+                dots = add_i32(dots, madd16(prod, s));
             }
         }
         // The -32 of every code: -32 * sum_i sc_i * bsum_i.
         const I16x16 all = widen_i8x16(b.scales);
         const float d = half_to_float(load_u16(&b.d));
-        for (int t = 0; t < T; ++t) {
-            const I32x8 offs = madd16(load_i16x16(a[t]->bsums), all);
-            acc[t] = kquant_combine(acc[t], dots[t], d, offs, -32.0f * d, a[t]->d);
-        }
+        const I32x8 offs = madd16(load_i16x16(a.bsums), all);
+        return kquant_combine(acc, dots, d, offs, -32.0f * d, a.d);
     }
 };
 
 }  // namespace
 
 extern const FormatKernels kQ6_K = {14, "Q6_K", 256, Q6_K::kBytes, ActKind::Q8K,
-                                    kquant_dequant<Q6_K>, kquant_gemm<Q6_K>};
+                                    kquant_dequant<Q6_K>, kquant_gemv<Q6_K>};
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -592,3 +592,32 @@ inline I16x16 splat_lane_pair(I16x16 v, int j) {
 #endif
 
 }  // namespace metallic::cpu::METALLIC_ISA
+
+namespace metallic::cpu::METALLIC_ISA {
+
+// dst[j * dst_stride + i] = src[i * src_stride + j] for an 8 x 8 block of floats.
+inline void transpose8x8(const float* src, size_t src_stride, float* dst, size_t dst_stride) {
+#if defined(METALLIC_ISA_AVX2)
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(dst + i * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (i + 4) * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    }
+#else
+    for (int i = 0; i < 8; ++i)
+        for (int j = 0; j < 8; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+#endif
+}
+
+}  // namespace metallic::cpu::METALLIC_ISA

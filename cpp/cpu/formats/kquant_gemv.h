@@ -1,0 +1,66 @@
+// The one-token kernel shared by the K-quants (Q2_K .. Q6_K) on 256-element int8 activation
+// blocks (ActKind::Q8K).
+//
+// A K-quant super-block holds 256 codes in sub-blocks of 16 or 32 with small integer scales
+// (and mins or a fixed offset) under one or two half factors. Against an activation block
+// (da, qa, bsums) the dot product is
+//     d da * sum_j sc_j dot_j(q, qa)  +  (offset factor) da * sum_j m_j bsum_j
+// Both sums are exact integer work (vpmaddubsw for dot_j, vpmaddwd to apply sc_j or m_j), so
+// a super-block costs two int->float conversions and two FMAs.
+//
+// A format supplies kBytes, dequant_block(block, 256 floats) and
+//   dot(block, a, acc) -> acc + the 8-lane partial dot of the block with activation block a.
+#pragma once
+
+#include "cpu/formats/blocks.h"
+#include "cpu/formats/simd.h"
+
+namespace metallic::cpu::METALLIC_ISA {
+
+constexpr int64_t kAheadBytes = 1024;
+
+// One row at a time, a single linear stream per thread (see q32_gemv.h).
+template <class Fmt>
+void kquant_gemv(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act, int64_t k,
+                 float* out, const Epilogue& ep) {
+    const BlockQ8K* a = static_cast<const BlockQ8K*>(act);
+    const int64_t nsb = k / 256;
+    for (int64_t r = 0; r < nrows; ++r) {
+        const uint8_t* row = w + r * row_bytes;
+        F8 acc = zero8();
+        for (int64_t b = 0; b < nsb; ++b) {
+            // Prefetching ~1 KB ahead hides the DRAM latency the out-of-order window cannot.
+            const uint8_t* blk = row + b * Fmt::kBytes;
+            for (int64_t line = 0; line < Fmt::kBytes; line += 64) __builtin_prefetch(blk + kAheadBytes + line);
+            acc = Fmt::dot(blk, a[b], acc);
+        }
+        out[r] = apply_epilogue(hsum8(acc), ep, r, out + r);
+    }
+}
+
+template <class Fmt>
+void kquant_dequant(const uint8_t* src, float* dst, int64_t n) {
+    for (int64_t b = 0; b < n / 256; ++b) Fmt::dequant_block(src + b * Fmt::kBytes, dst + b * 256);
+}
+
+// acc + to_float(dots) * (d * da) + to_float(offs) * (doff * da) for the usual two terms.
+inline F8 kquant_combine(F8 acc, I32x8 dots, float d, I32x8 offs, float doff, float da) {
+    acc = fma8(to_f8(dots), splat8(d * da), acc);
+    return fma8(to_f8(offs), splat8(doff * da), acc);
+}
+
+// The 6-bit scales and mins of Q4_K/Q5_K, packed in 12 bytes: bytes 0..3 hold scales 0..3
+// (low 6 bits) and the top bits of scales 4..7, bytes 4..7 the same for mins, bytes 8..11 the
+// low 4 bits of scales 4..7 (low nibble) and mins 4..7 (high nibble). Unpacked four at a time
+// in 32-bit words; returns 8 scale bytes and 8 min bytes (byte j = sub-block j).
+inline void unpack_scales_k4(const uint8_t* s, uint64_t* sc, uint64_t* mn) {
+    const uint32_t a = load_u32(s), b = load_u32(s + 4), c = load_u32(s + 8);
+    const uint32_t sc_lo = a & 0x3f3f3f3f;
+    const uint32_t mn_lo = b & 0x3f3f3f3f;
+    const uint32_t sc_hi = (c & 0x0f0f0f0f) | ((a >> 2) & 0x30303030);
+    const uint32_t mn_hi = ((c >> 4) & 0x0f0f0f0f) | ((b >> 2) & 0x30303030);
+    *sc = sc_lo | uint64_t(sc_hi) << 32;
+    *mn = mn_lo | uint64_t(mn_hi) << 32;
+}
+
+}  // namespace metallic::cpu::METALLIC_ISA
