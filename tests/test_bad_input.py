@@ -215,7 +215,9 @@ def test_bad_load_options(small_gguf: Path) -> None:
     with pytest.raises(ValueError, match="unknown backend 'gpu'"):
         metallic.load(small_gguf, backend="gpu")
     if not _core.metal_available():
-        with pytest.raises(ValueError, match="backend 'metal' is not available: this machine has no Metal GPU"):
+        with pytest.raises(
+            ValueError, match="backend 'metal' is not available: this machine has no Metal GPU"
+        ):
             metallic.load(small_gguf, backend="metal")
     with pytest.raises(ValueError, match="n_ctx"):
         metallic.load(small_gguf, n_ctx=0)

@@ -32,7 +32,7 @@ CONVERSATIONS = {
         SYSTEM,
         {"role": "user", "content": "Name a color."},
         {"role": "assistant", "content": "Blue."},
-        {"role": "user", "content": "Another one, in <b>bold</b> & \"quotes\"."},
+        {"role": "user", "content": 'Another one, in <b>bold</b> & "quotes".'},
     ],
     "no_system_multi": [
         {"role": "user", "content": "  padded  \n"},
@@ -224,7 +224,9 @@ def test_builtin_multi_turn_and_generation_prompt_off() -> None:
         ' Blue. </s><s>[INST] Another one, in <b>bold</b> & "quotes". [/INST]'
     )
     assert render_chat(
-        BUILTIN_TEMPLATES["llama3"], messages[:3], add_generation_prompt=False,
+        BUILTIN_TEMPLATES["llama3"],
+        messages[:3],
+        add_generation_prompt=False,
         bos_token="<|begin_of_text|>",
     ) == (
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
@@ -319,8 +321,9 @@ def test_choose_without_template_tells_how_to_pass_one() -> None:
 
 def test_override_wins(tmp_path: Path) -> None:
     assert choose_template(SMOL_META, "llama3")[0] == BUILTIN_TEMPLATES["llama3"]
-    assert choose_template({"general.architecture": "gemma3"}, "chatml")[0] == (
-        BUILTIN_TEMPLATES["chatml"]
+    assert (
+        choose_template({"general.architecture": "gemma3"}, "chatml")[0]
+        == BUILTIN_TEMPLATES["chatml"]
     )
     source, origin = choose_template(SMOL_META, "{{ 'inline' }}")
     assert source == "{{ 'inline' }}" and "text" in origin
@@ -334,8 +337,14 @@ def test_override_wins(tmp_path: Path) -> None:
     config.write_text(json.dumps({"chat_template": "{{ 'from json' }}"}), encoding="utf-8")
     assert choose_template({}, str(config))[0] == "{{ 'from json' }}"
     config.write_text(
-        json.dumps({"chat_template": [{"name": "tool_use", "template": "{{ 't' }}"},
-                                      {"name": "default", "template": "{{ 'd' }}"}]}),
+        json.dumps(
+            {
+                "chat_template": [
+                    {"name": "tool_use", "template": "{{ 't' }}"},
+                    {"name": "default", "template": "{{ 'd' }}"},
+                ]
+            }
+        ),
         encoding="utf-8",
     )
     assert choose_template({}, str(config))[0] == "{{ 'd' }}"

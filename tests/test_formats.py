@@ -22,8 +22,21 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-         "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+TYPES = [
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+]
 TOKENS = [1, 2, 3, 5, 7, 13]  # token tiles of 6: full, ragged, and fewer than one
 ROWS = 37  # two full 16-row panels and a ragged one
 
@@ -42,8 +55,8 @@ def make_case(name: str, rng: np.random.Generator) -> dict:
         raw = rng.integers(0, 256, size=(ROWS, cols // block, block_bytes), dtype=np.uint8)
         for off in HALF_OFFSETS[name]:
             # Scales of both signs over two decades: negative dmin and d occur in real files.
-            h = (rng.uniform(1e-3, 3e-2, size=raw.shape[:2]) * rng.choice([-1, 1], raw.shape[:2]))
-            raw[:, :, off:off + 2] = h.astype(np.float16).view(np.uint8).reshape(ROWS, -1, 2)
+            h = rng.uniform(1e-3, 3e-2, size=raw.shape[:2]) * rng.choice([-1, 1], raw.shape[:2])
+            raw[:, :, off : off + 2] = h.astype(np.float16).view(np.uint8).reshape(ROWS, -1, 2)
         w = raw.reshape(ROWS, -1)
     else:
         w = np.asarray(quants.quantize(rng.standard_normal((ROWS, cols)).astype(np.float32), qtype))
@@ -67,7 +80,9 @@ def compute(cases: dict) -> dict:
         out[name, "deq"] = _core.kernel_dequant(c["type"], w.reshape(-1), ROWS * c["cols"])
         for n, a in c["acts"].items():
             out[name, n] = _core.kernel_gemm(c["type"], w.reshape(-1), ROWS, c["cols"], a, False)
-            out[name, n, "batch"] = _core.kernel_gemm(c["type"], w.reshape(-1), ROWS, c["cols"], a, True)
+            out[name, n, "batch"] = _core.kernel_gemm(
+                c["type"], w.reshape(-1), ROWS, c["cols"], a, True
+            )
     return out
 
 
@@ -86,8 +101,12 @@ def unflatten(flat) -> dict:
         w = flat[f"{name}/w"]
         qtype = Q[name]
         block, block_bytes = quants.GGML_QUANT_SIZES[qtype]
-        cases[name] = {"type": int(qtype), "w": w, "cols": w.shape[1] // block_bytes * block,
-                       "acts": {n: flat[f"{name}/act{n}"] for n in TOKENS}}
+        cases[name] = {
+            "type": int(qtype),
+            "w": w,
+            "cols": w.shape[1] // block_bytes * block,
+            "acts": {n: flat[f"{name}/act{n}"] for n in TOKENS},
+        }
     return cases
 
 
@@ -103,8 +122,12 @@ def results(request, cases, tmp_path_factory):
     d = tmp_path_factory.mktemp("generic")
     np.savez(d / "in.npz", **flatten(cases))
     env = dict(os.environ, METALLIC_FORCE_GENERIC="1")
-    subprocess.run([sys.executable, __file__, str(d / "in.npz"), str(d / "out.npz")],
-                   env=env, check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, __file__, str(d / "in.npz"), str(d / "out.npz")],
+        env=env,
+        check=True,
+        timeout=300,
+    )
     flat = np.load(d / "out.npz")
     out = {"isa": str(flat["isa"])}
     for name in TYPES:
@@ -127,8 +150,10 @@ def test_dequant_matches_gguf_bit_for_bit(name, cases, results):
     got = results[name, "deq"]
     assert got.dtype == np.float32 and got.shape == ref.shape
     mismatch = np.flatnonzero(got.view(np.uint32) != ref.view(np.uint32))
-    assert mismatch.size == 0, f"{mismatch.size} values differ, first at {mismatch[0]}: " \
-                               f"{got[mismatch[0]]!r} vs {ref[mismatch[0]]!r}"
+    assert mismatch.size == 0, (
+        f"{mismatch.size} values differ, first at {mismatch[0]}: "
+        f"{got[mismatch[0]]!r} vs {ref[mismatch[0]]!r}"
+    )
 
 
 @pytest.mark.parametrize("name", TYPES)

@@ -1,5 +1,6 @@
-"""The clang C++-for-OpenCL address-space check of metal/*.metal (.ci/check_metal_address_spaces.py):
-the real kernels pass, and the mistakes the simulator cannot see are caught with their lines."""
+"""The clang C++-for-OpenCL address-space check of metal/*.metal
+(.ci/check_metal_address_spaces.py): the real kernels pass, and the mistakes the simulator cannot
+see are caught with their lines."""
 
 import os
 import shutil
@@ -10,7 +11,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, ".ci", "check_metal_address_spaces.py")
-NEGATIVE = os.path.join(ROOT, "tests", "metal_kernels", "opencl_negative", "address_space_mistakes.metal")
+NEGATIVE = os.path.join(
+    ROOT, "tests", "metal_kernels", "opencl_negative", "address_space_mistakes.metal"
+)
 
 # CI installs clang (.ci/run) and must run this check; elsewhere it is optional.
 pytestmark = pytest.mark.skipif(
@@ -20,7 +23,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def run(*files):
-    return subprocess.run([sys.executable, SCRIPT, *files], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, SCRIPT, *files], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_metal_kernels_pass():
@@ -43,6 +48,10 @@ def test_address_space_mistakes_are_caught():
 def test_gpu_metal_mm_type_checks_against_the_api_stubs():
     """cpp/metal/gpu_metal.mm (compiled only on Apple) as Objective-C++ with ARC against
     .ci/metal_objc_stubs: catches syntax, C++ and selector mistakes before a Mac sees the file."""
-    p = subprocess.run([sys.executable, os.path.join(ROOT, ".ci", "check_gpu_metal.py")],
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, ".ci", "check_gpu_metal.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout + p.stderr

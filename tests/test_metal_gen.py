@@ -1,4 +1,5 @@
-"""cpp/metal/sim/gen_kernels.py: the source rewrite keeps lines, and every instantiation form is found."""
+"""cpp/metal/sim/gen_kernels.py: the source rewrite keeps lines, and every instantiation form is
+found."""
 
 import os
 import sys
@@ -7,7 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "cpp", "metal", "sim"))
 import gen_kernels  # noqa: E402
 
-SAMPLE = '''#include <metal_stdlib>
+SAMPLE = """#include <metal_stdlib>
 using namespace metal;
 constant bool has_bias [[function_constant(2)]];
 // kernel void commented_out(device float* x [[buffer(0)]]) {}
@@ -25,10 +26,12 @@ kernel void k(device const T* x [[buffer(0)]],
 typedef decltype(k<float, 4>) k_t;
 template [[host_name("k_a")]] [[kernel]] decltype(k<float, 4>) k<float, 4>;
 template [[host_name("k_b")]] kernel k_t k<half, 8>;
-template [[host_name("k_c")]] kernel void k<float, 2>(device const float*, constant int&, threadgroup float*,
-                                                      uint2, ushort);
-kernel void plain(device float* out [[buffer(1)]], uint i [[thread_position_in_grid]]) { out[i] = 0; }
-'''
+template [[host_name("k_c")]] kernel void k<float, 2>(device const float*, constant int&,
+                                                      threadgroup float*, uint2, ushort);
+kernel void plain(device float* out [[buffer(1)]], uint i [[thread_position_in_grid]]) {
+    out[i] = 0;
+}
+"""
 
 
 def test_rewrite_keeps_lines_and_rewrites_what_it_must():
@@ -52,9 +55,15 @@ def test_finds_every_instantiation_form():
     assert set(by_host) == {"k_a", "k_b", "k_c", "plain"}
     assert by_host["k_a"][0] == "k<float, 4>" and by_host["k_b"][0] == "k<half, 8>"
     assert by_host["k_c"][0] == "k<float, 2>"
-    assert by_host["k_a"][1] == [("ptr", 0), ("ref", 3), ("tg", 1), ("builtin", "threadgroup_position_in_grid"),
-                                 ("builtin", "thread_index_in_simdgroup")]
-    assert by_host["k_c"][1] == by_host["k_a"][1]  # unattributed instantiation: the definition's attributes
+    assert by_host["k_a"][1] == [
+        ("ptr", 0),
+        ("ref", 3),
+        ("tg", 1),
+        ("builtin", "threadgroup_position_in_grid"),
+        ("builtin", "thread_index_in_simdgroup"),
+    ]
+    # unattributed instantiation: the definition's attributes
+    assert by_host["k_c"][1] == by_host["k_a"][1]
     assert by_host["plain"][1] == [("ptr", 1), ("builtin", "thread_position_in_grid")]
-    assert by_host["plain"][2] == SAMPLE.splitlines().index(
-        next(s for s in SAMPLE.splitlines() if s.startswith("kernel void plain"))) + 1
+    plain = next(s for s in SAMPLE.splitlines() if s.startswith("kernel void plain"))
+    assert by_host["plain"][2] == SAMPLE.splitlines().index(plain) + 1

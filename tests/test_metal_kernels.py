@@ -8,18 +8,26 @@ from metal_sim_helpers import argmax, gemv, matmul, nmse, rmsnorm
 rng = np.random.default_rng(1234)
 
 
-@pytest.mark.parametrize("n,d,tg", [(1, 896, 256), (3, 64, 32), (2, 1000, 128), (4, 37, 64), (1, 4096, 1024), (2, 5, 96)])
+@pytest.mark.parametrize(
+    "n,d,tg", [(1, 896, 256), (3, 64, 32), (2, 1000, 128), (4, 37, 64), (1, 4096, 1024), (2, 5, 96)]
+)
 @pytest.mark.parametrize("wtype", [np.float32, np.float16])
 def test_rmsnorm(n, d, tg, wtype):
     x = rng.standard_normal((n, d)).astype(np.float32)
     w = (1 + 0.1 * rng.standard_normal(d)).astype(wtype)
     eps = 1e-6
-    ref = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=1, keepdims=True) + eps) * w.astype(np.float64)
+    ref = (
+        x
+        / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=1, keepdims=True) + eps)
+        * w.astype(np.float64)
+    )
     got = rmsnorm(x, w, eps, tg)
     assert nmse(got, ref) < 1e-6
 
 
-@pytest.mark.parametrize("rows,cols", [(896, 896), (7, 64), (13, 40), (5, 37), (64, 1000), (1, 256), (3, 8)])
+@pytest.mark.parametrize(
+    "rows,cols", [(896, 896), (7, 64), (13, 40), (5, 37), (64, 1000), (1, 256), (3, 8)]
+)
 @pytest.mark.parametrize("wtype", [np.float32, np.float16])
 def test_gemv(rows, cols, wtype):
     w = rng.standard_normal((rows, cols)).astype(wtype)
@@ -39,7 +47,9 @@ def test_gemv_tokens_and_layouts():
         assert nmse(gemv(w, x, nsg=nsg), ref) < 1e-9
 
 
-@pytest.mark.parametrize("m,n,k", [(32, 32, 32), (1, 8, 8), (17, 45, 70), (64, 96, 128), (5, 3, 200), (33, 31, 9)])
+@pytest.mark.parametrize(
+    "m,n,k", [(32, 32, 32), (1, 8, 8), (17, 45, 70), (64, 96, 128), (5, 3, 200), (33, 31, 9)]
+)
 @pytest.mark.parametrize("wtype", [np.float32, np.float16])
 def test_matmul_simdgroup(m, n, k, wtype):
     a = rng.standard_normal((m, k)).astype(np.float32)
@@ -50,7 +60,9 @@ def test_matmul_simdgroup(m, n, k, wtype):
     assert nmse(got, ref) < 1e-10
 
 
-@pytest.mark.parametrize("rows,n,tg", [(1, 151936, 1024), (3, 1000, 256), (2, 31, 64), (4, 1, 32), (1, 5000, 96)])
+@pytest.mark.parametrize(
+    "rows,n,tg", [(1, 151936, 1024), (3, 1000, 256), (2, 31, 64), (4, 1, 32), (1, 5000, 96)]
+)
 def test_argmax(rows, n, tg):
     x = rng.standard_normal((rows, n)).astype(np.float32)
     assert np.array_equal(argmax(x, tg), np.argmax(x, axis=1))

@@ -47,7 +47,7 @@ def random_k_blocks(rows, cols, fmt):
     raw = rng.integers(0, 256, (rows, cols // 256, nbytes), dtype=np.uint8)
     for off in half_at:
         scale = (rng.uniform(0.5, 1.5, raw.shape[:2]) / 64).astype(np.float16)
-        raw[:, :, off:off + 2] = scale.view(np.uint8).reshape(rows, cols // 256, 2)
+        raw[:, :, off : off + 2] = scale.view(np.uint8).reshape(rows, cols // 256, 2)
     return raw.reshape(rows, -1)
 
 
@@ -76,7 +76,9 @@ def run_linear(kind, fmt, w_raw, x, out, bias, flags):
     bufs = [a, w_raw, x, out, bias if bias is not None else out]
     if kind == "matvec":
         bufs.append(x)  # norm weight, unread without the fused norm
-        core.sim_dispatch(f"matvec_{fmt}", bufs, [ceil_div(rows, 8), n], [128], constants=matvec_constants())
+        core.sim_dispatch(
+            f"matvec_{fmt}", bufs, [ceil_div(rows, 8), n], [128], constants=matvec_constants()
+        )
     else:
         core.sim_dispatch(f"gemm_{fmt}", bufs, [ceil_div(rows, 32), ceil_div(n, 32)], [128])
 
@@ -95,7 +97,9 @@ def shapes_for(fmt, float_shapes, block_shapes):
 @pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("kind", ["matvec", "gemm"])
 def test_linear(kind, fmt):
-    shapes = shapes_for(fmt, [(7, 64), (13, 40), (5, 37), (33, 96), (1, 8)], [(7, 64), (13, 96), (37, 256), (1, 32)])
+    shapes = shapes_for(
+        fmt, [(7, 64), (13, 40), (5, 37), (33, 96), (1, 8)], [(7, 64), (13, 96), (37, 256), (1, 32)]
+    )
     tokens = (1, 2) if kind == "matvec" else (2, 17, 33)
     for rows, cols in shapes:
         w_raw, w_ref = encode(rng.standard_normal((rows, cols)), fmt)
@@ -119,7 +123,7 @@ def test_matvec_jobs(fmt, n_jobs):
     biases = [rng.standard_normal(r).astype(np.float32) for r in rows]
     flags = [1, 0, 3][:n_jobs]  # bias; plain; bias + accumulate
     refs = []
-    for (raw, ref), out, b, f in zip(ws, outs, biases, flags):
+    for (_raw, ref), out, b, f in zip(ws, outs, biases, flags, strict=True):
         want = x.astype(np.float64) @ ref.T
         if f & 1:
             want = want + b
@@ -131,9 +135,18 @@ def test_matvec_jobs(fmt, n_jobs):
     first += [first[-1]] * (4 - len(first))
     pad = lambda v, fill: v + [fill] * (3 - len(v))  # noqa: E731
     a = args("ii3i3i4iQ", cols, n_jobs, *pad(rows, 0), *pad(flags, 0), *first, ws[0][0].shape[1])
-    bufs = [a, *pad([w[0] for w in ws], ws[0][0]), x, *pad(outs, outs[0]), *pad(biases, biases[0]), x]
-    core.sim_dispatch(f"matvec_jobs_{fmt}", bufs, [sum(groups)], [128], constants=matvec_constants())
-    for out, want in zip(outs, refs):
+    bufs = [
+        a,
+        *pad([w[0] for w in ws], ws[0][0]),
+        x,
+        *pad(outs, outs[0]),
+        *pad(biases, biases[0]),
+        x,
+    ]
+    core.sim_dispatch(
+        f"matvec_jobs_{fmt}", bufs, [sum(groups)], [128], constants=matvec_constants()
+    )
+    for out, want in zip(outs, refs, strict=True):
         assert nmse(out, want) < 1e-10
 
 
@@ -147,23 +160,40 @@ def test_matvec_family_with_fused_rmsnorm(fmt):
     xd = x.astype(np.float64)
     h = xd / np.sqrt(np.mean(xd**2) + eps) * nw
     c = matvec_constants(norm_eps=eps)
-    (g_raw, g_ref), (u_raw, u_ref), (v_raw, v_ref) = (encode(rng.standard_normal((r, cols)), fmt) for r in (21, 21, 9))
+    (g_raw, g_ref), (u_raw, u_ref), (v_raw, v_ref) = (
+        encode(rng.standard_normal((r, cols)), fmt) for r in (21, 21, 9)
+    )
 
     out = np.full((1, 21), np.nan, np.float32)
-    core.sim_dispatch(f"matvec_{fmt}", [linear_args(21, cols, 1, 0, g_raw.shape[1]), g_raw, x, out, out, nw],
-                      [ceil_div(21, 8), 1], [128], constants=c)
+    core.sim_dispatch(
+        f"matvec_{fmt}",
+        [linear_args(21, cols, 1, 0, g_raw.shape[1]), g_raw, x, out, out, nw],
+        [ceil_div(21, 8), 1],
+        [128],
+        constants=c,
+    )
     assert nmse(out, h @ g_ref.T) < 1e-10
 
     outs = [np.full((1, 21), np.nan, np.float32), np.full((1, 9), np.nan, np.float32)]
     a = args("ii3i3i4iQ", cols, 2, 21, 9, 0, 0, 0, 0, 0, 3, 5, 5, g_raw.shape[1])
-    core.sim_dispatch(f"matvec_jobs_{fmt}", [a, g_raw, v_raw, g_raw, x, outs[0], outs[1], outs[0], outs[0], outs[0],
-                                             outs[0], nw], [5], [128], constants=c)
+    core.sim_dispatch(
+        f"matvec_jobs_{fmt}",
+        [a, g_raw, v_raw, g_raw, x, outs[0], outs[1], outs[0], outs[0], outs[0], outs[0], nw],
+        [5],
+        [128],
+        constants=c,
+    )
     assert nmse(outs[0], h @ g_ref.T) < 1e-10
     assert nmse(outs[1], h @ v_ref.T) < 1e-10
 
     out = np.full((1, 21), np.nan, np.float32)
-    core.sim_dispatch(f"matvec_glu_{fmt}", [linear_args(21, cols, 1, 0, g_raw.shape[1]), g_raw, u_raw, x, out, nw],
-                      [ceil_div(21, 8), 1], [128], constants=c)
+    core.sim_dispatch(
+        f"matvec_glu_{fmt}",
+        [linear_args(21, cols, 1, 0, g_raw.shape[1]), g_raw, u_raw, x, out, nw],
+        [ceil_div(21, 8), 1],
+        [128],
+        constants=c,
+    )
     gd, ud = h @ g_ref.T, h @ u_ref.T
     with np.errstate(over="ignore"):
         assert nmse(out, gd / (1 + np.exp(-gd)) * ud) < 1e-6
@@ -191,7 +221,9 @@ def test_embed(fmt):
     ids = np.array([3, 0, 10, 3, 7], np.int32)
     out = np.full((len(ids), cols), np.nan, np.float32)
     scale = 1.5
-    core.sim_dispatch(f"embed_{fmt}", [args("ifQ", cols, scale, raw.shape[1]), raw, ids, out], [len(ids)], [64])
+    core.sim_dispatch(
+        f"embed_{fmt}", [args("ifQ", cols, scale, raw.shape[1]), raw, ids, out], [len(ids)], [64]
+    )
     np.testing.assert_array_equal(out, (ref[ids] * scale).astype(np.float32))
 
 
@@ -210,13 +242,20 @@ def rope_ref(x, n_heads, head_dim, rope_dims, pos0, inv_freq, neox):
 
 
 @pytest.mark.parametrize("neox", [False, True])
-@pytest.mark.parametrize("n,n_heads,head_dim,rope_dims,pos0", [(1, 6, 16, 16, 0), (3, 2, 64, 32, 17), (5, 5, 12, 12, 40)])
+@pytest.mark.parametrize(
+    "n,n_heads,head_dim,rope_dims,pos0", [(1, 6, 16, 16, 0), (3, 2, 64, 32, 17), (5, 5, 12, 12, 40)]
+)
 def test_rope(neox, n, n_heads, head_dim, rope_dims, pos0):
     x = rng.standard_normal((n, n_heads * head_dim)).astype(np.float32)
     inv_freq = (10000.0 ** (-np.arange(0, rope_dims, 2) / rope_dims)).astype(np.float32)
     ref = rope_ref(x, n_heads, head_dim, rope_dims, pos0, inv_freq, neox)
-    core.sim_dispatch("rope", [args("iiii", n_heads, head_dim, rope_dims, pos0), x, inv_freq], [n, n_heads],
-                      [ceil_div(rope_dims // 2, 32) * 32], constants={0: neox})
+    core.sim_dispatch(
+        "rope",
+        [args("iiii", n_heads, head_dim, rope_dims, pos0), x, inv_freq],
+        [n, n_heads],
+        [ceil_div(rope_dims // 2, 32) * 32],
+        constants={0: neox},
+    )
     assert nmse(x, ref) < 1e-6
 
 
@@ -230,16 +269,19 @@ def test_store_kv(kv):
     name = "store_kv_f16" if kv == np.float16 else "store_kv_f32"
     core.sim_dispatch(name, [args("iiii", n_kv, hd, n_ctx, pos0), k, v, kc, vc], [n, n_kv], [32])
     want_k = np.zeros_like(kc)
-    want_k[:, pos0:pos0 + n] = k.reshape(n, n_kv, hd).transpose(1, 0, 2).astype(kv)
+    want_k[:, pos0 : pos0 + n] = k.reshape(n, n_kv, hd).transpose(1, 0, 2).astype(kv)
     want_v = np.zeros_like(vc)
-    want_v[:, pos0:pos0 + n] = v.reshape(n, n_kv, hd).transpose(1, 0, 2).astype(kv)
+    want_v[:, pos0 : pos0 + n] = v.reshape(n, n_kv, hd).transpose(1, 0, 2).astype(kv)
     np.testing.assert_array_equal(kc, want_k)
     np.testing.assert_array_equal(vc, want_v)
 
 
 @pytest.mark.parametrize("kv", [np.float16, np.float32])
 @pytest.mark.parametrize("neox", [False, True])
-@pytest.mark.parametrize("n,n_heads,n_kv,head_dim,rope_dims,pos0", [(1, 6, 2, 16, 16, 7), (3, 5, 5, 12, 8, 0), (2, 4, 1, 256, 128, 30)])
+@pytest.mark.parametrize(
+    "n,n_heads,n_kv,head_dim,rope_dims,pos0",
+    [(1, 6, 2, 16, 16, 7), (3, 5, 5, 12, 8, 0), (2, 4, 1, 256, 128, 30)],
+)
 def test_rope_store_kv(kv, neox, n, n_heads, n_kv, head_dim, rope_dims, pos0):
     n_ctx = 40
     q = rng.standard_normal((n, n_heads * head_dim)).astype(np.float32)
@@ -252,13 +294,22 @@ def test_rope_store_kv(kv, neox, n, n_heads, n_kv, head_dim, rope_dims, pos0):
     vc = np.zeros((n_kv, n_ctx, head_dim), kv)
     name = "rope_store_kv_f16" if kv == np.float16 else "rope_store_kv_f32"
     a = args("iiiiiiif", n_heads, n_kv, head_dim, rope_dims, n_ctx, pos0, 0, 0.0)
-    core.sim_dispatch(name, [a, q, k, v, kc, vc, inv_freq, inv_freq, inv_freq], [n, n_heads + n_kv],
-                      [ceil_div(head_dim, 32) * 32], constants={0: neox})
+    core.sim_dispatch(
+        name,
+        [a, q, k, v, kc, vc, inv_freq, inv_freq, inv_freq],
+        [n, n_heads + n_kv],
+        [ceil_div(head_dim, 32) * 32],
+        constants={0: neox},
+    )
     assert nmse(q, q_ref) < 1e-6
     assert nmse(k, k_ref) < 1e-6
-    np.testing.assert_array_equal(kc[:, pos0:pos0 + n], k.reshape(n, n_kv, head_dim).transpose(1, 0, 2).astype(kv))
-    np.testing.assert_array_equal(vc[:, pos0:pos0 + n], v.reshape(n, n_kv, head_dim).transpose(1, 0, 2).astype(kv))
-    assert not kc[:, :pos0].any() and not kc[:, pos0 + n:].any()
+    np.testing.assert_array_equal(
+        kc[:, pos0 : pos0 + n], k.reshape(n, n_kv, head_dim).transpose(1, 0, 2).astype(kv)
+    )
+    np.testing.assert_array_equal(
+        vc[:, pos0 : pos0 + n], v.reshape(n, n_kv, head_dim).transpose(1, 0, 2).astype(kv)
+    )
+    assert not kc[:, :pos0].any() and not kc[:, pos0 + n :].any()
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -269,17 +320,29 @@ def test_matvec_glu(fmt, gelu):
         u_raw, u_ref = encode(rng.standard_normal((rows, cols)), fmt)
         x = rng.standard_normal((1, cols)).astype(np.float32)
         gd, ud = x.astype(np.float64) @ g_ref.T, x.astype(np.float64) @ u_ref.T
-        with np.errstate(over="ignore"):  # random K-quant blocks give large sums; exp(-g) -> inf is fine
-            act = 0.5 * gd * (1 + np.tanh(np.sqrt(2 / np.pi) * (gd + 0.044715 * gd**3))) if gelu else gd / (1 + np.exp(-gd))
+        # random K-quant blocks give large sums; exp(-g) -> inf is fine
+        with np.errstate(over="ignore"):
+            act = (
+                0.5 * gd * (1 + np.tanh(np.sqrt(2 / np.pi) * (gd + 0.044715 * gd**3)))
+                if gelu
+                else gd / (1 + np.exp(-gd))
+            )
         out = np.full((1, rows), np.nan, np.float32)
         a = linear_args(rows, cols, 1, 0, g_raw.shape[1])
-        core.sim_dispatch(f"matvec_glu_{fmt}", [a, g_raw, u_raw, x, out, x], [ceil_div(rows, 8), 1], [128],
-                          constants=matvec_constants(gelu))
+        core.sim_dispatch(
+            f"matvec_glu_{fmt}",
+            [a, g_raw, u_raw, x, out, x],
+            [ceil_div(rows, 8), 1],
+            [128],
+            constants=matvec_constants(gelu),
+        )
         assert nmse(out, act * ud) < 1e-6, (rows, cols)
 
 
 @pytest.mark.parametrize("neox", [False, True])
-@pytest.mark.parametrize("n,n_heads,n_kv,head_dim,rope_dims", [(2, 6, 2, 16, 16), (1, 4, 1, 256, 256), (3, 2, 2, 40, 20)])
+@pytest.mark.parametrize(
+    "n,n_heads,n_kv,head_dim,rope_dims", [(2, 6, 2, 16, 16), (1, 4, 1, 256, 256), (3, 2, 2, 40, 20)]
+)
 def test_rope_store_kv_with_qk_norm(neox, n, n_heads, n_kv, head_dim, rope_dims):
     n_ctx, pos0, eps = 16, 3, 1e-6
     q = (2 * rng.standard_normal((n, n_heads * head_dim))).astype(np.float32)
@@ -298,11 +361,18 @@ def test_rope_store_kv_with_qk_norm(neox, n, n_heads, n_kv, head_dim, rope_dims)
     kc = np.zeros((n_kv, n_ctx, head_dim), np.float32)
     vc = np.zeros((n_kv, n_ctx, head_dim), np.float32)
     a = args("iiiiiiif", n_heads, n_kv, head_dim, rope_dims, n_ctx, pos0, 1, eps)
-    core.sim_dispatch("rope_store_kv_f32", [a, q, k, v, kc, vc, inv_freq, qw, kw], [n, n_heads + n_kv],
-                      [ceil_div(head_dim, 32) * 32], constants={0: neox})
+    core.sim_dispatch(
+        "rope_store_kv_f32",
+        [a, q, k, v, kc, vc, inv_freq, qw, kw],
+        [n, n_heads + n_kv],
+        [ceil_div(head_dim, 32) * 32],
+        constants={0: neox},
+    )
     assert nmse(q, q_ref) < 1e-6
     assert nmse(k, k_ref) < 1e-6
-    np.testing.assert_array_equal(kc[:, pos0:pos0 + n], k.reshape(n, n_kv, head_dim).transpose(1, 0, 2))
+    np.testing.assert_array_equal(
+        kc[:, pos0 : pos0 + n], k.reshape(n, n_kv, head_dim).transpose(1, 0, 2)
+    )
 
 
 def test_rmsnorm_add():
@@ -325,8 +395,8 @@ def attention_ref(q, kc, vc, n_heads, n_kv, hd, pos0, window, scale):
         start = max(0, pos - window + 1) if window > 0 else 0
         for h in range(n_heads):
             g = h // (n_heads // n_kv)
-            k = kc[g, start:pos + 1].astype(np.float64)
-            v = vc[g, start:pos + 1].astype(np.float64)
+            k = kc[g, start : pos + 1].astype(np.float64)
+            v = vc[g, start : pos + 1].astype(np.float64)
             s = k @ q[t, h] * scale
             p = np.exp(s - s.max())
             out[t, h] = p @ v / p.sum()
@@ -336,8 +406,14 @@ def attention_ref(q, kc, vc, n_heads, n_kv, hd, pos0, window, scale):
 @pytest.mark.parametrize("kv", [np.float16, np.float32])
 @pytest.mark.parametrize(
     "n_heads,n_kv,hd,n_ctx,pos0,n,window",
-    [(6, 2, 16, 40, 22, 1, 0), (6, 1, 12, 40, 0, 1, 0), (4, 4, 64, 50, 10, 7, 0), (8, 2, 128, 64, 30, 3, 9),
-     (2, 1, 256, 16, 2, 3, 0), (6, 2, 16, 40, 3, 30, 5)],
+    [
+        (6, 2, 16, 40, 22, 1, 0),
+        (6, 1, 12, 40, 0, 1, 0),
+        (4, 4, 64, 50, 10, 7, 0),
+        (8, 2, 128, 64, 30, 3, 9),
+        (2, 1, 256, 16, 2, 3, 0),
+        (6, 2, 16, 40, 3, 30, 5),
+    ],
 )
 def test_attention(kv, n_heads, n_kv, hd, n_ctx, pos0, n, window):
     q = rng.standard_normal((n, n_heads * hd)).astype(np.float32)
@@ -348,15 +424,28 @@ def test_attention(kv, n_heads, n_kv, hd, n_ctx, pos0, n, window):
     nsg = 4
     name = "attention_f16" if kv == np.float16 else "attention_f32"
     a = args("iiiiiifi", n_heads, n_kv, hd, n_ctx, pos0, window, scale, 0)
-    core.sim_dispatch(name, [a, q, kc, vc, out], [n_heads, n], [32 * nsg], tg_mem=[ceil_div((2 + hd) * nsg * 4, 16) * 16])
+    core.sim_dispatch(
+        name,
+        [a, q, kc, vc, out],
+        [n_heads, n],
+        [32 * nsg],
+        tg_mem=[ceil_div((2 + hd) * nsg * 4, 16) * 16],
+    )
     ref = attention_ref(q, kc, vc, n_heads, n_kv, hd, pos0, window, scale)
     assert nmse(out, ref) < 5e-4
     assert nmse(out, ref) < 1e-10
 
 
 @pytest.mark.parametrize("kv", [np.float16, np.float32])
-@pytest.mark.parametrize("n_heads,n_kv,hd,pos0,window,split_len", [(6, 2, 16, 300, 0, 128), (4, 1, 64, 500, 200, 64),
-                                                                  (2, 2, 12, 257, 0, 128), (8, 2, 128, 130, 0, 32)])
+@pytest.mark.parametrize(
+    "n_heads,n_kv,hd,pos0,window,split_len",
+    [
+        (6, 2, 16, 300, 0, 128),
+        (4, 1, 64, 500, 200, 64),
+        (2, 2, 12, 257, 0, 128),
+        (8, 2, 128, 130, 0, 32),
+    ],
+)
 def test_attention_split_and_merge(kv, n_heads, n_kv, hd, pos0, window, split_len):
     n_ctx = pos0 + 5
     q = rng.standard_normal((1, n_heads * hd)).astype(np.float32)
@@ -369,14 +458,26 @@ def test_attention_split_and_merge(kv, n_heads, n_kv, hd, pos0, window, split_le
     out = np.full((1, n_heads * hd), np.nan, np.float32)
     a = args("iiiiiifi", n_heads, n_kv, hd, n_ctx, pos0, window, scale, split_len)
     name = "attention_split_f16" if kv == np.float16 else "attention_split_f32"
-    core.sim_dispatch(name, [a, q, kc, vc, partial], [n_heads, splits], [128], tg_mem=[ceil_div((2 + hd) * 4 * 4, 16) * 16])
+    core.sim_dispatch(
+        name,
+        [a, q, kc, vc, partial],
+        [n_heads, splits],
+        [128],
+        tg_mem=[ceil_div((2 + hd) * 4 * 4, 16) * 16],
+    )
     core.sim_dispatch("attention_merge", [a, partial, out], [n_heads], [ceil_div(hd, 32) * 32])
     ref = attention_ref(q, kc, vc, n_heads, n_kv, hd, pos0, window, scale)
     assert nmse(out, ref) < 1e-10
 
 
 def elementwise(name, bufs, count, cap=0.0, constants=None):
-    core.sim_dispatch(name, [args("If", count, cap), *bufs], [ceil_div(count, 256)], [256], constants=constants or {})
+    core.sim_dispatch(
+        name,
+        [args("If", count, cap), *bufs],
+        [ceil_div(count, 256)],
+        [256],
+        constants=constants or {},
+    )
 
 
 @pytest.mark.parametrize("count", [1, 255, 1000])

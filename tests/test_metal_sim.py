@@ -17,7 +17,9 @@ def guard_lines(kernel, marker="// GUARD"):
     """Lines of the marked statements inside the named kernel of guards.metal."""
     lines = open(GUARDS).read().splitlines()
     start = next(i for i, s in enumerate(lines) if f"void {kernel}(" in s)
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("kernel ")), len(lines))
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].startswith("kernel ")), len(lines)
+    )
     return [i + 1 for i in range(start, end) if marker in lines[i]]
 
 
@@ -33,6 +35,7 @@ def run_isolated(kernel, n_threads=32):
 
 
 # ---- guards ----------------------------------------------------------------------------------
+
 
 def test_missing_barrier_reads_poison():
     out = np.zeros(64, np.float32)
@@ -56,17 +59,22 @@ def test_unwritten_threadgroup_memory_is_nan():
     assert (out[0::2] == 1.0).all() and np.isnan(out[1::2]).all()
 
 
-@pytest.mark.parametrize("kernel,what", [
-    ("guard_divergent_barrier", "threadgroup_barrier reached by only 16 of 32 threads"),
-    ("guard_split_barrier", "barrier in divergent control flow"),
-    ("guard_divergent_simd", "simd_sum reached by only 16 of 32 lanes"),
-    ("guard_tg_oob", "written out of bounds"),
-])
+@pytest.mark.parametrize(
+    "kernel,what",
+    [
+        ("guard_divergent_barrier", "threadgroup_barrier reached by only 16 of 32 threads"),
+        ("guard_split_barrier", "barrier in divergent control flow"),
+        ("guard_divergent_simd", "simd_sum reached by only 16 of 32 lanes"),
+        ("guard_tg_oob", "written out of bounds"),
+    ],
+)
 def test_guard_aborts_with_metal_line(kernel, what):
     rc, err = run_isolated(kernel)
     assert rc != 0, err
     # the message starts with file:line of the offending statement (both sites for a split)
-    assert err.split(": metal-sim error")[0].endswith(tuple(f"guards.metal:{n}" for n in guard_lines(kernel))), err
+    assert err.split(": metal-sim error")[0].endswith(
+        tuple(f"guards.metal:{n}" for n in guard_lines(kernel))
+    ), err
     for n in guard_lines(kernel):
         assert f"guards.metal:{n}" in err, err
     assert what in err, err
@@ -89,6 +97,7 @@ def test_threadgroup_limits_are_enforced():
 
 # ---- MSL surface ------------------------------------------------------------------------------
 
+
 def test_simd_collectives():
     n = 80  # two full simdgroups and a partial one of 16 lanes
     x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
@@ -96,18 +105,24 @@ def test_simd_collectives():
     core.sim_dispatch("feat_simd", [x, out], [1], [n])
     for base in (0, 32, 64):
         lanes = min(32, n - base)
-        v = x[base:base + lanes]
-        o = out[base:base + lanes]
+        v = x[base : base + lanes]
+        o = out[base : base + lanes]
         idx = np.arange(lanes)
         np.testing.assert_allclose(o[:, 0], np.float32(v.sum()), rtol=1e-5)
         assert (o[:, 1] == v.max()).all() and (o[:, 2] == v.min()).all()
         src = (idx + 5) % 32
-        np.testing.assert_array_equal(o[:, 3], np.where(src < lanes, v[np.minimum(src, lanes - 1)], v))
+        np.testing.assert_array_equal(
+            o[:, 3], np.where(src < lanes, v[np.minimum(src, lanes - 1)], v)
+        )
         down = idx + 3
-        np.testing.assert_array_equal(o[:, 4], np.where(down < lanes, v[np.minimum(down, lanes - 1)], v))
+        np.testing.assert_array_equal(
+            o[:, 4], np.where(down < lanes, v[np.minimum(down, lanes - 1)], v)
+        )
         np.testing.assert_array_equal(o[:, 5], v[idx ^ 1])
         np.testing.assert_array_equal(o[:, 6], v[7])
-        np.testing.assert_allclose(o[:, 7], np.concatenate([[0], np.cumsum(v)[:-1]]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            o[:, 7], np.concatenate([[0], np.cumsum(v)[:-1]]), rtol=1e-5, atol=1e-6
+        )
         np.testing.assert_array_equal(o[:, 8], np.where(idx >= 2, v[np.maximum(idx - 2, 0)], v))
         assert (o[:, 9] == idx.sum()).all()
 
@@ -147,7 +162,9 @@ def test_function_constants_and_dynamic_threadgroup_memory():
     x = np.arange(2 * 3 * 16, dtype=np.float32)
     out = np.zeros_like(x)
     grid, tg = [1, 3, 2], [16, 1, 1]
-    core.sim_dispatch("feat_constants", [x, out], grid, tg, tg_mem=[64], constants={0: True, 1: 0.5})
+    core.sim_dispatch(
+        "feat_constants", [x, out], grid, tg, tg_mem=[64], constants={0: True, 1: 0.5}
+    )
     ref = x.reshape(6, 16)[:, ::-1].reshape(-1) * 0.5 * 2
     np.testing.assert_array_equal(out, ref)
     core.sim_dispatch("feat_constants", [x, out], grid, tg, tg_mem=[64], constants={1: 2.0})
@@ -167,10 +184,15 @@ def test_counters():
 # out-of-bounds access is reported at the faulting .metal line, reads included. Point
 # METALLIC_SIM_ASAN_CORE at that build's _core*.so to run this test (see cpp/metal/sim/README.md).
 
-@pytest.mark.skipif(not os.environ.get("METALLIC_SIM_ASAN_CORE"), reason="METALLIC_SIM_ASAN_CORE not set")
+
+@pytest.mark.skipif(
+    not os.environ.get("METALLIC_SIM_ASAN_CORE"), reason="METALLIC_SIM_ASAN_CORE not set"
+)
 def test_asan_build_reports_threadgroup_oob_at_the_line():
     so = os.environ["METALLIC_SIM_ASAN_CORE"]
-    libasan = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    libasan = subprocess.run(
+        ["g++", "-print-file-name=libasan.so"], capture_output=True, text=True
+    ).stdout.strip()
     code = (
         "import importlib.util, sys, numpy as np\n"
         f"spec = importlib.util.spec_from_file_location('metallic._core', {so!r})\n"
@@ -180,7 +202,9 @@ def test_asan_build_reports_threadgroup_oob_at_the_line():
         "c.sim_dispatch('guard_tg_oob', [out], [1], [32])\n"
     )
     env = dict(os.environ, LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     assert p.returncode != 0
     line = guard_lines("guard_tg_oob")[0] + 1  # the write after the declaration
     assert "AddressSanitizer" in p.stderr and f"guards.metal:{line}" in p.stderr, p.stderr[-3000:]

@@ -5,11 +5,13 @@ Two references:
 - llama.cpp (llama-cpp-python) on the same file: next-token distributions agree (mean KL under
   0.01 over every prompt position), top-1 agreement is high, greedy continuations are compared.
 - transformers loading the same GGUF dequantized to float32: the model the file truly encodes.
-  Both engines quantize activations to int8 for their integer dot products, so each sits about
-  0.003 nats of KL from this model; the test requires ours to be no further than llama.cpp's.
-  It also explains the top-1 bar below: each engine alone matches the float32 model's top token
-  only ~97% of the time, so two engines with independent rounding cannot be required to agree
-  with each other 98% of the time.
+  llama.cpp quantizes activations to int8 for its integer dot products and sits about 0.003
+  nats of KL from this model. Our prefill multiplies float activations by exactly dequantized
+  weights (KL ~0); our decode uses integer dot products too. The tests require ours to be no
+  further from this model than llama.cpp, for prompts and for decode steps. It also explains
+  the top-1 bar below: each engine alone matches the float32 model's top token only 96-99% of
+  the time, so two engines with independent rounding cannot be required to agree with each
+  other 98% of the time.
 """
 
 from __future__ import annotations
@@ -78,6 +80,33 @@ def float32_reference(path: Path, prompts: list[list[int]]) -> list[np.ndarray]:
     return out
 
 
+@pytest.fixture(scope="module")
+def continuations(case) -> list[tuple[list[int], list[int], np.ndarray]]:  # noqa: ANN001
+    """Per prompt: its ids, llama.cpp's greedy continuation and llama.cpp's logits before each
+    continuation token."""
+    _, ours, peer = case
+    out = []
+    for ids in prompt_ids(ours):
+        peer.reset()
+        peer.eval(ids)
+        theirs, their_logits = [], []
+        for _ in range(GREEDY):
+            logits = np.array(peer.scores[peer.n_tokens - 1], dtype=np.float32)
+            their_logits.append(logits)
+            theirs.append(int(np.argmax(logits)))
+            peer.eval([theirs[-1]])
+        out.append((ids, theirs, np.stack(their_logits)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def references(case, continuations) -> list[np.ndarray]:  # noqa: ANN001
+    """The float32 model's logits over each prompt followed by llama.cpp's continuation: the
+    first len(prompt) rows are the prompt's, the rest the decode steps' (one model load)."""
+    path = case[0]
+    return float32_reference(path, [ids + theirs[:-1] for ids, theirs, _ in continuations])
+
+
 def test_next_token_distribution_matches_llama_cpp(case) -> None:  # noqa: ANN001
     path, ours, peer = case
     kls, agree = [], []
@@ -97,12 +126,12 @@ def test_next_token_distribution_matches_llama_cpp(case) -> None:  # noqa: ANN00
     assert np.mean(agree) >= 0.95
 
 
-def test_as_close_to_the_float32_model_as_llama_cpp(case) -> None:  # noqa: ANN001
+def test_as_close_to_the_float32_model_as_llama_cpp(case, references) -> None:  # noqa: ANN001
     path, ours, peer = case
     prompts = prompt_ids(ours)
-    refs = float32_reference(path, prompts)
     ours_kl, peer_kl = [], []
-    for ids, ref in zip(prompts, refs, strict=True):
+    for ids, full in zip(prompts, references, strict=True):
+        ref = full[: len(ids)]
         ours.reset()
         ours_kl.extend(kl(ref, ours.prefill_all(ids)))
         peer.reset()
@@ -116,39 +145,42 @@ def test_as_close_to_the_float32_model_as_llama_cpp(case) -> None:  # noqa: ANN0
     assert np.mean(ours_kl) < 0.01
 
 
-def test_decode_steps_and_greedy_continuations(case) -> None:  # noqa: ANN001
+def test_decode_steps_and_greedy_continuations(case, continuations, references) -> None:  # noqa: ANN001
     """The decode path on real models: llama.cpp's greedy continuation fed through our decode
-    step by step (teacher forcing), distributions compared at every step. Free-running greedy
-    continuations are reported: they part ways at the first near-tie, where each engine's
-    int8 activation rounding decides."""
-    path, ours, peer = case
+    step by step (teacher forcing), distributions compared at every step with llama.cpp's and
+    with the float32 model's. Free-running greedy continuations are reported: they part ways
+    at the first near-tie, where each engine's activation rounding decides."""
+    path, ours, _ = case
     kls, agree, identical, common = [], [], 0, []
-    for ids in prompt_ids(ours):
-        peer.reset()
-        peer.eval(ids)
-        theirs, their_logits = [], []
-        for _ in range(GREEDY):
-            logits = np.array(peer.scores[peer.n_tokens - 1], dtype=np.float32)
-            their_logits.append(logits)
-            theirs.append(int(np.argmax(logits)))
-            peer.eval([theirs[-1]])
+    ours_kl, peer_kl, ours_top, peer_top = [], [], [], []
+    for (ids, theirs, want), full in zip(continuations, references, strict=True):
         ours.reset()
         mine_logits = [ours.prefill(ids).copy()]
         for tok in theirs[:-1]:
             mine_logits.append(ours.decode(tok).copy())
-        got, want = np.stack(mine_logits), np.stack(their_logits)
+        got, ref = np.stack(mine_logits), full[len(ids) - 1 :]
         kls.extend(kl(want, got))
         agree.extend(got.argmax(-1) == want.argmax(-1))
+        ours_kl.extend(kl(ref, got))
+        peer_kl.extend(kl(ref, want))
+        ours_top.extend(got.argmax(-1) == ref.argmax(-1))
+        peer_top.extend(want.argmax(-1) == ref.argmax(-1))
         mine = [t.id for t in ours.generate(ids, GREEDY, temperature=0, stop_ids=[]) if t.id >= 0]
         identical += mine == theirs
         common.append(next((i for i in range(GREEDY) if mine[i] != theirs[i]), GREEDY))
     print(
-        f"\n{path.name}: decode steps: mean KL {np.mean(kls):.4f}, top-1 {np.mean(agree):.3f}; "
-        f"greedy {GREEDY}-token continuations identical for {identical} of {len(PROMPTS)}, "
-        f"common prefixes {common}"
+        f"\n{path.name}: decode steps vs llama.cpp: mean KL {np.mean(kls):.4f}, "
+        f"top-1 {np.mean(agree):.3f}; vs the float32 model: KL ours {np.mean(ours_kl):.5f}, "
+        f"llama.cpp {np.mean(peer_kl):.5f}, top-1 ours {np.mean(ours_top):.3f}, llama.cpp "
+        f"{np.mean(peer_top):.3f}; greedy {GREEDY}-token continuations identical for "
+        f"{identical} of {len(PROMPTS)}, common prefixes {common}"
     )
     assert np.mean(kls) < 0.01
-    assert np.mean(agree) >= 0.95
+    assert np.mean(ours_kl) <= 1.1 * np.mean(peer_kl)
+    # Each engine's top token matches the float32 model's 96-99% of the time here; two
+    # independent roundings agree with each other less often than either with the model.
+    assert np.mean(agree) >= 0.93
+    assert np.mean(ours_top) >= np.mean(peer_top) - 0.02
 
 
 def test_chat_reuses_the_reply() -> None:

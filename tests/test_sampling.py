@@ -26,8 +26,9 @@ def ref_penalize(logits: np.ndarray, history: list[int], s: SamplerSettings) -> 
     counts: dict[int, int] = {}
     for t in window:
         counts[t] = counts.get(t, 0) + 1
-    rp, fp, pp = (np.float32(v) for v in (s.repeat_penalty, s.frequency_penalty,
-                                          s.presence_penalty))
+    rp, fp, pp = (
+        np.float32(v) for v in (s.repeat_penalty, s.frequency_penalty, s.presence_penalty)
+    )
     for t, c in counts.items():
         v = out[t]
         v = v * rp if v <= 0 else v / rp
@@ -36,7 +37,9 @@ def ref_penalize(logits: np.ndarray, history: list[int], s: SamplerSettings) -> 
 
 
 def ref_distribution(
-    logits: np.ndarray, s: SamplerSettings, history: list[int] = ()  # type: ignore[assignment]
+    logits: np.ndarray,
+    s: SamplerSettings,
+    history: list[int] = (),  # type: ignore[assignment]
 ) -> dict[int, float]:
     """Token -> probability after penalties, top-k, top-p, min-p and temperature."""
     x = ref_penalize(logits, list(history), s).astype(np.float64)
@@ -253,8 +256,12 @@ def test_greedy_with_penalties(seed: int) -> None:
     top = np.argsort(-x)[:8]
     # Histories that hold the argmax, runners-up, or neither; penalties that demote and promote.
     history = rng.choice(np.r_[top, rng.integers(0, 4096, 8)], 16).tolist()
-    s = replace(PENALTIES, temperature=0.0, repeat_penalty=float(rng.choice([0.5, 1.5, 3.0])),
-                presence_penalty=float(rng.uniform(-1, 1)))
+    s = replace(
+        PENALTIES,
+        temperature=0.0,
+        repeat_penalty=float(rng.choice([0.5, 1.5, 3.0])),
+        presence_penalty=float(rng.uniform(-1, 1)),
+    )
     want = int(np.argmax(ref_penalize(x, history, s)))
     assert Sampler(s).sample(x, history) == want
     assert Sampler(s).sample(x, np.array(history)) == want
@@ -280,8 +287,11 @@ def test_top_k_with_penalties_moves_tokens_across_the_cut(repeat: float, n: int)
     order = np.argsort(-x)
     # Tokens ranked just inside and just outside the top 40, plus far down the list.
     history = [*order[30:45].tolist(), *order[2000:2010].tolist(), int(order[0])]
-    s = replace(SamplerSettings(top_k=40, top_p=0.95, min_p=0.0),
-                repeat_penalty=repeat, frequency_penalty=0.1)
+    s = replace(
+        SamplerSettings(top_k=40, top_p=0.95, min_p=0.0),
+        repeat_penalty=repeat,
+        frequency_penalty=0.1,
+    )
     got = as_dict(*Sampler(s).distribution(x, history))
     assert_same_distribution(got, ref_distribution(x, s, history))
 
@@ -290,8 +300,9 @@ def test_penalties_with_top_p_over_full_vocab() -> None:
     x = random_logits(9, peaked=True)
     history = np.argsort(-x)[:20].tolist()
     s = replace(PENALTIES, top_k=0, top_p=0.9, min_p=0.0)
-    assert_same_distribution(as_dict(*Sampler(s).distribution(x, history)),
-                             ref_distribution(x, s, history))
+    assert_same_distribution(
+        as_dict(*Sampler(s).distribution(x, history)), ref_distribution(x, s, history)
+    )
 
 
 def test_penalized_sampling_frequencies() -> None:
@@ -367,9 +378,11 @@ def test_default_settings_are_valid() -> None:
     SamplerSettings(temperature=0, top_k=0, top_p=1.0, min_p=1.0, penalty_last_n=-1).validate()
 
 
-@pytest.mark.parametrize("settings", [GREEDY, SamplerSettings(), replace(PLAIN, top_p=0.9),
-                                      PLAIN, replace(PLAIN, min_p=0.1)],
-                         ids=["greedy", "top_k", "top_p", "plain", "min_p"])
+@pytest.mark.parametrize(
+    "settings",
+    [GREEDY, SamplerSettings(), replace(PLAIN, top_p=0.9), PLAIN, replace(PLAIN, min_p=0.1)],
+    ids=["greedy", "top_k", "top_p", "plain", "min_p"],
+)
 @pytest.mark.parametrize("n", [8, VOCAB])
 def test_non_finite_logits_raise(settings: SamplerSettings, n: int) -> None:
     sampler = Sampler(settings)

@@ -30,13 +30,23 @@ def bpe_metadata(**changes: Any) -> dict[str, Any]:
 
 
 def spm_metadata(**changes: Any) -> dict[str, Any]:
-    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), "\u2581", "a",
-              "b", "\u2581a", "ab"]
+    tokens = [
+        "<unk>",
+        "<s>",
+        "</s>",
+        *(f"<0x{b:02X}>" for b in range(256)),
+        "\u2581",
+        "a",
+        "b",
+        "\u2581a",
+        "ab",
+    ]
     md: dict[str, Any] = {
         "tokenizer.ggml.model": "llama",
         "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.scores": np.array([0.0] * 259 + [-1.0, -2.0, -2.0, -0.5, -0.7],
-                                          dtype=np.float32),
+        "tokenizer.ggml.scores": np.array(
+            [0.0] * 259 + [-1.0, -2.0, -2.0, -0.5, -0.7], dtype=np.float32
+        ),
         "tokenizer.ggml.token_type": np.array([2, 3, 3] + [6] * 256 + [1] * 5, dtype=np.int32),
     }
     md.update(changes)
@@ -98,8 +108,9 @@ def test_missing_tokenizer_model() -> None:
     assert "tokenizer.ggml.model" in error_of(bpe_metadata(**{"tokenizer.ggml.model": None}))
 
 
-@pytest.mark.parametrize("key", ["bos_token_id", "eos_token_id", "unknown_token_id",
-                                 "eot_token_id", "eom_token_id"])
+@pytest.mark.parametrize(
+    "key", ["bos_token_id", "eos_token_id", "unknown_token_id", "eot_token_id", "eom_token_id"]
+)
 @pytest.mark.parametrize("value", [262, -1, 10**6])
 def test_special_id_out_of_range(key: str, value: int) -> None:
     msg = error_of(bpe_metadata(**{f"tokenizer.ggml.{key}": value}))
@@ -108,34 +119,47 @@ def test_special_id_out_of_range(key: str, value: int) -> None:
 
 def test_optional_special_ids_out_of_range_are_ignored() -> None:
     # llama.cpp drops a bad padding or FIM id rather than refusing the model
-    tok = Tokenizer.from_metadata(bpe_metadata(**{"tokenizer.ggml.padding_token_id": 99999,
-                                                  "tokenizer.ggml.fim_pad_token_id": -1}))
+    tok = Tokenizer.from_metadata(
+        bpe_metadata(
+            **{"tokenizer.ggml.padding_token_id": 99999, "tokenizer.ggml.fim_pad_token_id": -1}
+        )
+    )
     assert tok.eog_ids == {260, 261}
 
 
 def test_short_token_types_and_scores() -> None:
     types = np.ones(10, dtype=np.int32)
     assert "tokenizer.ggml.token_type" in error_of(
-        bpe_metadata(**{"tokenizer.ggml.token_type": types}))
+        bpe_metadata(**{"tokenizer.ggml.token_type": types})
+    )
     scores = np.zeros(3, dtype=np.float32)
     assert "tokenizer.ggml.scores" in error_of(spm_metadata(**{"tokenizer.ggml.scores": scores}))
     assert "tokenizer.ggml.scores" in error_of(
-        spm_metadata(**{"tokenizer.ggml.scores": ["x"] * 264}))
+        spm_metadata(**{"tokenizer.ggml.scores": ["x"] * 264})
+    )
 
 
 def test_add_bos_without_a_bos_token() -> None:
-    md = bpe_metadata(**{"tokenizer.ggml.pre": "chatglm-bpe",  # no default BOS
-                         "tokenizer.ggml.bos_token_id": None,
-                         "tokenizer.ggml.add_bos_token": True})
+    md = bpe_metadata(
+        **{
+            "tokenizer.ggml.pre": "chatglm-bpe",  # no default BOS
+            "tokenizer.ggml.bos_token_id": None,
+            "tokenizer.ggml.add_bos_token": True,
+        }
+    )
     assert "tokenizer.ggml.bos_token_id" in error_of(md)
 
 
 @pytest.mark.parametrize("bad", [262, -1, 1 << 40])
 def test_ids_out_of_range(bad: int) -> None:
     tok = Tokenizer.from_metadata(bpe_metadata())
-    for call in (lambda: tok.decode([104, bad]), lambda: tok.token_to_piece(bad),
-                 lambda: tok.id_to_token(bad), lambda: tok.stream().push(bad),
-                 lambda: tok.decode(np.array([bad]))):
+    for call in (
+        lambda: tok.decode([104, bad]),
+        lambda: tok.token_to_piece(bad),
+        lambda: tok.id_to_token(bad),
+        lambda: tok.stream().push(bad),
+        lambda: tok.decode(np.array([bad])),
+    ):
         with pytest.raises(TokenizerError, match=f"token id {bad} out of range"):
             call()
 

@@ -128,10 +128,20 @@ def test_end_of_generation_ids_of_the_real_models() -> None:
 def test_pieces_match_llama_cpp(name: str) -> None:
     ours, ref = pair(name)
     n = ours.vocab_size
-    ids = sorted({*range(0, n, max(1, n // 3000)), *range(min(n, 300)), *ours.eog_ids,
-                  *range(max(0, n - 300), n)})
-    wrong = [(i, special) for i in ids for special in (False, True)
-             if ours.token_to_piece(i, special) != ref.piece(i, special)]
+    ids = sorted(
+        {
+            *range(0, n, max(1, n // 3000)),
+            *range(min(n, 300)),
+            *ours.eog_ids,
+            *range(max(0, n - 300), n),
+        }
+    )
+    wrong = [
+        (i, special)
+        for i in ids
+        for special in (False, True)
+        if ours.token_to_piece(i, special) != ref.piece(i, special)
+    ]
     assert wrong == []
 
 
@@ -164,10 +174,14 @@ def test_space_after_bos() -> None:
 
 # --- Hugging Face tokenizers from the same vocabulary -------------------------------------------
 
-_QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def _hf_tokenizer(name: str) -> Any:
@@ -179,18 +193,24 @@ def _hf_tokenizer(name: str) -> Any:
     vocab = {t: i for i, t in enumerate(md["tokenizer.ggml.tokens"])}
     merges = [tuple(m.split(" ", 1)) for m in md["tokenizer.ggml.merges"]]
     pre = tokenizers.pre_tokenizers
-    hf = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, merges,
-                                                    ignore_merges=name == "llama-bpe"))
+    hf = tokenizers.Tokenizer(
+        tokenizers.models.BPE(vocab, merges, ignore_merges=name == "llama-bpe")
+    )
     byte_level = pre.ByteLevel(add_prefix_space=False, use_regex=False)
     if name == "gpt-2":
         hf.pre_tokenizer = pre.ByteLevel(add_prefix_space=False, use_regex=True)
     elif name in ("starcoder", "smollm2"):
-        hf.pre_tokenizer = pre.Sequence([pre.Digits(individual_digits=True),
-                                         pre.ByteLevel(add_prefix_space=False, use_regex=True)])
+        hf.pre_tokenizer = pre.Sequence(
+            [
+                pre.Digits(individual_digits=True),
+                pre.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
     else:
         regex = _QWEN2_REGEX if name == "qwen2" else _LLAMA3_REGEX
-        hf.pre_tokenizer = pre.Sequence([
-            pre.Split(tokenizers.Regex(regex), behavior="isolated"), byte_level])
+        hf.pre_tokenizer = pre.Sequence(
+            [pre.Split(tokenizers.Regex(regex), behavior="isolated"), byte_level]
+        )
     return hf
 
 
@@ -198,8 +218,11 @@ def _hf_tokenizer(name: str) -> Any:
 def test_corpus_matches_hf_tokenizers(name: str) -> None:
     ours, _ = pair(name)
     hf = _hf_tokenizer(name)
-    wrong = [text for text in CORPUS
-             if hf.encode(text, add_special_tokens=False).ids != ours.encode(text, False)]
+    wrong = [
+        text
+        for text in CORPUS
+        if hf.encode(text, add_special_tokens=False).ids != ours.encode(text, False)
+    ]
     assert wrong == []
 
 
@@ -229,15 +252,19 @@ def _gguf_kv(key: str, value: Any) -> bytes:
     return out + struct.pack("<IIQ", 9, 8, len(items)) + b"".join(map(_gguf_string, items))
 
 
-def write_vocab(path: Path, model: str, tokens: list[str], types: list[int], **extra: Any
-                ) -> Path:
+def write_vocab(path: Path, model: str, tokens: list[str], types: list[int], **extra: Any) -> Path:
     """A vocabulary-only GGUF file llama.cpp loads (a GPT-2 shaped header, no tensors)."""
     md: dict[str, Any] = {
-        "general.architecture": "gpt2", "general.name": extra.pop("name", "synthetic"),
-        "gpt2.block_count": 1, "gpt2.context_length": 64, "gpt2.embedding_length": 8,
-        "gpt2.feed_forward_length": 8, "gpt2.attention.head_count": 1,
+        "general.architecture": "gpt2",
+        "general.name": extra.pop("name", "synthetic"),
+        "gpt2.block_count": 1,
+        "gpt2.context_length": 64,
+        "gpt2.embedding_length": 8,
+        "gpt2.feed_forward_length": 8,
+        "gpt2.attention.head_count": 1,
         "gpt2.attention.layer_norm_epsilon": 1e-5,
-        "tokenizer.ggml.model": model, "tokenizer.ggml.tokens": ("str", tokens),
+        "tokenizer.ggml.model": model,
+        "tokenizer.ggml.tokens": ("str", tokens),
         "tokenizer.ggml.token_type": ("i32", types),
     }
     for key, value in extra.items():
@@ -266,8 +293,9 @@ SPLIT_TEXTS = [
 ]
 
 
-def _substring_vocab(texts: list[str], base: list[str], max_len: int = 16
-                     ) -> tuple[list[str], list[str]]:
+def _substring_vocab(
+    texts: list[str], base: list[str], max_len: int = 16
+) -> tuple[list[str], list[str]]:
     """Every substring (up to max_len) of the texts is a token, and every split of one into
     two tokens is a merge: BPE then joins each pre-tokenizer word back into one token, so the
     ids show exactly where the words were cut."""
@@ -301,23 +329,35 @@ def _pre_names() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("pre", list(_pre_names()))
-def test_pretokenizer_matches_llama_cpp(pre: str, byte_level_vocab: tuple[list[str], list[str]],
-                                        tmp_path: Path) -> None:
+def test_pretokenizer_matches_llama_cpp(
+    pre: str, byte_level_vocab: tuple[list[str], list[str]], tmp_path: Path
+) -> None:
     tokens, merges = byte_level_vocab
     tokens = tokens + ["<s>", "</s>"]
     types = [1] * (len(tokens) - 2) + [3, 3]
-    path = write_vocab(tmp_path / "v.gguf", "gpt2", tokens, types, pre=pre,
-                       merges=("str", merges), bos_token_id=len(tokens) - 2,
-                       eos_token_id=len(tokens) - 1)
+    path = write_vocab(
+        tmp_path / "v.gguf",
+        "gpt2",
+        tokens,
+        types,
+        pre=pre,
+        merges=("str", merges),
+        bos_token_id=len(tokens) - 2,
+        eos_token_id=len(tokens) - 1,
+    )
     ours, ref = Tokenizer.from_gguf(path), LlamaCpp(path)
-    wrong = [(text, [tokens[i] for i in ours.encode(text, False)])
-             for text in [*SPLIT_TEXTS, "".join(SPLIT_TEXTS)]
-             if ours.encode(text, add_special=False) != ref.encode(text, False, False)]
+    wrong = [
+        (text, [tokens[i] for i in ours.encode(text, False)])
+        for text in [*SPLIT_TEXTS, "".join(SPLIT_TEXTS)]
+        if ours.encode(text, add_special=False) != ref.encode(text, False, False)
+    ]
     assert wrong == []
 
 
-@pytest.mark.parametrize("model,pre", [("gemma4", "gemma4"), ("gpt2", "sarvam-moe"),
-                                       ("gpt2", "granite-embed-multi-311m")])
+@pytest.mark.parametrize(
+    "model,pre",
+    [("gemma4", "gemma4"), ("gpt2", "sarvam-moe"), ("gpt2", "granite-embed-multi-311m")],
+)
 def test_raw_utf8_bpe_matches_llama_cpp(model: str, pre: str, tmp_path: Path) -> None:
     """BPE on raw UTF-8 with U+2581 for spaces and <0xNN> byte tokens (Gemma 4 style)."""
     texts = [t.replace(" ", "\u2581") for t in SPLIT_TEXTS]
@@ -326,13 +366,24 @@ def test_raw_utf8_bpe_matches_llama_cpp(model: str, pre: str, tmp_path: Path) ->
     tokens = [t for t in tokens if "\n" not in t or not t.strip("\n")] + ["\n\n\n"]
     tokens += ["<s>", "</s>"]
     types = [6] * 256 + [1] * (len(tokens) - 258) + [3, 3]
-    path = write_vocab(tmp_path / "v.gguf", model, tokens, types, pre=pre,
-                       merges=("str", merges), bos_token_id=len(tokens) - 2,
-                       eos_token_id=len(tokens) - 1)
+    path = write_vocab(
+        tmp_path / "v.gguf",
+        model,
+        tokens,
+        types,
+        pre=pre,
+        merges=("str", merges),
+        bos_token_id=len(tokens) - 2,
+        eos_token_id=len(tokens) - 1,
+    )
     ours, ref = Tokenizer.from_gguf(path), LlamaCpp(path)
     extra = ["x\U0001f999y \u2603", "\n\n\n", "a\n\nb"]  # byte fallback, newline runs
-    wrong = [text for text in [*SPLIT_TEXTS, *extra] for add in (False, True)
-             if ours.encode(text, add_special=add) != ref.encode(text, add, False)]
+    wrong = [
+        text
+        for text in [*SPLIT_TEXTS, *extra]
+        for add in (False, True)
+        if ours.encode(text, add_special=add) != ref.encode(text, add, False)
+    ]
     assert wrong == []
 
 
@@ -340,27 +391,41 @@ def test_sentencepiece_scores_match_llama_cpp(tmp_path: Path) -> None:
     """Random scores, tokens with U+2581 inside (they limit where text may be cut for
     speed), byte fallback and the space prefix."""
     rng = random.Random(7)
-    texts = [t.replace(" ", "\u2581") for t in [
-        "the cat sat on the mat, then the hat; that is that.",
-        "  a  b   c x  y\u2581z  hello  world  ",
-        "mixed \u00e9\u00e8 caf\u00e9 \u4f60\u597d \U0001f600 end",
-    ]]
-    pieces = {t[i:i + k] for t in texts for k in range(2, 7) for i in range(len(t) - k + 1)}
+    texts = [
+        t.replace(" ", "\u2581")
+        for t in [
+            "the cat sat on the mat, then the hat; that is that.",
+            "  a  b   c x  y\u2581z  hello  world  ",
+            "mixed \u00e9\u00e8 caf\u00e9 \u4f60\u597d \U0001f600 end",
+        ]
+    ]
+    pieces = {t[i : i + k] for t in texts for k in range(2, 7) for i in range(len(t) - k + 1)}
     pieces = [p for p in sorted(pieces) if rng.random() < 0.6]
-    pieces += [p for p in ("x\u2581", "a\u2581\u2581b") if p not in pieces]  # llama.cpp
-    # aborts on a duplicated token
+    # llama.cpp aborts on a duplicated token
+    pieces += [p for p in ("x\u2581", "a\u2581\u2581b") if p not in pieces]
     chars = sorted({c for t in texts for c in t} - {"\U0001f600", "\u4f60"})
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + chars + pieces
     types = [2, 3, 3] + [6] * 256 + [1] * (len(chars) + len(pieces))
-    scores = [0.0] * (3 + 256) + [-100.0] * len(chars) + [
-        round(rng.uniform(-20, 0), 1) for _ in pieces]  # ties too
-    path = write_vocab(tmp_path / "spm.gguf", "llama", tokens, types,
-                       scores=("f32", scores), bos_token_id=1, eos_token_id=2,
-                       unknown_token_id=0)
+    piece_scores = [round(rng.uniform(-20, 0), 1) for _ in pieces]  # ties too
+    scores = [0.0] * (3 + 256) + [-100.0] * len(chars) + piece_scores
+    path = write_vocab(
+        tmp_path / "spm.gguf",
+        "llama",
+        tokens,
+        types,
+        scores=("f32", scores),
+        bos_token_id=1,
+        eos_token_id=2,
+        unknown_token_id=0,
+    )
     ours, ref = Tokenizer.from_gguf(path), LlamaCpp(path)
     samples = [t.replace("\u2581", " ") for t in texts] + ["", " ", "x y", "a  b", "\u4f60"]
-    wrong = [text for text in samples for add in (False, True)
-             if ours.encode(text, add_special=add) != ref.encode(text, add, False)]
+    wrong = [
+        text
+        for text in samples
+        for add in (False, True)
+        if ours.encode(text, add_special=add) != ref.encode(text, add, False)
+    ]
     assert wrong == []
     for text in samples:
         assert ours.decode(ours.encode(text)) == text
@@ -369,12 +434,17 @@ def test_sentencepiece_scores_match_llama_cpp(tmp_path: Path) -> None:
 def test_default_special_ids_match_llama_cpp(tmp_path: Path) -> None:
     """No ids in the metadata: llama.cpp's defaults (BPE: 11 for both BOS and EOS!)."""
     tokens = list(BYTE_TO_CHAR)
-    bpe = write_vocab(tmp_path / "bpe.gguf", "gpt2", tokens, [1] * 256, pre="gpt-2",
-                      merges=("str", []))
+    bpe = write_vocab(
+        tmp_path / "bpe.gguf", "gpt2", tokens, [1] * 256, pre="gpt-2", merges=("str", [])
+    )
     # (llama.cpp throws if a character has neither a token nor a byte token: keep "▁")
-    spm = write_vocab(tmp_path / "spm.gguf", "llama",
-                      ["<unk>", "<s>", "</s>", "\u2581", *tokens[4:]],
-                      [2, 3, 3] + [1] * 253, scores=("f32", [0.0] * 256))
+    spm = write_vocab(
+        tmp_path / "spm.gguf",
+        "llama",
+        ["<unk>", "<s>", "</s>", "\u2581", *tokens[4:]],
+        [2, 3, 3] + [1] * 253,
+        scores=("f32", [0.0] * 256),
+    )
     for path in (bpe, spm):
         ours, ref = Tokenizer.from_gguf(path), LlamaCpp(path)
         assert (ours.bos_id, ours.eos_id) == (ref.bos(), ref.eos())
@@ -385,8 +455,16 @@ def test_default_special_ids_match_llama_cpp(tmp_path: Path) -> None:
 
 def test_first_of_duplicated_merges_wins(tmp_path: Path) -> None:
     tokens = [*BYTE_TO_CHAR, "ab", "bc"]
-    path = write_vocab(tmp_path / "dup.gguf", "gpt2", tokens, [1] * 258, pre="gpt-2",
-                       merges=("str", ["b c", "a b", "b c"]), bos_token_id=0, eos_token_id=0)
+    path = write_vocab(
+        tmp_path / "dup.gguf",
+        "gpt2",
+        tokens,
+        [1] * 258,
+        pre="gpt-2",
+        merges=("str", ["b c", "a b", "b c"]),
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     ours, ref = Tokenizer.from_gguf(path), LlamaCpp(path)
     assert ours.encode("abc", False) == ref.encode("abc", False, False) == [97, 257]
 
@@ -396,20 +474,51 @@ def test_special_token_cutting_matches_llama_cpp(name: str, tmp_path: Path) -> N
     """Longest special token first, each claiming every occurrence in unclaimed text (not
     leftmost-longest); user-defined tokens always, control tokens with parse_special."""
     base = list(BYTE_TO_CHAR)
-    special = {"bcd": 4, "ab": 4, "<|x|>": 3, "<|x": 3, "|>y": 4, "<unk>": 2, "abxy": 4,
-               "xyzzy": 4, "<s>": 3, "</s>": 3, "<|endoftext|>": 3}  # the last three:
-    # llama.cpp's phi-3 fix-up needs them
+    # the last three: llama.cpp's phi-3 fix-up needs them
+    special = {
+        "bcd": 4,
+        "ab": 4,
+        "<|x|>": 3,
+        "<|x": 3,
+        "|>y": 4,
+        "<unk>": 2,
+        "abxy": 4,
+        "xyzzy": 4,
+        "<s>": 3,
+        "</s>": 3,
+        "<|endoftext|>": 3,
+    }
     tokens = base + list(special)
     types = [1] * 256 + list(special.values())
-    path = write_vocab(tmp_path / "sp.gguf", "gpt2", tokens, types, pre="gpt-2",
-                       merges=("str", []), bos_token_id=tokens.index("<s>"),
-                       eos_token_id=tokens.index("</s>"), name=name)
+    path = write_vocab(
+        tmp_path / "sp.gguf",
+        "gpt2",
+        tokens,
+        types,
+        pre="gpt-2",
+        merges=("str", []),
+        bos_token_id=tokens.index("<s>"),
+        eos_token_id=tokens.index("</s>"),
+        name=name,
+    )
     ours, ref = Tokenizer.from_gguf(path), LlamaCpp(path)
-    texts = ["abcd", "xabcdx ab", "<|x|><|x|>y", "<|x<|x|>", "a <|x|> \n y", "<unk>bcd\t",
-             "|>y<|x|>y abcbcd", "<s> x </s>\n\n<|endoftext|>  ab  ",
-             "abxyzzy"]  # "ab" only ever starts where the longer "abxy" loses to "xyzzy"
-    wrong = [(text, mode) for text in texts for mode in MODES
-             if ours.encode(text, *mode) != ref.encode(text, *mode)]
+    texts = [
+        "abcd",
+        "xabcdx ab",
+        "<|x|><|x|>y",
+        "<|x<|x|>",
+        "a <|x|> \n y",
+        "<unk>bcd\t",
+        "|>y<|x|>y abcbcd",
+        "<s> x </s>\n\n<|endoftext|>  ab  ",
+        "abxyzzy",  # "ab" only ever starts where the longer "abxy" loses to "xyzzy"
+    ]
+    wrong = [
+        (text, mode)
+        for text in texts
+        for mode in MODES
+        if ours.encode(text, *mode) != ref.encode(text, *mode)
+    ]
     assert wrong == []
     assert ours.encode("abcd", False) == [ord("a"), tokens.index("bcd")]
     assert ours.encode("abxyzzy", False) == [tokens.index("ab"), tokens.index("xyzzy")]

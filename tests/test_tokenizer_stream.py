@@ -21,8 +21,9 @@ def tokenizer(name: str) -> Tokenizer:
         if name in ("gemma3", "smollm2"):
             import real_models
 
-            path: Path = real_models.gemma3_gguf() if name == "gemma3" \
-                else real_models.smollm2_gguf()
+            path: Path = (
+                real_models.gemma3_gguf() if name == "gemma3" else real_models.smollm2_gguf()
+            )
         else:
             path = vocab_path(name)
             if not path.exists():
@@ -71,8 +72,12 @@ def test_stream_with_special_tokens_rendered(name: str) -> None:
         for special in (False, True):
             assert "".join(stream_pieces(tok, ids, special)) == tok.decode(ids, special)
     # a chat prompt in its own family renders back exactly with special=True
-    chat = {"qwen2": "qwen2", "llama-bpe": "llama-bpe", "gemma3": "gemma",
-            "smollm2": "smollm"}.get(name)
+    chat = {
+        "qwen2": "qwen2",
+        "llama-bpe": "llama-bpe",
+        "gemma3": "gemma",
+        "smollm2": "smollm",
+    }.get(name)
     if chat:
         ids = tok.encode(CHAT[chat], add_special=False, parse_special=True)
         assert tok.decode(ids, special=True) == CHAT[chat]
@@ -127,8 +132,8 @@ def test_invalid_utf8_decodes_the_same_in_both_paths(name: str) -> None:
         full = tok.decode(ids)
         assert "\ufffd" in full
         assert "".join(stream_pieces(tok, ids)) == full
-        assert full == b"".join(tok.token_to_piece(i) for i in ids).decode("utf-8", "replace") \
-            .removeprefix(" " if tok.add_space_prefix else "")
+        pieces = b"".join(tok.token_to_piece(i) for i in ids).decode("utf-8", "replace")
+        assert full == pieces.removeprefix(" " if tok.add_space_prefix else "")
     dec = tok.stream()
     assert dec.push(b[0xE2]) == "" and dec.push(b[0x96]) == ""  # held, not broken
     assert dec.flush() == "\ufffd"

@@ -26,22 +26,25 @@ def test_encode_matches_vectors(family: str) -> None:
     tok = tokenizer(family)
     vectors = load_vectors(family)
     assert len(vectors) == 46  # the loader found every case
-    wrong = [(text, tok.encode(text, add_special=False), ids) for text, ids in vectors
-             if tok.encode(text, add_special=False) != ids]
+    wrong = [
+        (text, tok.encode(text, add_special=False), ids)
+        for text, ids in vectors
+        if tok.encode(text, add_special=False) != ids
+    ]
     assert wrong == []
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_decode_gives_the_text_back(family: str) -> None:
     tok = tokenizer(family)
-    wrong = [(text, tok.decode(ids)) for text, ids in load_vectors(family)
-             if tok.decode(ids) != text]
+    wrong = [
+        (text, tok.decode(ids)) for text, ids in load_vectors(family) if tok.decode(ids) != text
+    ]
     assert wrong == []
 
 
 # add_bos per family: llama.cpp's defaults (SentencePiece, Llama 3) or the file's flag
-ADD_BOS = {"qwen2": False, "llama-bpe": True, "gpt-2": False, "starcoder": False,
-           "llama-spm": True}
+ADD_BOS = {"qwen2": False, "llama-bpe": True, "gpt-2": False, "starcoder": False, "llama-spm": True}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/block_attention.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/formats/simd.h"
 #include "cpu/ops.h"
@@ -54,6 +55,9 @@ public:
             act_[kind].resize(act_row_bytes(ActKind(kind), max_k + 256));
         scores_.resize(size_t(pool_.size()) * size_t(opt.n_ctx));
         const int64_t max_rows = std::max<int64_t>({cfg.n_vocab, cfg.n_ff, max_k});
+        attention_rows_ = attention_block_rows(cfg.n_head / cfg.n_head_kv, cfg.head_dim);
+        attn_.resize(size_t(pool_.size()));
+        for (AttentionScratch& s : attn_) s.reserve(cfg.n_head / cfg.n_head_kv, cfg.head_dim, attention_rows_);
         panel_.resize(size_t(pool_.size()));
         for (PanelScratch& s : panel_) s.reserve(panel_chunk(max_rows, kMaxTasks), opt.max_batch);
         rope_cs_.resize(size_t(opt.max_batch) * size_t(cfg.rope_dims));
@@ -168,8 +172,9 @@ public:
     }
 
     void attention(int layer, const float* q, int n, int pos0, int window, float* out) override {
+        if (n >= kPanelBatch) return attention_blocks(layer, q, n, pos0, window, out);
         const int hd = cfg_.head_dim, nh = cfg_.n_head, group = cfg_.n_head / cfg_.n_head_kv;
-        const float scale = cfg_.attn_scale > 0 ? cfg_.attn_scale : 1.0f / std::sqrt(float(hd));
+        const float scale = attention_scale();
         pool_.parallel_for(int64_t(n) * nh, [&](int64_t task, int thread) {
             const int t = int(task / nh), h = int(task % nh);
             const int pos = pos0 + t;
@@ -182,6 +187,33 @@ public:
                 attend(qh, k32_.data() + base, v32_.data() + base, pos - start + 1, hd, scale, scores, oh);
             else
                 attend(qh, k16_.data() + base, v16_.data() + base, pos - start + 1, hd, scale, scores, oh);
+        });
+    }
+
+    // A batch: blocks of query rows per KV group (block_attention.h). The group's heads are split
+    // over tasks only when blocks alone would leave threads idle (a short prompt after a long
+    // context); the last blocks, which see the most keys, are handed out first.
+    void attention_blocks(int layer, const float* q, int n, int pos0, int window, float* out) {
+        const int hd = cfg_.head_dim, nh = cfg_.n_head, nkv = cfg_.n_head_kv, group = nh / nkv;
+        const int rows = attention_rows_;
+        const int blocks = (n + rows - 1) / rows;
+        int splits = 1;
+        while (splits < group && nkv * blocks * splits < 4 * pool_.size()) ++splits;
+        const size_t stride = size_t(nh) * size_t(hd);
+        const float scale = attention_scale();
+        pool_.parallel_for(int64_t(nkv) * blocks * splits, [&](int64_t task, int thread) {
+            const int b = blocks - 1 - int(task / (int64_t(nkv) * splits));
+            const int g = int(task / splits % nkv), part = int(task % splits);
+            const int t0 = b * rows, nq = std::min(rows, n - t0);
+            const int h0 = g * group + group * part / splits, h1 = g * group + group * (part + 1) / splits;
+            const size_t base = cache_offset(layer, g, 0);
+            const size_t offset = size_t(t0) * stride + size_t(h0) * size_t(hd);
+            if (opt_.kv_f32)
+                attend_block(q + offset, stride, h1 - h0, nq, pos0 + t0, k32_.data() + base, v32_.data() + base,
+                             hd, window, scale, out + offset, stride, attn_[size_t(thread)]);
+            else
+                attend_block(q + offset, stride, h1 - h0, nq, pos0 + t0, k16_.data() + base, v16_.data() + base,
+                             hd, window, scale, out + offset, stride, attn_[size_t(thread)]);
         });
     }
 
@@ -201,6 +233,10 @@ public:
     void softcap(float* x, int64_t count, float cap) override { METALLIC_ISA::softcap(x, count, cap); }
 
 private:
+    float attention_scale() const {
+        return cfg_.attn_scale > 0 ? cfg_.attn_scale : 1.0f / std::sqrt(float(cfg_.head_dim));
+    }
+
     // Cache layout [layer][kv_head][position][head_dim]: one head's keys are contiguous, so a
     // query head scans them in order and heads of a GQA group share them without copies.
     size_t cache_offset(int layer, int kv_head, int pos) const {
@@ -216,6 +252,8 @@ private:
     std::vector<uint8_t> act_[kActKinds];  // one quantized input row per ActKind (F32 unused)
     std::vector<float> scores_;
     std::vector<PanelScratch> panel_;  // per thread
+    std::vector<AttentionScratch> attn_;  // per thread
+    int attention_rows_ = 0;  // query rows per attention block
     std::vector<float> rope_cs_;
     std::vector<MatmulTask> tasks_;
 };

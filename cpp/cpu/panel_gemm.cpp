@@ -70,6 +70,13 @@ constexpr TileFn kTiles[kPanelTokens + 1] = {nullptr, tile<1>, tile<2>, tile<3>,
 
 }  // namespace
 
+void panel_product(const float* panel, int64_t kc, const float* a, size_t a_stride, int64_t n,
+                   float* sums, size_t sums_stride, bool first) {
+    for (int64_t t0 = 0; t0 < n; t0 += kPanelTokens)
+        kTiles[std::min(kPanelTokens, n - t0)](panel, a + t0 * int64_t(a_stride), a_stride, kc,
+                                               sums + t0 * int64_t(sums_stride), sums_stride, first);
+}
+
 void panel_gemm(const FormatKernels& f, const uint8_t* w, size_t row_bytes, int64_t nrows,
                 const float* a, int64_t n, int64_t k, float* out, size_t out_stride,
                 const Epilogue& ep, PanelScratch& s) {

@@ -45,6 +45,12 @@ struct PanelScratch {
     void reserve(int64_t max_rows, int64_t max_tokens);
 };
 
+// sums[t * sums_stride + j] (+)= sum over kk < kc of a[t * a_stride + kk] * panel[kk * 16 + j],
+// for t < n and j < 16: one panel against n rows of activations, in 6-token register tiles.
+// With `first` the sums start from zero instead of their stored values.
+void panel_product(const float* panel, int64_t kc, const float* a, size_t a_stride, int64_t n,
+                   float* sums, size_t sums_stride, bool first);
+
 // For r < nrows and t < n: out[t * out_stride + r] = epilogue(dot(W row r, a row t)), where
 // W's rows are `row_bytes` apart in format f and a's rows are k floats, contiguous.
 void panel_gemm(const FormatKernels& f, const uint8_t* w, size_t row_bytes, int64_t nrows,

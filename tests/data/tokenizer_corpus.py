@@ -22,7 +22,7 @@ CORPUS: list[str] = [
     # code
     "def fib(n: int) -> int:\n    if n < 2:\n        return n\n"
     "    return fib(n - 1) + fib(n - 2)\n",
-    "#include <stdio.h>\nint main(void) {\n\tprintf(\"%d\\n\", 42);\n\treturn 0;\n}\n",
+    '#include <stdio.h>\nint main(void) {\n\tprintf("%d\\n", 42);\n\treturn 0;\n}\n',
     '{"name": "metallic", "version": [0, 1, 0], "ok": true, "pi": 3.14159, "none": null}',
     "<div class=\"x\"><a href='https://example.com/path?q=1&r=2#frag'>link</a></div>",
     "for (let i = 0; i < arr.length; i++) { sum += arr[i] ** 2; } // comment /* block */",
@@ -102,13 +102,19 @@ CORPUS: list[str] = [
 
 # Chat-formatted prompts, per family, for parse_special=True.
 CHAT: dict[str, str] = {
-    "qwen2": "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n"
-             "Wie geht's? \u4f60\u597d<|im_end|>\n<|im_start|>assistant\n",
+    "qwen2": (
+        "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n"
+        "Wie geht's? \u4f60\u597d<|im_end|>\n<|im_start|>assistant\n"
+    ),
     "smollm": "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>",
-    "llama-bpe": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
-                 "Caf\u00e9?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-    "gemma": "<bos><start_of_turn>user\nWhy is the sky blue?<end_of_turn>\n"
-             "<start_of_turn>model\n<table>\n  <tr>\n",
+    "llama-bpe": (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+        "Caf\u00e9?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    ),
+    "gemma": (
+        "<bos><start_of_turn>user\nWhy is the sky blue?<end_of_turn>\n"
+        "<start_of_turn>model\n<table>\n  <tr>\n"
+    ),
     "llama-spm": "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi there [/INST] Hello!</s><s>",
 }
 
