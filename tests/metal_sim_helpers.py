@@ -38,39 +38,6 @@ def rmsnorm(x, w, eps, tg=256):
     return out
 
 
-GEMV_ROWS_PER_SIMDGROUP = 2  # NR of the gemv instantiations in metal/gemv.metal
-
-
-def gemv(w, x, nsg=4):
-    nr = GEMV_ROWS_PER_SIMDGROUP
-    rows, cols = w.shape
-    x = np.atleast_2d(x)
-    n_tok = x.shape[0]
-    out = np.zeros((n_tok, rows), np.float32)
-    kname = {np.float16: "gemv_f16", np.float32: "gemv_f32"}[w.dtype.type]
-    core.sim_dispatch(
-        kname,
-        [args("iiQQQ", rows, cols, cols, cols, rows), w, x, out],
-        [ceil_div(rows, nsg * nr), n_tok],
-        [32 * nsg],
-    )
-    return out
-
-
-def matmul(a, w):
-    m, k = a.shape
-    n = w.shape[0]
-    out = np.zeros((m, n), np.float32)
-    kname = {np.float16: "matmul_f16", np.float32: "matmul_f32"}[w.dtype.type]
-    core.sim_dispatch(
-        kname,
-        [args("iiiiQQQ", m, n, k, 0, k, k, n), a, w, out],
-        [ceil_div(n, 32), ceil_div(m, 32)],
-        [128],
-    )
-    return out
-
-
 def argmax(x, tg=1024):
     rows, n = x.shape
     out = np.full(rows, -1, np.int32)
