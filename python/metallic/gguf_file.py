@@ -4,8 +4,13 @@ Why not ``gguf.GGUFReader``: it trusts every count in the file. A corrupted arra
 makes it loop for 2**64 iterations (a hang, found by fuzzing), and it builds several NumPy
 views per string, which takes seconds on a 262k-token vocabulary. This reader bounds every
 count by the bytes that remain, names the file and the field in every error, and parses a
-large vocabulary in a fraction of a second. The ``gguf`` package still provides the
-constants (value and tensor types, block sizes) and is what the tests use to write files.
+large vocabulary in a fraction of a second. The tests use the ``gguf`` package to write files;
+its constants (value and tensor types, block sizes) are mirrored in ``ggml_types`` so that loading
+a model does not import it.
+
+Arrays of strings (the vocabulary and the BPE merges: 50k-262k strings each) are kept as a
+``StringArray``, one bytes object plus offsets, not as a list of ``str``: a loaded model keeps
+its metadata for as long as it lives, and as Python strings those arrays take 25 MiB or more.
 
 Nothing here touches tensor data: the C++ core maps the file and reads tensors in place.
 """
@@ -13,21 +18,98 @@ Nothing here touches tensor data: the C++ core maps the file and reads tensors i
 from __future__ import annotations
 
 import mmap
+import operator
 import os
 import struct
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from .errors import GGUFError
+from .ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NESTING = 4  # arrays of arrays deeper than this are not used by any model
+
+
+def _decode(raw: bytes) -> str:
+    # Vocabularies may hold raw bytes; keep them recoverable instead of guessing. For valid
+    # UTF-8 this is the same as a strict decode.
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+class StringArray(Sequence[str]):
+    """An immutable GGUF array of strings: the UTF-8 bytes of every string in one ``bytes``
+    object, and in ``offsets`` where each one starts (string i is ``data[offsets[i] :
+    offsets[i + 1]]``). Items are decoded when read, exactly as a single GGUF string is.
+
+    As a list, each string costs 60 to 80 bytes besides its text (object header, cached hash,
+    list slot); here it costs 4 (8 in files over 4 GiB). Tokenizers build their own lookup
+    tables from it once, so nothing decodes it per token.
+
+    It compares equal to a list (or another ``StringArray``) with the same strings in order.
+    """
+
+    __slots__ = ("_data", "_offsets")
+
+    def __init__(self, data: bytes, offsets: array[int]) -> None:
+        if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(data):
+            raise ValueError("offsets must run from 0 to len(data)")
+        self._data = data
+        self._offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        i = operator.index(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("StringArray index out of range")
+        return _decode(self._data[self._offsets[i] : self._offsets[i + 1]])
+
+    def __iter__(self) -> Iterator[str]:
+        data = self._data
+        start = 0
+        for end in islice(self._offsets, 1, None):
+            yield _decode(data[start:end])
+            start = end
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StringArray):
+            return self._data == other._data and self._offsets == other._offsets
+        if isinstance(other, list):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, so unhashable like them
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of text and offsets (the Python object headers aside)."""
+        return len(self._data) + self._offsets.itemsize * len(self._offsets)
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(s) for s in self[:3])
+        more = ", ..." if len(self) > 3 else ""
+        return f"StringArray({len(self)} strings: [{head}{more}])"
 
 
 @dataclass(frozen=True)
@@ -81,6 +163,9 @@ _SCALARS: dict[int, tuple[str, type]] = {
 }
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Cursor:
     """Bounds-checked little-endian reads over the mapped header."""
 
@@ -117,12 +202,33 @@ class _Cursor:
         n = self.u64()
         if n > self.remaining():
             raise self.fail(f"string length {n} runs past the end of the file")
-        raw = bytes(self.take(n))
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            # Vocabularies may hold raw bytes; keep them recoverable instead of guessing.
-            return raw.decode("utf-8", errors="surrogateescape")
+        return _decode(bytes(self.take(n)))
+
+    def strings(self, count: int) -> StringArray:
+        """``count`` strings, copied into one StringArray. The same checks and errors as
+        ``count`` calls of string(), in one loop without a Python object per string: this is
+        the vocabulary, up to 262k strings."""
+        buf = self.buf
+        end = len(buf)
+        pos = self.pos
+        data = bytearray()
+        # The text lies in the rest of the file: 32-bit offsets hold it unless that is 4 GiB.
+        offsets = array("I" if end - pos < 1 << 32 else "Q", [0])
+        unpack = _U64.unpack_from
+        for _ in range(count):
+            if end - pos < 8:
+                self.pos = pos  # errors name the byte where the bad string is
+                raise self.fail(f"truncated file: need 8 bytes, {end - pos} left")
+            (n,) = unpack(buf, pos)
+            pos += 8
+            if n > end - pos:
+                self.pos = pos
+                raise self.fail(f"string length {n} runs past the end of the file")
+            data += buf[pos : pos + n]
+            pos += n
+            offsets.append(len(data))
+        self.pos = pos
+        return StringArray(bytes(data), offsets)
 
     def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype in _SCALARS:
@@ -147,7 +253,7 @@ class _Cursor:
                 # each string costs at least its 8-byte length
                 if count * 8 > self.remaining():
                     raise self.fail(f"array of {count} strings runs past the end of the file")
-                return [self.string() for _ in range(count)]
+                return self.strings(count)
             if etype == GGUFValueType.ARRAY:
                 if count * 12 > self.remaining():
                     raise self.fail(f"array of {count} arrays runs past the end of the file")

@@ -106,6 +106,8 @@ class Model:
 
     @property
     def metadata(self) -> dict[str, Any]:
+        """The GGUF metadata. Arrays of strings (the vocabulary, the merges) are read-only
+        ``metallic.gguf_file.StringArray`` sequences, numeric arrays are NumPy arrays."""
         return self.gguf.metadata
 
     # -- low level ----------------------------------------------------------------------------

@@ -43,8 +43,11 @@ class BPE:
         assert spec is not None
         self._steps = spec.steps
         # the common single-pattern families skip split_words' generic loop
-        self._findall = spec.steps[0].pattern.findall if (
-            len(spec.steps) == 1 and spec.steps[0].kind == "match") else None
+        self._findall = (
+            spec.steps[0].pattern.findall
+            if (len(spec.steps) == 1 and spec.steps[0].kind == "match")
+            else None
+        )
         self._ranks = vocab.ranks
         self._t2i = vocab.token_to_id
         self._byte_encode = spec.byte_encode
@@ -54,8 +57,7 @@ class BPE:
         t2i = vocab.token_to_id
         if spec.byte_encode:
             # llama.cpp looks the raw byte up as a one-byte string; only ASCII can match
-            self._byte_ids = [t2i.get(chr(b) if b < 0x80 else chr(0xDC00 + b))
-                              for b in range(256)]
+            self._byte_ids = [t2i.get(chr(b) if b < 0x80 else chr(0xDC00 + b)) for b in range(256)]
         else:
             self._byte_ids = [t2i.get(f"<0x{b:02X}>") for b in range(256)]
         self._cache: dict[str, list[int]] = {}
@@ -79,8 +81,11 @@ class BPE:
 
     def _word(self, word: str) -> list[int]:
         t2i = self._t2i
-        sym = word.encode("utf-8").decode("latin-1").translate(ENCODE_TABLE) \
-            if self._byte_encode else word
+        sym = (
+            word.encode("utf-8").decode("latin-1").translate(ENCODE_TABLE)
+            if self._byte_encode
+            else word
+        )
         if self._ignore_merges or (self._newline_words and not sym.strip("\n")):
             whole = t2i.get(sym)
             if whole is not None:

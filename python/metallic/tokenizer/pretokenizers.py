@@ -34,10 +34,12 @@ from functools import cached_property
 import regex
 
 # Unicode White_Space, the set llama.cpp treats as \s.
+# fmt: off
 _WS_POINTS = (
     [*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
      0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
 )
+# fmt: on
 WHITESPACE = frozenset(chr(c) for c in _WS_POINTS)
 _WS_CLASS = r"\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 
@@ -46,9 +48,11 @@ _WS_CLASS = r"\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 
 # Han ideographs as llama.cpp's Kimi-K2 splitter defines them (by range, not by property).
-_HAN = (r"\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f"
-        r"\U0002b740-\U0002b81f\U0002b820-\U0002ceaf\U0002ceb0-\U0002ebef\uf900-\ufaff"
-        r"\U0002f800-\U0002fa1f")
+_HAN = (
+    r"\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f"
+    r"\U0002b740-\U0002b81f\U0002b820-\U0002ceaf\U0002ceb0-\U0002ebef\uf900-\ufaff"
+    r"\U0002f800-\U0002fa1f"
+)
 
 
 def _compile(pattern: str) -> regex.Pattern[str]:
@@ -67,7 +71,7 @@ def _compile(pattern: str) -> regex.Pattern[str]:
                     raise ValueError(f"\\S inside a character class: {pattern!r}")
                 out.append(f"[^{_WS_CLASS}]")
             else:
-                out.append(pattern[i:i + 2])
+                out.append(pattern[i : i + 2])
             i += 2
             continue
         if c == "[" and not in_class:
@@ -174,6 +178,9 @@ def _split(source: str) -> Step:
 
 # --- the patterns ---------------------------------------------------------------------------
 
+# The patterns and code point tables are laid out by hand (by alternative, by range):
+# the formatter leaves them as they are.
+# fmt: off
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
            r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -263,6 +270,7 @@ _MINICPM5 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _BLOOM = r" ?[^(\s|.,!?…。，、।۔،)]+"
 _NEWLINES = r"[^\n]+|\n+"
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -285,6 +293,7 @@ def _spec(names: str, *steps: Step, **kw: bool) -> PreSpec:
     return PreSpec(steps=steps, names=tuple(names.split()), **kw)
 
 
+# fmt: off
 _DEFAULT_STEPS = (_split(r"[\p{P}\$\+<=>\^~\|]+"), _match(_GPT2), _split(r"\p{N}+"),
                   _split(r"[0-9][0-9][0-9]"))
 
@@ -337,6 +346,7 @@ _SPECS: tuple[PreSpec, ...] = (
     _spec("sarvam-moe", _match(_NEWLINES), byte_encode=False, escape_whitespace=True),
     _spec("minicpm5", _split(r"\p{N}{1,3}"), _split(_MINICPM5), ignore_merges=True),
 )
+# fmt: on
 # Not supported: "whitespace" (jina-v2-zh), which needs llama.cpp's separate whitespace model.
 
 PRE_SPECS: dict[str, PreSpec] = {name: spec for spec in _SPECS for name in spec.names}

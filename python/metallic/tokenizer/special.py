@@ -71,7 +71,7 @@ def _trie_regex(texts: list[str]) -> str:
                 continue
             chain = [c]
             while len(child) == 1 and "" not in child:  # no branch: a plain literal run
-                (c, child), = child.items()
+                ((c, child),) = child.items()
                 chain.append(c)
             alts.append(re.escape("".join(chain)) + emit(child))
         if not alts:
@@ -116,7 +116,7 @@ class SpecialMatcher:
             while pos >= 0:
                 hit = claimed.find(1, pos, pos + size)
                 if hit < 0:
-                    claimed[pos:pos + size] = b"\x01" * size
+                    claimed[pos : pos + size] = b"\x01" * size
                     claims.append((pos, tid))
                     pos = text.find(t, pos + size)
                 else:

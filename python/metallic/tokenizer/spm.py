@@ -32,8 +32,7 @@ class SPM:
         t2i = vocab.token_to_id
         self._t2i = t2i
         n = len(vocab.tokens)
-        self._scores: list[float] = vocab.scores.tolist() if vocab.scores is not None \
-            else [0.0] * n
+        self._scores: list[float] = vocab.scores.tolist() if vocab.scores is not None else [0.0] * n
         self._unk = vocab.ids.get("unk")
         self._byte_ids: list[int | None] = []
         for b in range(256):
@@ -78,7 +77,8 @@ class SPM:
                     if bi is None:
                         raise TokenizerError(
                             f"no token for byte 0x{b:02X} (no <0x{b:02X}> byte token and no "
-                            "unknown token) in this SentencePiece vocabulary")
+                            "unknown token) in this SentencePiece vocabulary"
+                        )
                 out.append(bi)
         return out
 
@@ -151,8 +151,13 @@ class SPM:
 
 def _cutter(tokens: list[str]) -> Callable[[str], list[str]]:
     """A function cutting escaped text into independently mergeable parts (module doc)."""
-    glued = {t[i - 1] for t in tokens if SPACE in t[1:]
-             for i in range(1, len(t)) if t[i] == SPACE and t[i - 1] != SPACE}
+    glued = {
+        t[i - 1]
+        for t in tokens
+        if SPACE in t[1:]
+        for i in range(1, len(t))
+        if t[i] == SPACE and t[i - 1] != SPACE
+    }
     cls = "".join(re.escape(c) for c in sorted(glued))
     pattern = re.compile(f"(?<=[^{SPACE}{cls}])(?={SPACE})")
     return pattern.split

@@ -14,12 +14,20 @@ from typing import Any
 
 import numpy as np
 
+from ..gguf_file import StringArray
 from .errors import TokenizerError
 from .pretokenizers import PRE_SPECS, PreSpec
 
 # tokenizer.ggml.token_type values
-TYPE_UNDEFINED, TYPE_NORMAL, TYPE_UNKNOWN, TYPE_CONTROL, TYPE_USER_DEFINED, TYPE_UNUSED, \
-    TYPE_BYTE = range(7)
+(
+    TYPE_UNDEFINED,
+    TYPE_NORMAL,
+    TYPE_UNKNOWN,
+    TYPE_CONTROL,
+    TYPE_USER_DEFINED,
+    TYPE_UNUSED,
+    TYPE_BYTE,
+) = range(7)
 
 # attribute bits (ours; several can be set on one token after the fix-ups)
 NORMAL = 1
@@ -38,23 +46,74 @@ BPE_MODELS = ("gpt2", "gemma4")
 
 # Texts that make a token an end-of-generation token (llama.cpp's list).
 EOG_TEXTS = (
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
-    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
-    "<｜end▁of▁sentence｜>", "[e~[",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
 )
 EOT_TEXTS = (
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-    "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
 )
 EOM_TEXTS = ("<|eom_id|>",)
 FIM_TEXTS = {
-    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>",
-                "▁<PRE>", "<|code_prefix|>", "<|prefix|>"),
-    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>",
-                "▁<SUF>", "<|code_suffix|>", "<|suffix|>"),
-    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>",
-                "▁<MID>", "<|code_middle|>", "<|middle|>"),
+    "fim_pre": (
+        "<|fim_prefix|>",
+        "<fim-prefix>",
+        "<fim_prefix>",
+        "<｜fim▁begin｜>",
+        "<PRE>",
+        "▁<PRE>",
+        "<|code_prefix|>",
+        "<|prefix|>",
+    ),
+    "fim_suf": (
+        "<|fim_suffix|>",
+        "<fim-suffix>",
+        "<fim_suffix>",
+        "<｜fim▁hole｜>",
+        "<SUF>",
+        "▁<SUF>",
+        "<|code_suffix|>",
+        "<|suffix|>",
+    ),
+    "fim_mid": (
+        "<|fim_middle|>",
+        "<fim-middle>",
+        "<fim_middle>",
+        "<｜fim▁end｜>",
+        "<MID>",
+        "▁<MID>",
+        "<|code_middle|>",
+        "<|middle|>",
+    ),
     "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
     "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
     "fim_sep": ("<|file_sep|>",),
@@ -113,6 +172,8 @@ def _string_list(md: Mapping[str, Any], key: str) -> list[str]:
     value = md.get(key)
     if value is None:
         raise TokenizerError(f"missing metadata key '{key}'")
+    if isinstance(value, StringArray):  # what read_gguf gives: strings by construction
+        return list(value)
     if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
         raise TokenizerError(f"metadata key '{key}' must be an array of strings")
     return list(value)
@@ -158,7 +219,8 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
     if model not in SPM_MODELS + BPE_MODELS:
         raise TokenizerError(
             f"unsupported tokenizer model '{model}' (tokenizer.ggml.model); "
-            f"supported: {', '.join(SPM_MODELS + BPE_MODELS)}")
+            f"supported: {', '.join(SPM_MODELS + BPE_MODELS)}"
+        )
 
     pre = md.get("tokenizer.ggml.pre") or ""
     if not isinstance(pre, str):
@@ -185,11 +247,13 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
         spec = PRE_SPECS.get(name)
         if spec is None:
             raise TokenizerError(
-                f"unknown pre-tokenizer '{pre}' (tokenizer.ggml.pre) for tokenizer model "
-                f"'{model}'")
+                f"unknown pre-tokenizer '{pre}' (tokenizer.ggml.pre) for tokenizer model '{model}'"
+            )
         if "tokenizer.ggml.merges" not in md and not (model == "gpt2" and pre == "kimi-k2"):
-            raise TokenizerError("missing metadata key 'tokenizer.ggml.merges' "
-                                 f"(required by tokenizer model '{model}')")
+            raise TokenizerError(
+                "missing metadata key 'tokenizer.ggml.merges' "
+                f"(required by tokenizer model '{model}')"
+            )
         if "tokenizer.ggml.merges" in md:
             ranks = _merge_ranks(_string_list(md, "tokenizer.ggml.merges"))
         ids = {"bos": 11, "eos": 11} if model == "gpt2" else {}
@@ -215,15 +279,22 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
         value = md.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-                or not 0 <= int(value) < n:
-            raise TokenizerError(f"metadata key '{key}' = {value!r} is not a token id "
-                                 f"(vocabulary of {n} tokens)")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or not 0 <= int(value) < n
+        ):
+            raise TokenizerError(
+                f"metadata key '{key}' = {value!r} is not a token id (vocabulary of {n} tokens)"
+            )
         ids[name] = int(value)
     for name, key in {**_DEPRECATED_FIM, **_OPTIONAL_IDS}.items():
         value = md.get(key)
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) \
-                and 0 <= int(value) < n:
+        if (
+            isinstance(value, (int, np.integer))
+            and not isinstance(value, bool)
+            and 0 <= int(value) < n
+        ):
             ids[name] = int(value)
 
     add_bos = _flag(md, "tokenizer.ggml.add_bos_token", add_bos)
@@ -231,11 +302,15 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
     if spec is not None and spec.force_add_bos:
         add_bos = True
     if add_bos and ids.get("bos") is None:
-        raise TokenizerError("tokenizer.ggml.add_bos_token is set but the vocabulary has no BOS "
-                             "token (tokenizer.ggml.bos_token_id)")
+        raise TokenizerError(
+            "tokenizer.ggml.add_bos_token is set but the vocabulary has no BOS "
+            "token (tokenizer.ggml.bos_token_id)"
+        )
     if add_eos and ids.get("eos") is None:
-        raise TokenizerError("tokenizer.ggml.add_eos_token is set but the vocabulary has no EOS "
-                             "token (tokenizer.ggml.eos_token_id)")
+        raise TokenizerError(
+            "tokenizer.ggml.add_eos_token is set but the vocabulary has no EOS "
+            "token (tokenizer.ggml.eos_token_id)"
+        )
 
     eog = _detect_special(ids, attrs, tokens, token_to_id)
     _model_fixups(md, attrs, token_to_id)
@@ -244,15 +319,26 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
     special.sort(key=lambda i: (-len(tokens[i]), i))
 
     return Vocab(
-        model=model, pre=pre, spec=spec, tokens=tokens, token_to_id=token_to_id, attrs=attrs,
-        scores=None if scores is None else scores.astype(np.float64), ranks=ranks, ids=ids,
-        add_bos=add_bos, add_eos=add_eos, add_space_prefix=add_space_prefix,
-        eog_ids=frozenset(eog), special_ids=special,
+        model=model,
+        pre=pre,
+        spec=spec,
+        tokens=tokens,
+        token_to_id=token_to_id,
+        attrs=attrs,
+        scores=None if scores is None else scores.astype(np.float64),
+        ranks=ranks,
+        ids=ids,
+        add_bos=add_bos,
+        add_eos=add_eos,
+        add_space_prefix=add_space_prefix,
+        eog_ids=frozenset(eog),
+        special_ids=special,
     )
 
 
-def _detect_special(ids: dict[str, int | None], attrs: np.ndarray, tokens: list[str],
-                    token_to_id: dict[str, int]) -> set[int]:
+def _detect_special(
+    ids: dict[str, int | None], attrs: np.ndarray, tokens: list[str], token_to_id: dict[str, int]
+) -> set[int]:
     """EOT/EOM/FIM ids by text when metadata does not name them, and the end-of-generation
     set. Tokens recognised this way become control tokens even if typed otherwise."""
 
@@ -297,8 +383,9 @@ def _detect_special(ids: dict[str, int | None], attrs: np.ndarray, tokens: list[
     # harmony / solar-open: "<|end|>" ends a message, not the generation
     texts = {tokens[i]: i for i in eog}
     if "<|end|>" in texts and (
-            ("<|return|>" in texts and ("<|call|>" in texts or "<|calls|>" in texts))
-            or (("<|call|>" in texts or "<|calls|>" in texts) and "<|flush|>" in texts)):
+        ("<|return|>" in texts and ("<|call|>" in texts or "<|calls|>" in texts))
+        or (("<|call|>" in texts or "<|calls|>" in texts) and "<|flush|>" in texts)
+    ):
         end = texts["<|end|>"]
         eog.discard(end)
         attrs[end] = USER_DEFINED
@@ -316,7 +403,8 @@ def _model_fixups(md: Mapping[str, Any], attrs: np.ndarray, token_to_id: dict[st
     pre = str(md.get("tokenizer.ggml.pre") or "")
     arch = str(md.get("general.architecture") or "")
     if any(s in pre for s in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or any(
-            s in arch for s in ("nomic-bert-moe", "jina-bert-v3")):
+        s in arch for s in ("nomic-bert-moe", "jina-bert-v3")
+    ):
         if "<mask>" in token_to_id:
             attrs[token_to_id["<mask>"]] |= LSTRIP
     elif "phi-3" in name or "phi3" in name:
