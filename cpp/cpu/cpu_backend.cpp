@@ -42,11 +42,11 @@ public:
         const int64_t kv_row = int64_t(cfg.n_head_kv) * cfg.head_dim;
         const size_t kv_elems = size_t(cfg.n_layer) * size_t(opt.n_ctx) * size_t(kv_row);
         if (opt.kv_f32) {
-            k32_.assign(kv_elems, 0.0f);
-            v32_.assign(kv_elems, 0.0f);
+            k32_.reset(kv_elems);
+            v32_.reset(kv_elems);
         } else {
-            k16_.assign(kv_elems, 0);
-            v16_.assign(kv_elems, 0);
+            k16_.reset(kv_elems);
+            v16_.reset(kv_elems);
         }
         const int64_t max_k = std::max<int64_t>(std::max(cfg.n_embd, cfg.n_ff), int64_t(cfg.n_head) * cfg.head_dim);
         // One scratch buffer per quantized activation kind: a matmul's jobs may mix formats
@@ -247,8 +247,9 @@ private:
     ModelConfig cfg_;
     CpuOptions opt_;
     ThreadPool pool_;
-    std::vector<uint16_t> k16_, v16_;
-    std::vector<float> k32_, v32_;
+    // Sized for the whole context; pages become resident as positions are written.
+    ZeroedBuffer<uint16_t> k16_, v16_;
+    ZeroedBuffer<float> k32_, v32_;
     std::vector<uint8_t> act_[kActKinds];  // one quantized input row per ActKind (F32 unused)
     std::vector<float> scores_;
     std::vector<PanelScratch> panel_;  // per thread

@@ -18,6 +18,7 @@
 
 #include "engine/config.h"
 #include "engine/weights.h"
+#include "engine/zeroed_buffer.h"
 
 namespace metallic {
 
@@ -37,7 +38,7 @@ public:
     // Memory for the engine's activations: count floats, zeroed, valid as long as the backend.
     // Called once, at load. The default is host memory.
     virtual float* activations(size_t count) {
-        host_activations_.assign(count, 0.0f);
+        host_activations_.reset(count);
         return host_activations_.data();
     }
     // Waits for all work the ops queued; results are readable by the host afterwards.
@@ -106,7 +107,7 @@ public:
     }
 
 private:
-    std::vector<float> host_activations_;
+    ZeroedBuffer<float> host_activations_;
 };
 
 }  // namespace metallic
