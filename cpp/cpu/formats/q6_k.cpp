@@ -8,22 +8,27 @@ namespace {
 struct Q6_K {
     static constexpr int64_t kBytes = sizeof(BlockQ6_K);
 
-    // Code l of group k (32 elements) of half h: see BlockQ6_K.
-    static int code(const BlockQ6_K& b, int h, int k, int l) {
-        const int lo = (b.ql[64 * h + 32 * (k & 1) + l] >> (4 * (k >> 1))) & 0x0f;
-        return lo | ((b.qh[32 * h + l] >> (2 * k)) & 3) << 4;
-    }
-
+    // Group k (32 elements) of half h holds the low nibbles (k < 2) or high nibbles (k >= 2)
+    // of ql's 32-byte row k & 1 and bit pair k of qh (see BlockQ6_K). Written as flat loops
+    // with loop-invariant shifts so the compiler vectorizes them: prefill decodes every weight
+    // through here once per batch.
     static void dequant_block(const uint8_t* p, float* y) {
         const BlockQ6_K& b = *reinterpret_cast<const BlockQ6_K*>(p);
         const float d = half_to_float(load_u16(&b.d));
         for (int h = 0; h < 2; ++h)
-            for (int k = 0; k < 4; ++k)
-                for (int l = 0; l < 32; ++l) {
-                    const int e = 128 * h + 32 * k + l;
-                    const float ds = d * static_cast<float>(b.scales[e / 16]);
-                    y[e] = ds * static_cast<float>(code(b, h, k, l) - 32);
-                }
+            for (int k = 0; k < 4; ++k) {
+                const uint8_t* ql = b.ql + 64 * h + 32 * (k & 1);
+                const uint8_t* qh = b.qh + 32 * h;
+                const int lo_shift = 4 * (k >> 1), hi_shift = 2 * k;
+                int8_t codes[32];
+                for (int l = 0; l < 32; ++l)
+                    codes[l] = int8_t((((ql[l] >> lo_shift) & 0x0f) | ((qh[l] >> hi_shift) & 3) << 4) - 32);
+                const int e = 128 * h + 32 * k;
+                const float ds0 = d * static_cast<float>(b.scales[e / 16]);
+                const float ds1 = d * static_cast<float>(b.scales[e / 16 + 1]);
+                for (int l = 0; l < 16; ++l) y[e + l] = ds0 * static_cast<float>(codes[l]);
+                for (int l = 0; l < 16; ++l) y[e + 16 + l] = ds1 * static_cast<float>(codes[16 + l]);
+            }
     }
 
     static F8 dot(const uint8_t* p, const BlockQ8K& a, F8 acc) {
