@@ -8,6 +8,11 @@ and standard deviation over the repetitions after one warm-up.
 
 ppN: N prompt tokens processed as one batch into an empty cache.
 tgN: N tokens decoded one at a time into an empty cache (no sampling), as llama-bench does.
+
+Decode reads every weight once per token, so tgN is also reported as a fraction of the memory
+bandwidth: weight bytes per token x tokens/s against a streaming read measured by the parent
+between the repetitions (the VM's bandwidth drifts with its neighbours; a figure from another
+moment would not compare).
 """
 
 from __future__ import annotations
@@ -184,6 +189,14 @@ class Result:
         return statistics.stdev(self.tps) if len(self.tps) > 1 else 0.0
 
 
+def _read_bandwidth(threads: int) -> float:
+    """Streaming read bandwidth in bytes/s over a buffer far past the last-level cache, with
+    the same threads as the engines (the best of three passes)."""
+    from . import _core
+
+    return float(_core.read_bandwidth(256 << 20, threads, 3))
+
+
 def run_bench(
     model: str,
     pp: int,
@@ -193,7 +206,10 @@ def run_bench(
     backend: str,
     vs_llama_cpp: bool,
     progress: bool = True,
+    bandwidth: list[float] | None = None,
 ) -> tuple[list[Result], dict[str, int]]:
+    """Runs the tests; with `bandwidth` (a list) and a tg test, the streaming read bandwidth
+    measured after each tg round is appended to it."""
     n_ctx = max(pp, tg) + 16
     workers = [_Worker("metallic", model, threads, n_ctx, backend)]
     if vs_llama_cpp:
@@ -221,6 +237,8 @@ def run_bench(
                             file=sys.stderr,
                             flush=True,
                         )
+                if test == "tg" and rep > 0 and bandwidth is not None:
+                    bandwidth.append(_read_bandwidth(workers[0].info["threads"]))
         rss = {w.engine: w.ask({"test": "rss"})["rss"] for w in workers}
     finally:
         for w in workers:
@@ -230,14 +248,45 @@ def run_bench(
     return list(results.values()), rss
 
 
-def _model_facts(path: str) -> tuple[str, int, int]:
+@dataclass
+class ModelFacts:
+    name: str
+    size: int  # file bytes
+    params: int
+    decode_bytes: int  # weight bytes one decoded token reads
+
+
+def _model_facts(path: str) -> ModelFacts:
     from .config import model_config
     from .gguf_file import read_gguf
 
     g = read_gguf(path)
     cfg = model_config(g)
     params = sum(t.n_elements for t in g.tensors.values())
-    return f"{cfg.arch} {cfg.name}".strip(), g.file_size, params
+    # A token reads every tensor once, except the embedding table, of which it reads one row;
+    # a model without output.weight reads the whole table again as its output projection.
+    read = sum(t.nbytes for t in g.tensors.values())
+    embd = g.tensors.get("token_embd.weight")
+    if embd is not None and "output.weight" in g.tensors:
+        read -= embd.nbytes
+    return ModelFacts(f"{cfg.arch} {cfg.name}".strip(), g.file_size, params, read)
+
+
+def bandwidth_lines(results: list[Result], decode_bytes: int, bandwidth: list[float]) -> list[str]:
+    """tgN as bytes read per second against the measured streaming read, per engine."""
+    if not bandwidth:
+        return []
+    bw = statistics.fmean(bandwidth)
+    out = []
+    for r in results:
+        if r.test == "tg" and r.backend in ("cpu", "llama.cpp"):
+            rate = decode_bytes * r.mean
+            out.append(
+                f"tg{r.n} {r.engine}: {decode_bytes / 1e6:.0f} MB of weights per token x "
+                f"{r.mean:.2f} t/s = {rate / 1e9:.1f} GB/s, {rate / bw:.0%} of the streaming "
+                f"read bandwidth ({bw / 1e9:.1f} GB/s, measured between the runs)"
+            )
+    return out
 
 
 def format_table(
@@ -278,7 +327,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .models import resolve_model
 
     path = str(resolve_model(args.model))
-    name, size, params = _model_facts(path)
+    facts = _model_facts(path)
+    name, size, params = facts.name, facts.size, facts.params
     if args.vs_llama_cpp:
         try:
             import llama_cpp  # noqa: F401
@@ -286,6 +336,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise SystemExit(
                 'error: --vs-llama-cpp needs llama-cpp-python: pip install "metallic[bench]"'
             ) from None
+    bandwidth: list[float] = []
     results, rss = run_bench(
         path,
         args.n_prompt,
@@ -294,7 +345,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.threads or 0,
         args.backend or "",
         args.vs_llama_cpp,
+        bandwidth=bandwidth,
     )
+    bw_lines = bandwidth_lines(results, facts.decode_bytes, bandwidth)
     if args.output == "json":
         json.dump(
             {
@@ -303,6 +356,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "size": size,
                 "params": params,
                 "peak_rss": rss,
+                "decode_bytes_per_token": facts.decode_bytes,
+                "read_bandwidth": bandwidth,
                 "results": [
                     {
                         "engine": r.engine,
@@ -328,6 +383,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
     else:
         print(format_table(name, size, params, results, rss))
+        for line in bw_lines:
+            print(line)
     return 0
 
 
