@@ -17,8 +17,6 @@
 
 namespace metallic::cpu::METALLIC_ISA {
 
-constexpr int64_t kAheadBytes = 1024;
-
 // One row at a time, a single linear stream per thread (see q32_gemv.h).
 template <class Fmt>
 void kquant_gemv(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act, int64_t k,
@@ -29,9 +27,8 @@ void kquant_gemv(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* 
         const uint8_t* row = w + r * row_bytes;
         F8 acc = zero8();
         for (int64_t b = 0; b < nsb; ++b) {
-            // Prefetching ~1 KB ahead hides the DRAM latency the out-of-order window cannot.
             const uint8_t* blk = row + b * Fmt::kBytes;
-            for (int64_t line = 0; line < Fmt::kBytes; line += 64) __builtin_prefetch(blk + kAheadBytes + line);
+            for (int64_t line = 0; line < Fmt::kBytes; line += 64) __builtin_prefetch(blk + kPrefetchAhead + line);
             acc = Fmt::dot(blk, a[b], acc);
         }
         out[r] = apply_epilogue(hsum8(acc), ep, r, out + r);

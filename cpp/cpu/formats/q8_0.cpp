@@ -10,8 +10,6 @@ constexpr int64_t kBlockBytes = 34;
 
 inline float block_scale(const uint8_t* blk) { return half_to_float(load_u16(blk)); }
 
-constexpr int kPrefetchRows = 8;  // see q32_gemv.h
-
 void dequant(const uint8_t* src, float* dst, int64_t n) {
     for (int64_t b = 0; b < n / 32; ++b) {
         const uint8_t* blk = src + b * kBlockBytes;
@@ -33,8 +31,8 @@ void gemv(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act, in
         int64_t b = 0;
         for (; b + 2 <= nb; b += 2) {
             const uint8_t* blk = row + b * kBlockBytes;
-            __builtin_prefetch(blk + kPrefetchRows * row_bytes);
-            __builtin_prefetch(blk + kPrefetchRows * row_bytes + 64);
+            __builtin_prefetch(blk + kPrefetchAhead);
+            __builtin_prefetch(blk + kPrefetchAhead + 64);
             const int8_t* q0 = reinterpret_cast<const int8_t*>(blk + 2);
             const int8_t* q1 = reinterpret_cast<const int8_t*>(blk + kBlockBytes + 2);
             acc0 = fma8(dot_i8_i16x32(q0, a[b].q), splat8(block_scale(blk) * a[b].d), acc0);
