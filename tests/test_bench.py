@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from gguf import GGUFReader
@@ -80,7 +79,7 @@ def test_bench_table_reports_the_bandwidth_fraction() -> None:
         (["-n", "-3"], "--n-gen must be >= 0"),
     ],
 )
-def test_bench_bad_arguments(args: list[str], message: str, tmp_path: Path) -> None:
+def test_bench_bad_arguments(args: list[str], message: str) -> None:
     path = tiny_gguf("qwen2", "Q8_0", "gqa2-untied")[0]
     proc = bench("-m", str(path), *args)
     assert proc.returncode != 0

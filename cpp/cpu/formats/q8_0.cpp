@@ -10,6 +10,12 @@ constexpr int64_t kBlockBytes = 34;
 
 inline float block_scale(const uint8_t* blk) { return half_to_float(load_u16(blk)); }
 
+// acc + the 8-lane partial dot of one weight block with its activation block.
+inline F8 add_block(F8 acc, const uint8_t* blk, const BlockI16& a) {
+    const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
+    return fma8(dot_i8_i16x32(q, a.q), splat8(block_scale(blk) * a.d), acc);
+}
+
 void dequant(const uint8_t* src, float* dst, int64_t n) {
     for (int64_t b = 0; b < n / 32; ++b) {
         const uint8_t* blk = src + b * kBlockBytes;
@@ -33,16 +39,10 @@ void gemv(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act, in
             const uint8_t* blk = row + b * kBlockBytes;
             __builtin_prefetch(blk + kPrefetchAhead);
             __builtin_prefetch(blk + kPrefetchAhead + 64);
-            const int8_t* q0 = reinterpret_cast<const int8_t*>(blk + 2);
-            const int8_t* q1 = reinterpret_cast<const int8_t*>(blk + kBlockBytes + 2);
-            acc0 = fma8(dot_i8_i16x32(q0, a[b].q), splat8(block_scale(blk) * a[b].d), acc0);
-            acc1 = fma8(dot_i8_i16x32(q1, a[b + 1].q), splat8(block_scale(blk + kBlockBytes) * a[b + 1].d), acc1);
+            acc0 = add_block(acc0, blk, a[b]);
+            acc1 = add_block(acc1, blk + kBlockBytes, a[b + 1]);
         }
-        for (; b < nb; ++b) {
-            const uint8_t* blk = row + b * kBlockBytes;
-            const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
-            acc0 = fma8(dot_i8_i16x32(q, a[b].q), splat8(block_scale(blk) * a[b].d), acc0);
-        }
+        if (b < nb) acc0 = add_block(acc0, row + b * kBlockBytes, a[b]);
         out[r] = apply_epilogue(hsum8(add8(acc0, acc1)), ep, r, out + r);
     }
 }
