@@ -48,7 +48,9 @@ HALF_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2)
 def make_case(name: str, rng: np.random.Generator) -> dict:
     qtype = Q[name]
     block, block_bytes = quants.GGML_QUANT_SIZES[qtype]
-    nblocks = 3 if block == 256 else 5
+    # 32-element formats: 75 blocks = a full 64-block span of the one-token kernel (8 groups of
+    # 8), then one group and 3 blocks on their own.
+    nblocks = 3 if block == 256 else 75
     # Several 256-column slabs, the last one ragged (603 = 2 x 256 + 91, 91 = 11 x 8 + 3).
     cols = block * nblocks if block > 1 else 603
     if name in HALF_OFFSETS:

@@ -12,20 +12,32 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 namespace metallic::cpu {
 
 enum class ActKind : uint8_t { F32, Q8, I16, Q8K };
 constexpr int kActKinds = 4;
 
-// One 32-element block of an activation row quantized to int8. `sum` is d * sum(q): formats
-// with a per-block offset (Q4_1, Q5_1) need it.
-struct BlockQ8 {
-    float d;
-    float sum;
-    int8_t q[32];
+// An activation row of k values quantized to int8 in blocks of 32 (x ~= d * q), stored as three
+// arrays rather than as an array of blocks so a kernel loads the scales of 8 blocks with one
+// vector load: k codes, then k / 32 scales d, then k / 32 block sums d * sum(q), which formats
+// with a per-block offset (Q4_0, Q4_1, ...) need.
+template <class Byte>
+struct Q8RowOf {
+    using I8 = std::conditional_t<std::is_const_v<Byte>, const int8_t, int8_t>;
+    using F = std::conditional_t<std::is_const_v<Byte>, const float, float>;
+    I8* q;
+    F* d;
+    F* sum;
+
+    Q8RowOf(Byte* row, int64_t k)
+        : q(reinterpret_cast<I8*>(row)),
+          d(reinterpret_cast<F*>(row + k)),
+          sum(reinterpret_cast<F*>(row + k + k / 32 * 4)) {}
 };
-static_assert(sizeof(BlockQ8) == 40, "BlockQ8 layout");
+using Q8Row = Q8RowOf<const uint8_t>;
+constexpr size_t kQ8BlockBytes = 32 + 2 * sizeof(float);  // codes, scale and sum of one block
 
 // One 32-element block of an activation row quantized to int16: x ~= d * q.
 struct BlockI16 {
@@ -86,7 +98,7 @@ void batch_gemm(const FormatKernels& f, const uint8_t* w, size_t row_bytes, int6
 inline size_t act_row_bytes(ActKind kind, int64_t k) {
     switch (kind) {
         case ActKind::F32: return static_cast<size_t>(k) * sizeof(float);
-        case ActKind::Q8: return static_cast<size_t>(k / 32) * sizeof(BlockQ8);
+        case ActKind::Q8: return static_cast<size_t>(k / 32) * kQ8BlockBytes;
         case ActKind::I16: return static_cast<size_t>(k / 32) * sizeof(BlockI16);
         case ActKind::Q8K: return static_cast<size_t>(k / 256) * sizeof(BlockQ8K);
     }

@@ -11,6 +11,10 @@ struct Q4_0 {
     static I8x32 codes(const uint8_t* p) { return load_nibbles16(blk(p).qs); }
     static float scale(const uint8_t* p) { return half_to_float(load_u16(&blk(p).d)); }
     static float offset(const uint8_t*, float d) { return -8.0f * d; }
+    static void scales8(const uint8_t* p, F8& d, F8& c) {
+        d = load8_f16_strided(p, kBytes);
+        c = mul8(d, splat8(-8.0f));
+    }
     static void dequant_block(const uint8_t* p, float* y) {
         const BlockQ4_0& b = blk(p);
         const float d = half_to_float(load_u16(&b.d));

@@ -11,6 +11,7 @@ struct Q4_1 {
     static I8x32 codes(const uint8_t* p) { return load_nibbles16(blk(p).qs); }
     static float scale(const uint8_t* p) { return half_to_float(load_u16(&blk(p).d)); }
     static float offset(const uint8_t* p, float) { return half_to_float(load_u16(&blk(p).m)); }
+    static void scales8(const uint8_t* p, F8& d, F8& m) { load8_f16_pairs_strided(p, kBytes, d, m); }
     static void dequant_block(const uint8_t* p, float* y) {
         const BlockQ4_1& b = blk(p);
         const float d = half_to_float(load_u16(&b.d));

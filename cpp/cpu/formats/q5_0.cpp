@@ -14,6 +14,10 @@ struct Q5_0 {
     }
     static float scale(const uint8_t* p) { return half_to_float(load_u16(&blk(p).d)); }
     static float offset(const uint8_t*, float d) { return -16.0f * d; }
+    static void scales8(const uint8_t* p, F8& d, F8& c) {
+        d = load8_f16_strided(p, kBytes);
+        c = mul8(d, splat8(-16.0f));
+    }
     static void dequant_block(const uint8_t* p, float* y) {
         const BlockQ5_0& b = blk(p);
         const float d = half_to_float(load_u16(&b.d));

@@ -391,6 +391,56 @@ inline uint32_t load_u32(const void* p) {
 }
 
 #if defined(METALLIC_ISA_AVX2)
+// The 4-byte words at p, p + stride, p + 2 * stride, p + 3 * stride, inserted one by one (built
+// from scalars, compilers go through the stack and stall on store forwarding).
+inline __m128i load4_u32_strided(const uint8_t* p, int32_t stride) {
+    __m128i x = _mm_cvtsi32_si128(int(load_u32(p)));
+    x = _mm_insert_epi32(x, int(load_u32(p + stride)), 1);
+    x = _mm_insert_epi32(x, int(load_u32(p + 2 * stride)), 2);
+    return _mm_insert_epi32(x, int(load_u32(p + 3 * stride)), 3);
+}
+#endif
+
+// The two halves at each of p, p + stride, ..., p + 7 * stride as floats (exact): two
+// adjacent scale fields (Q4_1's d and m) of 8 consecutive blocks.
+inline void load8_f16_pairs_strided(const uint8_t* p, int32_t stride, F8& first, F8& second) {
+#if defined(METALLIC_ISA_AVX2)
+    const __m256i x = _mm256_set_m128i(load4_u32_strided(p + 4 * stride, stride), load4_u32_strided(p, stride));
+    // Per 128-bit lane [first x4, second x4] as u16, then regrouped to [first x8, second x8].
+    const __m256i packed = _mm256_packus_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(x, 16));
+    const __m256i halves = _mm256_permute4x64_epi64(packed, 0xd8);
+    first = {_mm256_cvtph_ps(_mm256_castsi256_si128(halves))};
+    second = {_mm256_cvtph_ps(_mm256_extracti128_si256(halves, 1))};
+#else
+    for (int i = 0; i < 8; ++i) {
+        first.v[i] = fp16_to_fp32(load_u16(p + i * stride));
+        second.v[i] = fp16_to_fp32(load_u16(p + i * stride + 2));
+    }
+#endif
+}
+
+// The 8 halves at p, p + stride, ..., p + 7 * stride as floats (exact): one scale field of 8
+// consecutive blocks. Reads 4 bytes at each address.
+inline F8 load8_f16_strided(const uint8_t* p, int32_t stride) {
+#if defined(METALLIC_ISA_AVX2)
+    // Scalar loads inserted one by one: a vpgatherdd is slower than these on Zen 3.
+    __m128i h = _mm_cvtsi32_si128(load_u16(p));
+    h = _mm_insert_epi16(h, load_u16(p + stride), 1);
+    h = _mm_insert_epi16(h, load_u16(p + 2 * stride), 2);
+    h = _mm_insert_epi16(h, load_u16(p + 3 * stride), 3);
+    h = _mm_insert_epi16(h, load_u16(p + 4 * stride), 4);
+    h = _mm_insert_epi16(h, load_u16(p + 5 * stride), 5);
+    h = _mm_insert_epi16(h, load_u16(p + 6 * stride), 6);
+    h = _mm_insert_epi16(h, load_u16(p + 7 * stride), 7);
+    return {_mm256_cvtph_ps(h)};
+#else
+    F8 r;
+    for (int i = 0; i < 8; ++i) r.v[i] = fp16_to_fp32(load_u16(p + i * stride));
+    return r;
+#endif
+}
+
+#if defined(METALLIC_ISA_AVX2)
 
 struct I16x16 {
     __m256i v;

@@ -23,14 +23,15 @@ std::string format_names() {
 }
 
 // Symmetric int8 quantization per 32 values: d = max|x| / 127, q = round-to-nearest(x / d).
-void quantize_q8(const float* x, BlockQ8* out, int64_t n) {
+void quantize_q8(const float* x, uint8_t* out, int64_t n) {
+    const Q8RowOf<uint8_t> row(out, n);
     for (int64_t b = 0; b < n / 32; ++b) {
         const float* xb = x + b * 32;
         const float amax = absmax32(xb);
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        out[b].d = d;
-        out[b].sum = d * static_cast<float>(round_to_i8x32(xb, id, out[b].q));
+        row.d[b] = d;
+        row.sum[b] = d * static_cast<float>(round_to_i8x32(xb, id, row.q + b * 32));
     }
 }
 
@@ -65,7 +66,7 @@ void quantize_q8k(const float* x, BlockQ8K* out, int64_t n) {
 
 void quantize_act(ActKind kind, const float* x, void* out, int64_t n) {
     switch (kind) {
-        case ActKind::Q8: quantize_q8(x, static_cast<BlockQ8*>(out), n); return;
+        case ActKind::Q8: quantize_q8(x, static_cast<uint8_t*>(out), n); return;
         case ActKind::I16: quantize_i16(x, static_cast<BlockI16*>(out), n); return;
         case ActKind::Q8K: quantize_q8k(x, static_cast<BlockQ8K*>(out), n); return;
         case ActKind::F32: std::memcpy(out, x, size_t(n) * sizeof(float)); return;
