@@ -33,10 +33,39 @@ using Floats2D = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device:
 
 namespace {
 
+// The one place where C++ errors become Python exceptions (see engine/error.h and
+// python/metallic/errors.py for the four kinds).
+void raise_as(const char* cls, const char* message) {
+    nb::object errors = nb::module_::import_("metallic.errors");
+    PyErr_SetString(errors.attr(cls).ptr(), message);
+}
+
+void translate_exception(const std::exception_ptr& p, void*) {
+    try {
+        std::rethrow_exception(p);
+    } catch (const nb::python_error&) {
+        throw;  // a Python exception on its way through C++: nanobind restores it
+    } catch (const nb::builtin_exception&) {
+        throw;  // nanobind's own argument errors
+    } catch (const ContextFull& e) {
+        raise_as("ContextError", e.what());
+    } catch (const BadRequest& e) {
+        raise_as("RequestError", e.what());
+    } catch (const BadFile& e) {
+        raise_as("GGUFError", e.what());
+    } catch (const Unsupported& e) {
+        raise_as("ModelError", e.what());
+    } catch (const std::bad_alloc&) {
+        PyErr_SetString(PyExc_MemoryError, "metallic: out of memory");
+    } catch (const std::exception& e) {
+        raise_as("InternalError", e.what());
+    }
+}
+
 const cpu::FormatKernels& format_or_throw(uint32_t type) {
     const cpu::FormatKernels* f = cpu::find_format(type);
     if (!f)
-        throw BadInput(std::string("unsupported tensor type ") + type_name(type) + " (supported: " +
+        throw Unsupported(std::string("unsupported tensor type ") + type_name(type) + " (supported: " +
                        cpu::supported_format_names() + ")");
     return *f;
 }
@@ -46,10 +75,10 @@ const cpu::FormatKernels& format_or_throw(uint32_t type) {
 // it, all rows run through the batch product (prefill).
 FloatMatrix kernel_gemm(uint32_t type, Bytes w, int64_t rows, int64_t cols, Floats2D act, bool batch) {
     const cpu::FormatKernels& f = format_or_throw(type);
-    if (cols % f.block || rows <= 0) throw BadInput("bad gemm shape");
+    if (cols % f.block || rows <= 0) throw BadRequest("bad gemm shape");
     const size_t row_bytes = size_t(cols / f.block * f.block_bytes);
-    if (w.size() != row_bytes * size_t(rows)) throw BadInput("weight bytes do not match the shape");
-    if (act.shape(1) != size_t(cols)) throw BadInput("activation width does not match cols");
+    if (w.size() != row_bytes * size_t(rows)) throw BadRequest("weight bytes do not match the shape");
+    if (act.shape(1) != size_t(cols)) throw BadRequest("activation width does not match cols");
     const int64_t n = int64_t(act.shape(0));
     float* out = new float[size_t(n) * size_t(rows)];
     nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
@@ -72,7 +101,7 @@ FloatMatrix kernel_gemm(uint32_t type, Bytes w, int64_t rows, int64_t cols, Floa
 
 nb::ndarray<nb::numpy, float, nb::ndim<1>> kernel_dequant(uint32_t type, Bytes w, int64_t n) {
     const cpu::FormatKernels& f = format_or_throw(type);
-    if (n % f.block || w.size() != size_t(n / f.block * f.block_bytes)) throw BadInput("bad dequant size");
+    if (n % f.block || w.size() != size_t(n / f.block * f.block_bytes)) throw BadRequest("bad dequant size");
     float* out = new float[size_t(n)];
     nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
     f.dequant_row(w.data(), out, n);
@@ -86,7 +115,7 @@ nb::ndarray<nb::numpy, float, nb::ndim<1>> kernel_dequant(uint32_t type, Bytes w
 using SimBuffer = nb::ndarray<nb::device::cpu, nb::c_contig>;
 
 std::vector<uint32_t> dims3(const std::vector<uint32_t>& v, const char* what) {
-    if (v.empty() || v.size() > 3) throw BadInput(std::string(what) + " needs 1 to 3 dimensions");
+    if (v.empty() || v.size() > 3) throw BadRequest(std::string(what) + " needs 1 to 3 dimensions");
     std::vector<uint32_t> r = v;
     r.resize(3, 1);
     return r;
@@ -104,7 +133,7 @@ void sim_dispatch(const std::string& name, std::vector<SimBuffer> buffers, const
             c.is_float = true;
             c.f = nb::cast<double>(v);
         } else {
-            throw BadInput("function constant values must be bool, int or float");
+            throw BadRequest("function constant values must be bool, int or float");
         }
         values[nb::cast<int>(k)] = c;
     }
@@ -113,7 +142,7 @@ void sim_dispatch(const std::string& name, std::vector<SimBuffer> buffers, const
     try {
         p = dev.pipeline(name, std::move(values));
     } catch (const std::invalid_argument& e) {
-        throw BadInput(e.what());
+        throw BadRequest(e.what());
     }
     msim::DispatchDesc d;
     d.pipeline = &p;
@@ -128,7 +157,7 @@ void sim_dispatch(const std::string& name, std::vector<SimBuffer> buffers, const
         nb::gil_scoped_release release;
         dev.dispatch(d);
     } catch (const std::invalid_argument& e) {
-        throw BadInput(e.what());
+        throw BadRequest(e.what());
     }
 }
 #endif
@@ -137,13 +166,7 @@ void sim_dispatch(const std::string& name, std::vector<SimBuffer> buffers, const
 
 NB_MODULE(_core, m) {
     m.doc() = "Metallic's C++ engine";
-    nb::register_exception_translator([](const std::exception_ptr& p, void*) {
-        try {
-            std::rethrow_exception(p);
-        } catch (const BadInput& e) {
-            PyErr_SetString(PyExc_ValueError, e.what());
-        }
-    });
+    nb::register_exception_translator(translate_exception);
 
     nb::enum_<RopeStyle>(m, "RopeStyle")
         .value("interleaved", RopeStyle::Interleaved)
@@ -193,9 +216,10 @@ NB_MODULE(_core, m) {
         .def("__init__",
              [](Engine* e, const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors,
                 const std::string& backend, int n_ctx, int threads, bool kv_f32, int max_batch,
-                bool profile) {
+                bool profile, bool mmap) {
                  EngineOptions o;
                  o.profile = profile;
+                 o.mmap = mmap;
                  o.backend = backend;
                  o.n_ctx = n_ctx;
                  o.threads = threads;
@@ -206,7 +230,7 @@ NB_MODULE(_core, m) {
              },
              nb::arg("path"), nb::arg("config"), nb::arg("tensors"), nb::arg("backend") = "cpu",
              nb::arg("n_ctx") = 4096, nb::arg("threads") = 0, nb::arg("kv_f32") = false,
-             nb::arg("max_batch") = 512, nb::arg("profile") = false)
+             nb::arg("max_batch") = 512, nb::arg("profile") = false, nb::arg("mmap") = true)
         .def("prefill",
              [](Engine& e, Ids ids) {
                  const float* p;
@@ -241,9 +265,12 @@ NB_MODULE(_core, m) {
                  return LogitsView(p, {size_t(e.config().n_vocab)}, nb::handle());
              },
              nb::arg("id"), nb::rv_policy::reference_internal)
-        .def("truncate", &Engine::truncate, nb::arg("n_keep"))
-        .def("profile", &Engine::profile, "Per-op (calls, seconds) since load or reset_profile().")
-        .def("reset_profile", &Engine::reset_profile)
+        // Every call that takes the engine's lock releases the GIL first: another thread may
+        // hold the lock for a whole prefill and needs the GIL to finish.
+        .def("truncate", &Engine::truncate, nb::arg("n_keep"), nb::call_guard<nb::gil_scoped_release>())
+        .def("profile", &Engine::profile, nb::call_guard<nb::gil_scoped_release>(),
+             "Per-op (calls, seconds) since load or reset_profile().")
+        .def("reset_profile", &Engine::reset_profile, nb::call_guard<nb::gil_scoped_release>())
         .def_prop_ro("n_past", &Engine::n_past)
         .def_prop_ro("n_ctx", &Engine::n_ctx)
         .def_prop_ro("threads", &Engine::threads)
@@ -252,14 +279,24 @@ NB_MODULE(_core, m) {
         .def_prop_ro("weight_bytes_per_token", [](const Engine& e) { return e.weights().matrix_bytes; })
         .def("gpu_stats",
              [](Engine& e) {
+                 std::map<std::string, uint64_t> stats;
+                 {
+                     nb::gil_scoped_release release;
+                     stats = e.backend_stats();
+                 }
                  nb::dict d;
-                 for (const auto& [k, v] : e.backend().stats()) d[k.c_str()] = v;
+                 for (const auto& [k, v] : stats) d[k.c_str()] = v;
                  return d;
              },
              "GPU-interface counters since the last reset (command_buffers, waits, dispatches, "
              "buffer_allocations, weight_binds, weight_bytes, ...); empty on the CPU backend.")
-        .def("reset_gpu_stats", [](Engine& e) { e.backend().reset_stats(); });
+        .def("reset_gpu_stats", &Engine::reset_backend_stats, nb::call_guard<nb::gil_scoped_release>());
 
+#ifdef METALLIC_SANITIZE
+    m.attr("sanitizers") = "address,undefined";
+#else
+    m.attr("sanitizers") = "";
+#endif
     m.def("kernel_isa", &cpu::kernel_isa);
     m.def("read_bandwidth",
           [](size_t bytes, int threads, int passes) {

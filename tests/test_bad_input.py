@@ -188,8 +188,8 @@ def test_token_out_of_range(small_gguf: Path) -> None:
         m.decode(300)
     with pytest.raises(ContextError, match="token id -1"):
         m.prefill([1, -1])
-    with pytest.raises(ContextError, match="integers"):
-        m.prefill(np.array([1.5]))
+    with pytest.raises(metallic.errors.RequestError, match="integers"):  # a bad request, not
+        m.prefill(np.array([1.5]))  # one that does not fit
     assert m.n_past == 0  # nothing ran
 
 

@@ -133,8 +133,11 @@ void attend_block(const float* q, size_t q_stride, int heads, int nq, int pos0, 
             float* outs = s.outs.data() + size_t(h) * size_t(nq) * size_t(width);
             for (int t = 0; t < nq; ++t) {
                 const int pos = pos0 + t;
-                const int a = std::max(window > 0 ? pos - window + 1 : 0, c0) - c0;
-                const int b = std::min(pos + 1, c0 + cn) - c0;
+                // Keys [a, b) of this chunk are visible to the row. A row before the chunk (its
+                // position < c0) or past its window sees none: clamp both ends into [0, cn] so
+                // the zero fills below stay inside the row.
+                const int a = std::clamp(std::max(window > 0 ? pos - window + 1 : 0, c0) - c0, 0, cn);
+                const int b = std::clamp(std::min(pos + 1, c0 + cn) - c0, a, cn);
                 const float factor = softmax_chunk_row(scores + t * kKeyChunk, cn, a, b, scale,
                                                        s.maxes[size_t(h * nq + t)], s.sums[size_t(h * nq + t)]);
                 if (!first && factor != 1.0f) {

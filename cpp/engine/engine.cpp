@@ -15,19 +15,20 @@ namespace metallic {
 namespace {
 
 void check_config(const std::string& path, const ModelConfig& c, const EngineOptions& o) {
-    auto bad = [&](const std::string& what) { throw BadInput(path + ": " + what); };
+    auto bad = [&](const std::string& what) { throw Unsupported(path + ": " + what); };
+    auto bad_request = [&](const std::string& what) { throw BadRequest(path + ": " + what); };
     if (c.n_layer <= 0 || c.n_embd <= 0 || c.n_head <= 0 || c.n_head_kv <= 0 || c.head_dim <= 0 ||
         c.n_ff <= 0 || c.n_vocab <= 0)
         bad("model hyper-parameters must be positive");
     if (c.n_head % c.n_head_kv) bad("head count is not a multiple of the kv head count");
     if (c.rope_dims <= 0 || c.rope_dims > c.head_dim || c.rope_dims % 2) bad("invalid rope dimension count");
     if (c.sliding_window.size() != size_t(c.n_layer)) bad("sliding window list must have one entry per layer");
-    if (o.n_ctx <= 0) bad("n_ctx must be positive");
-    if (o.max_batch <= 0) bad("max_batch must be positive");
+    if (o.n_ctx <= 0) bad_request("n_ctx must be positive");
+    if (o.max_batch <= 0) bad_request("max_batch must be positive");
     // A KV cache beyond 64 GiB on this path is a mistake in the request, not a model.
     const double kv_bytes = 2.0 * c.n_layer * double(o.n_ctx) * c.n_head_kv * c.head_dim * (o.kv_f32 ? 4 : 2);
     if (kv_bytes > 64.0 * (1ull << 30))
-        bad("n_ctx " + std::to_string(o.n_ctx) + " needs a KV cache of " +
+        bad_request("n_ctx " + std::to_string(o.n_ctx) + " needs a KV cache of " +
             std::to_string(int64_t(kv_bytes / (1 << 20))) + " MiB, which is too large");
 }
 
@@ -47,7 +48,7 @@ std::vector<float> inv_freq(const ModelConfig& c, float base, float scale, const
 
 Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors,
                const EngineOptions& opt)
-    : file_(path), cfg_(cfg), opt_(opt) {
+    : file_(path, opt.mmap), cfg_(cfg), opt_(opt) {
     if (opt_.threads <= 0) opt_.threads = cpu::physical_core_count();
     opt_.max_batch = std::min(opt_.max_batch, opt_.n_ctx);
     check_config(path, cfg_, opt_);
@@ -68,11 +69,11 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
         if (opt_.backend == "metal") {
             dev = gpu::make_metal_device();
             if (!dev)
-                throw BadInput("backend 'metal' needs a Metal GPU and this machine has none (available here: " +
+                throw BadRequest("backend 'metal' needs a Metal GPU and this machine has none (available here: " +
                                std::string(gpu::sim_available() ? "metal-sim, cpu)" : "cpu)"));
         } else {
             if (!gpu::sim_available())
-                throw BadInput("backend 'metal-sim' is not part of this build (METALLIC_METAL_SIM=OFF; available: cpu)");
+                throw BadRequest("backend 'metal-sim' is not part of this build (METALLIC_METAL_SIM=OFF; available: cpu)");
             dev = gpu::make_sim_device();
         }
         metal::MetalOptions mo;
@@ -83,7 +84,7 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
                                              {{inv_freq_global_.data(), inv_freq_global_.size()},
                                               {inv_freq_local_.data(), inv_freq_local_.size()}});
     } else {
-        throw BadInput("unknown backend '" + opt_.backend + "' (available: cpu, metal-sim, metal)");
+        throw BadRequest("unknown backend '" + opt_.backend + "' (available: cpu, metal-sim, metal)");
     }
 
     if (opt_.profile) backend_ = std::make_unique<ProfilingBackend>(std::move(backend_));
@@ -110,13 +111,14 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
 }
 
 const float* Engine::prefill(const int32_t* ids, int n, float* all_logits) {
-    if (n <= 0) throw BadInput("no tokens to process");
+    std::lock_guard<std::mutex> lock(mu_);
+    if (n <= 0) throw BadRequest("no tokens to process");
     if (int64_t(n_past_) + n > opt_.n_ctx)
-        throw BadInput(std::to_string(n) + " tokens at position " + std::to_string(n_past_) +
+        throw ContextFull(std::to_string(n) + " tokens at position " + std::to_string(n_past_.load()) +
                        " do not fit the context of " + std::to_string(opt_.n_ctx) + " tokens");
     for (int i = 0; i < n; ++i)
         if (ids[i] < 0 || ids[i] >= cfg_.n_vocab)
-            throw BadInput("token id " + std::to_string(ids[i]) + " is outside the vocabulary of " +
+            throw ContextFull("token id " + std::to_string(ids[i]) + " is outside the vocabulary of " +
                            std::to_string(cfg_.n_vocab));
     for (int done = 0; done < n;) {
         const int chunk = std::min(opt_.max_batch, n - done);
@@ -127,6 +129,7 @@ const float* Engine::prefill(const int32_t* ids, int n, float* all_logits) {
 }
 
 std::map<std::string, std::pair<int64_t, double>> Engine::profile() const {
+    std::lock_guard<std::mutex> lock(mu_);
     std::map<std::string, std::pair<int64_t, double>> out;
     if (auto* p = dynamic_cast<const ProfilingBackend*>(backend_.get()))
         for (const auto& [op, t] : p->times()) out[op] = {t.calls, t.seconds};
@@ -134,12 +137,24 @@ std::map<std::string, std::pair<int64_t, double>> Engine::profile() const {
 }
 
 void Engine::reset_profile() {
+    std::lock_guard<std::mutex> lock(mu_);
     if (auto* p = dynamic_cast<ProfilingBackend*>(backend_.get())) p->reset();
 }
 
+std::map<std::string, uint64_t> Engine::backend_stats() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return backend_->stats();
+}
+
+void Engine::reset_backend_stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    backend_->reset_stats();
+}
+
 void Engine::truncate(int n_keep) {
+    std::lock_guard<std::mutex> lock(mu_);
     if (n_keep < 0 || n_keep > n_past_)
-        throw BadInput("cannot keep " + std::to_string(n_keep) + " of " + std::to_string(n_past_) +
+        throw BadRequest("cannot keep " + std::to_string(n_keep) + " of " + std::to_string(n_past_.load()) +
                        " cached tokens");
     n_past_ = n_keep;  // later tokens overwrite the stale cache rows
 }

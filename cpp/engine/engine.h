@@ -4,8 +4,10 @@
 // decode allocate nothing, do no I/O and never call into Python.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -23,8 +25,13 @@ struct EngineOptions {
     bool kv_f32 = false;  // KV cache precision (float16 by default)
     int max_batch = 512;  // prompt tokens per forward pass; longer prompts go in several passes
     bool profile = false; // time every op (see profiler.h)
+    bool mmap = true;     // map the file (zero copy) or read it into memory (see mapped_file.h)
 };
 
+// Safe to share between threads: prefill, decode, truncate and the profile calls serialize on
+// the engine's own lock (other engines run in parallel). A returned logits pointer stays valid
+// until the next call from any thread; callers that share an engine hold their own lock across
+// a call and the use of its result (metallic.Model does).
 class Engine {
 public:
     Engine(const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors,
@@ -40,7 +47,7 @@ public:
     // Forgets cached positions from n_keep on (0 restarts the conversation).
     void truncate(int n_keep);
 
-    int n_past() const { return n_past_; }
+    int n_past() const { return n_past_.load(); }
     int n_ctx() const { return opt_.n_ctx; }
     int threads() const { return opt_.threads; }
     const ModelConfig& config() const { return cfg_; }
@@ -50,7 +57,9 @@ public:
     // Per-op times since load or the last reset; empty unless loaded with profile = true.
     std::map<std::string, std::pair<int64_t, double>> profile() const;
     void reset_profile();
-    Backend& backend() { return *backend_; }
+    // The backend's counters (GPU command buffers, dispatches, ...) since the last reset.
+    std::map<std::string, uint64_t> backend_stats() const;
+    void reset_backend_stats();
 
 private:
     void forward(const int32_t* ids, int n, float* all_logits);
@@ -61,7 +70,8 @@ private:
     Weights w_;
     std::unique_ptr<Backend> backend_;
     std::vector<float> inv_freq_global_, inv_freq_local_;
-    int n_past_ = 0;
+    std::atomic<int> n_past_{0};
+    mutable std::mutex mu_;  // one call at a time: the backend, its thread pool and the cache
 
     // Activations for up to max_batch tokens, carved out of the backend's activations() memory.
     struct Span {

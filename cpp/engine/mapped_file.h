@@ -1,5 +1,8 @@
-// A read-only memory map of a whole model file. Weights are used in place from this mapping:
-// loading a model costs page-table entries, not a copy.
+// A whole model file in memory, read-only. By default a memory map: weights are used in place
+// and loading costs page-table entries, not a copy. A map shares the file's fate: truncating
+// the file under it kills the process (SIGBUS) at the next read of a lost page, and rewriting
+// it changes the model. With map = false the file is read once into anonymous pages (a copy, as
+// large as the file) and later changes to the file cannot reach the loaded model.
 #pragma once
 
 #include <cstddef>
@@ -10,7 +13,7 @@ namespace metallic {
 
 class MappedFile {
 public:
-    explicit MappedFile(const std::string& path);
+    explicit MappedFile(const std::string& path, bool map = true);
     ~MappedFile();
     MappedFile(const MappedFile&) = delete;
     MappedFile& operator=(const MappedFile&) = delete;

@@ -23,7 +23,7 @@ public:
     Binder(const MappedFile& file, const std::vector<TensorDesc>& tensors) : file_(file) {
         for (const TensorDesc& t : tensors) {
             if (!by_name_.emplace(t.name, &t).second)
-                throw BadInput(file_.path() + ": duplicate tensor '" + t.name + "'");
+                throw BadFile(file_.path() + ": duplicate tensor '" + t.name + "'");
         }
     }
 
@@ -37,10 +37,10 @@ public:
         std::vector<int64_t> got = t.shape;
         while (got.size() > 2 && got.back() == 1) got.pop_back();
         if (got != want)
-            throw BadInput(file_.path() + ": tensor '" + name + "' has shape " + shape_str(t.shape) +
-                           ", expected " + shape_str(want));
+            throw Unsupported(file_.path() + ": tensor '" + name + "' has shape " + shape_str(t.shape) +
+                              ", expected " + shape_str(want));
         if (!cpu::find_format(t.type))
-            throw BadInput(file_.path() + ": tensor '" + name + "' has type " + type_name(t.type) +
+            throw Unsupported(file_.path() + ": tensor '" + name + "' has type " + type_name(t.type) +
                            ", which this build cannot compute with (supported: " +
                            cpu::supported_format_names() + ")");
         Matrix m;
@@ -61,11 +61,11 @@ public:
         std::vector<int64_t> got = t.shape;
         while (got.size() > 1 && got.back() == 1) got.pop_back();
         if (got != std::vector<int64_t>{n})
-            throw BadInput(file_.path() + ": tensor '" + name + "' has shape " + shape_str(t.shape) +
-                           ", expected [" + std::to_string(n) + "]");
+            throw Unsupported(file_.path() + ": tensor '" + name + "' has shape " + shape_str(t.shape) +
+                              ", expected [" + std::to_string(n) + "]");
         const cpu::FormatKernels* f = cpu::find_format(t.type);
         if (!f || n % f->block)
-            throw BadInput(file_.path() + ": tensor '" + name + "' has unsupported type " +
+            throw Unsupported(file_.path() + ": tensor '" + name + "' has unsupported type " +
                            type_name(t.type) + " for a 1-D tensor");
         std::vector<float> out(static_cast<size_t>(n));
         f->dequant_row(file_.data() + t.offset, out.data(), n);
@@ -75,7 +75,7 @@ public:
 private:
     const TensorDesc& find(const std::string& name) const {
         auto it = by_name_.find(name);
-        if (it == by_name_.end()) throw BadInput(file_.path() + ": missing tensor '" + name + "'");
+        if (it == by_name_.end()) throw Unsupported(file_.path() + ": missing tensor '" + name + "'");
         return *it->second;
     }
 
@@ -83,25 +83,25 @@ private:
     size_t checked_bytes(const TensorDesc& t) const {
         BlockGeometry g{};
         if (!type_geometry(t.type, &g))
-            throw BadInput(file_.path() + ": tensor '" + t.name + "' has unknown type id " +
+            throw BadFile(file_.path() + ": tensor '" + t.name + "' has unknown type id " +
                            std::to_string(t.type));
         if (t.shape.empty() || t.shape.size() > 4)
-            throw BadInput(file_.path() + ": tensor '" + t.name + "' has " +
+            throw BadFile(file_.path() + ": tensor '" + t.name + "' has " +
                            std::to_string(t.shape.size()) + " dimensions");
         uint64_t n = 1;
         for (int64_t d : t.shape) {
             if (d <= 0 || static_cast<uint64_t>(d) > (uint64_t(1) << 40) / n)
-                throw BadInput(file_.path() + ": tensor '" + t.name + "' has absurd shape " +
+                throw BadFile(file_.path() + ": tensor '" + t.name + "' has absurd shape " +
                                shape_str(t.shape));
             n *= static_cast<uint64_t>(d);
         }
         if (t.shape[0] % g.block)
-            throw BadInput(file_.path() + ": tensor '" + t.name + "' row length " +
+            throw BadFile(file_.path() + ": tensor '" + t.name + "' row length " +
                            std::to_string(t.shape[0]) + " is not a multiple of its block size " +
                            std::to_string(g.block));
         const uint64_t nbytes = n / g.block * g.block_bytes;
         if (t.offset > file_.size() || nbytes > file_.size() - t.offset)
-            throw BadInput(file_.path() + ": tensor '" + t.name + "' data lies past the end of the file");
+            throw BadFile(file_.path() + ": tensor '" + t.name + "' data lies past the end of the file");
         return static_cast<size_t>(nbytes);
     }
 

@@ -51,7 +51,7 @@ struct Weights {
 };
 
 // Builds the weight table, checking every tensor's type, bounds and shape against the config.
-// Throws BadInput naming the tensor.
+// Throws BadFile or Unsupported naming the file and the tensor.
 Weights bind_weights(const MappedFile& file, const ModelConfig& cfg,
                      const std::vector<TensorDesc>& tensors);
 

@@ -35,7 +35,7 @@ void BufferMap::wrap_weights(const MappedFile& file, const Weights& w) {
     // Windows start every `step` bytes and are `max_len` long, so consecutive ones overlap by at
     // least the largest tensor: a tensor starting in window i ends before window i does.
     const size_t overlap = (largest + page - 1) / page * page;
-    if (overlap >= max_len) throw BadInput("a weight tensor is larger than the GPU's largest buffer");
+    if (overlap >= max_len) throw Unsupported(file.path() + ": a weight tensor is larger than the GPU's largest buffer");
     window_step_ = max_len - overlap;
     for (size_t start = 0; start < size; start += window_step_)
         windows_.push_back(dev_.wrap(weights_base_ + start, std::min(max_len, size - start)));

@@ -71,7 +71,7 @@ public:
                  const std::vector<std::pair<const float*, size_t>>& host_tables)
         : dev_(std::move(device)), cfg_(cfg), opt_(opt), map_(*dev_, file, w, host_tables) {
         name_ = dev_->name();
-        make_pipelines(w);
+        make_pipelines(file, w);
 
         ids_ = dev_->new_buffer(sizeof(int32_t) * size_t(opt_.max_batch));
         const size_t kv_elems =
@@ -307,17 +307,20 @@ public:
 private:
     // ---- load-time setup --------------------------------------------------------------------
 
-    void make_pipelines(const Weights& w) {
+    void make_pipelines(const MappedFile& file, const Weights& w) {
         for_each_matrix(w, [&](const Matrix& m) {
             // Rows of the float formats are read with 16-byte loads from the matrix start.
             const bool float_format = GgmlType(m.type) == GgmlType::F32 || GgmlType(m.type) == GgmlType::F16 ||
                                       GgmlType(m.type) == GgmlType::BF16;
             if (float_format && reinterpret_cast<uintptr_t>(m.data) % 16)
-                throw BadInput("tensor " + m.name + " is not 16-byte aligned in the file");
+                throw Unsupported(file.path() + ": tensor '" + m.name + "' starts at byte " +
+                                  std::to_string(m.data - file.data()) +
+                                  ", not a multiple of 16: the Metal kernels read float rows with 16-byte "
+                                  "loads (the file's general.alignment is below 16; backend 'cpu' runs it)");
             if (formats_.count(m.type)) return;
             const char* sfx = format_suffix(m.type);
             if (!sfx)
-                throw BadInput(std::string("the Metal backend has no kernels for ") + type_name(m.type) +
+                throw Unsupported(file.path() + ": the Metal backend has no kernels for " + type_name(m.type) +
                                " weights (tensor " + m.name + "); supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
                                "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K");
             FormatPipelines& f = formats_[m.type];
@@ -339,7 +342,7 @@ private:
         rmsnorm_ = dev_->pipeline("rmsnorm_f32");
         rmsnorm_add_ = dev_->pipeline("rmsnorm_add_f32");
         rope_ = dev_->pipeline("rope", {{0, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}});
-        if (cfg_.head_dim > 256) throw BadInput("the Metal backend supports head sizes up to 256");
+        if (cfg_.head_dim > 256) throw Unsupported("the Metal backend supports head sizes up to 256, this model has " + std::to_string(cfg_.head_dim));
         store_kv_ = dev_->pipeline(opt_.kv_f32 ? "store_kv_f32" : "store_kv_f16");
         const gpu::Constants neox = {{0, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}};
         rope_store_kv_ = dev_->pipeline(opt_.kv_f32 ? "rope_store_kv_f32" : "rope_store_kv_f16", neox);

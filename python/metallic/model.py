@@ -1,11 +1,14 @@
 """A loaded model: the C++ engine plus what Python owns around it (config, tokenizer, cache
-bookkeeping). Generation itself lives in generate.py."""
+bookkeeping, the lock that lets threads share it). Generation itself lives in generate.py."""
 
 from __future__ import annotations
 
+import numbers
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +17,7 @@ import numpy as np
 
 from . import _core
 from .config import ModelConfig, check_tensors, model_config
-from .errors import ContextError, MetallicError, ModelError
+from .errors import ContextError, RequestError
 from .gguf_file import GGUFFile, read_gguf
 
 if TYPE_CHECKING:
@@ -23,22 +26,105 @@ if TYPE_CHECKING:
     from .tokenizer import Tokenizer
 
 BACKENDS = ("auto", "cpu", "metal", "metal-sim")
+INT32_MAX = 2**31 - 1  # the core counts positions, tokens and threads in C int
+
+
+def _int_arg(name: str, value: object, lo: int, hi: int = INT32_MAX) -> int:
+    """An integer argument (Python or NumPy, not bool) in [lo, hi], as int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise RequestError(f"{name} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise RequestError(f"{name} must be from {lo} to {hi}, got {int(value)}")
+    return int(value)
+
+
+def logical_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class ModelBusyError(RequestError):
+    """This thread called a model that an unfinished generate() of its own holds."""
+
+
+class _Generation:
+    """The owner token of a generation in progress (see _ModelLock)."""
+
+    __slots__ = ("thread",)
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+
+
+class _ModelLock:
+    """Serializes a Model's calls across threads.
+
+    A call (prefill, decode, truncate, ...) holds the model for its duration. A generation holds
+    it from its first step to its last, including while it waits at a `yield` for its consumer,
+    so a call from another thread waits for the generation to finish (or be closed) and never
+    sees its cache half-updated. A call from the thread that left the generation suspended would
+    wait forever; it raises ModelBusyError instead.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition(threading.Lock())
+        self._owner: int | _Generation | None = None  # a thread id (a call) or a generation
+        self._depth = 0  # nested holds by the owner (reset() calls truncate())
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cv:
+            while self._owner is not None and self._owner != me:
+                if isinstance(self._owner, _Generation) and self._owner.thread == me:
+                    raise ModelBusyError(
+                        "the model is held by an unfinished generate() in this thread: "
+                        "iterate it to the end or close() it before using the model again"
+                    )
+                self._cv.wait()
+            self._owner = me
+            self._depth += 1
+        try:
+            yield
+        finally:
+            self._release()
+
+    @contextmanager
+    def generation(self) -> Iterator[_Generation]:
+        gen = _Generation()
+        with self.call():  # waits like any call, and refuses the same thread's suspended one
+            with self._cv:
+                self._owner = gen
+            try:
+                yield gen
+            finally:
+                with self._cv:
+                    self._owner = threading.get_ident()  # handed back to call() to release
+
+    def _release(self) -> None:
+        with self._cv:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cv.notify_all()
 
 
 def resolve_backend(name: str | None) -> str:
     """The backend to use: the argument, else $METALLIC_BACKEND, else auto."""
     choice = name or os.environ.get("METALLIC_BACKEND") or "auto"
     if choice not in BACKENDS:
-        raise ValueError(f"unknown backend '{choice}' (choose from: {', '.join(BACKENDS)})")
+        raise RequestError(f"unknown backend '{choice}' (choose from: {', '.join(BACKENDS)})")
     if choice == "auto":
         return "metal" if _core.metal_available() else "cpu"
     if choice == "metal" and not _core.metal_available():
         others = "metal-sim, cpu" if _core.metal_sim_available() else "cpu"
-        raise ValueError(
+        raise RequestError(
             f"backend 'metal' is not available: this machine has no Metal GPU (available: {others})"
         )
     if choice == "metal-sim" and not _core.metal_sim_available():
-        raise ValueError(
+        raise RequestError(
             "backend 'metal-sim' is not available in this build of metallic "
             "(built with METALLIC_METAL_SIM=OFF; available: cpu)"
         )
@@ -51,6 +137,11 @@ class Model:
     `prefill` and `decode` are the low-level steps; `generate` streams tokens for a prompt.
     The cache remembers which tokens it holds, so a new prompt that extends the previous one
     (a chat turn) only runs its new tokens.
+
+    One model holds one sequence. It may be shared by threads: calls take turns (see
+    _ModelLock), a generation keeps the model from its first token to its last, and the logits
+    a call returns are valid until the next call from any thread. Threads that need sequences
+    of their own at the same time load a model each.
     """
 
     def __init__(self, gguf: GGUFFile, config: ModelConfig, engine: _core.Engine) -> None:
@@ -60,6 +151,7 @@ class Model:
         self._cached: list[int] = []  # token ids whose keys/values the cache holds, in order
         self.last_stats: GenerationStats | None = None
         self.profiling = False  # set by load(profile=True)
+        self._lock = _ModelLock()
 
     # -- properties -------------------------------------------------------------------------
 
@@ -113,11 +205,16 @@ class Model:
     # -- low level ----------------------------------------------------------------------------
 
     def _ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        if isinstance(ids, (str, bytes, bytearray, memoryview)):
+            raise RequestError(
+                f"token ids must be a sequence of integers, got {type(ids).__name__} "
+                "(pass text to generate() or tokenize() it first)"
+            )
         arr = np.asarray(ids)
         if arr.ndim != 1 or arr.size == 0:
-            raise ContextError("expected a non-empty 1-D sequence of token ids")
+            raise RequestError("expected a non-empty 1-D sequence of token ids")
         if not np.issubdtype(arr.dtype, np.integer):
-            raise ContextError(f"token ids must be integers, got {arr.dtype}")
+            raise RequestError(f"token ids must be integers, got {arr.dtype}")
         bad = (arr < 0) | (arr >= self.n_vocab)
         if bad.any():
             raise ContextError(
@@ -134,25 +231,26 @@ class Model:
         """Runs tokens after those already cached; returns the logits of the last one.
 
         The array is a read-only view into the engine, valid until the next call: copy it to
-        keep it."""
-        arr = self._ids(ids)
-        logits = self._engine.prefill(arr)
-        self._cached.extend(int(i) for i in arr)
-        return logits
+        keep it. Ctrl-C (KeyboardInterrupt) stops a long prompt between batches; the tokens
+        run until then stay cached."""
+        with self._lock.call():
+            return self._prefill(ids)
 
     def prefill_all(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Like prefill, but returns a new [n, vocab] array with every token's logits."""
-        arr = self._ids(ids)
-        logits = self._engine.prefill_all(arr)
-        self._cached.extend(int(i) for i in arr)
-        return logits
+        with self._lock.call():
+            arr = self._ids(ids)
+            step = self._engine.max_batch
+            parts = []
+            for i in range(0, arr.size, step):
+                parts.append(self._engine.prefill_all(arr[i : i + step]))
+                self._cached.extend(int(t) for t in arr[i : i + step])
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def decode(self, token: int) -> np.ndarray:
         """Runs one token; returns its logits (a view valid until the next call)."""
-        arr = self._ids([token])
-        logits = self._engine.decode(int(arr[0]))
-        self._cached.append(int(arr[0]))
-        return logits
+        with self._lock.call():
+            return self._decode(token)
 
     def reset(self) -> None:
         """Empties the KV cache."""
@@ -160,6 +258,39 @@ class Model:
 
     def truncate(self, n_keep: int) -> None:
         """Keeps the first n_keep cached tokens and forgets the rest."""
+        with self._lock.call():
+            self._truncate(n_keep)
+
+    def hold(self) -> AbstractContextManager[None]:
+        """Holds the model for a block of calls from this thread, so that no other thread's
+        call lands between them::
+
+            with model.hold():
+                model.reset()
+                logits = model.prefill(ids).copy()
+        """
+        return self._lock.call()
+
+    # The steps themselves, for callers that already hold the model (generate.py).
+
+    def _prefill(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        arr = self._ids(ids)
+        # One engine call per batch the engine would run anyway (same results as one call):
+        # Python sees a pending Ctrl-C between them, and the cache record stays exact.
+        step = self._engine.max_batch
+        for i in range(0, arr.size, step):
+            logits = self._engine.prefill(arr[i : i + step])
+            self._cached.extend(int(t) for t in arr[i : i + step])
+        return logits
+
+    def _decode(self, token: int) -> np.ndarray:
+        arr = self._ids([token])
+        logits = self._engine.decode(int(arr[0]))
+        self._cached.append(int(arr[0]))
+        return logits
+
+    def _truncate(self, n_keep: int) -> None:
+        n_keep = _int_arg("n_keep", n_keep, 0, self.n_past)
         self._engine.truncate(n_keep)
         del self._cached[n_keep:]
 
@@ -178,11 +309,15 @@ class Model:
     def reuse_prefix(self, ids: Sequence[int]) -> int:
         """Keeps the longest cached prefix of `ids` (at most len(ids)-1 tokens, so the last
         token is always run and yields logits); returns how many tokens were kept."""
+        with self._lock.call():
+            return self._reuse_prefix(ids)
+
+    def _reuse_prefix(self, ids: Sequence[int]) -> int:
         keep = 0
         limit = min(len(self._cached), len(ids) - 1)
         while keep < limit and self._cached[keep] == ids[keep]:
             keep += 1
-        self.truncate(keep)
+        self._truncate(keep)
         return keep
 
     # -- text ---------------------------------------------------------------------------------
@@ -226,16 +361,23 @@ def load(
     kv_dtype: str | None = None,
     max_batch: int = 512,
     profile: bool | None = None,
+    mmap: bool = True,
 ) -> Model:
     """Loads a GGUF model: a path, or a packaged model name such as "gemma-3-270m".
 
     backend: "auto" (Metal if present, else CPU), "cpu", "metal", "metal-sim"; the
     METALLIC_BACKEND environment variable is used when this is None or "auto" is not forced.
     n_ctx: context length (default: the model's, at most 4096).
-    threads: CPU threads (default: the physical cores).
+    threads: CPU threads (default: the physical cores; more than the logical CPUs is capped
+    there, with a warning).
+    max_batch: prompt tokens per forward pass (a long prompt runs in several).
     kv_dtype: "f16" or "f32" for the KV cache (default: f32 for F32 models, else f16).
     profile: time every op of the forward pass (default: $METALLIC_PROFILE); see
     Model.profile() and GenerationStats.profile_*.
+    mmap: use the weights in place from the memory-mapped file (default). The loaded model
+    then depends on the file: truncating it while loaded kills the process with SIGBUS at the
+    next step, and rewriting it in place changes the model's outputs. mmap=False reads the file
+    into memory instead (load time and memory of one copy), isolating the model from changes.
     """
     if backend == "auto" and os.environ.get("METALLIC_BACKEND"):
         backend = None
@@ -248,8 +390,7 @@ def load(
 
     if n_ctx is None:
         n_ctx = min(cfg.n_ctx_train, 4096)
-    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
-        raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+    n_ctx = _int_arg("n_ctx", n_ctx, 1)
     if n_ctx > cfg.n_ctx_train:
         warnings.warn(
             f"n_ctx {n_ctx} exceeds the model's training context {cfg.n_ctx_train}; "
@@ -258,35 +399,38 @@ def load(
         )
     if threads is None:
         threads = 0
-    elif isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 512:
-        raise ValueError(f"threads must be an integer from 1 to 512, got {threads!r}")
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+    else:
+        threads = _int_arg("threads", threads, 1)
+        # More threads than CPUs only queue behind each other (decode ran 300x slower with 512
+        # on 2 cores): cap, and say so.
+        if threads > (cpus := logical_cpus()):
+            warnings.warn(
+                f"threads={threads} is more than the {cpus} logical CPUs here; using {cpus}",
+                stacklevel=2,
+            )
+            threads = cpus
+    max_batch = _int_arg("max_batch", max_batch, 1)
     if kv_dtype is None:
         all_f32 = all(t.type.name == "F32" for t in tensors)
         kv_dtype = "f32" if all_f32 else "f16"
     if kv_dtype not in ("f16", "f32"):
-        raise ValueError(f"kv_dtype must be 'f16' or 'f32', got {kv_dtype!r}")
+        raise RequestError(f"kv_dtype must be 'f16' or 'f32', got {kv_dtype!r}")
 
     if profile is None:
         profile = os.environ.get("METALLIC_PROFILE", "") not in ("", "0")
     descs = [_core.TensorDesc(t.name, int(t.type), list(t.shape), t.offset) for t in tensors]
-    try:
-        engine = _core.Engine(
-            str(g.path),
-            cfg.to_core(),
-            descs,
-            backend=chosen,
-            n_ctx=n_ctx,
-            threads=threads,
-            kv_f32=kv_dtype == "f32",
-            max_batch=max_batch,
-            profile=bool(profile),
-        )
-    except ValueError as e:
-        if isinstance(e, MetallicError):
-            raise
-        raise ModelError(str(e)) from None
+    engine = _core.Engine(
+        str(g.path),
+        cfg.to_core(),
+        descs,
+        backend=chosen,
+        n_ctx=n_ctx,
+        threads=threads,
+        kv_f32=kv_dtype == "f32",
+        max_batch=max_batch,
+        profile=bool(profile),
+        mmap=bool(mmap),
+    )
     model = Model(g, cfg, engine)
     model.profiling = bool(profile)
     return model
