@@ -8,7 +8,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from metallic.sampling import Sampler, SamplerSettings, _top_superset, apply_penalties
+from metallic.errors import ModelError, RequestError
+from metallic.sampling import (
+    GREEDY_BELOW,
+    REPEAT_PENALTY_RANGE,
+    Sampler,
+    SamplerSettings,
+    _top_superset,
+    apply_penalties,
+)
 
 VOCAB = 151_936  # Qwen2's vocabulary, the size the fast paths are built for
 GREEDY = SamplerSettings(temperature=0.0)
@@ -354,7 +362,7 @@ def test_seed_reproducibility() -> None:
         ("top_p", math.nan, "top_p"),
         ("min_p", -0.01, r"min_p must be in \[0, 1\]"),
         ("min_p", 1.5, "min_p"),
-        ("repeat_penalty", 0.0, "repeat_penalty must be > 0"),
+        ("repeat_penalty", 0.0, r"repeat_penalty must be in \[0.01, 100\]"),
         ("repeat_penalty", -1.0, "repeat_penalty"),
         ("repeat_penalty", math.nan, "repeat_penalty"),
         ("presence_penalty", math.nan, "presence_penalty"),
@@ -366,11 +374,11 @@ def test_seed_reproducibility() -> None:
     ],
 )
 def test_bad_settings_raise(field: str, value: object, message: str) -> None:
-    s = replace(SamplerSettings(), **{field: value})
-    with pytest.raises(ValueError, match=message):
-        s.validate()
-    with pytest.raises(ValueError, match=message):
-        Sampler(s)
+    # Refused where the settings are made, before any Sampler sees them.
+    with pytest.raises(RequestError, match=message):
+        replace(SamplerSettings(), **{field: value})
+    with pytest.raises(RequestError, match=message):
+        SamplerSettings(**{field: value})  # type: ignore[arg-type]
 
 
 def test_default_settings_are_valid() -> None:
@@ -419,3 +427,117 @@ def test_bad_inputs_raise() -> None:
         sampler.sample(SMALL, [1, 8])
     with pytest.raises(ValueError, match="token id -1"):
         sampler.sample(SMALL, [-1])
+
+
+# --- extreme temperatures and penalties -------------------------------------------------------
+
+EXTREME_SETTINGS = [PLAIN, SamplerSettings(), replace(PLAIN, top_p=0.9), replace(PLAIN, min_p=0.1)]
+
+
+@pytest.mark.parametrize("temperature", [GREEDY_BELOW / 2, 1e-39, 1e-45, 1e-46, 1e-300, 5e-324])
+@pytest.mark.parametrize("settings", EXTREME_SETTINGS, ids=["plain", "top_k", "top_p", "min_p"])
+def test_temperatures_below_float32_normals_are_greedy(
+    settings: SamplerSettings, temperature: float
+) -> None:
+    # Float32 cannot divide by such a temperature (it is subnormal or 0 there): without the
+    # greedy rule the probabilities were NaN and the draw always the last token.
+    s = replace(settings, temperature=temperature, seed=0)
+    x = SMALL.copy()
+    x[5] = -np.inf
+    tokens, probs = Sampler(s).distribution(x)
+    assert tokens.tolist() == [0] and probs.tolist() == [1.0]
+    assert {Sampler(replace(s, seed=i)).sample(x) for i in range(20)} == {0}
+
+
+@pytest.mark.parametrize(
+    "temperature", [GREEDY_BELOW, 1e-37, 1e-9, 0.7, 3e38, 3.5e38, 1e39, 1e300, 1.7e308]
+)
+@pytest.mark.parametrize("settings", EXTREME_SETTINGS, ids=["plain", "top_k", "top_p", "min_p"])
+def test_no_positive_temperature_gives_nan(settings: SamplerSettings, temperature: float) -> None:
+    s = replace(settings, temperature=temperature, seed=0)
+    for x in (SMALL, random_logits(3)):
+        x = x.copy()
+        x[1::3] = -np.inf  # masked tokens: -inf / inf would be NaN
+        tokens, probs = Sampler(s).distribution(x)
+        assert np.all(np.isfinite(probs)) and probs.sum() == pytest.approx(1.0)
+        assert not np.any(probs[np.isin(tokens, np.flatnonzero(np.isinf(x)))])
+        assert x[Sampler(s).sample(x)] > -np.inf
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("repeat_penalty", 1e39, r"repeat_penalty must be in \[0.01, 100\]"),
+        ("repeat_penalty", 100.5, r"repeat_penalty must be in \[0.01, 100\]"),
+        ("repeat_penalty", 1e-3, r"repeat_penalty must be in \[0.01, 100\]"),
+        ("presence_penalty", 1e39, r"presence_penalty must be in \[-100, 100\]"),
+        ("presence_penalty", -101.0, r"presence_penalty must be in \[-100, 100\]"),
+        ("frequency_penalty", 1e38, r"frequency_penalty must be in \[-100, 100\]"),
+        ("frequency_penalty", -1e30, r"frequency_penalty must be in \[-100, 100\]"),
+    ],
+)
+def test_penalties_out_of_range_are_refused(field: str, value: float, message: str) -> None:
+    with pytest.raises(RequestError, match=message):
+        SamplerSettings(**{field: value})  # type: ignore[arg-type]
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [GREEDY, *EXTREME_SETTINGS],
+    ids=["greedy", "plain", "top_k", "top_p", "min_p"],
+)
+def test_accepted_penalties_never_make_logits_non_finite(settings: SamplerSettings) -> None:
+    # A finite logit near float32's maximum divided by a repeat penalty below 1 (or a very
+    # negative one multiplied by a penalty above 1) overflowed float32 and was reported as
+    # "the model produced non-finite values".
+    lo, hi = REPEAT_PENALTY_RANGE
+    x = SMALL.copy()
+    x[3] = F32_MAX
+    s = replace(settings, repeat_penalty=lo, frequency_penalty=-100.0, seed=0)
+    assert Sampler(s).sample(x, [3, 3, 3]) == 3
+    tokens, probs = Sampler(s).distribution(x, [3, 3, 3])
+    assert np.all(np.isfinite(probs)) and as_dict(tokens, probs)[3] == pytest.approx(1.0)
+    assert np.isfinite(apply_penalties(x, [3], s)).all()
+    # Every token penalized towards -inf: none of them may become masked.
+    y = np.full(8, -F32_MAX, dtype=np.float32)
+    y[6] = -F32_MAX / 2
+    s = replace(settings, repeat_penalty=hi, presence_penalty=100.0, seed=0)
+    assert Sampler(s).sample(y, list(range(8))) == 6
+    tokens, probs = Sampler(s).distribution(y, list(range(8)))
+    assert np.all(np.isfinite(probs)) and as_dict(tokens, probs)[6] == pytest.approx(1.0)
+
+
+def test_non_finite_is_blamed_on_the_model_only_when_the_logits_are() -> None:
+    s = replace(PLAIN, repeat_penalty=0.01, presence_penalty=-100.0)
+    for bad in (math.inf, math.nan):
+        x = SMALL.copy()
+        x[2] = bad
+        for settings in (s, replace(s, temperature=0.0), replace(s, top_k=3)):
+            with pytest.raises(ModelError, match="the model produced non-finite values"):
+                Sampler(settings).sample(x, [2, 4])
+
+
+def test_penalties_round_like_float32_where_float32_can_hold_them() -> None:
+    # Where float32 overflows the penalties are redone in float64; the other logits of the
+    # window must still round exactly as llama.cpp's float32 arithmetic rounds them.
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal(4000) * 10.0 ** rng.integers(-3, 37, 4000)).astype(np.float32)
+    x[:2] = [F32_MAX, -F32_MAX]  # overflow with any repeat penalty but 1
+    history = [0, 1, *rng.integers(0, 4000, 3000).tolist()]
+    for repeat in (0.01, 0.37, 0.9, 1.1, 3.3, 100.0):
+        s = SamplerSettings(
+            repeat_penalty=repeat,
+            presence_penalty=float(rng.uniform(-100, 100)),
+            frequency_penalty=float(rng.uniform(-100, 100)),
+            penalty_last_n=-1,
+        )
+        with np.errstate(over="ignore"):
+            want = ref_penalize(x, history, s)
+        got = apply_penalties(x, history, s)
+        finite = np.isfinite(want)
+        assert not finite.all()  # float32 overflowed: the float64 path ran
+        assert np.array_equal(got[finite], want[finite])
+        assert np.isfinite(got).all()

@@ -121,9 +121,13 @@ void attend_block(const float* q, size_t q_stride, int heads, int nq, int pos0, 
     float* scores = s.scores.data();
     std::fill(s.maxes.begin(), s.maxes.begin() + heads * nq, -INFINITY);
     std::fill(s.sums.begin(), s.sums.begin() + heads * nq, 0.0f);
-    for (int c0 = first_key; c0 < end_key; c0 += kKeyChunk) {
+    // Chunks start at multiples of kKeyChunk, not at the block's first visible key: where a
+    // row's keys are cut into chunks (and so the order its softmax sums them) must not depend
+    // on where the prompt was split into batches. Keys before a row's window are masked.
+    const int start_key = first_key / kKeyChunk * kKeyChunk;
+    for (int c0 = start_key; c0 < end_key; c0 += kKeyChunk) {
         const int cn = std::min(kKeyChunk, end_key - c0);
-        const bool first = c0 == first_key;
+        const bool first = c0 == start_key;
         pack_keys(k, c0, cn, head_dim, s.rows.data(), s.keys.data());
         pack_values(v, c0, cn, head_dim, s.values.data());
         for (int h = 0; h < heads; ++h) {

@@ -10,10 +10,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import ContextError, GGUFError, MetallicError, ModelError
+from .errors import (
+    ContextError,
+    GGUFError,
+    InternalError,
+    MetallicError,
+    ModelBusyError,
+    ModelError,
+    RequestError,
+)
 
 __version__ = "0.1.0"
-__all__ = ["load", "ContextError", "GGUFError", "MetallicError", "ModelError", "__version__"]
+__all__ = [
+    "load",
+    "ContextError",
+    "GGUFError",
+    "InternalError",
+    "MetallicError",
+    "ModelBusyError",
+    "ModelError",
+    "RequestError",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from .model import Model

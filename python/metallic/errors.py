@@ -38,6 +38,11 @@ class ContextError(RequestError):
     """A request does not fit: prompt longer than the context, token id outside the vocabulary."""
 
 
+class ModelBusyError(RequestError):
+    """This thread called a model that an unfinished generate() of its own holds (the call
+    would wait for itself forever): finish or close() the generator first."""
+
+
 class InternalError(MetallicError, RuntimeError):
     """Metallic itself failed: a bug (please report it with the message), never bad input."""
 

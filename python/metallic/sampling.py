@@ -7,7 +7,14 @@ comparison with llama.cpp (same settings, same logits) keeps the same candidate 
 
 The truncation filters see the untempered logits; temperature only reshapes the survivors.
 Temperature 0 is greedy: the argmax after penalties (every filter keeps the argmax, so they
-cannot change it).
+cannot change it). So is any temperature below float32's smallest normal number, about 1.2e-38
+(``GREEDY_BELOW``): in float32, where the logits are divided by it, such a temperature is
+subnormal or 0 (and 0 wherever subnormals are flushed to zero), so the top logit became
+0 / 0 = NaN; the limit of sampling as the temperature goes to 0 is the argmax anyway.
+
+Penalties are bounded (``REPEAT_PENALTY_RANGE``, ``ADDITIVE_PENALTY_RANGE``) and computed so that
+no accepted value turns a finite logit into an infinity: an error about non-finite logits always
+means the model produced them.
 
 Cost matters because this runs once per generated token in Python: a vocabulary is up to 262,144
 entries, and a full sort of it takes milliseconds. So nothing here sorts or copies the whole
@@ -24,12 +31,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Sampler", "SamplerSettings", "apply_penalties"]
+from .errors import ModelError, RequestError
+
+__all__ = [
+    "ADDITIVE_PENALTY_RANGE",
+    "GREEDY_BELOW",
+    "REPEAT_PENALTY_RANGE",
+    "Sampler",
+    "SamplerSettings",
+    "apply_penalties",
+]
+
+# Temperatures below this (float32's smallest normal number) sample greedily, see above.
+GREEDY_BELOW = float(np.finfo(np.float32).tiny)
+# Accepted penalties. A repeat penalty of 100 or 0.01 scales real logits (tens at most) a
+# hundredfold, an additive one of 100 outweighs any of them. The bounds keep the penalized values
+# of even the largest finite float32 logits finite in float64 (see _penalty_updates).
+REPEAT_PENALTY_RANGE = (0.01, 100.0)
+ADDITIVE_PENALTY_RANGE = (-100.0, 100.0)
 
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    temperature: float = 0.8  # 0 -> greedy
+    temperature: float = 0.8  # 0 (or anything below GREEDY_BELOW) -> greedy
     top_k: int = 40  # 0 -> off
     top_p: float = 0.95  # 1.0 -> off
     min_p: float = 0.05  # 0 -> off
@@ -39,15 +63,31 @@ class SamplerSettings:
     penalty_last_n: int = 64  # recent tokens the penalties look at; 0 -> off, -1 -> all history
     seed: int | None = None  # None -> a fresh, unpredictable seed
 
+    def __post_init__(self) -> None:
+        # Refuse bad values where they are written, not at the first sampled token.
+        self.validate()
+
     def validate(self) -> None:
-        """Raise ValueError naming the first setting that is out of range."""
+        """Raise RequestError naming the first setting that is out of range."""
         _check_real("temperature", self.temperature, ">= 0", lambda v: v >= 0)
         _check_int("top_k", self.top_k, ">= 0 (0 turns top-k off)", lambda v: v >= 0)
         _check_real("top_p", self.top_p, "in (0, 1] (1 turns top-p off)", lambda v: 0 < v <= 1)
         _check_real("min_p", self.min_p, "in [0, 1] (0 turns min-p off)", lambda v: 0 <= v <= 1)
-        _check_real("repeat_penalty", self.repeat_penalty, "> 0 (1 turns it off)", lambda v: v > 0)
-        _check_real("presence_penalty", self.presence_penalty, "a finite number", lambda v: True)
-        _check_real("frequency_penalty", self.frequency_penalty, "a finite number", lambda v: True)
+        lo, hi = REPEAT_PENALTY_RANGE
+        _check_real(
+            "repeat_penalty",
+            self.repeat_penalty,
+            f"in [{lo:g}, {hi:g}] (1 turns it off)",
+            lambda v: lo <= v <= hi,
+        )
+        lo, hi = ADDITIVE_PENALTY_RANGE
+        for name in ("presence_penalty", "frequency_penalty"):
+            _check_real(
+                name,
+                getattr(self, name),
+                f"in [{lo:g}, {hi:g}] (0 turns it off)",
+                lambda v: lo <= v <= hi,
+            )
         _check_int(
             "penalty_last_n",
             self.penalty_last_n,
@@ -56,6 +96,10 @@ class SamplerSettings:
         )
         if self.seed is not None:
             _check_int("seed", self.seed, "None or an integer >= 0", lambda v: v >= 0)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
 
     @property
     def penalties_active(self) -> bool:
@@ -69,21 +113,24 @@ class SamplerSettings:
 def _check_real(name: str, value: object, allowed: str, ok: Callable[[float], bool]) -> None:
     # bool is an int subclass; True as a temperature is almost certainly a mistake.
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"sampler setting {name} must be {allowed}, got {value!r}")
+        raise RequestError(f"sampler setting {name} must be {allowed}, got {value!r}")
     v = float(value)
     if not math.isfinite(v) or not ok(v):
-        raise ValueError(f"sampler setting {name} must be {allowed}, got {value!r}")
+        raise RequestError(f"sampler setting {name} must be {allowed}, got {value!r}")
 
 
 def _check_int(name: str, value: object, allowed: str, ok: Callable[[int], bool]) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"sampler setting {name} must be an integer {allowed}, got {value!r}")
+        raise RequestError(f"sampler setting {name} must be an integer {allowed}, got {value!r}")
     if not ok(int(value)):
-        raise ValueError(f"sampler setting {name} must be {allowed}, got {value!r}")
+        raise RequestError(f"sampler setting {name} must be {allowed}, got {value!r}")
 
 
 class Sampler:
-    """Picks the next token. Holds the random generator, so one Sampler per generation stream."""
+    """Picks the next token. Holds the random generator, so one Sampler per generation stream.
+
+    Settings with a temperature below ``GREEDY_BELOW`` (0 included) are greedy: the argmax of
+    the penalized logits, the first on ties."""
 
     def __init__(self, settings: SamplerSettings) -> None:
         settings.validate()
@@ -96,7 +143,7 @@ class Sampler:
         x = _check_logits(logits)
         s = self.settings
         ids, vals = _penalty_updates(x, history, s)
-        if s.temperature == 0:
+        if s.greedy:
             return _argmax_penalized(x, ids, vals)
         tokens, probs = self._distribution(x, ids, vals)
         # One draw per call whatever the candidate count, so the random stream (and thus a
@@ -115,7 +162,7 @@ class Sampler:
         generator. For greedy settings it is the argmax with probability 1."""
         x = _check_logits(logits)
         ids, vals = _penalty_updates(x, history, self.settings)
-        if self.settings.temperature == 0:
+        if self.settings.greedy:
             return np.array([_argmax_penalized(x, ids, vals)]), np.ones(1)
         return self._distribution(x, ids, vals)
 
@@ -137,8 +184,16 @@ class Sampler:
             _check_max(top)
             if s.top_p >= 1 and s.min_p == 0:
                 # No truncation at all: every token is a candidate.
-                # Exponentials in float32 (float64 exp is ten times slower), sums in float64.
-                e = np.exp((w - np.float32(top)) / np.float32(s.temperature)).astype(np.float64)
+                if w.dtype == np.float32 and s.temperature <= _F32_MAX:
+                    # Exponentials in float32 (float64 exp is ten times slower), sums in float64.
+                    # The temperature is a normal float32 (smaller ones are greedy) and finite
+                    # (a larger one would make masked tokens -inf / inf = NaN); overflow
+                    # yields -inf, whose exponential is the right 0.
+                    with np.errstate(over="ignore"):
+                        t32 = np.float32(s.temperature)
+                        e = np.exp((w - np.float32(top)) / t32).astype(np.float64)
+                else:
+                    e = np.exp((w.astype(np.float64) - top) / s.temperature)
                 return np.arange(n), e / e.sum()
             tokens, v, z = _nucleus_superset(w, top, s.top_p, s.min_p)
         if s.top_p < 1:
@@ -159,7 +214,8 @@ class Sampler:
 def apply_penalties(
     logits: np.ndarray, history: Sequence[int] | np.ndarray, settings: SamplerSettings
 ) -> np.ndarray:
-    """A penalized copy of ``logits`` (the sampler itself only computes the changed entries)."""
+    """A penalized copy of ``logits`` (the sampler itself only computes the changed entries),
+    widened to float64 if a penalized logit lies beyond the range of their type."""
     x = _check_logits(logits)
     ids, vals = _penalty_updates(x, history, settings)
     return _penalized_copy(x, ids, vals) if ids.size else x.copy()
@@ -168,20 +224,20 @@ def apply_penalties(
 def _check_logits(logits: np.ndarray) -> np.ndarray:
     x = np.asarray(logits)
     if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"logits must be a non-empty 1-D array, got shape {x.shape}")
+        raise RequestError(f"logits must be a non-empty 1-D array, got shape {x.shape}")
     if x.dtype.kind != "f":
-        raise ValueError(f"logits must be a floating-point array, got dtype {x.dtype}")
+        raise RequestError(f"logits must be a floating-point array, got dtype {x.dtype}")
     return x
 
 
 def _check_max(top: float) -> None:
     # The maximum is NaN if any entry is NaN, so this one comparison screens the whole input.
     if math.isnan(top):
-        raise ValueError("logits contain NaN (the model produced non-finite values)")
+        raise ModelError("logits contain NaN (the model produced non-finite values)")
     if top == math.inf:
-        raise ValueError("logits contain +inf (the model produced non-finite values)")
+        raise ModelError("logits contain +inf (the model produced non-finite values)")
     if top == -math.inf:
-        raise ValueError("all logits are -inf: every token is masked, nothing can be sampled")
+        raise RequestError("all logits are -inf: every token is masked, nothing can be sampled")
 
 
 def _penalty_updates(
@@ -201,26 +257,58 @@ def _penalty_updates(
     window = history if s.penalty_last_n < 0 else history[-s.penalty_last_n :]
     h = np.asarray(window)
     if h.dtype.kind not in "iu":
-        raise ValueError(f"history must hold integer token ids, got dtype {h.dtype}")
+        raise RequestError(f"history must hold integer token ids, got dtype {h.dtype}")
     ids, counts = np.unique(h, return_counts=True)
     if ids[0] < 0 or ids[-1] >= x.size:
         bad = ids[0] if ids[0] < 0 else ids[-1]
-        raise ValueError(f"history holds token id {bad}, outside the vocabulary [0, {x.size})")
+        raise RequestError(f"history holds token id {bad}, outside the vocabulary [0, {x.size})")
     ids = ids.astype(np.int64)
-    # Float32 arithmetic, as llama.cpp does it, so penalized logits round as they do there.
-    v = x[ids].astype(np.float32)
+    raw = x[ids]
+    with np.errstate(over="ignore"):
+        # Float32 arithmetic, as llama.cpp does it, so penalized logits round as they do there.
+        v = _penalize(raw.astype(np.float32), counts.astype(np.float32), s, lambda a: a)
+        if np.isfinite(v).all() or not np.any(~np.isfinite(v) & np.isfinite(raw)):
+            return ids, v.astype(np.float64)
+        # Float32 overflowed (a logit near its maximum times an accepted penalty), and an
+        # infinity would be blamed on the model. Again in float64, rounding every step to
+        # float32 where float32 can hold it: that is exactly the float32 result there (float64
+        # has more than twice float32's precision), the float64 one elsewhere.
+        finite = np.isfinite(raw)
+
+        def round32(a: np.ndarray) -> np.ndarray:
+            r = a.astype(np.float32)
+            a = np.where(np.isfinite(r), r, a)
+            # Float64 logits (the sampler accepts them) near float64's maximum can still
+            # overflow: saturate them, so that only logits that were infinite stay so.
+            return np.where(np.isinf(a) & finite, np.copysign(_F64_MAX, a), a)
+
+        c = counts.astype(np.float32).astype(np.float64)
+        v = _penalize(round32(raw.astype(np.float64)), c, s, round32)
+    return ids, v
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_F64_MAX = float(np.finfo(np.float64).max)
+
+
+def _penalize(
+    v: np.ndarray, counts: np.ndarray, s: SamplerSettings, rnd: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """llama.cpp's penalties of logits ``v`` seen ``counts`` times, in the type of ``v``, with
+    every intermediate result passed through ``rnd``."""
     rp = np.float32(s.repeat_penalty)
-    v = np.where(v <= 0, v * rp, v / rp)
-    v = v - (
-        counts.astype(np.float32) * np.float32(s.frequency_penalty) + np.float32(s.presence_penalty)
-    )
-    return ids, v.astype(np.float64)
+    v = rnd(np.where(v <= 0, v * rp, v / rp))
+    sub = rnd(rnd(counts * np.float32(s.frequency_penalty)) + np.float32(s.presence_penalty))
+    return rnd(v - sub)
 
 
 def _penalized_copy(x: np.ndarray, ids: np.ndarray, vals: np.ndarray) -> np.ndarray:
     if ids.size == 0:
         return x
-    w = x.copy()
+    # A penalized logit can lie beyond the range of the logits' type (one near float32's
+    # maximum divided by a repeat penalty below 1): widen rather than store an infinity.
+    fits = bool(np.all(np.abs(vals) <= np.finfo(x.dtype).max))
+    w = x.copy() if fits else x.astype(np.float64)
     w[ids] = vals
     return w
 
@@ -243,7 +331,6 @@ def _argmax_penalized(x: np.ndarray, ids: np.ndarray, vals: np.ndarray) -> int:
     j = int(np.argmax(vals))
     a, b = float(x[i]), float(vals[j])
     if b > a or (b == a and int(ids[j]) < i):
-        _check_max(b)  # a penalty can overflow float32 to +inf
         return int(ids[j])
     return i
 
@@ -326,7 +413,11 @@ def _nucleus_superset(
         # Min-p alone: a threshold in logit space, no exponentials over the vocabulary.
         cand = np.flatnonzero(w >= top + math.log(min_p))
         return cand, w[cand].astype(np.float64), math.inf
-    z = float(np.exp(w - np.float32(top)).sum(dtype=np.float64))
+    # In float32 for float32 logits (top is one of them, so exact); penalties can have widened
+    # w to float64, and then top may lie beyond float32's range.
+    with np.errstate(over="ignore"):  # a difference beyond float32 is -inf: exp gives 0
+        d = w - np.float32(top) if w.dtype == np.float32 else w.astype(np.float64) - top
+    z = float(np.exp(d).sum(dtype=np.float64))
     bound = max((1.0 - top_p) * z / n, min_p)
     # The bound is safe but loose when a long flat tail carries real mass; tighter thresholds
     # usually already hold top_p of the mass, and checking one costs a comparison pass.
