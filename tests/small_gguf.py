@@ -20,9 +20,11 @@ def write_small_gguf(
     overrides: dict[str, tuple[int, ...]] | None = None,
     skip: tuple[str, ...] = (),
     n_ctx: int = 256,
+    alignment: int | None = None,
 ) -> Path:
     """Writes the model; `overrides` replaces tensor shapes (numpy order), `skip` leaves
-    tensors out."""
+    tensors out. With `alignment` (general.alignment), an unused 4-byte tensor comes first, so
+    that below 16 the model's tensors start at offsets that are not multiples of 16."""
     s = SHAPE
     d, hd, ff, V = s["n_embd"], s["head_dim"], s["n_ff"], s["n_vocab"]
     qd, kvd = s["n_head"] * hd, s["n_head_kv"] * hd
@@ -36,6 +38,9 @@ def write_small_gguf(
     w.add_head_count_kv(s["n_head_kv"])
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-6)
+    if alignment is not None:
+        w.add_custom_alignment(alignment)
+        w.add_tensor("unused.pad", np.zeros(1, dtype=np.float32))
 
     shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (V, d), "output_norm.weight": (d,)}
     for i in range(s["n_layer"]):

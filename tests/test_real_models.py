@@ -34,7 +34,8 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp")
 
 import metallic  # noqa: E402
-from real_models import cache_dir, gemma3_gguf, smollm2_gguf  # noqa: E402
+from paths import cache_dir  # noqa: E402
+from real_models import gemma3_gguf, smollm2_gguf  # noqa: E402
 from real_parity import PROMPTS, log_softmax  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,9 @@
 """`python -m metallic ...`: generate, chat, inspect, tokenize.
 
 Output goes to stdout (generated text, JSON); progress, timings and errors to stderr, so the
-text can be piped.
+text can be piped. Every error is one line on stderr (a traceback only with --debug). Exit
+status: 0 success, 1 error, 2 bad command line, 130 interrupted (Ctrl-C), 141 when the reader of
+stdout went away (`| head`), as for a process killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import os
 import resource
 import sys
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
-from .errors import MetallicError
-from .models import DEFAULT_MODEL, KNOWN_MODELS, resolve_model
+from .errors import InternalError, MetallicError, RequestError
+from .models import DEFAULT_MODEL, KNOWN_MODELS, check_model_file, resolve_model
+from .sampling import ADDITIVE_PENALTY_RANGE, REPEAT_PENALTY_RANGE
 
 # -- argument types: reject bad values at parse time with a message naming the flag -----------
 
@@ -48,6 +54,27 @@ def _float_in(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str],
         return v
 
     return parse
+
+
+def _logical_cpus() -> int:
+    # The CPUs this process may run on: its affinity mask where the OS has one.
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _threads(text: str) -> int:
+    # More threads than CPUs only queue behind each other (decode gets hundreds of times slower).
+    cpus = _logical_cpus()
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= v <= cpus:
+        raise argparse.ArgumentTypeError(
+            f"must be from 1 to {cpus} (the logical CPUs of this machine), got {v}"
+        )
+    return v
 
 
 def _ids(text: str) -> list[int]:
@@ -90,10 +117,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "-t",
         "--threads",
-        type=_int_in(1, 512),
+        type=_threads,
         default=None,
         metavar="N",
-        help="CPU threads (default: physical cores)",
+        help="CPU threads, at most the logical CPUs (default: physical cores)",
     )
     g.add_argument(
         "--profile",
@@ -110,6 +137,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    rlo, rhi = REPEAT_PENALTY_RANGE
+    alo, ahi = ADDITIVE_PENALTY_RANGE
     g = p.add_argument_group(
         "sampling (applied in this order: penalties, top-k, top-p, min-p, temperature)"
     )
@@ -145,24 +174,24 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--repeat-penalty",
-        type=_float_in(0, 100, lo_open=True),
+        type=_float_in(*REPEAT_PENALTY_RANGE),
         default=1.0,
         metavar="X",
-        help="divide logits of recent tokens by X; 1 disables (default 1)",
+        help=f"divide logits of recent tokens by X ({rlo:g} to {rhi:g}); 1 disables (default 1)",
     )
     g.add_argument(
         "--presence-penalty",
-        type=_float_in(-100, 100),
+        type=_float_in(*ADDITIVE_PENALTY_RANGE),
         default=0.0,
         metavar="X",
-        help="subtract X from logits of recent tokens (default 0)",
+        help=f"subtract X from logits of recent tokens ({alo:g} to {ahi:g}; default 0)",
     )
     g.add_argument(
         "--frequency-penalty",
-        type=_float_in(-100, 100),
+        type=_float_in(*ADDITIVE_PENALTY_RANGE),
         default=0.0,
         metavar="X",
-        help="subtract X per occurrence of recent tokens (default 0)",
+        help=f"subtract X per occurrence of recent tokens ({alo:g} to {ahi:g}; default 0)",
     )
     g.add_argument(
         "--penalty-last-n",
@@ -282,14 +311,29 @@ def print_profile(stats: Any) -> None:
 def chat_prompt_ids(model: Any, messages: list[dict[str, str]], template: str | None) -> list[int]:
     """Renders the conversation with the chat template and tokenizes it, adding BOS only when
     the model wants one and the template did not already write it."""
-    from .chat_template import choose_template, render_chat
+    from .chat_template import RenderBudget, choose_template, render_chat
+    from .generate import encode_prompt, prompt_byte_limit
 
     tok = model.tokenizer
-    source, _ = choose_template(model.metadata, template)
+    source, origin = choose_template(model.metadata, template, model_path=model.path)
     bos = tok.id_to_token(tok.bos_id) if tok.bos_id is not None else ""
     eos = tok.id_to_token(tok.eos_id) if tok.eos_id is not None else ""
-    text = render_chat(source, messages, add_generation_prompt=True, bos_token=bos, eos_token=eos)
-    ids = tok.encode(text, add_special=False, parse_special=True)
+    # Rendering more characters than the context can hold bytes would only be refused after.
+    budget = RenderBudget()
+    limit = prompt_byte_limit(tok, model.n_ctx)
+    if limit < budget.max_output:
+        note = f"more than a context of {model.n_ctx:,} tokens can hold"
+        budget = RenderBudget(max_output=limit, output_note=note)
+    text = render_chat(
+        source,
+        messages,
+        add_generation_prompt=True,
+        bos_token=bos,
+        eos_token=eos,
+        origin=origin,
+        budget=budget,
+    )
+    ids = encode_prompt(model, text, add_special=False, parse_special=True)
     if tok.add_bos and tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
         ids.insert(0, tok.bos_id)
     return ids
@@ -316,10 +360,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         text = args.prompt
         if args.prompt_file:
-            with open(args.prompt_file, encoding="utf-8") as f:
-                text = f.read()
+            text = _read_prompt_file(args.prompt_file)
         if text is None:
-            raise MetallicError("give a prompt with --prompt, --prompt-file or --prompt-ids")
+            raise RequestError("give a prompt with --prompt, --prompt-file or --prompt-ids")
         if use_chat:
             messages = [{"role": "system", "content": args.system}] if args.system else []
             messages.append({"role": "user", "content": text})
@@ -358,6 +401,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     _print_stats(stats)
     return 0
+
+
+def _read_prompt_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise RequestError(f"--prompt-file {path}: cannot read it: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise RequestError(
+            f"--prompt-file {path}: not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -403,7 +458,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .config import describe, model_config
     from .gguf_file import read_gguf
 
-    g = read_gguf(args.path)
+    g = read_gguf(check_model_file(Path(args.path)))
     info: dict[str, Any] = {
         "path": str(g.path),
         "gguf_version": g.version,
@@ -457,8 +512,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
     tok = Tokenizer.from_metadata(read_gguf(resolve_model(args.model)).metadata)
     if args.decode:
-        ids = _ids(args.text)
-        sys.stdout.write(tok.decode(ids, special=True) + "\n")
+        sys.stdout.write(tok.decode(args.ids, special=True) + "\n")
         return 0
     ids = tok.encode(
         args.text, add_special=not args.no_special, parse_special=not args.no_parse_special
@@ -478,7 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m metallic",
         description="Metallic: run GGUF language models (Qwen2/2.5, Qwen3, Llama, Gemma 3) "
         "from the command line.",
+        epilog="Errors are one line on stderr; exit status 1 for an error, 2 for a bad command "
+        "line, 130 when interrupted.",
     )
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     g = sub.add_parser(
@@ -583,31 +640,104 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench
 
     add_bench(sub)
+    for cmd in sub.choices.values():
+        # Also after the command (`generate ... --debug`); SUPPRESS keeps a --debug given
+        # before the command from being reset to False by the subcommand's default.
+        cmd.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP
+        )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+_DEBUG_HELP = "on an error, also print the Python traceback (for bug reports)"
+_BUG = "internal error (a bug in metallic, please report it): "
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks that depend on more than one argument, reported as usage errors (status 2)."""
     if args.command == "bench":
         from .bench import validate
 
         validate(args)
-    try:
-        return int(args.func(args))
-    except MetallicError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if args.command == "generate" and all(
+        v is None for v in (args.prompt, args.prompt_file, args.prompt_ids)
+    ):
+        _subparser(parser, "generate").error(
+            "give a prompt with --prompt, --prompt-file or --prompt-ids"
+        )
+    if args.command == "tokenize" and args.decode:
+        try:
+            args.ids = _ids(args.text)
+        except argparse.ArgumentTypeError as e:
+            _subparser(parser, "tokenize").error(f"argument text (with --decode): {e}")
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices[name]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    # Python's format names the source line that warned, which means nothing to a CLI user.
+    print(f"warning: {_one_line(str(message))}", file=file or sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # a bad command line exits here, with status 2
+    _check_args(parser, args)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            status = int(args.func(args))
+            # Inside the try: a closed pipe often shows only when the buffered rest is written.
+            sys.stdout.flush()
+            return status
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, as Unix tools do. Python flushes
+            # stdout again at exit, which would fail the same way: point it at /dev/null
+            # (the recipe of Python's signal module documentation).
+            try:
+                fd = sys.stdout.fileno()
+            except (OSError, ValueError):  # not a real file (main called in-process)
+                return 141
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+            return 141  # 128 + SIGPIPE, the status of a process the signal ended
+        except KeyboardInterrupt:
+            print(file=sys.stderr)  # end the line ^C was echoed on
+            return 130
+        except InternalError as e:
+            message = str(e)
+            _report(args, message if message.startswith("internal error") else _BUG + message)
+        except MetallicError as e:
+            _report(args, f"error: {e}")
+        except OSError as e:
+            # Reading or writing failed (a full disk, a vanished file): the environment's
+            # fault, not a bug.
+            _report(args, f"error: {e}")
+        except Exception as e:
+            # Every error a user can cause is a MetallicError, so anything else is a bug.
+            _report(args, f"{_BUG}{type(e).__name__}: {e}")
         return 1
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # the reader went away (e.g. `| head`): not an error worth a traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+
+
+def _report(args: argparse.Namespace, message: str) -> None:
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(_one_line(message), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

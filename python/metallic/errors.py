@@ -8,8 +8,9 @@ class here, in one place).
       ContextError    ... that does not fit the context (C++ ContextFull)
     InternalError   a bug in Metallic                 (any other C++ exception)
 
-The first three (and ChatTemplateError, a ModelError or RequestError raised by chat templates)
-are also ValueErrors: the input was wrong. Every message names the file, field, tensor or value at
+The first three (and chat_template.ChatTemplateError, a template that is missing, malformed,
+hostile or over its budget) are also ValueErrors: the input was wrong. ModelBusyError, a
+RequestError, is a call from the thread whose unfinished generate() holds the model. Every message names the file, field, tensor or value at
 fault. An InternalError is a RuntimeError and says it is a bug.
 """
 

@@ -7,15 +7,20 @@ compute is one call into the engine.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from .errors import ContextError, RequestError
 from .sampling import Sampler, SamplerSettings
 
 if TYPE_CHECKING:
     from .model import Model
+    from .tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class StopStrings:
     def __init__(self, stops: Sequence[str]) -> None:
         for s in stops:
             if not isinstance(s, str) or not s:
-                raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
+                raise RequestError(f"stop strings must be non-empty strings, got {s!r}")
         self.stops = list(stops)
         self.pending = ""
         self.hit = False
@@ -111,24 +116,121 @@ def generate(
     max_tokens: int,
     sampler: SamplerSettings | None,
     *,
-    stop: Sequence[str] = (),
+    stop: str | Sequence[str] | None = (),
     stop_ids: Sequence[int] | None = None,
     **overrides: Any,
 ) -> Iterator[Token]:
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-        raise ValueError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
+    if (
+        isinstance(max_tokens, (bool, np.bool_))
+        or not isinstance(max_tokens, (int, np.integer))
+        or max_tokens < 0
+    ):
+        raise RequestError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
     settings = _settings(sampler, overrides)
-    stops = StopStrings(stop)
+    stops = StopStrings(_stop_strings(stop))
     if isinstance(prompt, str):
-        ids = model.tokenize(prompt)
+        ids = encode_prompt(model, prompt)
+    elif isinstance(prompt, (bytes, bytearray, memoryview)):
+        # Iterating bytes gives their byte values, which would run as token ids.
+        raise RequestError(
+            f"prompt must be text (a str) or token ids (a sequence of int), got "
+            f"{type(prompt).__name__}: decode it to a str first"
+        )
     else:
-        ids = [int(i) for i in prompt]
+        ids = _token_ids("prompt", prompt)
     if not ids:
-        raise ValueError("the prompt is empty (no tokens)")
+        raise RequestError("the prompt is empty (no tokens)")
     if stop_ids is None:
         stop_ids = sorted(model.tokenizer.eog_ids) if _has_tokenizer(model) else []
-    eog = frozenset(int(i) for i in stop_ids)
-    return _run(model, ids, max_tokens, Sampler(settings), stops, eog)
+    eog = frozenset(_token_ids("stop_ids", stop_ids))
+    return _run(model, ids, int(max_tokens), Sampler(settings), stops, eog)
+
+
+def prompt_byte_limit(tokenizer: Tokenizer, n_ctx: int) -> int:
+    """The most UTF-8 bytes of text that can fit in ``n_ctx`` tokens: no token stands for more
+    than the vocabulary's longest piece."""
+    return n_ctx * tokenizer.max_piece_bytes
+
+
+def encode_prompt(
+    model: Model, text: str, *, add_special: bool = True, parse_special: bool = True
+) -> list[int]:
+    """Tokenizes a prompt (text, or a rendered chat template) for ``model``, first refusing
+    with ContextError, without tokenizing it, text too long to fit in its context: tokenizing
+    100 MB takes a minute and gigabytes only to be refused. The token count is checked exactly
+    when the prompt runs."""
+    tok = model.tokenizer
+    limit = prompt_byte_limit(tok, model.n_ctx)
+    if _utf8_length(text, limit) > limit:
+        raise ContextError(
+            f"the prompt is over {limit:,} bytes of text, more than a context of "
+            f"{model.n_ctx:,} tokens can hold (no token of this vocabulary stands for more than "
+            f"{tok.max_piece_bytes} bytes); load with a larger n_ctx or shorten the prompt"
+        )
+    return tok.encode(text, add_special=add_special, parse_special=parse_special)
+
+
+def _utf8_length(text: str, limit: int) -> int:
+    """The UTF-8 length of ``text``, or, past ``limit``, a lower bound over it, without
+    encoding a copy of all of it."""
+    if len(text) > limit or text.isascii():
+        return len(text)  # a character is at least one byte
+    chunk = 1 << 20
+    size = 0
+    for start in range(0, len(text), chunk):
+        # Lone surrogates (from surrogateescape) are encoded as the tokenizer encodes them:
+        # three bytes, as U+FFFD is.
+        size += len(text[start : start + chunk].encode("utf-8", "surrogatepass"))
+        if size > limit:
+            break
+    return size
+
+
+def _stop_strings(stop: str | Sequence[str] | None) -> list[str]:
+    # A str is itself a sequence of str (its characters), but as a stop it is one string.
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, (bytes, bytearray, memoryview)):
+        raise RequestError(
+            f"stop must be a str or a sequence of str, got {type(stop).__name__}: "
+            "decode it to a str first"
+        )
+    try:
+        return list(stop)
+    except TypeError:
+        raise RequestError(
+            f"stop must be a str or a sequence of str, got {type(stop).__name__}"
+        ) from None
+
+
+def _token_ids(name: str, ids: object) -> list[int]:
+    """``ids`` as a list of int, refusing what int() would silently change: floats (truncated),
+    bools, strings. Python and NumPy integers, and 1-D NumPy integer arrays, are accepted."""
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise RequestError(
+                f"{name} must be a 1-D array of integer token ids, got a {ids.ndim}-D array "
+                f"of {ids.dtype}"
+            )
+        return [int(i) for i in ids]
+    if isinstance(ids, (str, bytes, bytearray, memoryview)):
+        raise RequestError(
+            f"{name} must be a sequence of integer token ids, got {type(ids).__name__}"
+        )
+    try:
+        items = list(ids)  # type: ignore[call-overload]
+    except TypeError:
+        raise RequestError(
+            f"{name} must be a sequence of integer token ids, got {type(ids).__name__}"
+        ) from None
+    for k, i in enumerate(items):
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise RequestError(
+                f"{name} must hold integer token ids, got {i!r} ({type(i).__name__}) at index {k}"
+            )
+    return [int(i) for i in items]
 
 
 def _has_tokenizer(model: Model) -> bool:
@@ -144,7 +246,6 @@ def _run(
     eog: frozenset[int],
 ) -> Iterator[Token]:
     stats = GenerationStats(prompt_tokens=len(ids))
-    model.last_stats = stats
     if len(ids) > model.n_ctx:
         from .errors import ContextError
 
@@ -153,11 +254,27 @@ def _run(
             "(load with a larger n_ctx or shorten the prompt)"
         )
 
+    with model._lock.generation() as holder:
+        model.last_stats = stats  # under the lock: the stats of the generation that ran last
+        yield from _steps(model, ids, max_tokens, sampler, stops, eog, stats, holder)
+
+
+def _steps(
+    model: Model,
+    ids: list[int],
+    max_tokens: int,
+    sampler: Sampler,
+    stops: StopStrings,
+    eog: frozenset[int],
+    stats: GenerationStats,
+    holder: Any,
+) -> Iterator[Token]:
+    """The generation itself, run while it holds the model (model.py's _ModelLock)."""
     t0 = time.perf_counter()
-    stats.cached_tokens = model.reuse_prefix(ids)
+    stats.cached_tokens = model._reuse_prefix(ids)
     if model.profiling:
         model.profile(reset=True)
-    logits = model.prefill(ids[stats.cached_tokens :])
+    logits = model._prefill(ids[stats.cached_tokens :])
     stats.prompt_seconds = time.perf_counter() - t0
     if model.profiling:
         stats.profile_prompt = model.profile(reset=True)
@@ -191,8 +308,9 @@ def _run(
         else:
             stats.decode_seconds = time.perf_counter() - t1
             yield Token(tok, text)
+            holder.thread = threading.get_ident()  # whoever resumed us holds the model now
             te = time.perf_counter()
-            logits = model.decode(tok)
+            logits = model._decode(tok)
             stats.engine_seconds += time.perf_counter() - te
             continue
         stats.decode_seconds = time.perf_counter() - t1

@@ -7,8 +7,9 @@ SentencePiece space marker, and text that looks like special tokens.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from paths import shared_dir
 
 CORPUS: list[str] = [
     # prose
@@ -121,13 +122,12 @@ CHAT: dict[str, str] = {
 
 # --- where the shared test vectors are ----------------------------------------------------------
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("qwen2", "llama-bpe", "gpt-2", "starcoder", "llama-spm")
 _SEPARATOR = "\n__ggml_vocab_test__\n"
 
 
 def shared_tokenizer_dir() -> Path:
-    return Path(os.environ.get("METALLIC_SHARED", REPO_ROOT.parent / "shared")) / "tokenizer"
+    return shared_dir() / "tokenizer"
 
 
 def vocab_path(family: str) -> Path:

@@ -35,6 +35,8 @@ from typing import Any
 import gguf
 import numpy as np
 
+from paths import cache_dir
+
 from .tiny_models import ARCHS, hf_tokenizer, tiny_vocab, variant_key, variant_model
 
 SDIST_NAME = "llama-cpp-python"
@@ -63,11 +65,8 @@ for job in json.load(sys.stdin):
 
 
 def persistent_cache_dir() -> Path:
-    """$METALLIC_TEST_CACHE, else ~/.cache/metallic-tests (as tests/real_models.py)."""
-    root = os.environ.get("METALLIC_TEST_CACHE") or Path.home() / ".cache" / "metallic-tests"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The test cache (paths.cache_dir()): the sdist and the converted files are kept."""
+    return cache_dir()
 
 
 def llama_cpp_sdist() -> Path:

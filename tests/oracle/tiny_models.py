@@ -38,6 +38,8 @@ from gguf import GGMLQuantizationType as QType
 from gguf import GGUFValueType as VType
 from gguf import LlamaFileType, TokenType
 
+from paths import cache_dir, cache_is_persistent
+
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
@@ -1167,12 +1169,10 @@ def _gguf_version() -> str:
 
 @cache
 def oracle_cache_dir() -> Path:
-    """$METALLIC_TEST_CACHE/oracle if set (persists across runs), else a per-process temp dir."""
-    root = os.environ.get("METALLIC_TEST_CACHE")
-    if root:
-        path = Path(root) / "oracle"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    """oracle/ in the test cache when one is set (persists across runs; see paths.py), else a
+    per-process temp dir."""
+    if cache_is_persistent():
+        return cache_dir("oracle")
     path = Path(tempfile.mkdtemp(prefix="metallic-oracle-"))
     atexit.register(shutil.rmtree, path, True)
     return path

@@ -6,6 +6,8 @@ import os
 import re
 from array import array
 from collections.abc import Mapping, Sequence
+from functools import cached_property
+from itertools import pairwise
 from typing import Any
 
 from .bpe import BPE, DECODE_TABLE
@@ -93,6 +95,15 @@ class Tokenizer:
     @property
     def add_space_prefix(self) -> bool:
         return self._vocab.add_space_prefix
+
+    @cached_property
+    def max_piece_bytes(self) -> int:
+        """The most bytes of text one token stands for (the longest piece, special tokens'
+        text included). Encoding n bytes of text gives at least n / max_piece_bytes tokens
+        (fewer only when text is dropped: bytes without a token, whitespace that lstrip/rstrip
+        tokens remove), so a text's length bounds its token count without tokenizing it."""
+        longest = max((b - a for a, b in pairwise(self._pieces_special._offsets)), default=0)
+        return max(longest, 1)
 
     def is_eog(self, token_id: int) -> bool:
         return token_id in self._vocab.eog_ids
@@ -304,6 +315,7 @@ def _byte_level_bytes(text: str) -> bytes:
 
 def _byte_value(text: str) -> int:
     try:
-        return int(text[3:5], 16)  # "<0xNN>"
+        # "<0xNN>"; llama.cpp's strtol + uint8_t cast also turns "<0x-7>" into 0xF9
+        return int(text[3:5], 16) & 0xFF
     except ValueError:
         return 0
