@@ -316,6 +316,17 @@ NB_MODULE(_core, m) {
     m.def("supported_formats", &cpu::supported_format_names);
     m.def("metal_available", &gpu::metal_device_available, "Whether this machine has a Metal GPU for backend 'metal'.");
     m.def("metal_sim_available", &gpu::sim_available, "Whether this build has the Metal simulator (backend 'metal-sim').");
+    m.def(
+        "raise_for_test",
+        [](const std::string& kind) {
+            if (kind == "BadFile") throw BadFile("bad file");
+            if (kind == "Unsupported") throw Unsupported("unsupported");
+            if (kind == "BadRequest") throw BadRequest("bad request");
+            if (kind == "ContextFull") throw ContextFull("context full");
+            if (kind == "bad_alloc") throw std::bad_alloc();
+            throw std::logic_error("logic error");
+        },
+        nb::arg("kind"), "Test hook: throws one kind of C++ error through the exception translator.");
     m.def("kernel_gemm", &kernel_gemm, nb::arg("type"), nb::arg("weights"), nb::arg("rows"), nb::arg("cols"),
           nb::arg("act"), nb::arg("batch"),
           "Test hook: one format's one-token kernel (or, with batch, the batch product) over raw weight bytes.");

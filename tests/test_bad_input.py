@@ -236,3 +236,104 @@ def test_env_backend(small_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             metallic.load(small_gguf)
     monkeypatch.setenv("METALLIC_BACKEND", "cpu")
     assert metallic.load(small_gguf, n_ctx=8).backend == "cpu"
+
+
+def test_unaligned_float_tensors(tmp_path: Path) -> None:
+    # A file whose general.alignment is below 16: the cpu backend runs it; the Metal kernels
+    # read float rows with 16-byte loads, so metal-sim refuses it naming the file, the tensor and
+    # why (it used to say only "tensor ... is not 16-byte aligned").
+    path = write_small_gguf(tmp_path / "align4.gguf", alignment=4)
+    logits = metallic.load(path, backend="cpu", n_ctx=16).prefill([1, 2, 3])
+    assert np.isfinite(logits).all()
+    if not metallic._core.metal_sim_available():
+        return
+    with pytest.raises(ModelError, match=r"align4\.gguf: tensor '.*' starts at byte \d+, not a"):
+        metallic.load(path, backend="metal-sim", n_ctx=16)
+
+
+def test_mmap_false_isolates_the_model_from_its_file(tmp_path: Path) -> None:
+    # A mapped model shares its file's fate (truncating it kills the process with SIGBUS at
+    # the next step; rewriting it changes the model); with mmap=False the weights are a copy.
+    path = write_small_gguf(tmp_path / "m.gguf")
+    mapped = metallic.load(path, n_ctx=16)
+    copied = metallic.load(path, n_ctx=16, mmap=False)
+    want = mapped.prefill([1, 2, 3]).copy()
+    np.testing.assert_array_equal(copied.prefill([1, 2, 3]), want)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # rewrite every weight byte in place
+        f.seek(size // 2)
+        f.write(b"\x7f" * (size - size // 2))
+    copied.reset()
+    mapped.reset()
+    np.testing.assert_array_equal(copied.prefill([1, 2, 3]), want)
+    assert not np.array_equal(mapped.prefill([1, 2, 3]), want)  # why mmap=False exists
+    path.write_bytes(b"")  # truncated: the copy does not notice
+    copied.reset()
+    np.testing.assert_array_equal(copied.prefill([1, 2, 3]), want)
+
+
+def test_core_errors_arrive_as_their_python_classes(tmp_path: Path, small_gguf: Path) -> None:
+    # One translator (cpp/bindings.cpp) maps the core's four error kinds; each arrives as the
+    # class errors.py documents, never as a bare ValueError/RuntimeError.
+    from metallic import RequestError
+
+    m = metallic.load(small_gguf, n_ctx=16)
+    with pytest.raises(RequestError, match="cannot keep 5 of 0"):
+        m._engine.truncate(5)  # below the Python checks: the core's own
+    with pytest.raises(ContextError, match="do not fit the context of 16"):
+        m._engine.prefill(np.arange(20, dtype=np.int32))
+    with pytest.raises(RequestError, match="not a regular file"):
+        _core.Engine(str(tmp_path), m.config.to_core(), [], backend="cpu")
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(GGUFError, match="file is empty"):
+        _core.Engine(str(empty), m.config.to_core(), [], backend="cpu")
+    with pytest.raises(ModelError, match="missing tensor 'token_embd.weight'"):
+        _core.Engine(str(small_gguf), m.config.to_core(), [], backend="cpu")
+    far = [_core.TensorDesc("token_embd.weight", 1, [64, 300], 1 << 40)]
+    with pytest.raises(GGUFError, match="data lies past the end of the file"):
+        _core.Engine(str(small_gguf), m.config.to_core(), far, backend="cpu")
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls"),
+    [
+        ("BadFile", "GGUFError"),
+        ("Unsupported", "ModelError"),
+        ("BadRequest", "RequestError"),
+        ("ContextFull", "ContextError"),
+        ("logic_error", "InternalError"),
+    ],
+)
+def test_exception_translator(kind: str, cls: str) -> None:
+    with pytest.raises(getattr(metallic.errors, cls)) as info:
+        _core.raise_for_test(kind)
+    if cls == "InternalError":  # a bug says so, and is not blamed on the input
+        assert "a bug in metallic" in str(info.value)
+        assert not isinstance(info.value, ValueError)
+    with pytest.raises(MemoryError):
+        _core.raise_for_test("bad_alloc")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("rms_eps", -1.0),
+        ("rms_eps", float("nan")),
+        ("rope_base", 0.0),
+        ("rope_freq_scale", float("inf")),
+        ("attn_scale", 3e38),
+        ("final_logit_softcap", float("inf")),
+        ("embed_scale", float("nan")),
+    ],
+)
+def test_core_refuses_absurd_float_hyperparameters(
+    small_gguf: Path, field: str, value: float
+) -> None:
+    # config.py rejects these with the key's name; the core checks its own input too (a config
+    # built by hand gave NaN logits).
+    m = metallic.load(small_gguf, n_ctx=16)
+    core = m.config.to_core()
+    setattr(core, field, value)
+    with pytest.raises(ModelError, match=field):
+        _core.Engine(str(small_gguf), core, [], backend="cpu")

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iterator>
+#include <limits>
 
 #include "cpu/cpu_backend.h"
 #include "cpu/thread_pool.h"
@@ -23,6 +24,24 @@ void check_config(const std::string& path, const ModelConfig& c, const EngineOpt
     if (c.n_head % c.n_head_kv) bad("head count is not a multiple of the kv head count");
     if (c.rope_dims <= 0 || c.rope_dims > c.head_dim || c.rope_dims % 2) bad("invalid rope dimension count");
     if (c.sliding_window.size() != size_t(c.n_layer)) bad("sliding window list must have one entry per layer");
+    // The float hyper-parameters: a NaN or an absurd value here does not fail, it turns every
+    // logit into NaN. Python's config.py validates them with the keys' names; this is the
+    // core's own line for callers that build a config by hand.
+    auto finite_in = [&](const char* name, float v, float lo, float hi) {
+        if (!std::isfinite(v) || v < lo || v > hi)
+            bad(std::string(name) + " = " + std::to_string(v) + " is not a finite value from " +
+                std::to_string(lo) + " to " + std::to_string(hi));
+    };
+    // Bounds no looser than config.py's (which names the GGUF keys), only the impossible ones.
+    const float tiny = std::numeric_limits<float>::min(), huge = std::numeric_limits<float>::max();
+    finite_in("rms_eps", c.rms_eps, tiny, 1.0f);
+    finite_in("rope_base", c.rope_base, 1.0f, huge);
+    finite_in("rope_base_local", c.rope_base_local, 1.0f, huge);
+    finite_in("rope_freq_scale", c.rope_freq_scale, tiny, huge);
+    finite_in("rope_freq_scale_local", c.rope_freq_scale_local, tiny, huge);
+    finite_in("embed_scale", c.embed_scale, tiny, huge);
+    finite_in("attn_scale", c.attn_scale, 0.0f, 1e3f);
+    finite_in("final_logit_softcap", c.final_logit_softcap, 0.0f, huge);
     if (o.n_ctx <= 0) bad_request("n_ctx must be positive");
     if (o.max_batch <= 0) bad_request("max_batch must be positive");
     // A KV cache beyond 64 GiB on this path is a mistake in the request, not a model.

@@ -1,13 +1,17 @@
 """From GGUF metadata to a typed model config, and the checks that the tensors match it.
 
 The forward pass in the C++ core is written once; architectures differ only by the flags set
-here (ARCHS). Every key read is type-checked, and every tensor the forward pass will touch is
-checked for presence, shape and type before the core sees the file.
+here (ARCHS). Every key read is type- and range-checked, and every tensor the forward pass will
+touch is checked for presence, shape and type before the core sees the file: a value the core
+cannot hold (a C int, a float32) or whose arithmetic would overflow to NaN is a ModelError here,
+naming the file and the key, never a failure later. benchmarks/fuzz_meaning.py sets every key
+read here to absurd values to keep it so.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +19,26 @@ import numpy as np
 
 from . import _core
 from .errors import ModelError
-from .gguf_file import GGUFFile, TensorInfo
+from .gguf_file import GGUFFile, StringArray, TensorInfo
+
+# The core holds hyper-parameters in C ints and floats: anything past these limits would not
+# survive the conversion.
+_INT_MAX = 2**31 - 1
+_F32_MAX = float(np.finfo(np.float32).max)
+# Positive float hyper-parameters must be normal float32 numbers: a subnormal one reads as 0 on
+# hardware that flushes subnormals (and then an epsilon or a scale divides by zero).
+_F32_MIN = float(np.finfo(np.float32).tiny)
+# Real models scale attention scores by at most 1 (1/sqrt(head_dim) by default). This bound
+# leaves a wide margin and keeps scale * q.k finite for any |q.k| up to 1e35; a scale of 3e38
+# overflows the scores of any q.k above 1.
+_ATTN_SCALE_MAX = 1e3
+_BLOCK = re.compile(r"blk\.(\d+)\.")
+
+
+def _show(v: Any) -> str:
+    """A value for an error message, cut short: a key may hold a megabyte string."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:50] + f"... ({len(text)} chars)"
 
 
 @dataclass(frozen=True)
@@ -94,6 +117,7 @@ class ModelConfig:
             "rope_base",
             "rope_base_local",
             "rope_freq_scale",
+            "rope_freq_scale_local",
             "rope_dims",
             "qkv_bias",
             "qk_norm",
@@ -116,108 +140,193 @@ class _Meta:
         self.g = g
         self.arch = arch
 
-    def _fail(self, key: str, what: str) -> ModelError:
-        return ModelError(f"{self.g.path}: metadata '{key}' {what}")
+    def key(self, key: str) -> str:
+        return f"{self.arch}.{key}"
 
-    def int(self, key: str, default: int | None = None, *, minimum: int = 1) -> int:
-        full = f"{self.arch}.{key}"
+    def fail(self, full: str, what: str) -> ModelError:
+        return ModelError(f"{self.g.path}: metadata '{full}' {what}")
+
+    def _get(self, full: str, default: Any) -> Any:
         v = self.g.metadata.get(full, default)
         if v is None:
-            raise self._fail(full, "is missing")
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self._fail(full, f"must be an integer, got {v!r}")
-        if v < minimum or v > 1 << 31:
-            raise self._fail(full, f"must be between {minimum} and 2**31, got {v}")
+            # Keys carry the architecture's name: a file relabelled as another architecture
+            # lacks them, and then the label is what is wrong.
+            raise self.fail(
+                full,
+                f"is missing (required by architecture '{self.arch}' of metadata "
+                "'general.architecture')",
+            )
         return v
 
-    def float(self, key: str, default: float | None = None) -> float:
-        full = f"{self.arch}.{key}"
-        v = self.g.metadata.get(full, default)
-        if v is None:
-            raise self._fail(full, "is missing")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise self._fail(full, f"must be a finite number, got {v!r}")
-        return float(v)
+    def int(
+        self, key: str, default: int | None = None, *, minimum: int = 1, maximum: int = _INT_MAX
+    ) -> int:
+        full = self.key(key)
+        v = self._get(full, default)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.fail(full, f"must be an integer, got {_show(v)}")
+        if not minimum <= v <= maximum:
+            raise self.fail(full, f"must be an integer from {minimum} to {maximum}, got {v}")
+        return v
+
+    def float(
+        self,
+        key: str,
+        default: float | None = None,
+        *,
+        low: float,
+        high: float = _F32_MAX,
+        open_low: bool = False,
+        open_high: bool = False,
+        zero_ok: bool = False,
+    ) -> float:
+        """A number in [low, high] (or the open ends asked for); with zero_ok, 0 as well (the
+        keys for which 0 means "off" or "the default")."""
+        full = self.key(key)
+        v = self._get(full, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.fail(full, f"must be a number, got {_show(v)}")
+        v = float(v)
+        if zero_ok and v == 0.0:
+            return 0.0
+        above = v > low if open_low else v >= low
+        within = v < high if open_high else v <= high
+        if not (math.isfinite(v) and above and within):
+            interval = f"{'(' if open_low else '['}{low:.9g}, {high:.9g}{')' if open_high else ']'}"
+            zero = " or 0" if zero_ok else ""
+            raise self.fail(full, f"must be a number in {interval}{zero}, got {v!r}")
+        return v
 
     def str(self, key: str, default: str | None = None) -> str | None:
-        full = f"{self.arch}.{key}"
+        full = self.key(key)
         v = self.g.metadata.get(full, default)
         if v is not None and not isinstance(v, str):
-            raise self._fail(full, f"must be a string, got {v!r}")
+            raise self.fail(full, f"must be a string, got {_show(v)}")
         return v
 
 
 def model_config(g: GGUFFile) -> ModelConfig:
     """Reads the hyper-parameters of a GGUF model. Raises ModelError for anything we cannot
-    run."""
+    run: a missing or mistyped key, a value outside what the engine can compute with, keys that
+    disagree with each other or with the tensors, a vocabulary the tokenizer would refuse."""
     arch = g.metadata.get("general.architecture")
     if not isinstance(arch, str):
-        raise ModelError(f"{g.path}: metadata 'general.architecture' is missing or not a string")
+        got = "is missing" if arch is None else f"must be a string, got {_show(arch)}"
+        raise ModelError(f"{g.path}: metadata 'general.architecture' {got}")
     if arch not in ARCHS:
         raise ModelError(
-            f"{g.path}: unknown architecture '{arch}' (supported: {', '.join(sorted(ARCHS))})"
+            f"{g.path}: unknown architecture {_show(arch)} in metadata 'general.architecture' "
+            f"(supported: {', '.join(sorted(ARCHS))})"
         )
+    name = g.metadata.get("general.name", "")
+    if not isinstance(name, str):
+        raise ModelError(f"{g.path}: metadata 'general.name' must be a string, got {_show(name)}")
     traits = ARCHS[arch]
     m = _Meta(g, arch)
+
+    # First, so that nothing below loops over a billion layers a corrupt count claims: the
+    # count must be that of the layers the tensors hold, numbered from 0 without a gap.
+    n_layer = m.int("block_count")
+    layers = {int(b.group(1)) for b in map(_BLOCK.match, g.tensors) if b}
+    if n_layer != len(layers) or max(layers, default=-1) != n_layer - 1:
+        held = f"layers {min(layers)} to {max(layers)}" if layers else "no layers"
+        raise m.fail(
+            m.key("block_count"),
+            f"is {n_layer} but the file's tensors hold {held} ({len(layers)} layers)",
+        )
 
     n_embd = m.int("embedding_length")
     n_head = m.int("attention.head_count")
     n_head_kv = m.int("attention.head_count_kv", n_head)
     if n_head % n_head_kv:
         raise ModelError(
-            f"{g.path}: {arch}.attention.head_count ({n_head}) is not a multiple of "
-            f"head_count_kv ({n_head_kv})"
+            f"{g.path}: metadata '{arch}.attention.head_count' ({n_head}) is not a multiple of "
+            f"'{arch}.attention.head_count_kv' ({n_head_kv})"
         )
+    key_length = m.key("attention.key_length")
+    if key_length in g.metadata:
+        head_src = f"'{key_length}'"
+    else:
+        head_src = (
+            f"'{arch}.embedding_length' / '{arch}.attention.head_count', as '{key_length}' "
+            "is absent"
+        )
+        if n_embd % n_head:
+            raise ModelError(
+                f"{g.path}: metadata '{arch}.embedding_length' ({n_embd}) is not a multiple of "
+                f"'{arch}.attention.head_count' ({n_head}), and no '{key_length}' gives the "
+                "head size"
+            )
     head_dim = m.int("attention.key_length", n_embd // n_head)
     value_dim = m.int("attention.value_length", head_dim)
     if value_dim != head_dim:
         raise ModelError(
-            f"{g.path}: key_length {head_dim} != value_length {value_dim} is not supported"
+            f"{g.path}: metadata '{arch}.attention.value_length' ({value_dim}) differs from the "
+            f"key length {head_dim} (from {head_src}): not supported"
         )
     rope_dims = m.int("rope.dimension_count", head_dim)
     if rope_dims > head_dim or rope_dims % 2:
-        raise ModelError(
-            f"{g.path}: {arch}.rope.dimension_count {rope_dims} is invalid for head dim {head_dim}"
+        raise m.fail(
+            m.key("rope.dimension_count"),
+            f"is {rope_dims}: it must be even and at most the head size {head_dim} "
+            f"(from {head_src})",
         )
 
     embd = g.tensors.get("token_embd.weight")
     if embd is None:
         raise ModelError(f"{g.path}: missing tensor 'token_embd.weight'")
-    if len(embd.shape) != 2:
+    if len(embd.shape) != 2 or embd.shape[1] > _INT_MAX:
         raise ModelError(
-            f"{g.path}: tensor 'token_embd.weight' must be 2-D, has shape {list(embd.shape)}"
+            f"{g.path}: tensor 'token_embd.weight' must be 2-D with at most {_INT_MAX} rows, "
+            f"has shape {list(embd.shape)}"
         )
     n_vocab = int(embd.shape[1])
-    declared_vocab = g.metadata.get(f"{arch}.vocab_size")
-    if isinstance(declared_vocab, int) and declared_vocab != n_vocab:
-        raise ModelError(
-            f"{g.path}: {arch}.vocab_size is {declared_vocab} but token_embd.weight has "
-            f"{n_vocab} rows"
-        )
+    if m.key("vocab_size") in g.metadata:
+        declared_vocab = m.int("vocab_size")
+        if declared_vocab != n_vocab:
+            raise m.fail(
+                m.key("vocab_size"),
+                f"is {declared_vocab} but tensor 'token_embd.weight' has {n_vocab} rows",
+            )
+    _check_tokenizer(g, n_vocab)
 
     freq_scale = 1.0
+    scale_key: str | None = None
     scaling = m.str("rope.scaling.type")
     if scaling not in (None, "none", "linear"):
-        raise ModelError(f"{g.path}: rope scaling '{scaling}' is not supported (supported: linear)")
+        raise m.fail(
+            m.key("rope.scaling.type"),
+            f"is {_show(scaling)}, which is not supported (supported: none, linear)",
+        )
+    # A factor divides positions: it must be positive, and small or large enough to keep the
+    # frequencies usable (checked with them below).
     if scaling == "linear":
-        factor = m.float("rope.scaling.factor", 1.0)
-        if factor <= 0:
-            raise ModelError(f"{g.path}: {arch}.rope.scaling.factor must be positive")
-        freq_scale = 1.0 / factor
-    elif f"{arch}.rope.scale_linear" in g.metadata:
-        freq_scale = 1.0 / m.float("rope.scale_linear")
+        scale_key = m.key("rope.scaling.factor")
+        freq_scale = 1.0 / m.float("rope.scaling.factor", 1.0, low=_F32_MIN)
+    elif m.key("rope.scale_linear") in g.metadata:
+        scale_key = m.key("rope.scale_linear")
+        freq_scale = 1.0 / m.float("rope.scale_linear", low=_F32_MIN)
 
-    n_layer = m.int("block_count")
-    rope_base = m.float("rope.freq_base", 10000.0)
+    # A base at or below 1 makes the frequencies grow along the head instead of decaying.
+    rope_base = m.float("rope.freq_base", 10000.0, low=1.0, open_low=True)
+    _check_rope(g, m.key("rope.freq_base"), rope_base, scale_key, freq_scale, rope_dims)
+    if traits.swa_pattern:
+        rope_base_local = m.float(
+            "rope.freq_base_swa", traits.swa_rope_base, low=1.0, open_low=True
+        )
+        _check_rope(g, m.key("rope.freq_base_swa"), rope_base_local, None, 1.0, rope_dims)
+    else:
+        rope_base_local = rope_base
     sliding = _sliding_windows(g, m, traits, n_layer)
-    attn_scale = m.float("attention.scale", 0.0)
+    # 0 means 1/sqrt(head_dim), as in llama.cpp.
+    attn_scale = m.float("attention.scale", 0.0, low=_F32_MIN, high=_ATTN_SCALE_MAX, zero_ok=True)
     if arch == "gemma3" and n_layer == 62 and attn_scale == 0.0:
         # Gemma 3 27B scales queries by 1/sqrt(n_embd / n_head) (query_pre_attn_scalar 168),
         # the smaller ones by 1/sqrt(head_dim), as llama.cpp does.
         attn_scale = 1.0 / math.sqrt(n_embd / n_head)
     return ModelConfig(
         arch=arch,
-        name=str(g.metadata.get("general.name", "")),
+        name=name,
         n_layer=n_layer,
         n_embd=n_embd,
         n_head=n_head,
@@ -226,11 +335,12 @@ def model_config(g: GGUFFile) -> ModelConfig:
         n_ff=m.int("feed_forward_length"),
         n_vocab=n_vocab,
         n_ctx_train=m.int("context_length", 4096),
-        rms_eps=m.float("attention.layer_norm_rms_epsilon", 1e-5),
+        # Divides the mean square of a row: positive, and below 1 to stay a small correction.
+        rms_eps=m.float(
+            "attention.layer_norm_rms_epsilon", 1e-5, low=_F32_MIN, high=1.0, open_high=True
+        ),
         rope_base=rope_base,
-        rope_base_local=m.float("rope.freq_base_swa", traits.swa_rope_base)
-        if traits.swa_pattern
-        else rope_base,
+        rope_base_local=rope_base_local,
         rope_freq_scale=freq_scale,
         rope_freq_scale_local=1.0 if traits.swa_pattern else freq_scale,
         rope_dims=rope_dims,
@@ -241,10 +351,149 @@ def model_config(g: GGUFFile) -> ModelConfig:
         activation=traits.activation,
         embed_scale=math.sqrt(n_embd) if traits.scale_embeddings else 1.0,
         attn_scale=attn_scale,
-        final_logit_softcap=m.float("final_logit_softcapping", 0.0),
+        # 0 means off; the cap divides the logits, so it must be a normal float otherwise.
+        final_logit_softcap=m.float("final_logit_softcapping", 0.0, low=_F32_MIN, zero_ok=True),
         tied_output="output.weight" not in g.tensors,
         sliding_window=sliding,
     )
+
+
+def _rope_frequencies(
+    base: float, scale: float, dims: int, factors: np.ndarray | None = None
+) -> np.ndarray:
+    """The angular frequency of each rotated pair, computed in float32 as the engine computes
+    it (cpp/engine/engine.cpp, inv_freq): base^(-2i/dims) / factors[i] * scale."""
+    with np.errstate(all="ignore"):  # overflow is what the caller looks for
+        exponent = np.arange(0, dims, 2, dtype=np.float32) / np.float32(dims)
+        f = np.float32(1.0) / np.power(np.float32(base), exponent)
+        if factors is not None:
+            f = f / factors.astype(np.float32)
+        return f * np.float32(scale)
+
+
+# The largest frequency whose angle stays finite at every position a C int can hold.
+_MAX_FREQUENCY = _F32_MAX / 2.0**31
+
+
+def _check_rope(
+    g: GGUFFile,
+    base_key: str,
+    base: float,
+    scale_key: str | None,
+    scale: float,
+    dims: int,
+    factors: np.ndarray | None = None,
+) -> None:
+    """Every RoPE frequency must be a normal float32 (not 0, not subnormal) whose angle stays
+    finite at any position: otherwise sin and cos turn the activations into NaN."""
+    f = _rope_frequencies(base, scale, dims, factors)
+    bad = ~(np.isfinite(f) & (f >= _F32_MIN) & (f <= _MAX_FREQUENCY))
+    if not bad.any():
+        return
+    i = int(np.argmax(bad))
+    scaled = f" with scale {scale:.6g} from '{scale_key}'" if scale_key else ""
+    from_factors = " and tensor 'rope_freqs.weight'" if factors is not None else ""
+    raise ModelError(
+        f"{g.path}: metadata '{base_key}' ({base:.6g}){scaled}{from_factors} gives RoPE "
+        f"frequency {float(f[i]):.6g} for pair {i} of {dims // 2}: every frequency must be "
+        f"between {_F32_MIN:.6g} and {_MAX_FREQUENCY:.6g}"
+    )
+
+
+def _check_tokenizer(g: GGUFFile, n_vocab: int) -> None:
+    """Rejects at load, naming the file, what the tokenizer would otherwise reject only when
+    first used (its own checks, tokenizer/vocab.py load_vocab, made here without building it,
+    so they stay cheap for a 262k-token vocabulary); and a vocabulary whose size is not the
+    embedding matrix's number of rows, which loads but fails generation mid-stream."""
+    md = g.metadata
+    model = md.get("tokenizer.ggml.model")
+    if model is None:
+        return  # no tokenizer: the model runs on token ids (generate() decides the same way)
+    from .tokenizer.pretokenizers import PRE_SPECS
+    from .tokenizer.vocab import _REQUIRED_IDS, BPE_MODELS, SPM_MODELS
+
+    def fail(key: str, what: str) -> ModelError:
+        return ModelError(f"{g.path}: metadata '{key}' {what}")
+
+    if not isinstance(model, str) or model not in SPM_MODELS + BPE_MODELS:
+        raise fail(
+            "tokenizer.ggml.model",
+            f"is {_show(model)}, which is not a supported tokenizer model "
+            f"(supported: {', '.join(SPM_MODELS + BPE_MODELS)})",
+        )
+    tokens = md.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, StringArray):
+        got = (
+            "is missing" if tokens is None else f"must be an array of strings, got {_show(tokens)}"
+        )
+        raise fail("tokenizer.ggml.tokens", got)
+    n = len(tokens)
+    if n != n_vocab:
+        raise fail(
+            "tokenizer.ggml.tokens",
+            f"has {n} tokens but tensor 'token_embd.weight' has {n_vocab} rows (one per token)",
+        )
+    pre = md.get("tokenizer.ggml.pre", "")
+    if not isinstance(pre, str):
+        raise fail("tokenizer.ggml.pre", f"must be a string, got {_show(pre)}")
+    merges = md.get("tokenizer.ggml.merges")
+    if merges is not None and not isinstance(merges, StringArray):
+        raise fail("tokenizer.ggml.merges", f"must be an array of strings, got {_show(merges)}")
+    for key, kinds, what in (
+        ("tokenizer.ggml.scores", "fiu", "numbers"),
+        ("tokenizer.ggml.token_type", "iu", "integers"),
+    ):
+        v = md.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, np.ndarray) or v.dtype.kind not in kinds:
+            raise fail(key, f"must be an array of {what}, got {_show(v)}")
+        if len(v) < n:
+            raise fail(key, f"has {len(v)} entries for {n} tokens")
+    for key in ("add_bos_token", "add_eos_token", "add_space_prefix"):
+        v = md.get(f"tokenizer.ggml.{key}")
+        if v is not None and not isinstance(v, int):  # bool, or an integer used as one
+            raise fail(f"tokenizer.ggml.{key}", f"must be a boolean, got {_show(v)}")
+
+    # The default special ids and add_bos, as load_vocab sets them.
+    force_bos = False
+    if model in SPM_MODELS:
+        ids = {"bos": 1, "eos": 2}
+        add_bos = True
+    else:
+        spec = PRE_SPECS.get("gemma4" if model == "gemma4" else pre or "default")
+        if spec is None:
+            raise fail(
+                "tokenizer.ggml.pre",
+                f"is {_show(pre)}, which is not a known pre-tokenizer for tokenizer model "
+                f"'{model}'",
+            )
+        if merges is None and not (model == "gpt2" and pre == "kimi-k2"):
+            raise fail(
+                "tokenizer.ggml.merges",
+                f"is missing (required by tokenizer model '{model}' of 'tokenizer.ggml.model')",
+            )
+        ids = {"bos": 11, "eos": 11} if model == "gpt2" else {}
+        if spec.bos_none:
+            ids.pop("bos", None)
+        add_bos, force_bos = spec.add_bos, spec.force_add_bos
+    ids = {k: v for k, v in ids.items() if v < n}
+    for name, key in _REQUIRED_IDS.items():
+        v = md.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
+            raise fail(key, f"is {_show(v)}, which is not a token id (the vocabulary has {n})")
+        ids[name] = v
+    for flag, special, default in (("bos", "bos", add_bos), ("eos", "eos", False)):
+        key = f"tokenizer.ggml.add_{flag}_token"
+        wanted = bool(md.get(key, default)) or (flag == "bos" and force_bos)
+        if wanted and special not in ids:
+            raise fail(
+                key,
+                f"asks for a {special.upper()} token but the vocabulary has none "
+                f"('tokenizer.ggml.{special}_token_id')",
+            )
 
 
 def _sliding_windows(g: GGUFFile, m: _Meta, traits: ArchTraits, n_layer: int) -> list[int]:
@@ -252,16 +501,22 @@ def _sliding_windows(g: GGUFFile, m: _Meta, traits: ArchTraits, n_layer: int) ->
     if not traits.swa_pattern:
         return [0] * n_layer
     window = m.int("attention.sliding_window")
-    pattern = g.metadata.get(f"{m.arch}.attention.sliding_window_pattern", traits.swa_pattern)
-    if isinstance(pattern, (list, np.ndarray)):  # explicit per-layer flags
+    key = m.key("attention.sliding_window_pattern")
+    pattern = g.metadata.get(key, traits.swa_pattern)
+    if isinstance(pattern, np.ndarray):  # explicit per-layer flags
+        if pattern.ndim != 1 or pattern.dtype.kind not in "biu":
+            raise m.fail(key, f"must be an integer or an array of booleans, got {_show(pattern)}")
         if len(pattern) != n_layer:
-            raise ModelError(
-                f"{g.path}: {m.arch}.attention.sliding_window_pattern has {len(pattern)} "
-                f"entries for {n_layer} layers"
+            raise m.fail(
+                key, f"has {len(pattern)} entries for {n_layer} layers ('{m.key('block_count')}')"
             )
-        return [window if bool(p) else 0 for p in pattern]
-    if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
-        raise ModelError(f"{g.path}: {m.arch}.attention.sliding_window_pattern is invalid")
+        return [window if p else 0 for p in pattern.tolist()]
+    if isinstance(pattern, bool) or not isinstance(pattern, int) or not 1 <= pattern <= _INT_MAX:
+        raise m.fail(
+            key,
+            f"must be an integer from 1 to {_INT_MAX} or an array of booleans, "
+            f"got {_show(pattern)}",
+        )
     return [0 if (i + 1) % pattern == 0 else window for i in range(n_layer)]
 
 
@@ -299,6 +554,29 @@ def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return want
 
 
+def _shape_keys(g: GGUFFile, cfg: ModelConfig, name: str) -> list[str]:
+    """The metadata keys a tensor's expected shape comes from, for its error message."""
+    a = cfg.arch
+    d, ff = f"{a}.embedding_length", f"{a}.feed_forward_length"
+    heads, kv_heads = f"{a}.attention.head_count", f"{a}.attention.head_count_kv"
+    head = (
+        [f"{a}.attention.key_length"] if f"{a}.attention.key_length" in g.metadata else [d, heads]
+    )
+    kind = name.split(".")[2] if name.startswith("blk.") else name.split(".")[0]
+    keys = {
+        "attn_q": [d, heads, *head],
+        "attn_k": [d, kv_heads, *head],
+        "attn_v": [d, kv_heads, *head],
+        "attn_output": [d, heads, *head],
+        "attn_q_norm": head,
+        "attn_k_norm": head,
+        "ffn_gate": [d, ff],
+        "ffn_up": [d, ff],
+        "ffn_down": [d, ff],
+    }.get(kind, [d])
+    return list(dict.fromkeys(keys))
+
+
 def check_tensors(g: GGUFFile, cfg: ModelConfig) -> list[TensorInfo]:
     """Checks presence, shape and type of every tensor the model needs; returns them (plus the
     optional rope_freqs). Raises ModelError naming the first tensor at fault."""
@@ -307,13 +585,18 @@ def check_tensors(g: GGUFFile, cfg: ModelConfig) -> list[TensorInfo]:
     for name, shape in expected_tensors(cfg).items():
         t = g.tensors.get(name)
         if t is None:
-            raise ModelError(f"{g.path}: missing tensor '{name}' (architecture {cfg.arch})")
+            raise ModelError(
+                f"{g.path}: missing tensor '{name}' (architecture {cfg.arch}, from metadata "
+                "'general.architecture')"
+            )
         got = tuple(t.shape)
         while len(got) > len(shape) and got[-1] == 1:
             got = got[:-1]
         if got != shape:
+            keys = ", ".join(f"'{k}'" for k in _shape_keys(g, cfg, name))
             raise ModelError(
-                f"{g.path}: tensor '{name}' has shape {list(t.shape)}, expected {list(shape)}"
+                f"{g.path}: tensor '{name}' has shape {list(t.shape)}, expected {list(shape)} "
+                f"(from metadata {keys})"
             )
         if t.type.name not in supported:
             raise ModelError(
@@ -321,9 +604,44 @@ def check_tensors(g: GGUFFile, cfg: ModelConfig) -> list[TensorInfo]:
                 f"(supported: {', '.join(sorted(supported))})"
             )
         out.append(t)
-    if "rope_freqs.weight" in g.tensors:
-        out.append(g.tensors["rope_freqs.weight"])
+    freqs = g.tensors.get("rope_freqs.weight")
+    if freqs is not None:
+        factors = _rope_factors(g, freqs, cfg)
+        bad = ~(np.isfinite(factors) & (factors >= _F32_MIN))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ModelError(
+                f"{g.path}: tensor 'rope_freqs.weight' holds {float(factors[i])!r} at {i}: "
+                "RoPE frequency factors must be positive normal numbers"
+            )
+        base_key = f"{cfg.arch}.rope.freq_base"
+        _check_rope(g, base_key, cfg.rope_base, None, cfg.rope_freq_scale, cfg.rope_dims, factors)
+        out.append(freqs)
     return out
+
+
+def _rope_factors(g: GGUFFile, t: TensorInfo, cfg: ModelConfig) -> np.ndarray:
+    """The per-pair RoPE frequency factors (llama 3 style scaling), read from the file: they
+    divide the frequencies, so a zero or a NaN among them would reach every activation."""
+    n = cfg.rope_dims // 2
+    got = tuple(t.shape)
+    while len(got) > 1 and got[-1] == 1:
+        got = got[:-1]
+    if got != (n,):
+        raise ModelError(
+            f"{g.path}: tensor 'rope_freqs.weight' has shape {list(t.shape)}, expected [{n}] "
+            f"(half of metadata '{cfg.arch}.rope.dimension_count')"
+        )
+    # Converters always store these 1-D factors as F32 (F16 is accepted too).
+    dtypes = {"F32": "<f4", "F16": "<f2"}
+    if t.type.name not in dtypes:
+        raise ModelError(
+            f"{g.path}: tensor 'rope_freqs.weight' has type {t.type.name}, expected F32 or F16"
+        )
+    with open(g.path, "rb") as f:
+        f.seek(t.offset)
+        raw = f.read(t.nbytes)
+    return np.frombuffer(raw, dtype=dtypes[t.type.name], count=n).astype(np.float32)
 
 
 def describe(cfg: ModelConfig) -> dict[str, Any]:

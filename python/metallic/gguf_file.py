@@ -39,6 +39,12 @@ MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NESTING = 4  # arrays of arrays deeper than this are not used by any model
 
 
+def _clip(name: str) -> str:
+    """A key or tensor name for an error message: a corrupt length can make one run over
+    megabytes of the header."""
+    return name if len(name) <= 100 else f"{name[:80]}... ({len(name)} chars)"
+
+
 def _decode(raw: bytes) -> str:
     # Vocabularies may hold raw bytes; keep them recoverable instead of guessing. For valid
     # UTF-8 this is the same as a strict decode.
@@ -301,21 +307,29 @@ def _parse(buf: memoryview, path: Path, size: int) -> GGUFFile:
     for i in range(n_kv):
         cur.where = f"metadata entry {i}"
         key = cur.string()
-        cur.where = f"metadata key '{key}'"
+        cur.where = f"metadata key '{_clip(key)}'"
         if key in gf.metadata:
             raise cur.fail("duplicate metadata key")
         gf.metadata[key] = cur.value(cur.u32())
 
     alignment = gf.metadata.get("general.alignment", 32)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise GGUFError(f"{path}: general.alignment must be a power of two, got {alignment!r}")
+    # A bool is no count (True would mean 1); the value may be a megabyte string: cut it short.
+    if (
+        isinstance(alignment, bool)
+        or not isinstance(alignment, int)
+        or alignment <= 0
+        or alignment & (alignment - 1)
+    ):
+        raise GGUFError(
+            f"{path}: metadata 'general.alignment' must be a power of two, got {alignment!r:.60}"
+        )
     gf.alignment = alignment
 
     raw: list[tuple[str, int, tuple[int, ...], int]] = []
     for i in range(n_tensors):
         cur.where = f"tensor record {i}"
         name = cur.string()
-        cur.where = f"tensor '{name}'"
+        cur.where = f"tensor '{_clip(name)}'"
         n_dims = cur.u32()
         if not 1 <= n_dims <= MAX_DIMS:
             raise cur.fail(f"{n_dims} dimensions, expected 1 to {MAX_DIMS}")
