@@ -26,10 +26,9 @@ from metallic.errors import (
 from metallic.models import resolve_model
 from metallic.tokenizer import TokenizerError
 from oracle.tiny_models import (
-    ARCHS,
-    ModelShape,
     model_metadata,
     random_tensor_plans,
+    small_shape,
     tiny_vocab,
     vocab_metadata,
     write_tensors,
@@ -42,20 +41,7 @@ BUG = "internal error (a bug in metallic, please report it): "
 def text_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random qwen2 model with a tokenizer (written without transformers), whose greedy
     output is varied text."""
-    spec = ARCHS["qwen2"]
-    shape = ModelShape(
-        arch="qwen2",
-        vocab=300,
-        hidden=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        ffn=96,
-        context_length=256,
-        rope_theta=spec.rope_theta,
-        rms_eps=spec.rms_eps,
-        tied=False,
-    )
+    shape = small_shape("qwen2", context_length=256)
     meta = model_metadata(shape, "F16", name="bad-arguments")
     meta |= vocab_metadata(tiny_vocab("qwen2", shape.vocab))
     path = tmp_path_factory.mktemp("text") / "text.gguf"

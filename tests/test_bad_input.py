@@ -337,3 +337,32 @@ def test_core_refuses_absurd_float_hyperparameters(
     setattr(core, field, value)
     with pytest.raises(ModelError, match=field):
         _core.Engine(str(small_gguf), core, [], backend="cpu")
+
+
+def test_load_arguments_as_requests(small_gguf: Path) -> None:
+    # NumPy integers are integers; values the core's C ints cannot hold are refused by name
+    # (they used to reach nanobind and fail as "incompatible function arguments").
+    m = metallic.load(small_gguf, n_ctx=np.int64(64), max_batch=np.int32(8))
+    assert m.n_ctx == 64
+    for kwargs, name in [
+        ({"n_ctx": 2**31}, "n_ctx"),
+        ({"max_batch": 2**31}, "max_batch"),
+        ({"n_ctx": 64.0}, "n_ctx"),
+        ({"threads": True}, "threads"),
+        ({"threads": 0}, "threads"),
+    ]:
+        with pytest.raises(metallic.RequestError, match=name):
+            metallic.load(small_gguf, **kwargs)
+    m.prefill([1, 2, 3])
+    with pytest.raises(metallic.RequestError, match="n_keep must be from 0 to 3"):
+        m.truncate(2**40)
+    assert m.n_past == 3
+
+
+def test_threads_beyond_the_cpus_are_capped(small_gguf: Path) -> None:
+    # 512 threads on 2 cores made decode 300x slower: capped at the logical CPUs, with a warning.
+    from metallic.model import logical_cpus
+
+    with pytest.warns(UserWarning, match=f"using {logical_cpus()}"):
+        m = metallic.load(small_gguf, n_ctx=16, threads=512)
+    assert m.threads == logical_cpus()

@@ -49,7 +49,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -58,11 +57,11 @@ import metallic
 from metallic import ContextError, _core
 from metallic.model import Model
 from oracle.tiny_models import (
-    ARCHS,
     ModelShape,
     model_metadata,
     oracle_cache_dir,
     random_tensor_plans,
+    small_shape,
     tiny_vocab,
     vocab_metadata,
     write_tensors,
@@ -83,41 +82,21 @@ class Tiny:
     ftype: str
 
 
-def _shape(arch: str, **changes: Any) -> ModelShape:
-    spec = ARCHS[arch]
-    base = ModelShape(
-        arch=arch,
-        vocab=300,
-        hidden=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        ffn=96,
-        # Above every n_ctx used here, so that no load warns about a context past training.
-        context_length=1024,
-        rope_theta=spec.rope_theta,
-        rms_eps=spec.rms_eps,
-        tied=False,
-        rope_theta_local=spec.rope_theta_local,
-    )
-    return replace(base, **changes)
-
-
 # One model per architecture, in different storage types so that every kind of matrix-vector
 # path meets its batch counterpart: Q8_0 (int8 activations on the 1-token path) and F16 with an
 # f16 KV cache, F32 with an f32 KV cache.
 MODELS: dict[str, Tiny] = {
-    "qwen2": Tiny("qwen2", _shape("qwen2"), "Q8_0"),
-    "llama": Tiny("llama", _shape("llama", n_kv_heads=4, ffn=128, tied=True), "F16"),
+    "qwen2": Tiny("qwen2", small_shape("qwen2"), "Q8_0"),
+    "llama": Tiny("llama", small_shape("llama", n_kv_heads=4, ffn=128, tied=True), "F16"),
     # 6 query heads on one KV head of 96 dimensions: attention_block_rows gives 56-row query
     # blocks (131072 / (4 * 6 * 96)), so the block of rows 112..167 crosses key chunk 128.
-    "qwen3": Tiny("qwen3", _shape("qwen3", n_heads=6, n_kv_heads=1, head_dim=96), "F32"),
+    "qwen3": Tiny("qwen3", small_shape("qwen3", n_heads=6, n_kv_heads=1, head_dim=96), "F32"),
     # Layers 0-4 slide over 100 positions, layer 5 is global (llama.cpp's pattern of 6). With a
     # window of 100, a 64-row block at pos0 takes keys in chunks from pos0 - 99, so the second
     # chunk starts at pos0 + 29, inside the block.
     "gemma3": Tiny(
         "gemma3",
-        _shape("gemma3", n_layers=6, head_dim=32, sliding_window=100, tied=True),
+        small_shape("gemma3", n_layers=6, head_dim=32, sliding_window=100, tied=True),
         "F16",
     ),
 }

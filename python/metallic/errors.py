@@ -10,8 +10,9 @@ class here, in one place).
 
 The first three (and chat_template.ChatTemplateError, a template that is missing, malformed,
 hostile or over its budget) are also ValueErrors: the input was wrong. ModelBusyError, a
-RequestError, is a call from the thread whose unfinished generate() holds the model. Every message names the file, field, tensor or value at
-fault. An InternalError is a RuntimeError and says it is a bug.
+RequestError, is a call from the thread whose unfinished generate() holds the model. Every
+message names the file, field, tensor or value at fault. An InternalError is a RuntimeError and
+says it is a bug.
 """
 
 from __future__ import annotations

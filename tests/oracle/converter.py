@@ -76,7 +76,8 @@ def llama_cpp_sdist() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         # pip prepares the sdist's metadata (installs its build backend) before saving it:
-        # about a minute, once.
+        # about a minute, once. Only this package as source: ":all:" would build the backend's
+        # own dependencies (cmake among them) from source too, which takes many minutes.
         subprocess.run(
             [
                 sys.executable,
@@ -85,7 +86,7 @@ def llama_cpp_sdist() -> Path:
                 "download",
                 "--no-deps",
                 "--no-binary",
-                ":all:",
+                SDIST_NAME,
                 "--quiet",
                 f"{SDIST_NAME}=={SDIST_VERSION}",
                 "-d",

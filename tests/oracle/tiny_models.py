@@ -27,7 +27,7 @@ import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -436,6 +436,28 @@ def _f32(v: float) -> MetaValue:
 
 def _str(v: str) -> MetaValue:
     return (v, VType.STRING, None)
+
+
+def small_shape(arch: str, **changes: Any) -> ModelShape:
+    """A small shape of `arch` for tests that write GGUF files without transformers (two layers
+    of width 64, a 300-token vocabulary); `changes` replaces fields."""
+    spec = ARCHS[arch]
+    base = ModelShape(
+        arch=arch,
+        vocab=300,
+        hidden=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn=96,
+        # Above every n_ctx tests use, so that no load warns about a context past training.
+        context_length=1024,
+        rope_theta=spec.rope_theta,
+        rms_eps=spec.rms_eps,
+        tied=False,
+        rope_theta_local=spec.rope_theta_local,
+    )
+    return replace(base, **changes)
 
 
 def model_metadata(shape: ModelShape, ftype: str, *, name: str | None = None) -> Metadata:
