@@ -747,9 +747,14 @@ def worker_main(workdir: Path) -> int:
     """Reads cases (JSON lines) from stdin, answers each with one JSON line."""
     import resource
 
-    # A case that allocates without bound is a failure to report, not a reason to swap.
-    limit = 6 << 30
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    from metallic import _core
+
+    # A case that allocates without bound is a failure to report, not a reason to swap. Not
+    # under the sanitizers: AddressSanitizer reserves terabytes of address space for its shadow
+    # memory (and reports unbounded allocations itself).
+    if not _core.sanitizers:
+        limit = 6 << 30
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     warnings.simplefilter("ignore")  # "n_ctx exceeds the training context" is not a failure
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything the engine prints goes to the log, not into the answers
