@@ -19,9 +19,9 @@ bytes of the values it builds (``'x' * n``, ``~``, ``+``, ``**``, ``format``, ``
 checked before they allocate), the length of one ``range()``, and a wall-clock backstop.
 Compiling is bounded too: the source's size and token count are capped, and pathological
 nesting becomes a ChatTemplateError rather than Python's RecursionError or IndentationError.
-Real templates use a small fraction of the budget (Qwen3's, with four tools and 400 messages:
-about 14,000 of the 250,000 steps and 0.25 MB of the 64 MB); a hostile one stops within about a
-second and 100 MB.
+Real templates use a small fraction of the budget (a tool-calling template with four tools and
+400 messages: about 12,000 of the 250,000 steps and 0.2 MB of the 64 MB; the tests hold them to
+a tenth of it); a hostile one stops within about a second and 100 MB.
 
 Models without a template (Gemma 3 270M ships none) get a built-in one, chosen explicitly by
 architecture: a wrong template produces fluent nonsense, so nothing is guessed from names.
