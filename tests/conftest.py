@@ -79,3 +79,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small valid qwen2 model (random weights, F16 matrices, no tokenizer)."""
     return write_small_gguf(tmp_path_factory.mktemp("small") / "small.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The real SmolLM2-135M-Instruct (Q4_1) file from the test cache (tests/real_models.py)."""
+    from real_models import smollm2_gguf
+
+    return smollm2_gguf()
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    """The real Gemma 3 270M (Q4_K_M) file from the test cache (tests/real_models.py)."""
+    from real_models import gemma3_gguf
+
+    return gemma3_gguf()

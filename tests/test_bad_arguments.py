@@ -16,6 +16,7 @@ import pytest
 
 import metallic
 import metallic.cli as cli
+import metallic.cli_models as cli_models
 from metallic.errors import (
     ContextError,
     GGUFError,
@@ -240,7 +241,7 @@ def run_main(
         fail()
         return 0
 
-    monkeypatch.setattr(cli, "cmd_inspect", command)
+    monkeypatch.setattr(cli_models, "cmd_inspect", command)
     status = cli.main([*flags, "inspect", "x"])
     return status, capsys.readouterr().err
 
@@ -300,7 +301,7 @@ def test_cli_debug_shows_the_traceback(
     def fail() -> None:
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr(cli, "cmd_inspect", lambda args: fail())
+    monkeypatch.setattr(cli_models, "cmd_inspect", lambda args: fail())
     argv = ["--debug", "inspect", "x"] if where == "before" else ["inspect", "x", "--debug"]
     assert cli.main(argv) == 1
     err = capsys.readouterr().err

@@ -361,7 +361,7 @@ def test_load_arguments_as_requests(small_gguf: Path) -> None:
 
 def test_threads_beyond_the_cpus_are_capped(small_gguf: Path) -> None:
     # 512 threads on 2 cores made decode 300x slower: capped at the logical CPUs, with a warning.
-    from metallic.model import logical_cpus
+    from metallic.system import logical_cpus
 
     with pytest.warns(UserWarning, match=f"using {logical_cpus()}"):
         m = metallic.load(small_gguf, n_ctx=16, threads=512)

@@ -718,7 +718,7 @@ def test_huge_prompt_is_refused_without_tokenizing() -> None:
 
 
 def test_chat_prompt_is_capped_by_the_context() -> None:
-    from metallic.cli import chat_prompt_ids
+    from metallic.chat import chat_prompt_ids
 
     model = fake_model(n_ctx=64)
     ids = chat_prompt_ids(model, [{"role": "user", "content": "hello"}], None)

@@ -252,7 +252,16 @@ def test_fifo_as_model_is_refused_without_blocking(tmp_path: Path) -> None:
 
 def test_ctrl_c_prints_a_newline_and_exits_130(small_gguf: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metallic", "chat", "-m", str(small_gguf)],
+        [
+            sys.executable,
+            "-m",
+            "metallic",
+            "chat",
+            "-m",
+            str(small_gguf),
+            "--chat-template",
+            "chatml",
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -196,7 +196,7 @@ def test_decode_steps_and_greedy_continuations(case, continuations, references) 
 def test_chat_reuses_the_reply() -> None:
     """A second chat turn runs only its new tokens: the first prompt and the reply, which a
     real model writes as text that re-tokenizes the same, stay in the cache."""
-    from metallic.cli import chat_prompt_ids
+    from metallic.chat import chat_prompt_ids
 
     m = metallic.load(smollm2_gguf(), n_ctx=512)
     messages = [{"role": "user", "content": "Name three colours."}]

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from .model import Model
 
 
+def __dir__() -> list[str]:
+    # What `dir(metallic)` and completion show: the public names, not our imports.
+    return sorted(__all__)
+
+
 def load(
     path: str,
     backend: str | None = "auto",
@@ -44,7 +49,8 @@ def load(
     threads: int | None = None,
     **kwargs: Any,
 ) -> Model:
-    """Loads a GGUF model; see metallic.model.load for every option."""
+    """Loads a model: a GGUF path, a known name ("smollm2-135m-instruct") or a Hugging Face id
+    ("hf:OWNER/REPO:QUANT"); see metallic.model.load for every option."""
     from .model import load as _load
 
     return _load(path, backend=backend, n_ctx=n_ctx, threads=threads, **kwargs)

@@ -13,6 +13,10 @@ Decode reads every weight once per token, so tgN is also reported as a fraction 
 bandwidth: weight bytes per token x tokens/s against a streaming read measured by the parent
 between the repetitions (the VM's bandwidth drifts with its neighbours; a figure from another
 moment would not compare).
+
+Both engines get the same thread count: -t, else the one metallic chooses on its own (the
+physical cores). Every output records what ran (build_info(): versions, the source commit, the
+core's build options and kernel set, the CPU, the threads of each side), as llama-bench does.
 """
 
 from __future__ import annotations
@@ -20,14 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
+
+from .system import peak_rss_bytes
 
 # -- worker side ----------------------------------------------------------------------------
 
@@ -40,6 +47,13 @@ class _Ours:
         self.vocab = self.m.n_vocab
         self.threads = self.m.threads
         self.backend = self.m.backend
+
+    def facts(self) -> dict[str, Any]:
+        from . import _core
+
+        # Read here, not in the parent: METALLIC_FORCE_GENERIC in this process's environment
+        # picks the kernel set.
+        return {"kernel_isa": _core.kernel_isa()}
 
     def pp(self, ids: list[int]) -> None:
         self.m.reset()
@@ -68,7 +82,7 @@ class _LlamaCpp:
         cp.n_ctx = n_ctx
         cp.n_batch = n_ctx
         cp.n_ubatch = 512
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = bench_threads(threads)
         cp.n_threads = cp.n_threads_batch = self.threads
         self.ctx = L.llama_init_from_model(self.model, cp)
         self.vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
@@ -86,15 +100,27 @@ class _LlamaCpp:
         self._clear()
         self._run(ids)
 
+    def facts(self) -> dict[str, Any]:
+        info = self.L.llama_print_system_info()
+        return {
+            "version": getattr(self.L, "__version__", None),
+            "system_info": info.decode(errors="replace").strip(" |") if info else None,
+        }
+
+    def close(self) -> None:
+        """Frees the context and the model now: the low-level API's handles have no finalizer,
+        so dropping this object alone would keep both for the life of the process."""
+        if self.ctx:
+            self.L.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            self.L.llama_model_free(self.model)
+            self.model = None
+
     def tg(self, ids: list[int]) -> None:
         self._clear()
         for i in ids:
             self._run([i])
-
-
-def peak_rss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
 
 
 def worker(argv: list[str]) -> int:
@@ -103,10 +129,8 @@ def worker(argv: list[str]) -> int:
     engine_name, model, threads, n_ctx, backend = argv
     cls = _Ours if engine_name == "metallic" else _LlamaCpp
     engine = cls(model, int(threads) or None, int(n_ctx), backend or None)
-    print(
-        json.dumps({"ready": True, "threads": engine.threads, "backend": engine.backend}),
-        flush=True,
-    )
+    ready = {"ready": True, "threads": engine.threads, "backend": engine.backend}
+    print(json.dumps({**ready, **engine.facts()}), flush=True)
     import random
 
     rng = random.Random(0)
@@ -197,20 +221,57 @@ def _read_bandwidth(threads: int) -> float:
     return float(_core.read_bandwidth(256 << 20, threads, 3))
 
 
+def bench_threads(requested: int | None) -> int:
+    """The threads both engines get: `requested`, else what metallic.load chooses on its own (the
+    physical cores among the CPUs this process may run on); capped at the logical CPUs, as
+    metallic.load caps it, so the peer is not given more than metallic takes."""
+    from . import _core
+    from .system import logical_cpus
+
+    return max(1, min(requested or _core.physical_cores(), logical_cpus()))
+
+
+class _Progress:
+    """Progress on a stream (stderr): redrawn in place with \\r on a terminal; elsewhere (a pipe,
+    a log file) one plain line per finished step, since there the redraws would run together
+    into one long line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        isatty = getattr(stream, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self.width = 0
+
+    def step(self, text: str) -> None:
+        if self.tty:
+            self.width = max(self.width, len(text))
+            print("\r" + text.ljust(self.width), end="", file=self.stream, flush=True)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def done(self) -> None:
+        if self.tty and self.width:
+            print("\r" + " " * self.width + "\r", end="", file=self.stream, flush=True)
+
+
 def run_bench(
     model: str,
     pp: int,
     tg: int,
     reps: int,
-    threads: int,
+    threads: int | None,
     backend: str,
     vs_llama_cpp: bool,
     progress: bool = True,
     bandwidth: list[float] | None = None,
-) -> tuple[list[Result], dict[str, int]]:
-    """Runs the tests; with `bandwidth` (a list) and a tg test, the streaming read bandwidth
-    measured after each tg round is appended to it."""
+    progress_stream: TextIO | None = None,
+) -> tuple[list[Result], dict[str, int], dict[str, dict[str, Any]]]:
+    """Runs the tests with the same thread count for both engines (bench_threads(threads)).
+    Returns the results, each engine's peak RSS and what each worker reported when ready
+    (threads, backend, versions). With `bandwidth` (a list) and a tg test, the streaming read
+    bandwidth measured after each tg round is appended to it."""
     n_ctx = max(pp, tg) + 16
+    threads = bench_threads(threads)
     workers = [_Worker("metallic", model, threads, n_ctx, backend)]
     if vs_llama_cpp:
         workers.append(_Worker("llama.cpp", model, threads, n_ctx, ""))
@@ -222,6 +283,7 @@ def run_bench(
     }
     total = len(tests) * (reps + 1) * len(workers)
     done = 0
+    shown = _Progress(progress_stream or sys.stderr) if progress else None
     try:
         for test, n in tests:
             for rep in range(reps + 1):  # the first round warms up and is not counted
@@ -230,22 +292,184 @@ def run_bench(
                     if rep > 0:
                         results[(w.engine, test)].tps.append(n / seconds)
                     done += 1
-                    if progress:
-                        print(
-                            f"\rbench: {test}{n} {w.engine} run {rep}/{reps} [{done}/{total}]   ",
-                            end="",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+                    if shown:
+                        what = "warm-up" if rep == 0 else f"run {rep}/{reps}"
+                        shown.step(f"bench: {test}{n} {w.engine} {what} [{done}/{total}]")
                 if test == "tg" and rep > 0 and bandwidth is not None:
                     bandwidth.append(_read_bandwidth(workers[0].info["threads"]))
         rss = {w.engine: w.ask({"test": "rss"})["rss"] for w in workers}
     finally:
         for w in workers:
             w.close()
-    if progress:
-        print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
-    return list(results.values()), rss
+        if shown:
+            shown.done()
+    return list(results.values()), rss, {w.engine: w.info for w in workers}
+
+
+# -- what ran: versions, build, machine --------------------------------------------------------
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def source_commit() -> dict[str, Any]:
+    """The git commit of the source tree this package runs from, or nulls.
+
+    Read at run time, not at build time: the build (scikit-build-core, CMakeLists.txt) records
+    no commit in the core, and an sdist build has no repository to ask. So it is known only
+    when the package runs from a checkout (an editable install: this file is
+    <repo>/python/metallic/bench.py and <repo> is a git work tree); an installed wheel reports
+    null. It describes the Python sources; the compiled core is rebuilt only on install and may
+    predate it: core_file_mtime (build_info) tells when the core was built."""
+    none = {"git_commit": None, "git_dirty": None}
+    root = Path(__file__).resolve().parents[2]
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if top is None or Path(top.strip()).resolve() != root:
+        return none  # not a checkout, or a repository that merely contains an installed copy
+    head = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    if head is None:
+        return none
+    return {
+        "git_commit": head.strip(),
+        "git_dirty": None if status is None else bool(status.strip()),
+    }
+
+
+def cpu_model() -> str | None:
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def build_info(
+    engines: dict[str, dict[str, Any]], threads_requested: int | None = None
+) -> dict[str, Any]:
+    """What ran, as llama-bench records it with each result: both engines' versions and build
+    options, the threads and backend each worker reported (`engines`: run_bench's third
+    value), the machine and the interpreter. The text header (format_header) and the JSON
+    output are both made from this."""
+    import numpy
+
+    from . import __version__, _core
+    from .system import logical_cpus
+
+    ours = engines.get("metallic", {})
+    build_type = getattr(_core, "build_type", None)  # not exposed by the core (yet): null
+    info: dict[str, Any] = {
+        "metallic": {
+            "version": __version__,
+            **source_commit(),
+            "core_file_mtime": _mtime(_core.__file__),
+            "kernel_isa": ours.get("kernel_isa", _core.kernel_isa()),
+            "sanitizers": _core.sanitizers or None,
+            "build_type": build_type() if callable(build_type) else build_type,
+            "metal_available": bool(_core.metal_available()),
+            "metal_sim_available": bool(_core.metal_sim_available()),
+            "backend": ours.get("backend"),
+            "threads": ours.get("threads"),
+        },
+        "peer": None,
+        "threads_requested": threads_requested,  # null: the default, metallic's own choice
+        "cpu": {
+            "model": cpu_model(),
+            "logical_cpus": logical_cpus(),
+            "physical_cores": _core.physical_cores(),
+        },
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "os": platform.platform(),
+    }
+    if "llama.cpp" in engines:
+        peer = engines["llama.cpp"]
+        info["peer"] = {
+            "name": "llama.cpp",
+            "package": "llama-cpp-python",
+            "version": peer.get("version"),
+            "system_info": peer.get("system_info"),
+            "threads": peer.get("threads"),
+        }
+    return info
+
+
+def _mtime(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        t = os.stat(path).st_mtime
+    except OSError:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
+def format_header(info: dict[str, Any]) -> str:
+    """build_info() as the lines printed above the table."""
+    m = info["metallic"]
+    commit = m["git_commit"]
+    if commit is None:
+        source = "source commit unknown"
+    else:
+        source = f"git {commit[:12]}" + (" + uncommitted changes" if m["git_dirty"] else "")
+    lines = [
+        f"metallic {m['version']} ({source}): backend {m['backend']}, {m['threads']} threads, "
+        f"{m['kernel_isa']} kernels",
+        f"  core file from {m['core_file_mtime'] or '?'}: build type "
+        f"{m['build_type'] or 'unknown'}, sanitizers {m['sanitizers'] or 'none'}, "
+        f"metal {'yes' if m['metal_available'] else 'no'}, "
+        f"metal-sim {'yes' if m['metal_sim_available'] else 'no'}",
+    ]
+    peer = info["peer"]
+    if peer:
+        lines.append(
+            f"{peer['name']} ({peer['package']} {peer['version']}): {peer['threads']} threads"
+        )
+        if peer["system_info"]:
+            lines.append(f"  {peer['system_info']}")
+    cpu = info["cpu"]
+    lines.append(
+        f"CPU: {cpu['model'] or 'unknown'} ({cpu['logical_cpus']} logical CPUs, "
+        f"{cpu['physical_cores']} physical cores); {info['os']}; Python {info['python']}, "
+        f"numpy {info['numpy']}"
+    )
+    counts = {m["threads"]} | ({peer["threads"]} if peer else set())
+    asked = info["threads_requested"]
+    if not asked:
+        how = "the default: metallic's own choice, the physical cores"
+    elif asked != m["threads"]:
+        how = f"-t {asked}, capped at the logical CPUs"
+    else:
+        how = f"-t {asked}"
+    if len(counts) == 1:
+        both = "both engines" if peer else "metallic"
+        lines.append(f"threads: {m['threads']} for {both} ({how})")
+    else:  # never by design; said loudly if it happens
+        lines.append(f"threads DIFFER: metallic {m['threads']}, llama.cpp {peer['threads']}")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -334,23 +558,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
             import llama_cpp  # noqa: F401
         except ImportError:
             raise SystemExit(
-                'error: --vs-llama-cpp needs llama-cpp-python: pip install "metallic[bench]"'
+                'error: --vs-llama-cpp needs llama-cpp-python: pip install "metallic-llm[bench]"'
             ) from None
+    threads = bench_threads(args.threads)
+    if args.threads is not None and threads != args.threads:
+        print(
+            f"bench: -t {args.threads} is more than the CPUs here; both engines get {threads}",
+            file=sys.stderr,
+        )
     bandwidth: list[float] = []
-    results, rss = run_bench(
+    results, rss, engines = run_bench(
         path,
         args.n_prompt,
         args.n_gen,
         args.repetitions,
-        args.threads or 0,
+        threads,
         args.backend or "",
         args.vs_llama_cpp,
         bandwidth=bandwidth,
     )
+    info = build_info(engines, args.threads)
     bw_lines = bandwidth_lines(results, facts.decode_bytes, bandwidth)
     if args.output == "json":
         json.dump(
             {
+                "build": info,
                 "model": name,
                 "path": path,
                 "size": size,
@@ -382,6 +614,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 f"{name},{r.engine},{r.backend},{r.threads},{r.test}{r.n},{r.mean:.3f},{r.std:.3f}"
             )
     else:
+        print(format_header(info))
+        print()
         print(format_table(name, size, params, results, rss))
         for line in bw_lines:
             print(line)
@@ -395,15 +629,19 @@ def add_parser(sub: Any) -> None:
         "bench",
         help="measure prompt and generation throughput (optionally vs llama.cpp)",
         description="llama-bench-style throughput: ppN processes N prompt tokens in one batch, "
-        "tgN decodes N tokens one by one; mean ± std over repetitions after a "
-        "warm-up. Each engine runs in its own process, interleaved.",
+        "tgN decodes N tokens one by one, each into an empty cache; tokens/s as mean ± std over "
+        "the repetitions after one warm-up round. Each engine runs in its own process and the "
+        "runs alternate between them. Both engines get the same thread count. Every output "
+        "records what ran: versions, source commit, the core's build options and kernel set, "
+        "CPU, threads. Progress goes to stderr: redrawn in place on a terminal, one line per "
+        "step otherwise.",
     )
     b.add_argument(
         "-m",
         "--model",
         default=None,
         metavar="PATH|NAME",
-        help=f"GGUF file or packaged model name (default: {DEFAULT_MODEL})",
+        help=f"a GGUF file, a model name (see `list`), or hf:OWNER/REPO[:QUANT] (default: {DEFAULT_MODEL})",
     )
     b.add_argument(
         "-p",
@@ -427,7 +665,8 @@ def add_parser(sub: Any) -> None:
         type=int,
         default=5,
         metavar="R",
-        help="measured repetitions per test (default 5)",
+        help="measured repetitions per test and engine, after one warm-up round that is not "
+        "counted (default 5)",
     )
     b.add_argument(
         "-t",
@@ -435,25 +674,30 @@ def add_parser(sub: Any) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="threads for both engines (default: physical cores)",
+        help="threads for both engines, capped at the logical CPUs (default: what metallic "
+        "chooses on its own, the physical cores; llama.cpp gets the same count)",
     )
     b.add_argument(
         "--backend",
         choices=["auto", "cpu", "metal", "metal-sim"],
         default=None,
-        help="metallic backend (default: auto)",
+        help="metallic's backend: auto (Metal if present, else cpu), cpu, metal, or metal-sim "
+        "(the Metal simulator, for correctness, not speed); llama.cpp always runs its own "
+        "default build (default: auto; $METALLIC_BACKEND, when set, takes the place of auto)",
     )
     b.add_argument(
         "--vs-llama-cpp",
         action="store_true",
-        help="also run llama.cpp (llama-cpp-python) on the same file and threads, "
-        "interleaved, and print the ratios",
+        help="also run llama.cpp (llama-cpp-python, the bench extra) on the same file and "
+        "threads, interleaved with metallic, and print the ratios metallic / llama.cpp",
     )
     b.add_argument(
         "--output",
         choices=["table", "json", "csv"],
         default="table",
-        help="output format (default: table)",
+        help="table: a header of what ran, then tokens/s, the ratios, peak RSS and decode "
+        "bandwidth; json: every repetition's tokens/s, peak RSS, the bandwidth measured, and "
+        "what ran under 'build'; csv: one row per engine and test (default: table)",
     )
     b.set_defaults(func=cmd_bench)
 

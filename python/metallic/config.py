@@ -644,8 +644,27 @@ def _rope_factors(g: GGUFFile, t: TensorInfo, cfg: ModelConfig) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtypes[t.type.name], count=n).astype(np.float32)
 
 
+# Hyper-parameters whose zero means "not set in the file": the value used instead.
+_UNSET_MEANS = {
+    "attn_scale": "1/sqrt(head_dim)",
+    "final_logit_softcap": "no softcap",
+}
+
+
 def describe(cfg: ModelConfig) -> dict[str, Any]:
-    """The hyper-parameters as a plain dict, for `inspect` and JSON output."""
-    return {k: v for k, v in cfg.__dict__.items() if k != "sliding_window"} | {
-        "sliding_window_layers": sum(1 for w in cfg.sliding_window if w),
-    }
+    """The hyper-parameters as a plain dict, for `inspect` and JSON output; a value the file
+    leaves unset is None (`unset_meaning` says what is used instead)."""
+    out = {k: v for k, v in cfg.__dict__.items() if k != "sliding_window"}
+    for key in _UNSET_MEANS:
+        if out.get(key) == 0.0:
+            out[key] = None
+    windows = [w for w in cfg.sliding_window if w]
+    out["sliding_window_layers"] = len(windows)
+    if not windows:
+        out["rope_base_local"] = out["rope_freq_scale_local"] = None  # no local layers
+    return out
+
+
+def unset_meaning(key: str) -> str:
+    """What a None from describe() stands for, in words."""
+    return _UNSET_MEANS.get(key, "no sliding-window layers")

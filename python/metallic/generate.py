@@ -35,9 +35,14 @@ class Token:
 
 @dataclass
 class GenerationStats:
+    """What one generate() did and how long it took; ``str()`` gives the one-line summary the
+    CLI prints. Times are in seconds; the rates are properties."""
+
     prompt_tokens: int = 0  # tokens in the prompt
     cached_tokens: int = 0  # of those, already in the KV cache (not run again)
-    prompt_seconds: float = 0.0
+    tokenize_seconds: float = 0.0  # turning the prompt text into ids
+    prompt_seconds: float = 0.0  # running the prompt's uncached tokens (prefill)
+    first_token_seconds: float = 0.0  # time to first token: from the call to the first sample
     generated_tokens: int = 0
     decode_seconds: float = 0.0
     stop_reason: str = ""  # "eog", "length", "stop", "context"
@@ -57,6 +62,14 @@ class GenerationStats:
         # The first generated token comes from the prompt's logits; the rest cost a decode.
         steps = max(self.generated_tokens - 1, 0)
         return steps / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"prompt: {self.prompt_tokens} tokens ({self.cached_tokens} cached) at "
+            f"{self.prompt_tps:.1f} tok/s | first token: {1e3 * self.first_token_seconds:.0f} ms "
+            f"| decode: {self.generated_tokens} tokens at {self.decode_tps:.1f} tok/s | stop: "
+            f"{self.stop_reason}"
+        )
 
 
 class StopStrings:
@@ -126,6 +139,7 @@ def generate(
         or max_tokens < 0
     ):
         raise RequestError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+    t_call = time.perf_counter()
     settings = _settings(sampler, overrides)
     stops = StopStrings(_stop_strings(stop))
     if isinstance(prompt, str):
@@ -143,7 +157,8 @@ def generate(
     if stop_ids is None:
         stop_ids = sorted(model.tokenizer.eog_ids) if _has_tokenizer(model) else []
     eog = frozenset(_token_ids("stop_ids", stop_ids))
-    return _run(model, ids, int(max_tokens), Sampler(settings), stops, eog)
+    stats = GenerationStats(prompt_tokens=len(ids), tokenize_seconds=time.perf_counter() - t_call)
+    return _run(model, ids, int(max_tokens), Sampler(settings), stops, eog, stats)
 
 
 def prompt_byte_limit(tokenizer: Tokenizer, n_ctx: int) -> int:
@@ -244,8 +259,8 @@ def _run(
     sampler: Sampler,
     stops: StopStrings,
     eog: frozenset[int],
+    stats: GenerationStats,
 ) -> Iterator[Token]:
-    stats = GenerationStats(prompt_tokens=len(ids))
     if len(ids) > model.n_ctx:
         from .errors import ContextError
 
@@ -254,9 +269,10 @@ def _run(
             "(load with a larger n_ctx or shorten the prompt)"
         )
 
+    t_start = time.perf_counter()  # the first next(): a wait for the model counts as latency
     with model._lock.generation() as holder:
         model.last_stats = stats  # under the lock: the stats of the generation that ran last
-        yield from _steps(model, ids, max_tokens, sampler, stops, eog, stats, holder)
+        yield from _steps(model, ids, max_tokens, sampler, stops, eog, stats, holder, t_start)
 
 
 def _steps(
@@ -268,6 +284,7 @@ def _steps(
     eog: frozenset[int],
     stats: GenerationStats,
     holder: Any,
+    t_start: float,
 ) -> Iterator[Token]:
     """The generation itself, run while it holds the model (model.py's _ModelLock)."""
     t0 = time.perf_counter()
@@ -294,6 +311,10 @@ def _steps(
         tok = sampler.sample(logits, history)
         stats.sample_seconds += time.perf_counter() - ts
         stats.generated_tokens += 1
+        if i == 0:
+            # Counted from the call that set the generation going (its tokenizing, a wait for
+            # the model, the prefill), as a user waiting for the first word sees it.
+            stats.first_token_seconds = stats.tokenize_seconds + time.perf_counter() - t_start
         if tok in eog:
             stats.stop_reason = "eog"
             break

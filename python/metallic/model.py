@@ -3,9 +3,11 @@ bookkeeping, the lock that lets threads share it). Generation itself lives in ge
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -17,8 +19,9 @@ import numpy as np
 
 from . import _core
 from .config import ModelConfig, check_tensors, model_config
-from .errors import ContextError, ModelBusyError, RequestError
+from .errors import ContextError, MetallicError, ModelBusyError, RequestError
 from .gguf_file import GGUFFile, read_gguf
+from .system import logical_cpus
 
 if TYPE_CHECKING:
     from .generate import GenerationStats, Token
@@ -36,13 +39,6 @@ def _int_arg(name: str, value: object, lo: int, hi: int = INT32_MAX) -> int:
     if not lo <= int(value) <= hi:
         raise RequestError(f"{name} must be from {lo} to {hi}, got {int(value)}")
     return int(value)
-
-
-def logical_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 class _Generation:
@@ -146,6 +142,7 @@ class Model:
         self._engine = engine
         self._cached: list[int] = []  # token ids whose keys/values the cache holds, in order
         self.last_stats: GenerationStats | None = None
+        self.load_seconds = 0.0  # set by load(): reading the file, building the engine
         self.profiling = False  # set by load(profile=True)
         self._lock = _ModelLock()
 
@@ -389,6 +386,7 @@ def load(
     next step, and rewriting it in place changes the model's outputs. mmap=False reads the file
     into memory instead (load time and memory of one copy), isolating the model from changes.
     """
+    t0 = time.perf_counter()
     if backend == "auto" and os.environ.get("METALLIC_BACKEND"):
         backend = None
     chosen = resolve_backend(backend)
@@ -443,4 +441,11 @@ def load(
     )
     model = Model(g, cfg, engine)
     model.profiling = bool(profile)
+    if "tokenizer.ggml.model" in g.metadata:
+        # Built here, not at the first prompt: its tables take a large vocabulary most of a
+        # second, which belongs to the load time rather than to the first request's latency.
+        # A broken tokenizer still loads (token ids work) and reports itself when used.
+        with contextlib.suppress(MetallicError):
+            model.tokenizer  # noqa: B018
+    model.load_seconds = time.perf_counter() - t0
     return model
