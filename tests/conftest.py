@@ -65,6 +65,23 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Any:
     _fail_skip_in_ci(outcome.get_result())
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    # A local run passes with tests skipped for what this machine lacks (clang, a build
+    # option); `-q` shows only their count. Say what was missing and what it would take.
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if not reasons:
+        return
+    terminalreporter.section("what this run could not test", sep="-")
+    for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        terminalreporter.line(f"{count:>4} skipped: {reason}")
+    terminalreporter.line("(under CI=true these fail instead; see README's test section)")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     # .ci/sanitize runs tests on the sanitizer build; a path mistake that imported the normal
     # build instead would pass while checking nothing.

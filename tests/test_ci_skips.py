@@ -88,6 +88,15 @@ def test_outside_ci_skips_stay_skips(
     result = run(pytester, conftest, TESTS)
     result.assert_outcomes(passed=1, skipped=4, xfailed=1)
     result.stdout.fnmatch_lines(["SKIPPED * shared vectors missing"])
+    # and the run ends by saying what it could not test, even under -q
+    result.stdout.fnmatch_lines(
+        [
+            "*what this run could not test*",
+            "   1 skipped: shared vectors missing",
+            "   1 skipped: clang not installed",
+        ],
+        consecutive=False,
+    )
     result = run(pytester, conftest, MODULE_SKIP)
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED * could not import 'metallic_no_such_module'*"])

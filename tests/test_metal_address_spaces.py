@@ -43,7 +43,10 @@ def test_address_space_mistakes_are_caught():
         assert f"address_space_mistakes.metal:{n}:" in p.stdout, p.stdout
 
 
-@pytest.mark.skipif(shutil.which("clang++") is None, reason="clang++ not installed")
+@pytest.mark.skipif(
+    shutil.which("clang++") is None,
+    reason="clang++ not installed (apt-get install clang): the OpenCL C++ compile of the kernels",
+)
 def test_gpu_metal_mm_type_checks_against_the_api_stubs():
     """cpp/metal/gpu_metal.mm (compiled only on Apple) as Objective-C++ with ARC against
     .ci/metal_objc_stubs: catches syntax, C++ and selector mistakes before a Mac sees the file."""
