@@ -17,6 +17,9 @@
 // thread per dimension: each computes its rotated value from the originals, then (after a
 // barrier: the rotation reads the partner dimension) writes it. For qk-norm models (Qwen3,
 // Gemma 3) the head is RMS-normalized first, in the same pass.
+//
+// The grids are 2-D and the threadgroups 1-D: a thread's index is tpitg.x. Every position or
+// size attribute of a kernel is uint2, since MSL wants them all of one width (.ci/check_msl.py).
 #include <metal_stdlib>
 #include "args.h"
 
@@ -28,7 +31,8 @@ kernel void rope(constant RopeArgs& args [[buffer(0)]],
                  device float* x [[buffer(1)]],
                  device const float* inv_freq [[buffer(2)]],
                  uint2 tgpig [[threadgroup_position_in_grid]],
-                 uint i [[thread_position_in_threadgroup]]) {
+                 uint2 tpitg [[thread_position_in_threadgroup]]) {
+    const uint i = tpitg.x;
     const int half_dims = args.rope_dims / 2;
     if (int(i) >= half_dims) return;
     const uint t = tgpig.x, h = tgpig.y;
@@ -49,8 +53,9 @@ kernel void store_kv(constant StoreKvArgs& args [[buffer(0)]],
                      device KV* k_cache [[buffer(3)]],
                      device KV* v_cache [[buffer(4)]],
                      uint2 tgpig [[threadgroup_position_in_grid]],
-                     uint tid [[thread_position_in_threadgroup]],
-                     uint ntg [[threads_per_threadgroup]]) {
+                     uint2 tpitg [[thread_position_in_threadgroup]],
+                     uint2 tptg [[threads_per_threadgroup]]) {
+    const uint tid = tpitg.x, ntg = tptg.x;
     const uint t = tgpig.x, h = tgpig.y;
     const uint64_t hd = uint64_t(args.head_dim);
     const uint64_t src = (uint64_t(t) * uint64_t(args.n_kv_heads) + h) * hd;
@@ -72,11 +77,12 @@ kernel void rope_store_kv(constant RopeKvArgs& args [[buffer(0)]],
                           device const float* q_norm [[buffer(7)]],
                           device const float* k_norm [[buffer(8)]],
                           uint2 tgpig [[threadgroup_position_in_grid]],
-                          uint i [[thread_position_in_threadgroup]],
+                          uint2 tpitg [[thread_position_in_threadgroup]],
                           uint lane [[thread_index_in_simdgroup]],
                           uint sg [[simdgroup_index_in_threadgroup]],
                           uint nsg [[simdgroups_per_threadgroup]]) {
     threadgroup float partial[8];  // head_dim <= 256: at most 8 simdgroups
+    const uint i = tpitg.x;
     const uint t = tgpig.x, head = tgpig.y;
     const int hd = args.head_dim;
     const bool is_q = int(head) < args.n_heads;

