@@ -18,14 +18,42 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
-    clang = next((shutil.which(c) for c in ("clang++", "clang++-19", "clang++-18", "clang++-17", "clang++-16",
-                                            "clang++-15", "clang++-14") if shutil.which(c)), None)
+    clang = next(
+        (
+            shutil.which(c)
+            for c in (
+                "clang++",
+                "clang++-19",
+                "clang++-18",
+                "clang++-17",
+                "clang++-16",
+                "clang++-15",
+                "clang++-14",
+            )
+            if shutil.which(c)
+        ),
+        None,
+    )
     if not clang:
         print("check_gpu_metal: clang++ not found; skipped")
         return 77
-    cmd = [clang, "-std=c++17", "-fsyntax-only", "-x", "objective-c++", "-fobjc-arc", "-fobjc-runtime=macosx-13",
-           "-fblocks", "-D__APPLE__", "-Wall", "-I", os.path.join(ROOT, ".ci", "metal_objc_stubs"),
-           "-I", os.path.join(ROOT, "cpp"), os.path.join(ROOT, "cpp", "metal", "gpu_metal.mm")]
+    cmd = [
+        clang,
+        "-std=c++17",
+        "-fsyntax-only",
+        "-x",
+        "objective-c++",
+        "-fobjc-arc",
+        "-fobjc-runtime=macosx-13",
+        "-fblocks",
+        "-D__APPLE__",
+        "-Wall",
+        "-I",
+        os.path.join(ROOT, ".ci", "metal_objc_stubs"),
+        "-I",
+        os.path.join(ROOT, "cpp"),
+        os.path.join(ROOT, "cpp", "metal", "gpu_metal.mm"),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True)
     sys.stdout.write(p.stdout + p.stderr)
     print("cpp/metal/gpu_metal.mm", "ok" if p.returncode == 0 else "FAILED")

@@ -46,8 +46,11 @@ def main(argv):
         return 77
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:
-        # Rewritten copies of every .metal and .h under metal/, paths mirrored, #line to the original.
-        srcs = glob.glob(os.path.join(ROOT, "metal", "*.metal")) + glob.glob(os.path.join(ROOT, "metal", "*.h"))
+        # Rewritten copies of every .metal and .h under metal/, paths mirrored,
+        # #line to the original.
+        srcs = glob.glob(os.path.join(ROOT, "metal", "*.metal")) + glob.glob(
+            os.path.join(ROOT, "metal", "*.h")
+        )
         # Headers the kernels share with the host (GGML block layouts).
         srcs.append(os.path.join(ROOT, "cpp", "cpu", "formats", "blocks.h"))
         for src in set(srcs) | {os.path.abspath(f) for f in files}:
@@ -57,19 +60,29 @@ def main(argv):
             with open(src, encoding="utf-8") as f:
                 text = gen_kernels.rewrite(f.read(), opencl=True)
             with open(dst, "w", encoding="utf-8") as f:
-                f.write('#line 1 "%s"\n%s' % (src, text))
+                f.write(f'#line 1 "{src}"\n{text}')
         for f in files:
             rel = os.path.relpath(os.path.abspath(f), ROOT)
             # -cl-no-stdinc: no OpenCL builtin library; the prelude declares Metal's instead.
-            cmd = [clang, "-x", "cl", "-cl-std=clc++2021", "-cl-no-stdinc", "-fsyntax-only",
-                   "-Wno-unknown-attributes", "-I", PRELUDE_DIR, os.path.join(tmp, rel)]
+            cmd = [
+                clang,
+                "-x",
+                "cl",
+                "-cl-std=clc++2021",
+                "-cl-no-stdinc",
+                "-fsyntax-only",
+                "-Wno-unknown-attributes",
+                "-I",
+                PRELUDE_DIR,
+                os.path.join(tmp, rel),
+            ]
             p = subprocess.run(cmd, capture_output=True, text=True)
             status = "ok" if p.returncode == 0 else "FAILED"
-            print("%-28s %s" % (rel, status))
+            print(f"{rel:<28} {status}")
             if p.returncode != 0:
                 failed += 1
                 sys.stdout.write(p.stderr)
-    print("%d passed, %d failed" % (len(files) - failed, failed))
+    print(f"{len(files) - failed:d} passed, {failed:d} failed")
     return 1 if failed else 0
 
 

@@ -641,7 +641,8 @@ def add_parser(sub: Any) -> None:
         "--model",
         default=None,
         metavar="PATH|NAME",
-        help=f"a GGUF file, a model name (see `list`), or hf:OWNER/REPO[:QUANT] (default: {DEFAULT_MODEL})",
+        help="a GGUF file, a model name (see `list`), or hf:OWNER/REPO[:QUANT] "
+        f"(default: {DEFAULT_MODEL})",
     )
     b.add_argument(
         "-p",

@@ -96,7 +96,7 @@ def match_close(masked, pos, open_ch, close_ch):
             depth -= 1
             if depth == 0:
                 return i
-    raise GenError("unbalanced %s at offset %d" % (open_ch, pos))
+    raise GenError(f"unbalanced {open_ch} at offset {pos}")
 
 
 def split_top(s):
@@ -126,7 +126,9 @@ def parse_params(params_text, path, line):
         attrs = ATTR_RE.findall(p)
         bare = ATTR_RE.sub(" ", p)
         if not attrs:
-            raise GenError("%s:%d: kernel parameter without attribute: %s" % (path, line, " ".join(p.split())))
+            raise GenError(
+                f"{path}:{line}: kernel parameter without attribute: {' '.join(p.split())}"
+            )
         name, arg = attrs[0]
         if name == "buffer":
             kind = "ref" if "&" in bare else "ptr"
@@ -136,13 +138,17 @@ def parse_params(params_text, path, line):
         elif name in BUILTINS:
             params.append(("builtin", name))
         else:
-            raise GenError("%s:%d: unsupported kernel parameter attribute [[%s]]" % (path, line, name))
+            raise GenError(f"{path}:{line}: unsupported kernel parameter attribute [[{name}]]")
     return params
 
 
-FC_RE = re.compile(r"\bconstant\s+(\w+)\s+(\w+)\s*\[\[\s*function_constant\s*\(\s*(\w+)\s*\)\s*\]\]\s*;")
+FC_RE = re.compile(
+    r"\bconstant\s+(\w+)\s+(\w+)\s*\[\[\s*function_constant\s*\(\s*(\w+)\s*\)\s*\]\]\s*;"
+)
 TG_DECL_RE = re.compile(
-    r"\bthreadgroup\s+((?:const\s+)?[A-Za-z_][\w:]*(?:\s*<[^;{}()]*?>)?)\s+([A-Za-z_]\w*)\s*((?:\[[^\];]*\]\s*)*);"
+    r"\bthreadgroup\s+((?:const\s+)?[A-Za-z_][\w:]*(?:\s*<[^;{}()]*?>)?)"  # type
+    r"\s+([A-Za-z_]\w*)"  # name
+    r"\s*((?:\[[^\];]*\]\s*)*);"  # array dimensions
 )
 SWIZZLE_RE = re.compile(r"\.(xyz|xy|yz|zw)\b(?!\s*\()")
 ANY_ATTR_RE = re.compile(r"\[\[.*?\]\]", re.S)
@@ -158,15 +164,23 @@ def rewrite(text, opencl=False):
 
     for m in FC_RE.finditer(masked):
         if opencl:
-            edits.append((m.start(), m.end(), "constant %s %s = %s();" % (m.group(1), m.group(2), m.group(1))))
+            edits.append(
+                (m.start(), m.end(), f"constant {m.group(1)} {m.group(2)} = {m.group(1)}();")
+            )
             continue
-        edits.append((m.start(), m.end(),
-                      "static constexpr ::metal::function_constant_t<%s, %s> %s{\"%s\", __FILE__, __LINE__};"
-                      % (m.group(1), m.group(3), m.group(2), m.group(2))))
+        edits.append(
+            (
+                m.start(),
+                m.end(),
+                f"static constexpr ::metal::function_constant_t<{m.group(1)}, {m.group(3)}> "
+                f'{m.group(2)}{{"{m.group(2)}", __FILE__, __LINE__}};',
+            )
+        )
     for m in TG_DECL_RE.finditer(masked):
         ty, name, dims = m.group(1), m.group(2), "".join(m.group(3).split())
-        edits.append((m.start(), m.end(),
-                      "auto& %s = ::msim::tg_var<%s%s>(__FILE__, __LINE__);" % (name, ty, dims)))
+        edits.append(
+            (m.start(), m.end(), f"auto& {name} = ::msim::tg_var<{ty}{dims}>(__FILE__, __LINE__);")
+        )
     taken = [(s, e) for s, e, _ in edits]
 
     def free(s, e):
@@ -212,13 +226,13 @@ def find_kernels(path, text, definitions):
     found = []
     for m in KERNEL_RE.finditer(masked):
         start = statement_prefix(masked, m.start())
-        prefix = text[start:m.start()]
+        prefix = text[start : m.start()]
         name = m.group(1)
         pos = m.end()
         targs = ""
         if m.group(2):
             close = match_close(masked, m.start(2), "<", ">")
-            targs = text[m.start(2):close + 1]
+            targs = text[m.start(2) : close + 1]
             pos = close + 1
         while masked[pos].isspace():
             pos += 1
@@ -227,19 +241,21 @@ def find_kernels(path, text, definitions):
         close = match_close(masked, pos, "(", ")")
         line = line_of(text, m.start())
         try:
-            params = parse_params(text[pos + 1:close], path, line)
+            params = parse_params(text[pos + 1 : close], path, line)
         except GenError:
             # An explicit instantiation may leave the attributes to the template's definition.
             if not (targs and name in definitions):
                 raise
             params = definitions[name]
         if re.search(r"\btemplate\s*<", mask_code(prefix)):
-            definitions.setdefault(name, params)  # template definition: registered by instantiations
+            definitions.setdefault(
+                name, params
+            )  # template definition: registered by instantiations
             continue
         hn = HOST_NAME_RE.search(prefix)
         host = hn.group(1) if hn else name
         if targs and not hn:
-            raise GenError("%s:%d: explicit instantiation of %s without [[host_name]]" % (path, line, name))
+            raise GenError(f"{path}:{line}: explicit instantiation of {name} without [[host_name]]")
         if not targs:
             definitions.setdefault(name, params)
         found.append((host, name + targs, params, line))
@@ -253,15 +269,17 @@ def find_decltype_instantiations(path, text, definitions):
     found = []
     for m in DECLTYPE_INST_RE.finditer(masked):
         end = masked.find(";", m.end())
-        stmt = text[m.start():end]
-        mstmt = masked[m.start():end]
+        stmt = text[m.start() : end]
+        mstmt = masked[m.start() : end]
         if re.search(r"\bvoid\s+\w+\s*<", mstmt):
             continue  # the `kernel void name<...>(...)` form, handled by find_kernels
         host = HOST_NAME_RE.search(stmt).group(1)
         line = line_of(text, m.start())
         # the instantiated function is the trailing `name<...>`
         if not mstmt.rstrip().endswith(">"):
-            raise GenError("%s:%d: cannot read the instantiation for [[host_name(\"%s\")]]" % (path, line, host))
+            raise GenError(
+                f'{path}:{line}: cannot read the instantiation for [[host_name("{host}")]]'
+            )
         close = len(mstmt.rstrip()) - 1
         depth, i = 0, close
         while i >= 0:
@@ -274,9 +292,11 @@ def find_decltype_instantiations(path, text, definitions):
             i -= 1
         nm = re.search(r"(\w+)\s*$", mstmt[:i])
         name = nm.group(1)
-        inner = name + stmt[i:close + 1]
+        inner = name + stmt[i : close + 1]
         if name not in definitions:
-            raise GenError("%s:%d: no kernel template named %s for [[host_name(\"%s\")]]" % (path, line, name, host))
+            raise GenError(
+                f'{path}:{line}: no kernel template named {name} for [[host_name("{host}")]]'
+            )
         found.append((host, inner, definitions[name], line))
     return found
 
@@ -291,20 +311,22 @@ def local_includes(path, text):
 
 def mask_code_keep_strings(text):
     # include paths are strings: blank comments only
-    return re.sub(r"//[^\n]*|/\*.*?\*/", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text, flags=re.S)
+    return re.sub(
+        r"//[^\n]*|/\*.*?\*/", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text, flags=re.S
+    )
 
 
 def emit_launcher_args(params):
     args = []
     for kind, v in params:
         if kind == "ptr":
-            args.append("::msim::BufPtr{a.buffers[%d]}" % v)
+            args.append(f"::msim::BufPtr{{a.buffers[{v:d}]}}")
         elif kind == "ref":
-            args.append("::msim::BufRef{a.buffers[%d]}" % v)
+            args.append(f"::msim::BufRef{{a.buffers[{v:d}]}}")
         elif kind == "tg":
-            args.append("::msim::BufPtr{a.tg[%d]}" % v)
+            args.append(f"::msim::BufPtr{{a.tg[{v:d}]}}")
         else:
-            args.append("::msim::Builtin{%s}" % BUILTINS[v])
+            args.append(f"::msim::Builtin{{{BUILTINS[v]}}}")
     return ", ".join(args)
 
 
@@ -328,10 +350,10 @@ def generate(metal_path, root, out_dir):
     for p, text in texts.items():
         rel = os.path.relpath(p, root)
         if rel.startswith(".."):
-            raise GenError("%s is outside %s" % (p, root))
+            raise GenError(f"{p} is outside {root}")
         dst = os.path.join(out_dir, "src", rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        content = "#line 1 %s\n%s" % (c_string(p), rewrite(text))
+        content = f"#line 1 {c_string(p)}\n{rewrite(text)}"
         # Only touch the file when it changed, so unrelated rebuilds stay incremental.
         if not os.path.exists(dst) or open(dst, encoding="utf-8").read() != content:
             with open(dst, "w", encoding="utf-8") as f:
@@ -348,8 +370,8 @@ def generate(metal_path, root, out_dir):
     stem = os.path.basename(metal_path).replace(".", "_")
     rel = os.path.relpath(metal_path, root)
     lines = [
-        "// Generated by cpp/metal/sim/gen_kernels.py from %s. Do not edit." % rel,
-        "#include %s" % c_string(os.path.join("src", rel)),
+        f"// Generated by cpp/metal/sim/gen_kernels.py from {rel}. Do not edit.",
+        "#include {}".format(c_string(os.path.join("src", rel))),
         "",
         "namespace {",
         "const uint32_t k_simd_width[3] = {32, 1, 1};",
@@ -358,14 +380,22 @@ def generate(metal_path, root, out_dir):
     for i, (host, call, params, line) in enumerate(kernels):
         n_buf = max([v + 1 for k, v in params if k in ("ptr", "ref")] + [0])
         n_tg = max([v + 1 for k, v in params if k == "tg"] + [0])
-        lines.append("void launch_%d(const ::msim::ThreadArgs& a) { %s(%s); }" % (i, call, emit_launcher_args(params)))
-        lines.append("const ::msim::KernelInfo info_%d = {%s, %s, %d, launch_%d, %d, %d};"
-                     % (i, c_string(host), c_string(metal_path), line, i, n_buf, n_tg))
+        lines.append(
+            f"void launch_{i:d}(const ::msim::ThreadArgs& a) "
+            f"{{ {call}({emit_launcher_args(params)}); }}"
+        )
+        lines.append(
+            f"const ::msim::KernelInfo info_{i:d} = {{{c_string(host)}, {c_string(metal_path)}, "
+            f"{line:d}, launch_{i:d}, {n_buf:d}, {n_tg:d}}};"
+        )
         infos.append(i)
-    lines.append("const bool registered = %s;" % (" && ".join("::msim::register_kernel(info_%d)" % i for i in infos) or "true"))
+    registrations = " && ".join(f"::msim::register_kernel(info_{i:d})" for i in infos)
+    lines.append(f"const bool registered = {registrations or 'true'};")
     lines.append("}  // namespace")
     lines.append("// keep the linker from dropping this file's registrations")
-    lines.append("extern \"C\" int msim_kernels_%s() { return registered ? %d : 0; }" % (stem, len(infos)))
+    lines.append(
+        f'extern "C" int msim_kernels_{stem}() {{ return registered ? {len(infos):d} : 0; }}'
+    )
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, os.path.basename(metal_path) + ".sim.cpp")
     content = "\n".join(lines) + "\n"
@@ -377,7 +407,9 @@ def generate(metal_path, root, out_dir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", required=True, help="source root; rewritten copies mirror paths below it")
+    ap.add_argument(
+        "--root", required=True, help="source root; rewritten copies mirror paths below it"
+    )
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--list", action="store_true", help="print the kernels found")
     ap.add_argument("metal", nargs="+")
@@ -387,9 +419,9 @@ def main():
             ks = generate(m, ns.root, ns.out)
             if ns.list:
                 for host, call, params, line in ks:
-                    print("%s:%d: %s -> %s(%d params)" % (m, line, host, call, len(params)))
+                    print(f"{m}:{line:d}: {host} -> {call}({len(params):d} params)")
     except GenError as e:
-        print("gen_kernels.py: error: %s" % e, file=sys.stderr)
+        print(f"gen_kernels.py: error: {e}", file=sys.stderr)
         return 1
     return 0
 
