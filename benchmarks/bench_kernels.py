@@ -31,15 +31,40 @@ def fma_peak() -> float:
     return core.fma_peak(1, 3)
 
 
+# K-quant blocks: bytes per block and where their half-precision factors sit (Q4_K, Q5_K: d at
+# 0 and dmin at 2; Q6_K: d at 208), as in ggml's block_q4_K, block_q5_K and block_q6_K.
+K_BLOCKS = {T.Q4_K: (144, (0, 2)), T.Q5_K: (176, (0, 2)), T.Q6_K: (210, (208,))}
+
+
+def _k_quant_factors(fmt: T, w: np.ndarray) -> list[np.ndarray]:
+    """The half factors llama.cpp's quantizers derive from w, per 256-value block: Q4_K/Q5_K
+    give each 32-value sub-block a scale (max - min) / (2^bits - 1) and a min -min(x), stored as
+    6-bit multiples of d = max scale / 63 and dmin = max min / 63; Q6_K gives each 16-value
+    sub-block max|x| / 32, stored as int8 multiples of d = max / 128. All positive and normal."""
+    if fmt == T.Q6_K:
+        sub = np.abs(w.reshape(-1, 16, 16)).max(-1) / 32
+        return [sub.max(-1) / 128]
+    sub = w.reshape(-1, 8, 32)
+    levels = 15 if fmt == T.Q4_K else 31
+    scale = (sub.max(-1) - sub.min(-1)) / levels
+    mins = np.maximum(-sub.min(-1), 0)
+    return [scale.max(-1) / 63, mins.max(-1) / 63]
+
+
 def _weights(fmt: T) -> np.ndarray:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((ROWS, COLS)).astype(np.float32)
-    if fmt in (T.Q4_K, T.Q5_K, T.Q6_K):
-        # gguf-py cannot quantize K-quants: random valid blocks (any bytes decode to finite
-        # values once the half scales are sane) are just as fast to read.
-        block, size = {T.Q4_K: (256, 144), T.Q5_K: (256, 176), T.Q6_K: (256, 210)}[fmt]
-        raw = rng.integers(0, 256, ROWS * COLS // block * size, dtype=np.uint8)
-        return raw
+    if fmt in K_BLOCKS:
+        # gguf-py cannot quantize K-quants: random codes and sub-block scales (any bytes are
+        # valid there, and as fast to read) with the half factors a real quantizer would store
+        # for w. Random bytes there would include NaN, infinities and subnormals.
+        size, offsets = K_BLOCKS[fmt]
+        raw = rng.integers(0, 256, (ROWS * COLS // 256, size), dtype=np.uint8)
+        for off, f in zip(offsets, _k_quant_factors(fmt, w), strict=True):
+            h = f.astype(np.float16)
+            assert np.all(np.isfinite(h)) and np.all(h >= np.finfo(np.float16).smallest_normal)
+            raw[:, off : off + 2] = h.view(np.uint8).reshape(-1, 2)
+        return raw.reshape(-1)
     return np.ascontiguousarray(quants.quantize(w, fmt)).view(np.uint8).reshape(-1)
 
 

@@ -1,8 +1,9 @@
 """The whole model on the Metal backend, run by the CPU simulator (backend="metal-sim").
 
 Numerics against transformers (same tolerances as test_model_oracle.py) and against the CPU
-backend; greedy continuations identical; and the GPU-interface counters that make a decode step
-cheap on a real GPU: one command buffer, one wait, no allocations, each weight read once.
+backend (NMSE bounds about 10x the measured error); greedy tokens identical but at near-ties;
+and the GPU-interface counters that make a decode step cheap on a real GPU: one command buffer,
+one wait, no allocations, each weight read once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import metallic  # noqa: E402
 from metallic import _core  # noqa: E402
 from oracle.reference import dequantized_copy, greedy_continuation, reference_logits  # noqa: E402
 from oracle.tiny_models import VARIANTS, make_tiny_model, tiny_gguf, write_gguf  # noqa: E402
-from test_model_oracle import assert_close, prompt  # noqa: E402
+from test_model_oracle import assert_close, greedy_mismatches, prompt  # noqa: E402
 
 if not _core.metal_sim_available():
     pytest.skip("built without the Metal simulator", allow_module_level=True)
@@ -52,7 +53,8 @@ def test_prefill_and_decode_match_transformers_and_cpu(arch: str, variant: str, 
     got = m.prefill_all(ids)
     assert_close(got, reference_logits(ref_model, ids), ftype, "prompt logits")
     want_cpu = cpu.prefill_all(ids)
-    assert_close(got, want_cpu, "F16", "prompt logits vs cpu")
+    # measured 2.5e-9 (gemma3-swa-hd32-F16; F32 files 1e-12); bound 12x
+    assert_close(got, want_cpu, ftype, "prompt logits vs cpu", nmse_limit=3e-8)
 
     # Decode steps, teacher-forced on the reference's greedy tokens.
     m.reset()
@@ -62,11 +64,9 @@ def test_prefill_and_decode_match_transformers_and_cpu(arch: str, variant: str, 
         ours.append(m.decode(tok).copy())
     steps = np.stack(ours)
     assert_close(steps, ref_steps, ftype, f"{N_STEPS} decode steps")
-    if ftype != "Q8_0":
-        top2 = np.sort(ref_steps, axis=1)[:, -2:]
-        decided = (top2[:, 1] - top2[:, 0]) >= (0.0 if ftype == "F32" else 1e-3)
-        mismatch = [i for i in range(N_STEPS) if decided[i] and steps[i].argmax() != ref_tokens[i]]
-        assert not mismatch, f"greedy token differs at steps {mismatch}"
+    # Q8_0 too: no flip measured, reference margins at least 0.012 on these 16 steps.
+    mismatch = greedy_mismatches(steps, ref_steps, ftype)
+    assert not mismatch, f"greedy token differs at steps {mismatch}"
 
 
 @pytest.mark.parametrize("ftype", ["F32", "Q8_0"])
@@ -112,9 +112,11 @@ def test_gemma3_against_cpu(ftype: str, tmp_path) -> None:  # noqa: ANN001
     m = load(path, n_ctx=64)
     cpu = metallic.load(path, backend="cpu", n_ctx=64)
     ids = prompt(m.n_vocab, n=21, seed=3)  # longer than the sliding window
-    assert_close(m.prefill_all(ids), cpu.prefill_all(ids), ftype, "prompt logits")
+    # F32: max relative error 1e-5 (measured 1.0e-6). F16: measured NMSE 8.7e-9; bound 11x.
+    limit = None if ftype == "F32" else 1e-7
+    assert_close(m.prefill_all(ids), cpu.prefill_all(ids), ftype, "prompt logits", limit)
     for t in (5, 9, 11):
-        assert_close(m.decode(t), cpu.decode(t), ftype, "decode step")
+        assert_close(m.decode(t), cpu.decode(t), ftype, "decode step", limit)
 
 
 def test_kv_f32_and_chunked_prefill_match_cpu() -> None:
@@ -123,7 +125,8 @@ def test_kv_f32_and_chunked_prefill_match_cpu() -> None:
     want = metallic.load(path, backend="cpu", n_ctx=64, kv_dtype="f32").prefill_all(ids)
     for max_batch in (512, 7, 1):
         m = load(path, n_ctx=64, kv_dtype="f32", max_batch=max_batch)
-        assert_close(m.prefill_all(ids), want, "F16", f"max_batch {max_batch}")
+        # measured NMSE 8.6e-13; bound 12x
+        assert_close(m.prefill_all(ids), want, "F16", f"max_batch {max_batch}", 1e-11)
 
 
 def test_long_context_decode_splits_attention() -> None:
@@ -132,11 +135,12 @@ def test_long_context_decode_splits_attention() -> None:
     ids = prompt(320, n=300, seed=10)
     m = load(path, n_ctx=320)
     cpu = metallic.load(path, backend="cpu", n_ctx=320)
-    assert_close(m.prefill(ids), cpu.prefill(ids), "F16", "prefill")
+    # measured NMSE 2.0e-10 (prefill), 1.6e-10 (decode); bound 10x
+    assert_close(m.prefill(ids), cpu.prefill(ids), "F16", "prefill", 2e-9)
     for t in (7, 8):
         m.reset_gpu_stats()
         got = m.decode(t).copy()
-        assert_close(got, cpu.decode(t), "F16", "long-context decode")
+        assert_close(got, cpu.decode(t), "F16", "long-context decode", 2e-9)
         assert m.gpu_stats()["dispatches"] == 1 + 7 * m.config.n_layer + 1  # + 1 merge per layer
 
 
@@ -263,19 +267,20 @@ def test_prefill_all_stages_logits_in_groups() -> None:
     # prefill() runs the output head for the last row alone (the single-token integer path),
     # prefill_all() for all rows as a batch (the float path): equal but for that rounding.
     # Prompts of 2+ tokens keep every layer on the batch path (a 1-token prompt is a decode).
+    # measured NMSE 1.8e-10 to 1.1e-9; bound 1e-8, 9x
     m.reset()
-    assert nmse(m.prefill(ids), every[-1]) < 1e-6
+    assert nmse(m.prefill(ids), every[-1]) < 1e-8
     for k in (1, 63, 64, 127, 128):
         m.reset()
-        assert nmse(m.prefill(ids[: k + 1]), every[k]) < 1e-6, k
+        assert nmse(m.prefill(ids[: k + 1]), every[k]) < 1e-8, k
 
 
 def test_real_gemma3_q4_k_m_decode_matches_cpu() -> None:
     """Gemma 3 270M Q4_K_M (Q4_K, Q6_K, Q5_0, Q8_0 weights, 262k vocabulary) on metal-sim, one
     token at a time (the prefill gemm is slow in the simulator). The CPU backend multiplies
-    these formats with 8-bit quantized activations and the Metal kernels with float ones, so
-    the logits differ by that rounding (NMSE ~1e-3); the greedy tokens agree unless the top two
-    are nearly tied."""
+    these formats with 8-bit quantized activations (16-bit for Q8_0) and the Metal kernels with
+    float ones, so the logits differ by that rounding (NMSE 4.6e-4 to 3.9e-3 over these four
+    steps); the greedy tokens agree unless the top two are nearly tied."""
     path = _gemma3_or_skip()
     m = metallic.load(path, backend="metal-sim", n_ctx=32)
     cpu = metallic.load(path, backend="cpu", n_ctx=32)
@@ -290,6 +295,7 @@ def test_real_gemma3_q4_k_m_decode_matches_cpu() -> None:
         # per layer at most: q, k, v (formats differ in some layers), qk-norm + RoPE + KV write,
         # attention, o, post-norm + add, norm + gate-up-GLU, down, post-norm + add
         assert s["dispatches"] <= 1 + 10 * m.config.n_layer + 1
+        # measured 5.2e-4, 1.2e-3, 3.9e-3, 4.6e-4; bound 5x the largest
         assert float(np.mean((got - want) ** 2) / np.mean(want**2)) < 2e-2
         top2 = np.sort(want)[-2:]
         if top2[1] - top2[0] > 0.1:  # a near tie may go either way with the CPU's 8-bit activations
@@ -313,7 +319,8 @@ def test_real_smollm2_q4_1_decode_matches_cpu() -> None:
         s = m.gpu_stats()
         counts = (s["command_buffers"], s["waits"], s["buffer_allocations"], s["weight_rebinds"])
         assert counts == (1, 1, 0, 1)
-        assert float(np.mean((got - want) ** 2) / np.mean(want**2)) < 2e-2
+        # measured 1.6e-4, 7.2e-5, 1.1e-4, 6.6e-5, 2.1e-4; bound 10x the largest
+        assert float(np.mean((got - want) ** 2) / np.mean(want**2)) < 2e-3
         top2 = np.sort(want)[-2:]
         if top2[1] - top2[0] > 0.1:  # a near tie may go either way with the CPU's 8-bit activations
             assert got.argmax() == want.argmax()

@@ -2,8 +2,11 @@
 
 For quantized files (F16, BF16, Q8_0) the reference runs the weights exactly as stored in the
 file (dequantized), so these tests measure the engine's arithmetic, not quantization error.
-Tolerances as in DESIGN.md: F32 max relative error 1e-4; F16/BF16 NMSE 1e-5; Q8_0 NMSE 5e-4
-(the engine quantizes activations to int8 for Q8_0 dot products).
+Tolerances (see assert_close) are about 10x the largest error measured over these models on the
+CPU and metal-sim backends. Non-F32 models keep the KV cache in f16 (load()'s default), which
+sets their error floor, NMSE ~3e-7: Q8_0's own rounding is far below it, as its one-token
+kernel multiplies int16 activation blocks (cpp/cpu/formats/q8_0.cpp; int8 elsewhere) and
+prefill multiplies float activations by exactly dequantized weights.
 """
 
 from __future__ import annotations
@@ -34,15 +37,40 @@ def max_rel(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
-def assert_close(got: np.ndarray, want: np.ndarray, ftype: str, what: str) -> None:
+# NMSE bounds against transformers: measured maximum over every tiny model (prompt logits and
+# decode steps, CPU and metal-sim); bound about 10x. F32 is bounded by max relative error.
+F32_MAX_REL = 1e-5  # measured 1.3e-6; bound 8x
+NMSE_LIMIT = {
+    "F16": 4e-6,  # measured 3.6e-7; bound 11x
+    "BF16": 3e-6,  # measured 3.2e-7; bound 9x
+    "Q8_0": 4e-6,  # measured 3.6e-7; bound 11x
+}
+# Greedy tokens must agree wherever the reference's top two logits are this far apart (F32:
+# always). Measured: Q8_0 flipped once, at a margin of 2.9e-4 (qwen2-gqa2-untied, step 20).
+NEAR_TIE = 1e-3
+
+
+def assert_close(
+    got: np.ndarray, want: np.ndarray, ftype: str, what: str, nmse_limit: float | None = None
+) -> None:
+    """got against want with ftype's tolerance, or NMSE below nmse_limit if given."""
     assert got.shape == want.shape, what
-    if ftype == "F32":
+    if ftype == "F32" and nmse_limit is None:
         err = max_rel(got, want)
-        assert err < 1e-4, f"{what}: max relative error {err:.2e}"
+        assert err < F32_MAX_REL, f"{what}: max relative error {err:.2e} >= {F32_MAX_REL:.0e}"
     else:
-        limit = 5e-4 if ftype == "Q8_0" else 1e-5
+        limit = nmse_limit if nmse_limit is not None else NMSE_LIMIT[ftype]
         err = nmse(got, want)
         assert err < limit, f"{what}: NMSE {err:.2e} >= {limit:.0e}"
+
+
+def greedy_mismatches(steps: np.ndarray, ref_steps: np.ndarray, ftype: str) -> list[int]:
+    """Steps where our greedy token differs from the reference's though the reference's top two
+    logits are at least NEAR_TIE apart (F32: at all)."""
+    top2 = np.sort(ref_steps, axis=1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) >= (0.0 if ftype == "F32" else NEAR_TIE)
+    ours, ref = steps.argmax(axis=1), ref_steps.argmax(axis=1)
+    return [i for i in range(len(steps)) if decided[i] and ours[i] != ref[i]]
 
 
 @cache
@@ -79,14 +107,10 @@ def test_decode_steps_and_greedy(arch: str, variant: str, ftype: str) -> None:
     steps = np.stack(ours)
     assert_close(steps, ref_steps, ftype, f"{N_STEPS} decode steps")
 
-    # Greedy choices: identical for F32; for F16/BF16 identical wherever the reference's own
-    # top two are at least 1e-3 apart (closer than that, rounding may flip them).
-    if ftype in ("F32", "F16", "BF16"):
-        top2 = np.sort(ref_steps, axis=1)[:, -2:]
-        decided = (top2[:, 1] - top2[:, 0]) >= (0.0 if ftype == "F32" else 1e-3)
-        ours_greedy = steps.argmax(axis=1)
-        mismatch = [i for i in range(N_STEPS) if decided[i] and ours_greedy[i] != ref_tokens[i]]
-        assert not mismatch, f"greedy token differs at steps {mismatch}"
+    # Greedy choices: identical for F32; for the others identical wherever the reference's own
+    # top two are at least NEAR_TIE apart (closer than that, rounding may flip them).
+    mismatch = greedy_mismatches(steps, ref_steps, ftype)
+    assert not mismatch, f"greedy token differs at steps {mismatch}"
 
 
 def test_generate_greedy_equals_transformers() -> None:
@@ -115,9 +139,9 @@ def test_prefill_equals_decode_steps(ftype: str) -> None:
     m.reset()
     single = np.stack([m.decode(t).copy() for t in ids])
     if ftype == "F16":
-        assert max_rel(batched, single) < 1e-5
+        assert max_rel(batched, single) < 1e-5  # measured 2.9e-6; bound 3.5x
     else:
-        assert nmse(batched, single) < 1e-6
+        assert nmse(batched, single) < 5e-7  # measured 4.4e-8; bound 11x
 
 
 def test_results_do_not_depend_on_threads_or_batching(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,8 @@ and against the exact float32 model.
 
 Two references:
 - llama.cpp (llama-cpp-python) on the same file: next-token distributions agree (mean KL under
-  0.01 over every prompt position), top-1 agreement is high, greedy continuations are compared.
+  0.01 over every prompt position), top-1 agreement is high, greedy tokens and continuations
+  agree except at near-ties (NEAR_TIE).
 - transformers loading the same GGUF dequantized to float32: the model the file truly encodes.
   llama.cpp quantizes activations to int8 for its integer dot products and sits about 0.003
   nats of KL from this model. Our prefill multiplies float activations by exactly dequantized
@@ -41,6 +42,11 @@ from real_parity import PROMPTS, log_softmax  # noqa: E402
 pytestmark = pytest.mark.slow
 POSITIONS = 64
 GREEDY = 32
+# A near-tie, in logits: where llama.cpp's top two are closer than this, our greedy token may be
+# the other one. Measured on both models (6 prompts x 32 steps each): the two engines' margins
+# between llama.cpp's top two differ by up to 0.55 (99th percentile 0.46); the greedy tokens
+# differed at margins 0.003 to 0.35 only (11 steps). 38% of the steps have margins under 1.0.
+NEAR_TIE = 1.0
 
 MODELS = {"smollm2": smollm2_gguf, "gemma3": gemma3_gguf}
 
@@ -158,12 +164,15 @@ def test_as_close_to_the_float32_model_as_llama_cpp(case, references) -> None:  
 def test_decode_steps_and_greedy_continuations(case, continuations, references) -> None:  # noqa: ANN001
     """The decode path on real models: llama.cpp's greedy continuation fed through our decode
     step by step (teacher forcing), distributions compared at every step with llama.cpp's and
-    with the float32 model's. Free-running greedy continuations are reported: they part ways
-    at the first near-tie, where each engine's activation rounding decides."""
+    with the float32 model's. Greedy choices must agree wherever llama.cpp's top two logits are
+    NEAR_TIE or more apart, in the teacher-forced steps and in our free-running continuation,
+    which must equal llama.cpp's until a position where they are closer (where each engine's
+    activation rounding decides, and the contexts part ways)."""
     path, ours, _ = case
     kls, agree, identical, common = [], [], 0, []
     ours_kl, peer_kl, ours_top, peer_top = [], [], [], []
-    for (ids, theirs, want), full in zip(continuations, references, strict=True):
+    confident_flips, confident_partings = [], []
+    for p, ((ids, theirs, want), full) in enumerate(zip(continuations, references, strict=True)):
         ours.reset()
         mine_logits = [ours.prefill(ids).copy()]
         for tok in theirs[:-1]:
@@ -175,9 +184,23 @@ def test_decode_steps_and_greedy_continuations(case, continuations, references) 
         peer_kl.extend(kl(ref, want))
         ours_top.extend(got.argmax(-1) == ref.argmax(-1))
         peer_top.extend(want.argmax(-1) == ref.argmax(-1))
+        top2 = np.sort(want, axis=-1)[:, -2:]
+        margin = top2[:, 1] - top2[:, 0]  # llama.cpp's, on the same context as ours
+        confident_flips += [
+            (p, i, round(float(margin[i]), 3))
+            for i in range(GREEDY)
+            if got[i].argmax() != theirs[i] and margin[i] >= NEAR_TIE
+        ]
+        # From an empty cache: a cache hit would re-run the last prompt token as a decode step
+        # (integer dot products, not prefill's float ones) and part ways at other near-ties.
+        ours.reset()
         mine = [t.id for t in ours.generate(ids, GREEDY, temperature=0, stop_ids=[]) if t.id >= 0]
+        assert len(mine) == GREEDY
         identical += mine == theirs
-        common.append(next((i for i in range(GREEDY) if mine[i] != theirs[i]), GREEDY))
+        parted = next((i for i in range(GREEDY) if mine[i] != theirs[i]), GREEDY)
+        common.append(parted)
+        if parted < GREEDY and margin[parted] >= NEAR_TIE:
+            confident_partings.append((p, parted, round(float(margin[parted]), 3)))
     print(
         f"\n{path.name}: decode steps vs llama.cpp: mean KL {np.mean(kls):.4f}, "
         f"top-1 {np.mean(agree):.3f}; vs the float32 model: KL ours {np.mean(ours_kl):.5f}, "
@@ -191,6 +214,10 @@ def test_decode_steps_and_greedy_continuations(case, continuations, references) 
     # independent roundings agree with each other less often than either with the model.
     assert np.mean(agree) >= 0.93
     assert np.mean(ours_top) >= np.mean(peer_top) - 0.02
+    # (prompt, step, llama.cpp's top-2 margin) where the greedy tokens differ though llama.cpp's
+    # top two are NEAR_TIE apart: teacher-forced, then where the free-running ones part.
+    assert not confident_flips, confident_flips
+    assert not confident_partings, (confident_partings, common)
 
 
 def test_chat_reuses_the_reply() -> None:
