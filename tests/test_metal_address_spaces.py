@@ -45,7 +45,7 @@ def test_address_space_mistakes_are_caught():
 
 @pytest.mark.skipif(
     shutil.which("clang++") is None,
-    reason="clang++ not installed (apt-get install clang): the OpenCL C++ compile of the kernels",
+    reason="clang++ not installed (apt-get install clang): the Objective-C++ check of gpu_metal.mm",
 )
 def test_gpu_metal_mm_type_checks_against_the_api_stubs():
     """cpp/metal/gpu_metal.mm (compiled only on Apple) as Objective-C++ with ARC against
@@ -57,3 +57,5 @@ def test_gpu_metal_mm_type_checks_against_the_api_stubs():
         timeout=300,
     )
     assert p.returncode == 0, p.stdout + p.stderr
+    # both builds: with the Metal toolchain's metallib, and with the embedded kernel sources
+    assert "(precompiled library) ok" in p.stdout and "(embedded source) ok" in p.stdout

@@ -42,6 +42,8 @@ std::unique_ptr<Buffer> Device::wrap(const void* p, size_t bytes) {
 // Off Apple there is no Metal; gpu_metal.mm provides these on Apple builds.
 std::unique_ptr<Device> make_metal_device() { return nullptr; }
 bool metal_device_available() { return false; }
+std::string metal_device_problem() { return "this machine has no Metal GPU (Metal exists only on Apple platforms)"; }
+const char* metal_library_kind() { return "none (no Metal on this platform)"; }
 #endif
 
 }  // namespace metallic::gpu

@@ -162,7 +162,9 @@ protected:
 std::unique_ptr<Device> make_sim_device();
 bool sim_available();
 // The system's Metal device, or nullptr when there is none (always nullptr off Apple).
-std::unique_ptr<Device> make_metal_device();
+std::unique_ptr<Device> make_metal_device();  // nullptr unless metal_device_problem() is ""
 bool metal_device_available();
+std::string metal_device_problem();  // why backend 'metal' cannot run here, or "" if it can
+const char* metal_library_kind();    // where the kernels come from: precompiled or embedded
 
 }  // namespace metallic::gpu

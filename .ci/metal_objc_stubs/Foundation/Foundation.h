@@ -3,6 +3,7 @@
 // Not a substitute for compiling on a Mac.
 #pragma once
 typedef unsigned long NSUInteger;
+typedef long NSInteger;
 typedef signed char BOOL;
 #define nil ((id)0)
 #define NS_ASSUME_NONNULL_BEGIN
@@ -22,6 +23,12 @@ __attribute__((objc_root_class))
 
 @interface NSError : NSObject
 @property (readonly, copy) NSString *localizedDescription;
+@end
+
+@interface NSArray<ObjectType> : NSObject
+@property (readonly) NSUInteger count;
+- (ObjectType)objectAtIndex:(NSUInteger)index;
+- (BOOL)containsObject:(ObjectType)anObject;
 @end
 
 @interface NSURL : NSObject

@@ -24,6 +24,14 @@ typedef enum : NSUInteger {
 
 @protocol MTLComputePipelineState
 @property (readonly) NSUInteger maxTotalThreadsPerThreadgroup;
+@property (readonly) NSUInteger threadExecutionWidth;
+@end
+
+typedef enum : NSUInteger { MTLLanguageVersion3_0 = (3 << 16) + 0 } MTLLanguageVersion;
+typedef enum : NSInteger { MTLGPUFamilyApple7 = 1007 } MTLGPUFamily;
+
+@interface MTLCompileOptions : NSObject
+@property (readwrite, nonatomic) MTLLanguageVersion languageVersion;
 @end
 
 @interface MTLFunctionConstantValues : NSObject
@@ -31,6 +39,7 @@ typedef enum : NSUInteger {
 @end
 
 @protocol MTLLibrary
+@property (readonly) NSArray<NSString *> *functionNames;
 - (id<MTLFunction>)newFunctionWithName:(NSString *)functionName;
 - (id<MTLFunction>)newFunctionWithName:(NSString *)name
                         constantValues:(MTLFunctionConstantValues *)constantValues
@@ -66,6 +75,11 @@ typedef enum : NSUInteger {
                                   options:(MTLResourceOptions)options
                               deallocator:(void (^)(void *pointer, NSUInteger length))deallocator;
 - (id<MTLLibrary>)newLibraryWithURL:(NSURL *)url error:(NSError **)error;
+- (id<MTLLibrary>)newLibraryWithSource:(NSString *)source
+                               options:(MTLCompileOptions *)options
+                                 error:(NSError **)error;
+- (BOOL)supportsFamily:(MTLGPUFamily)gpuFamily;
+@property (readonly) NSString *name;
 - (id<MTLComputePipelineState>)newComputePipelineStateWithFunction:(id<MTLFunction>)computeFunction
                                                              error:(NSError **)error;
 @property (readonly) NSUInteger maxBufferLength;
@@ -75,3 +89,7 @@ typedef enum : NSUInteger {
 extern "C"
 #endif
 id<MTLDevice> MTLCreateSystemDefaultDevice(void);
+#ifdef __cplusplus
+extern "C"
+#endif
+NSArray<id<MTLDevice>> *MTLCopyAllDevices(void);
