@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
+from metal_sim_helpers import kernel_shape  # noqa: E402
 from models import QWEN25_05B, bench_model  # noqa: E402
 
 BANDWIDTH_GBS = {"M1": 68, "M2": 100, "M3 Pro": 150, "M3 Max": 400, "M4 Pro": 273}
@@ -82,7 +84,8 @@ def time_gemv() -> float:
         + np.array([cols * 2, cols, rows], np.uint64).tobytes(),
         np.uint8,
     ).copy()
-    grid, tg = [(rows + 7) // 8, 1], [128]
+    per_group = 4 * kernel_shape("MATVEC_NR")  # 4 simdgroups of MATVEC_NR rows, as launched
+    grid, tg = [(rows + per_group - 1) // per_group, 1], [128]
     consts = {1: False, 2: False, 3: 0.0}  # metal/matvec.h's function constants: plain matvec
     # warm up
     _core.sim_dispatch("matvec_f16", [args, w, x, out, out, x], grid, tg, constants=consts)

@@ -14,6 +14,7 @@
 
 #include <cstring>
 
+#include "cpu/cpu_backend.h"
 #include "cpu/formats/format.h"
 #include "cpu/machine_limits.h"
 #include "cpu/thread_pool.h"
@@ -173,32 +174,26 @@ NB_MODULE(_core, m) {
         .value("neox", RopeStyle::Neox);
     nb::enum_<Activation>(m, "Activation").value("silu", Activation::SiLU).value("gelu_tanh", Activation::GeluTanh);
 
-    nb::class_<ModelConfig>(m, "ModelConfig")
-        .def(nb::init<>())
-        .def_rw("arch", &ModelConfig::arch)
-        .def_rw("n_layer", &ModelConfig::n_layer)
-        .def_rw("n_embd", &ModelConfig::n_embd)
-        .def_rw("n_head", &ModelConfig::n_head)
-        .def_rw("n_head_kv", &ModelConfig::n_head_kv)
-        .def_rw("head_dim", &ModelConfig::head_dim)
-        .def_rw("n_ff", &ModelConfig::n_ff)
-        .def_rw("n_vocab", &ModelConfig::n_vocab)
-        .def_rw("n_ctx_train", &ModelConfig::n_ctx_train)
-        .def_rw("rms_eps", &ModelConfig::rms_eps)
-        .def_rw("rope_base", &ModelConfig::rope_base)
-        .def_rw("rope_base_local", &ModelConfig::rope_base_local)
-        .def_rw("rope_freq_scale", &ModelConfig::rope_freq_scale)
-        .def_rw("rope_freq_scale_local", &ModelConfig::rope_freq_scale_local)
-        .def_rw("rope_dims", &ModelConfig::rope_dims)
-        .def_rw("rope_style", &ModelConfig::rope_style)
-        .def_rw("qkv_bias", &ModelConfig::qkv_bias)
-        .def_rw("qk_norm", &ModelConfig::qk_norm)
-        .def_rw("post_norms", &ModelConfig::post_norms)
-        .def_rw("activation", &ModelConfig::activation)
-        .def_rw("embed_scale", &ModelConfig::embed_scale)
-        .def_rw("attn_scale", &ModelConfig::attn_scale)
-        .def_rw("final_logit_softcap", &ModelConfig::final_logit_softcap)
-        .def_rw("sliding_window", &ModelConfig::sliding_window);
+    // Every field of config.h's list, read-write, and the list itself as ModelConfig.fields (in
+    // declaration order): python/metallic/config.py fills and checks its dataclass by it.
+    nb::class_<ModelConfig> model_config(m, "ModelConfig");
+    model_config.def(nb::init<>());
+    nb::list config_fields;
+#define METALLIC_BIND_CONFIG_FIELD(type, name, default_value) \
+    model_config.def_rw(#name, &ModelConfig::name);            \
+    config_fields.append(#name);
+    METALLIC_MODEL_CONFIG_FIELDS(METALLIC_BIND_CONFIG_FIELD)
+#undef METALLIC_BIND_CONFIG_FIELD
+    model_config.attr("fields") = nb::steal<nb::tuple>(PyList_AsTuple(config_fields.ptr()));
+
+    // The GGML type table (engine/ggml_types.h) as (name, id, block, block_bytes) rows, for the
+    // test that python/metallic/ggml_types.py agrees with it.
+    m.def("ggml_types", [] {
+        nb::list rows;
+        for (const GgmlTypeInfo& t : kGgmlTypes)
+            rows.append(nb::make_tuple(t.name, uint32_t(t.type), t.block, t.block_bytes));
+        return rows;
+    });
 
     nb::class_<TensorDesc>(m, "TensorDesc")
         .def(nb::init<>())
@@ -314,7 +309,12 @@ NB_MODULE(_core, m) {
           "Float operations per second of the kernels' vector multiply-adds on `threads` threads.");
     m.def("physical_cores", &cpu::physical_core_count);
     m.def("supported_formats", &cpu::supported_format_names);
-    m.def("metal_available", &gpu::metal_device_available, "Whether this machine has a Metal GPU for backend 'metal'.");
+    m.def("metal_available", &gpu::metal_device_available,
+          "Whether this machine has a Metal GPU that can run the kernels (backend 'metal').");
+    m.def("metal_problem", &gpu::metal_device_problem,
+          "Why backend 'metal' cannot run here (no device, GPU older than Apple7), or '' if it can.");
+    m.def("metal_library", &gpu::metal_library_kind,
+          "Where this build's Metal kernels come from: a precompiled metallib or embedded source.");
     m.def("metal_sim_available", &gpu::sim_available, "Whether this build has the Metal simulator (backend 'metal-sim').");
     m.def(
         "raise_for_test",
@@ -351,4 +351,213 @@ NB_MODULE(_core, m) {
     });
     m.def("sim_reset_counters", [] { msim::Device::shared().reset_counters(); });
 #endif
+
+    // ---- CPU op test hooks (tests/test_cpu_ops.py) ----------------------------------------------
+    // Each runs one op of the CPU backend (engine/backend.h) over NumPy arrays, in a fresh backend
+    // of one layer built for the arrays' shapes, in the kernel build `isa` ("native", "generic",
+    // "avx2"; cpu_op_isas() lists the ones this CPU runs), on `threads` threads. Outputs are
+    // written in place; arrays are float32 and C-contiguous (outputs are never converted).
+    using OpOut = nb::ndarray<float, nb::c_contig, nb::device::cpu>;
+    using OpIn = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
+    struct OpShape {
+        int heads = 1, kv_heads = 1, head_dim = 8, rope_dims = 8, n_ctx = 1, max_batch = 1, threads = 1;
+        bool neox = false, kv_f32 = true;
+        float attn_scale = 0.0f;  // 0: 1/sqrt(head_dim)
+        int64_t width = 8;        // n_embd, n_ff and n_vocab: the widest row a matmul reads or writes
+    };
+    static const auto need = [](bool ok, const char* what) {
+        if (!ok) throw BadRequest(std::string("cpu op test: ") + what);
+    };
+    static const auto op_backend = [](const std::string& isa, const OpShape& s) {
+        need(s.threads >= 1, "threads must be at least 1");
+        ModelConfig c;
+        c.arch = "op-test";
+        c.n_layer = 1;
+        c.n_head = s.heads;
+        c.n_head_kv = s.kv_heads;
+        c.head_dim = s.head_dim;
+        c.rope_dims = s.rope_dims;
+        c.rope_style = s.neox ? RopeStyle::Neox : RopeStyle::Interleaved;
+        c.attn_scale = s.attn_scale;
+        c.n_embd = c.n_ff = c.n_vocab = int(s.width);
+        c.sliding_window = {0};
+        cpu::CpuOptions o;
+        o.n_ctx = s.n_ctx;
+        o.threads = s.threads;
+        o.kv_f32 = s.kv_f32;
+        o.max_batch = s.max_batch;
+        return cpu::make_cpu_backend_for(isa, c, o);
+    };
+    m.def("cpu_op_isas", &cpu::usable_isas, "Test hook: the CPU kernel builds this machine runs.");
+    m.def(
+        "cpu_op_rmsnorm",
+        [](OpIn x, OpIn w, OpOut out, float eps, const std::string& isa, int threads) {
+            need(x.ndim() == 2 && w.size() == x.shape(1) && out.size() == x.size(), "rmsnorm shapes");
+            const int n = int(x.shape(0)), d = int(x.shape(1));
+            OpShape s;
+            s.threads = threads;
+            auto b = op_backend(isa, s);
+            nb::gil_scoped_release release;
+            b->rmsnorm(x.data(), w.data(), out.data(), n, d, eps);
+        },
+        nb::arg("x"), nb::arg("w"), nb::arg("out").noconvert(), nb::arg("eps"), nb::arg("isa") = "native",
+        nb::arg("threads") = 1, "Test hook: out[t] = rmsnorm(x[t]) * w (out may be x).");
+    m.def(
+        "cpu_op_rope",
+        [](OpOut x, int head_dim, int rope_dims, bool neox, int pos0, OpIn inv_freq, const std::string& isa,
+           int threads) {
+            need(x.ndim() == 2 && head_dim > 0 && x.shape(1) % size_t(head_dim) == 0, "rope row width");
+            need(rope_dims > 0 && rope_dims % 2 == 0 && rope_dims <= head_dim, "rope_dims");
+            need(inv_freq.size() == size_t(rope_dims / 2), "rope inv_freq length");
+            OpShape s;
+            s.heads = int(x.shape(1)) / head_dim;
+            s.head_dim = head_dim;
+            s.rope_dims = rope_dims;
+            s.neox = neox;
+            s.max_batch = std::max(1, int(x.shape(0)));
+            s.threads = threads;
+            auto b = op_backend(isa, s);
+            nb::gil_scoped_release release;
+            b->rope(x.data(), int(x.shape(0)), s.heads, pos0, inv_freq.data());
+        },
+        nb::arg("x").noconvert(), nb::arg("head_dim"), nb::arg("rope_dims"), nb::arg("neox"), nb::arg("pos0"),
+        nb::arg("inv_freq"), nb::arg("isa") = "native", nb::arg("threads") = 1,
+        "Test hook: RoPE in place on rows of heads at positions pos0, pos0 + 1, ...");
+    m.def(
+        "cpu_op_attention",
+        [](OpIn q, OpIn k, OpIn v, OpOut out, int pos0, int window, float scale, bool kv_f32,
+           const std::string& isa, int threads) {
+            need(k.ndim() == 3 && v.ndim() == 3 && q.ndim() == 2, "attention: q [n, heads * head_dim], "
+                                                                  "k and v [kv_heads, n_ctx, head_dim]");
+            for (size_t i = 0; i < 3; ++i) need(k.shape(i) == v.shape(i), "attention: k and v shapes differ");
+            const int n = int(q.shape(0)), kv_heads = int(k.shape(0)), n_ctx = int(k.shape(1));
+            const int hd = int(k.shape(2));
+            need(kv_heads > 0 && hd > 0 && q.shape(1) % size_t(hd) == 0 && out.size() == q.size(),
+                 "attention: q or out width");
+            const int heads = int(q.shape(1)) / hd;
+            need(heads % kv_heads == 0, "attention: heads not a multiple of kv_heads");
+            need(n > 0 && pos0 >= 0 && pos0 + n <= n_ctx, "attention: positions outside the cache");
+            OpShape s;
+            s.heads = heads;
+            s.kv_heads = kv_heads;
+            s.head_dim = s.rope_dims = hd;
+            s.n_ctx = n_ctx;
+            s.kv_f32 = kv_f32;
+            s.attn_scale = scale;
+            s.max_batch = n;
+            s.threads = threads;
+            s.width = int64_t(heads) * hd;
+            auto b = op_backend(isa, s);
+            nb::gil_scoped_release release;
+            // The cache through store_kv, which takes position-major rows [position][kv_head][dim].
+            std::vector<float> kr(k.size()), vr(v.size());
+            for (int g = 0; g < kv_heads; ++g)
+                for (int p = 0; p < n_ctx; ++p)
+                    for (int i = 0; i < hd; ++i) {
+                        const size_t from = (size_t(g) * n_ctx + p) * hd + i;
+                        const size_t to = (size_t(p) * kv_heads + g) * hd + i;
+                        kr[to] = k.data()[from];
+                        vr[to] = v.data()[from];
+                    }
+            b->store_kv(0, kr.data(), vr.data(), n_ctx, 0);
+            b->attention(0, q.data(), n, pos0, window, out.data());
+        },
+        nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out").noconvert(), nb::arg("pos0"), nb::arg("window"),
+        nb::arg("scale"), nb::arg("kv_f32"), nb::arg("isa") = "native", nb::arg("threads") = 1,
+        "Test hook: the whole cache stored (float16 unless kv_f32), then causal attention of q's rows at "
+        "positions pos0.. (window > 0: the last `window` keys; scale 0: 1/sqrt(head_dim)).");
+    m.def(
+        "cpu_op_glu",
+        [](OpOut g, OpIn u, bool gelu, const std::string& isa, int threads) {
+            need(g.size() == u.size(), "glu sizes");
+            OpShape s;
+            s.threads = threads;
+            auto b = op_backend(isa, s);
+            nb::gil_scoped_release release;
+            b->glu(g.data(), u.data(), int64_t(g.size()), gelu ? Activation::GeluTanh : Activation::SiLU);
+        },
+        nb::arg("g").noconvert(), nb::arg("u"), nb::arg("gelu"), nb::arg("isa") = "native", nb::arg("threads") = 1,
+        "Test hook: g = act(g) * u.");
+    m.def(
+        "cpu_op_add",
+        [](OpOut x, OpIn y, const std::string& isa) {
+            need(x.size() == y.size(), "add sizes");
+            auto b = op_backend(isa, OpShape{});
+            b->add(x.data(), y.data(), int64_t(x.size()));
+        },
+        nb::arg("x").noconvert(), nb::arg("y"), nb::arg("isa") = "native", "Test hook: x += y.");
+    m.def(
+        "cpu_op_softcap",
+        [](OpOut x, float cap, const std::string& isa) {
+            auto b = op_backend(isa, OpShape{});
+            b->softcap(x.data(), int64_t(x.size()), cap);
+        },
+        nb::arg("x").noconvert(), nb::arg("cap"), nb::arg("isa") = "native", "Test hook: x = cap * tanh(x / cap).");
+    m.def(
+        "cpu_op_to_f16",
+        [](OpIn x, nb::ndarray<uint16_t, nb::c_contig, nb::device::cpu> out, const std::string& isa) {
+            need(out.size() == x.size(), "to_f16 sizes");
+            cpu::to_f16_for(isa, x.data(), out.data(), int64_t(x.size()));
+        },
+        nb::arg("x"), nb::arg("out").noconvert(), nb::arg("isa") = "native",
+        "Test hook: float -> half bits, as the float16 KV cache stores keys and values.");
+    m.def(
+        "cpu_op_embed",
+        [](uint32_t type, Bytes table, int64_t cols, Ids ids, float scale, OpOut out, const std::string& isa) {
+            const cpu::FormatKernels& f = format_or_throw(type);
+            need(cols > 0 && cols % f.block == 0, "embed: cols not a multiple of the format's block");
+            const size_t row_bytes = size_t(cols / f.block * f.block_bytes);
+            need(table.size() % row_bytes == 0 && out.size() == ids.size() * size_t(cols), "embed shapes");
+            const int64_t rows = int64_t(table.size() / row_bytes);
+            for (size_t i = 0; i < ids.size(); ++i) need(ids.data()[i] >= 0 && ids.data()[i] < rows, "embed: id");
+            const Matrix w{"token_embd.weight", type, cols, rows, table.data(), row_bytes, table.size()};
+            OpShape s;
+            s.width = cols;
+            auto b = op_backend(isa, s);
+            b->embed(w, ids.data(), int(ids.size()), scale, out.data());
+        },
+        nb::arg("type"), nb::arg("table"), nb::arg("cols"), nb::arg("ids"), nb::arg("scale"),
+        nb::arg("out").noconvert(), nb::arg("isa") = "native", "Test hook: out[t] = table row ids[t] * scale.");
+    m.def(
+        "cpu_op_matmul",
+        [](std::vector<uint32_t> types, OpIn x, std::vector<Bytes> weights, std::vector<OpOut> outs,
+           std::vector<OpIn> biases, std::vector<bool> accumulate, const std::string& isa, int threads) {
+            const size_t jobs = weights.size();
+            need(jobs >= 1 && jobs <= 3 && types.size() == jobs && outs.size() == jobs && biases.size() == jobs &&
+                     accumulate.size() == jobs,
+                 "matmul: 1 to 3 jobs, each with a type, weights, out, bias (empty: none) and accumulate");
+            need(x.ndim() == 2 && x.shape(0) > 0 && x.shape(1) > 0, "matmul: x [n, cols]");
+            const int n = int(x.shape(0));
+            const int64_t cols = int64_t(x.shape(1));
+            std::vector<Matrix> w(jobs);
+            std::vector<MatmulJob> job(jobs);
+            int64_t width = cols;
+            for (size_t j = 0; j < jobs; ++j) {
+                const cpu::FormatKernels& f = format_or_throw(types[j]);
+                need(cols % f.block == 0, "matmul: cols not a multiple of the format's block");
+                const size_t row_bytes = size_t(cols / f.block * f.block_bytes);
+                need(weights[j].size() % row_bytes == 0, "matmul: weight bytes");
+                const int64_t rows = int64_t(weights[j].size() / row_bytes);
+                need(outs[j].size() == size_t(n) * size_t(rows), "matmul: out shape [n, rows]");
+                need(biases[j].size() == 0 || biases[j].size() == size_t(rows), "matmul: bias length");
+                w[j] = Matrix{"w" + std::to_string(j), types[j], cols, rows, weights[j].data(), row_bytes,
+                              weights[j].size()};
+                job[j] = MatmulJob{&w[j], outs[j].data(), biases[j].size() ? biases[j].data() : nullptr,
+                                   bool(accumulate[j])};
+                width = std::max(width, rows);
+            }
+            OpShape s;
+            s.width = width;
+            s.max_batch = n;
+            s.threads = threads;
+            auto b = op_backend(isa, s);
+            nb::gil_scoped_release release;
+            if (jobs == 1) b->matmul(x.data(), n, {job[0]});
+            if (jobs == 2) b->matmul(x.data(), n, {job[0], job[1]});
+            if (jobs == 3) b->matmul(x.data(), n, {job[0], job[1], job[2]});
+        },
+        nb::arg("types"), nb::arg("x"), nb::arg("weights"), nb::arg("outs").noconvert(), nb::arg("biases"),
+        nb::arg("accumulate"), nb::arg("isa") = "native", nb::arg("threads") = 1,
+        "Test hook: one matmul call of 1 to 3 jobs reading x (n rows: 1 is the decode path, more the batch "
+        "path): outs[j] (+)= x @ W_j.T (+ biases[j]), W_j of GGML type types[j].");
 }

@@ -1,5 +1,6 @@
-// Argument structs shared by the host (C++) and the kernels (MSL). Only fixed-width scalars:
-// the layout must be identical on both sides (no float3, no bool, no pointers).
+// Argument structs and launch constants shared by the host (C++) and the kernels (MSL). Only
+// fixed-width scalars in the structs: the layout must be identical on both sides (no float3, no
+// bool, no pointers).
 #pragma once
 
 #ifdef __METAL_VERSION__
@@ -8,6 +9,18 @@
 #include <cstdint>
 #endif
 
+// Launch geometry a kernel is written for and the host must launch it with. Enumerators, not
+// constexpr variables: MSL puts a program-scope variable in the constant address space (C++ has
+// none), while an enumerator reads the same in both languages and serves as an array size and
+// a template argument alike.
+enum KernelShape : int32_t {
+    MATVEC_NR = 2,       // matvec*: rows of W per simdgroup (the NR of matvec.metal's instantiations)
+    GEMM_TILE = 32,      // gemm_*: a threadgroup computes a GEMM_TILE (tokens) x GEMM_TILE (rows) tile
+    GEMM_THREADS = 128,  // gemm_*: threads per threadgroup, 4 simdgroups of one 16x16 quarter each
+    MAX_HEAD_DIM = 256,  // largest head size of rope_store_kv_* (a thread per dimension) and of
+                         // attention* (MAX_HEAD_DIM / 32 dimensions per lane)
+};
+
 // out[row] = x[row] / rms(x[row]) * w, one threadgroup per row.
 struct RmsNormArgs {
     int32_t d;            // row length
@@ -15,35 +28,6 @@ struct RmsNormArgs {
     uint64_t x_stride;    // elements between rows of x
     uint64_t out_stride;  // elements between rows of out
 };
-
-// out[t][r] = dot(W[r], x[t]) for r < rows, t < n_tokens (grid.y = tokens).
-struct GemvArgs {
-    int32_t rows;
-    int32_t cols;
-    uint64_t w_stride;    // elements between rows of W
-    uint64_t x_stride;    // elements between token rows of x
-    uint64_t out_stride;  // elements between token rows of out
-};
-
-// out[m][n] = dot(A[m], W[n]): A is M x K (activations), W is N x K (weights).
-struct MatmulArgs {
-    int32_t M;
-    int32_t N;
-    int32_t K;
-    int32_t pad_;
-    uint64_t a_stride;
-    uint64_t w_stride;
-    uint64_t out_stride;
-};
-
-// out[row] = index of the first maximum of x[row].
-struct ArgmaxArgs {
-    int32_t n;
-    int32_t pad_;
-    uint64_t x_stride;
-};
-
-// ---- the Metal backend's kernels -------------------------------------------------------------
 
 // out[t][r] = dot(W[r], x[t]) (+ bias[r]) (+ out[t][r]): matvec_* (decode) and gemm_* (prefill).
 // W is rows x cols in its storage format, row_bytes apart.
@@ -78,24 +62,8 @@ struct EmbedArgs {
     uint64_t row_bytes;
 };
 
-// Rotary embedding in place on n_tokens rows of n_heads heads; grid (tokens, heads), one thread
-// per rotated pair.
-struct RopeArgs {
-    int32_t n_heads;
-    int32_t head_dim;
-    int32_t rope_dims;
-    int32_t pos0;
-};
-
-// cache[kv_head][pos0 + t][:] = k[t][kv_head][:] (and v), grid (tokens, kv heads).
-struct StoreKvArgs {
-    int32_t n_kv_heads;
-    int32_t head_dim;
-    int32_t n_ctx;
-    int32_t pos0;
-};
-
-// rope + store_kv in one dispatch: grid (tokens, n_heads + n_kv_heads), one thread per dimension.
+// RoPE of q and k and their cache write in one dispatch: grid (tokens, n_heads + n_kv_heads),
+// one thread per dimension.
 struct RopeKvArgs {
     int32_t n_heads;
     int32_t n_kv_heads;
@@ -119,7 +87,7 @@ struct AttentionArgs {
     int32_t split_len;  // attention_split/merge: positions per split of the window
 };
 
-// Element-wise ops over count values: glu (g = act(g) * u), add (x += y), softcap.
+// Element-wise ops over count values: glu (g = act(g) * u), softcap.
 struct ElementwiseArgs {
     uint32_t count;
     float cap;

@@ -27,7 +27,7 @@
 
 using namespace metal;
 
-constant constexpr int ATTN_MAX_DIMS_PER_LANE = 8;  // head_dim <= 256
+constant constexpr int ATTN_MAX_DIMS_PER_LANE = MAX_HEAD_DIM / 32;
 constant constexpr float ATTN_NEG_BIG = -1.0e30f;
 
 // The window of query row t: positions [start, pos].

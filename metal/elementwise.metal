@@ -1,7 +1,6 @@
 // Element-wise ops over count values, 1-D grid of threadgroups; one thread per value.
 //   glu:     g = act(g) * u, act (activations.h) fixed by the function constant GLU_GELU: the
 //            model's choice of SiLU or GELU-tanh
-//   add:     x += y
 //   softcap: x = cap * tanh(x / cap)
 #include <metal_stdlib>
 #include "activations.h"
@@ -17,13 +16,6 @@ kernel void glu(constant ElementwiseArgs& args [[buffer(0)]],
                 uint i [[thread_position_in_grid]]) {
     if (i >= args.count) return;
     g[i] = gate_act(g[i], GLU_GELU) * u[i];
-}
-
-kernel void add(constant ElementwiseArgs& args [[buffer(0)]],
-                device float* x [[buffer(1)]],
-                device const float* y [[buffer(2)]],
-                uint i [[thread_position_in_grid]]) {
-    if (i < args.count) x[i] += y[i];
 }
 
 kernel void softcap(constant ElementwiseArgs& args [[buffer(0)]],

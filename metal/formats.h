@@ -8,7 +8,9 @@
 //                  (x.v4(i): four of them at once, 16-byte aligned); x is an input view below
 // Kernels template over these (embed, matvec, gemm), so a new format is one struct here plus a
 // line of instantiations per kernel. Block layouts come from cpp/cpu/formats/blocks.h, the
-// same header the CPU kernels use; scales are raw half bits there, read with as_type.
+// same header the CPU kernels use; scales are raw half bits there, read with as_type. BYTES is
+// the size of that layout, which the host build checks against the GGML type table
+// (cpp/engine/ggml_types.h): no block size is written down here.
 #pragma once
 
 #include <metal_stdlib>
@@ -72,7 +74,7 @@ struct fmt_bf16 {
 
 // d * q, q int8.
 struct fmt_q8_0 {
-    enum { BLOCK = 32, BYTES = 34, VEC = 0 };
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ8_0), VEC = 0 };
     static inline float get_in_block(device const uchar* p, int j) {
         device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)p;
         return half_bits(b->d) * float(b->qs[j]);
@@ -121,7 +123,7 @@ struct q5_values {
 
 // d * (q - 8)
 struct fmt_q4_0 {
-    enum { BLOCK = 32, BYTES = 18, VEC = 0 };
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ4_0), VEC = 0 };
     static inline float get_in_block(device const uchar* p, int j) {
         device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)p;
         return half_bits(b->d) * float(nibble(b->qs, j) - 8);
@@ -139,7 +141,7 @@ struct fmt_q4_0 {
 
 // d * q + m
 struct fmt_q4_1 {
-    enum { BLOCK = 32, BYTES = 20, VEC = 0 };
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ4_1), VEC = 0 };
     static inline float get_in_block(device const uchar* p, int j) {
         device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)p;
         return half_bits(b->d) * float(nibble(b->qs, j)) + half_bits(b->m);
@@ -157,7 +159,7 @@ struct fmt_q4_1 {
 
 // d * (q - 16)
 struct fmt_q5_0 {
-    enum { BLOCK = 32, BYTES = 22, VEC = 0 };
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ5_0), VEC = 0 };
     static inline float get_in_block(device const uchar* p, int j) {
         device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)p;
         return half_bits(b->d) * float(q5_values::value(nibble(b->qs, j), qh_bits(b->qh), j) - 16);
@@ -175,7 +177,7 @@ struct fmt_q5_0 {
 
 // d * q + m
 struct fmt_q5_1 {
-    enum { BLOCK = 32, BYTES = 24, VEC = 0 };
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ5_1), VEC = 0 };
     static inline float get_in_block(device const uchar* p, int j) {
         device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)p;
         return half_bits(b->d) * float(q5_values::value(nibble(b->qs, j), qh_bits(b->qh), j)) + half_bits(b->m);
@@ -205,7 +207,7 @@ inline int2 k4_scale_min(device const uchar* s, int j) {
 // (d * sc) * q - dmin * m, q in 0..15: sub-block 2c in the low nibbles of qs[32c ..], 2c + 1 in
 // the high nibbles.
 struct fmt_q4_k {
-    enum { BLOCK = 32, BYTES = 144, VEC = 0 };
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ4_K), VEC = 0 };
     static inline float get(device const uchar* row, int i) {
         device const metallic::BlockQ4_K* b = (device const metallic::BlockQ4_K*)(row + (i / 256) * BYTES);
         const int e = i % 256, s = e / 32, l = e % 32;
@@ -230,7 +232,7 @@ struct fmt_q4_k {
 
 // Q4_K plus bit 4 of element l of sub-block s in bit s of qh[l].
 struct fmt_q5_k {
-    enum { BLOCK = 32, BYTES = 176, VEC = 0 };
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ5_K), VEC = 0 };
     static inline float get(device const uchar* row, int i) {
         device const metallic::BlockQ5_K* b = (device const metallic::BlockQ5_K*)(row + (i / 256) * BYTES);
         const int e = i % 256, s = e / 32, l = e % 32;
@@ -266,7 +268,7 @@ inline int q6_k_value(device const metallic::BlockQ6_K* b, int e) {
 }
 
 struct fmt_q6_k {
-    enum { BLOCK = 32, BYTES = 210, VEC = 0 };
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ6_K), VEC = 0 };
     static inline float get(device const uchar* row, int i) {
         device const metallic::BlockQ6_K* b = (device const metallic::BlockQ6_K*)(row + (i / 256) * BYTES);
         const int e = i % 256;
@@ -287,7 +289,7 @@ struct fmt_q6_k {
 // (d * (scales[i] & 15)) * q - dmin * (scales[i] >> 4) for sub-block i = e / 16 of 16 elements,
 // q in 0..3: element e = 128h + 32k + l is bits 2k..2k + 1 of qs[32h + l].
 struct fmt_q2_k {
-    enum { BLOCK = 32, BYTES = 84, VEC = 0 };
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ2_K), VEC = 0 };
     static inline float value(device const metallic::BlockQ2_K* b, int e) {
         const int q = (b->qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
         const uchar sc = b->scales[e / 16];
@@ -327,7 +329,7 @@ inline int q3_k_scale(device const uchar* s, int i) {
 }
 
 struct fmt_q3_k {
-    enum { BLOCK = 32, BYTES = 110, VEC = 0 };
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ3_K), VEC = 0 };
     static inline int code(device const metallic::BlockQ3_K* b, int e) {
         const int q = (b->qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
         return q - (((b->hmask[e % 32] >> (e / 32)) & 1) ? 0 : 4);

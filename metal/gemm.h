@@ -1,11 +1,12 @@
 // Matrix-matrix product for prefill, any weight format F (formats.h), on simdgroup_matrix 8x8:
 //     out[t][r] = dot(W[r], x[t]) (+ bias[r]) (+ out[t][r]),  x: n_tokens x cols floats.
 //
-// A threadgroup of 4 simdgroups computes a 32 (tokens) x 32 (rows) tile of out. Per K step of 32
-// the 128 threads copy a 32x32 tile of x and of W (dequantized to float, transposed to K x N,
-// zero beyond the edges) into threadgroup memory; each simdgroup multiplies its 16x16 quarter as
-// 2x2 8x8 blocks. The result goes through threadgroup memory, so ragged edges and the epilogue
-// (bias, residual) are plain per-element stores.
+// A threadgroup of 4 simdgroups (GEMM_THREADS = 128 threads, args.h) computes a 32 (tokens) x 32
+// (rows) tile of out (GEMM_TILE = 32). Per K step of 32 the threads copy a 32x32 tile of x and of
+// W (dequantized to float, transposed to K x N, zero beyond the edges) into threadgroup memory;
+// each simdgroup multiplies its 16x16 quarter as 2x2 8x8 blocks. The result goes through
+// threadgroup memory, so ragged edges and the epilogue (bias, residual) are plain per-element
+// stores.
 #pragma once
 
 #include <metal_stdlib>
@@ -14,7 +15,8 @@
 
 using namespace metal;
 
-constant constexpr int GEMM_TILE = 32;
+// The simdgroup layout below (4 simdgroups, each a 16x16 quarter of the tile) is written for these.
+static_assert(GEMM_TILE == 32 && GEMM_THREADS == 128, "gemm: tile and threadgroup size of args.h");
 
 template <typename F>
 kernel void gemm(constant LinearArgs& args [[buffer(0)]],
@@ -39,7 +41,7 @@ kernel void gemm(constant LinearArgs& args [[buffer(0)]],
 
     for (int k0 = 0; k0 < K; k0 += GEMM_TILE) {
         // 128 threads copy 1024 elements of each tile: 8 each, dequantizing W on the way.
-        for (int e = int(tid); e < GEMM_TILE * GEMM_TILE; e += 128) {
+        for (int e = int(tid); e < GEMM_TILE * GEMM_TILE; e += GEMM_THREADS) {
             const int r = e / GEMM_TILE, c = e % GEMM_TILE;
             const int k = k0 + c;
             const bool kin = k < K;
@@ -63,7 +65,7 @@ kernel void gemm(constant LinearArgs& args [[buffer(0)]],
         for (int j = 0; j < 2; ++j)
             simdgroup_store(acc[i][j], cs + (sm + i * 8) * GEMM_TILE + sn + j * 8, GEMM_TILE);
     threadgroup_barrier(mem_flags::mem_threadgroup);
-    for (int e = int(tid); e < GEMM_TILE * GEMM_TILE; e += 128) {
+    for (int e = int(tid); e < GEMM_TILE * GEMM_TILE; e += GEMM_THREADS) {
         const int t = e / GEMM_TILE, r = e % GEMM_TILE;
         if (t0 + t < args.n_tokens && r0 + r < args.rows) {
             device float* o = out + uint64_t(t0 + t) * args.out_stride + r0 + r;

@@ -1,5 +1,6 @@
 // Matrix-matrix (prefill) instantiations, one per weight format; the kernel is in gemm.h.
-// Host: 128 threads per threadgroup, grid = (ceil(rows / 32), ceil(tokens / 32)).
+// Host: GEMM_THREADS threads per threadgroup, grid = (ceil(rows / GEMM_TILE), ceil(tokens / GEMM_TILE))
+// (args.h).
 #include "gemm.h"
 
 template [[host_name("gemm_f32")]] [[kernel]] decltype(gemm<fmt_f32>) gemm<fmt_f32>;

@@ -1,7 +1,8 @@
 // Matrix-vector products for decode, any weight format F (formats.h):
 //     out[t][r] = dot(W[r], x[t]) (+ bias[r]) (+ out[t][r])
 //
-// One simdgroup per NR consecutive rows, several simdgroups per threadgroup, grid.y = tokens.
+// One simdgroup per NR consecutive rows (NR = MATVEC_NR of args.h, which the host's grid assumes),
+// several simdgroups per threadgroup, grid.y = tokens.
 // Lanes take the format's units in turn (unit b goes to lane b % 32): a unit is one 16-byte load
 // for the float formats and a 32-element block or sub-block for the quantized ones, dotted with
 // the matching x. Every lane accumulates its NR partial sums; one simd_sum per row folds them at
@@ -55,7 +56,8 @@ inline void matvec_dots(device const uchar* w, uint64_t row_bytes, int nr, int c
 
     // Whole units with vector loads of x need x rows 16-byte aligned (the host binds x at
     // 16-byte aligned offsets) and, for the float formats, rows of W too (the matrix start is:
-    // GGUF aligns tensors to 32 bytes). Quantized blocks are read piecewise: no alignment needed.
+    // the host refuses a float matrix that is not 16-byte aligned in the file). Quantized blocks
+    // are read piecewise: no alignment needed.
     const bool aligned = x_aligned && (int(F::VEC) == 0 || row_bytes % 16 == 0);
     const int nb = aligned ? cols / int(F::BLOCK) : 0;
     for (int b = int(lane); b < nb; b += 32) {
@@ -134,6 +136,7 @@ kernel void matvec(constant LinearArgs& args [[buffer(0)]],
                    uint lane [[thread_index_in_simdgroup]],
                    uint sg [[simdgroup_index_in_threadgroup]],
                    uint nsg [[simdgroups_per_threadgroup]]) {
+    static_assert(NR == MATVEC_NR, "matvec: the host launches MATVEC_NR rows per simdgroup (args.h)");
     const int row0 = int((tgpig.x * nsg + sg) * NR);
     if (row0 >= args.rows) return;  // uniform across the simdgroup
     const int nr = min(NR, args.rows - row0);
@@ -147,8 +150,8 @@ kernel void matvec(constant LinearArgs& args [[buffer(0)]],
         if (lane == 0 && r < nr) linear_store(out, bias, row0 + r, args.flags, sums[r]);
 }
 
-// Threadgroups first_tg[j] .. first_tg[j + 1] - 1 work on job j. Unused jobs' buffers are bound
-// to job 0's.
+// Threadgroups first_tg[j] .. first_tg[j + 1] - 1 work on job j. Unused jobs' weights are bound
+// to some weight buffer and their out and bias to job 0's out; none of them is read.
 template <typename F, int NR>
 kernel void matvec_jobs(constant LinearJobsArgs& args [[buffer(0)]],
                         device const uchar* w0 [[buffer(1)]],
@@ -166,6 +169,7 @@ kernel void matvec_jobs(constant LinearJobsArgs& args [[buffer(0)]],
                         uint lane [[thread_index_in_simdgroup]],
                         uint sg [[simdgroup_index_in_threadgroup]],
                         uint nsg [[simdgroups_per_threadgroup]]) {
+    static_assert(NR == MATVEC_NR, "matvec_jobs: the host launches MATVEC_NR rows per simdgroup (args.h)");
     const int job = int(tg) >= args.first_tg[2] ? 2 : (int(tg) >= args.first_tg[1] ? 1 : 0);
     const int rows = args.rows[job];
     const int row0 = int((int(tg) - args.first_tg[job]) * int(nsg) + int(sg)) * NR;
@@ -195,6 +199,7 @@ kernel void matvec_glu(constant LinearArgs& args [[buffer(0)]],
                        uint lane [[thread_index_in_simdgroup]],
                        uint sg [[simdgroup_index_in_threadgroup]],
                        uint nsg [[simdgroups_per_threadgroup]]) {
+    static_assert(NR == MATVEC_NR, "matvec_glu: the host launches MATVEC_NR rows per simdgroup (args.h)");
     const int row0 = int((tgpig.x * nsg + sg) * NR);
     if (row0 >= args.rows) return;  // uniform across the simdgroup
     const int nr = min(NR, args.rows - row0);

@@ -1,45 +1,45 @@
 // Matrix-vector instantiations, one per weight format; the kernel is in matvec.h.
-// Host: threadgroup = 32 * nsg threads, grid = (ceil(rows / (nsg * 2)), tokens). matvec_glu_*
-// need the function constant 1 (GELU or SiLU); matvec_jobs_* take grid = (total threadgroups of
-// up to three jobs) with one token.
+// Host: threadgroup = 32 * nsg threads, grid = (ceil(rows / (nsg * MATVEC_NR)), tokens). All
+// need the function constants 2 (MATVEC_NORM) and 3 (MATVEC_EPS), matvec_glu_* also 1 (GELU or
+// SiLU); matvec_jobs_* take grid = (total threadgroups of up to three jobs) with one token.
 #include "matvec.h"
 
-template [[host_name("matvec_f32")]] [[kernel]] decltype(matvec<fmt_f32, 2>) matvec<fmt_f32, 2>;
-template [[host_name("matvec_f16")]] [[kernel]] decltype(matvec<fmt_f16, 2>) matvec<fmt_f16, 2>;
-template [[host_name("matvec_bf16")]] [[kernel]] decltype(matvec<fmt_bf16, 2>) matvec<fmt_bf16, 2>;
-template [[host_name("matvec_q8_0")]] [[kernel]] decltype(matvec<fmt_q8_0, 2>) matvec<fmt_q8_0, 2>;
-template [[host_name("matvec_q4_0")]] [[kernel]] decltype(matvec<fmt_q4_0, 2>) matvec<fmt_q4_0, 2>;
-template [[host_name("matvec_q4_1")]] [[kernel]] decltype(matvec<fmt_q4_1, 2>) matvec<fmt_q4_1, 2>;
-template [[host_name("matvec_q5_0")]] [[kernel]] decltype(matvec<fmt_q5_0, 2>) matvec<fmt_q5_0, 2>;
-template [[host_name("matvec_q5_1")]] [[kernel]] decltype(matvec<fmt_q5_1, 2>) matvec<fmt_q5_1, 2>;
-template [[host_name("matvec_q4_k")]] [[kernel]] decltype(matvec<fmt_q4_k, 2>) matvec<fmt_q4_k, 2>;
-template [[host_name("matvec_q5_k")]] [[kernel]] decltype(matvec<fmt_q5_k, 2>) matvec<fmt_q5_k, 2>;
-template [[host_name("matvec_q6_k")]] [[kernel]] decltype(matvec<fmt_q6_k, 2>) matvec<fmt_q6_k, 2>;
-template [[host_name("matvec_glu_f32")]] [[kernel]] decltype(matvec_glu<fmt_f32, 2>) matvec_glu<fmt_f32, 2>;
-template [[host_name("matvec_glu_f16")]] [[kernel]] decltype(matvec_glu<fmt_f16, 2>) matvec_glu<fmt_f16, 2>;
-template [[host_name("matvec_glu_bf16")]] [[kernel]] decltype(matvec_glu<fmt_bf16, 2>) matvec_glu<fmt_bf16, 2>;
-template [[host_name("matvec_glu_q8_0")]] [[kernel]] decltype(matvec_glu<fmt_q8_0, 2>) matvec_glu<fmt_q8_0, 2>;
-template [[host_name("matvec_glu_q4_0")]] [[kernel]] decltype(matvec_glu<fmt_q4_0, 2>) matvec_glu<fmt_q4_0, 2>;
-template [[host_name("matvec_glu_q4_1")]] [[kernel]] decltype(matvec_glu<fmt_q4_1, 2>) matvec_glu<fmt_q4_1, 2>;
-template [[host_name("matvec_glu_q5_0")]] [[kernel]] decltype(matvec_glu<fmt_q5_0, 2>) matvec_glu<fmt_q5_0, 2>;
-template [[host_name("matvec_glu_q5_1")]] [[kernel]] decltype(matvec_glu<fmt_q5_1, 2>) matvec_glu<fmt_q5_1, 2>;
-template [[host_name("matvec_glu_q4_k")]] [[kernel]] decltype(matvec_glu<fmt_q4_k, 2>) matvec_glu<fmt_q4_k, 2>;
-template [[host_name("matvec_glu_q5_k")]] [[kernel]] decltype(matvec_glu<fmt_q5_k, 2>) matvec_glu<fmt_q5_k, 2>;
-template [[host_name("matvec_glu_q6_k")]] [[kernel]] decltype(matvec_glu<fmt_q6_k, 2>) matvec_glu<fmt_q6_k, 2>;
-template [[host_name("matvec_jobs_f32")]] [[kernel]] decltype(matvec_jobs<fmt_f32, 2>) matvec_jobs<fmt_f32, 2>;
-template [[host_name("matvec_jobs_f16")]] [[kernel]] decltype(matvec_jobs<fmt_f16, 2>) matvec_jobs<fmt_f16, 2>;
-template [[host_name("matvec_jobs_bf16")]] [[kernel]] decltype(matvec_jobs<fmt_bf16, 2>) matvec_jobs<fmt_bf16, 2>;
-template [[host_name("matvec_jobs_q8_0")]] [[kernel]] decltype(matvec_jobs<fmt_q8_0, 2>) matvec_jobs<fmt_q8_0, 2>;
-template [[host_name("matvec_jobs_q4_0")]] [[kernel]] decltype(matvec_jobs<fmt_q4_0, 2>) matvec_jobs<fmt_q4_0, 2>;
-template [[host_name("matvec_jobs_q4_1")]] [[kernel]] decltype(matvec_jobs<fmt_q4_1, 2>) matvec_jobs<fmt_q4_1, 2>;
-template [[host_name("matvec_jobs_q5_0")]] [[kernel]] decltype(matvec_jobs<fmt_q5_0, 2>) matvec_jobs<fmt_q5_0, 2>;
-template [[host_name("matvec_jobs_q5_1")]] [[kernel]] decltype(matvec_jobs<fmt_q5_1, 2>) matvec_jobs<fmt_q5_1, 2>;
-template [[host_name("matvec_jobs_q4_k")]] [[kernel]] decltype(matvec_jobs<fmt_q4_k, 2>) matvec_jobs<fmt_q4_k, 2>;
-template [[host_name("matvec_jobs_q5_k")]] [[kernel]] decltype(matvec_jobs<fmt_q5_k, 2>) matvec_jobs<fmt_q5_k, 2>;
-template [[host_name("matvec_jobs_q6_k")]] [[kernel]] decltype(matvec_jobs<fmt_q6_k, 2>) matvec_jobs<fmt_q6_k, 2>;
-template [[host_name("matvec_q2_k")]] [[kernel]] decltype(matvec<fmt_q2_k, 2>) matvec<fmt_q2_k, 2>;
-template [[host_name("matvec_q3_k")]] [[kernel]] decltype(matvec<fmt_q3_k, 2>) matvec<fmt_q3_k, 2>;
-template [[host_name("matvec_jobs_q2_k")]] [[kernel]] decltype(matvec_jobs<fmt_q2_k, 2>) matvec_jobs<fmt_q2_k, 2>;
-template [[host_name("matvec_jobs_q3_k")]] [[kernel]] decltype(matvec_jobs<fmt_q3_k, 2>) matvec_jobs<fmt_q3_k, 2>;
-template [[host_name("matvec_glu_q2_k")]] [[kernel]] decltype(matvec_glu<fmt_q2_k, 2>) matvec_glu<fmt_q2_k, 2>;
-template [[host_name("matvec_glu_q3_k")]] [[kernel]] decltype(matvec_glu<fmt_q3_k, 2>) matvec_glu<fmt_q3_k, 2>;
+template [[host_name("matvec_f32")]] [[kernel]] decltype(matvec<fmt_f32, MATVEC_NR>) matvec<fmt_f32, MATVEC_NR>;
+template [[host_name("matvec_f16")]] [[kernel]] decltype(matvec<fmt_f16, MATVEC_NR>) matvec<fmt_f16, MATVEC_NR>;
+template [[host_name("matvec_bf16")]] [[kernel]] decltype(matvec<fmt_bf16, MATVEC_NR>) matvec<fmt_bf16, MATVEC_NR>;
+template [[host_name("matvec_q8_0")]] [[kernel]] decltype(matvec<fmt_q8_0, MATVEC_NR>) matvec<fmt_q8_0, MATVEC_NR>;
+template [[host_name("matvec_q4_0")]] [[kernel]] decltype(matvec<fmt_q4_0, MATVEC_NR>) matvec<fmt_q4_0, MATVEC_NR>;
+template [[host_name("matvec_q4_1")]] [[kernel]] decltype(matvec<fmt_q4_1, MATVEC_NR>) matvec<fmt_q4_1, MATVEC_NR>;
+template [[host_name("matvec_q5_0")]] [[kernel]] decltype(matvec<fmt_q5_0, MATVEC_NR>) matvec<fmt_q5_0, MATVEC_NR>;
+template [[host_name("matvec_q5_1")]] [[kernel]] decltype(matvec<fmt_q5_1, MATVEC_NR>) matvec<fmt_q5_1, MATVEC_NR>;
+template [[host_name("matvec_q4_k")]] [[kernel]] decltype(matvec<fmt_q4_k, MATVEC_NR>) matvec<fmt_q4_k, MATVEC_NR>;
+template [[host_name("matvec_q5_k")]] [[kernel]] decltype(matvec<fmt_q5_k, MATVEC_NR>) matvec<fmt_q5_k, MATVEC_NR>;
+template [[host_name("matvec_q6_k")]] [[kernel]] decltype(matvec<fmt_q6_k, MATVEC_NR>) matvec<fmt_q6_k, MATVEC_NR>;
+template [[host_name("matvec_glu_f32")]] [[kernel]] decltype(matvec_glu<fmt_f32, MATVEC_NR>) matvec_glu<fmt_f32, MATVEC_NR>;
+template [[host_name("matvec_glu_f16")]] [[kernel]] decltype(matvec_glu<fmt_f16, MATVEC_NR>) matvec_glu<fmt_f16, MATVEC_NR>;
+template [[host_name("matvec_glu_bf16")]] [[kernel]] decltype(matvec_glu<fmt_bf16, MATVEC_NR>) matvec_glu<fmt_bf16, MATVEC_NR>;
+template [[host_name("matvec_glu_q8_0")]] [[kernel]] decltype(matvec_glu<fmt_q8_0, MATVEC_NR>) matvec_glu<fmt_q8_0, MATVEC_NR>;
+template [[host_name("matvec_glu_q4_0")]] [[kernel]] decltype(matvec_glu<fmt_q4_0, MATVEC_NR>) matvec_glu<fmt_q4_0, MATVEC_NR>;
+template [[host_name("matvec_glu_q4_1")]] [[kernel]] decltype(matvec_glu<fmt_q4_1, MATVEC_NR>) matvec_glu<fmt_q4_1, MATVEC_NR>;
+template [[host_name("matvec_glu_q5_0")]] [[kernel]] decltype(matvec_glu<fmt_q5_0, MATVEC_NR>) matvec_glu<fmt_q5_0, MATVEC_NR>;
+template [[host_name("matvec_glu_q5_1")]] [[kernel]] decltype(matvec_glu<fmt_q5_1, MATVEC_NR>) matvec_glu<fmt_q5_1, MATVEC_NR>;
+template [[host_name("matvec_glu_q4_k")]] [[kernel]] decltype(matvec_glu<fmt_q4_k, MATVEC_NR>) matvec_glu<fmt_q4_k, MATVEC_NR>;
+template [[host_name("matvec_glu_q5_k")]] [[kernel]] decltype(matvec_glu<fmt_q5_k, MATVEC_NR>) matvec_glu<fmt_q5_k, MATVEC_NR>;
+template [[host_name("matvec_glu_q6_k")]] [[kernel]] decltype(matvec_glu<fmt_q6_k, MATVEC_NR>) matvec_glu<fmt_q6_k, MATVEC_NR>;
+template [[host_name("matvec_jobs_f32")]] [[kernel]] decltype(matvec_jobs<fmt_f32, MATVEC_NR>) matvec_jobs<fmt_f32, MATVEC_NR>;
+template [[host_name("matvec_jobs_f16")]] [[kernel]] decltype(matvec_jobs<fmt_f16, MATVEC_NR>) matvec_jobs<fmt_f16, MATVEC_NR>;
+template [[host_name("matvec_jobs_bf16")]] [[kernel]] decltype(matvec_jobs<fmt_bf16, MATVEC_NR>) matvec_jobs<fmt_bf16, MATVEC_NR>;
+template [[host_name("matvec_jobs_q8_0")]] [[kernel]] decltype(matvec_jobs<fmt_q8_0, MATVEC_NR>) matvec_jobs<fmt_q8_0, MATVEC_NR>;
+template [[host_name("matvec_jobs_q4_0")]] [[kernel]] decltype(matvec_jobs<fmt_q4_0, MATVEC_NR>) matvec_jobs<fmt_q4_0, MATVEC_NR>;
+template [[host_name("matvec_jobs_q4_1")]] [[kernel]] decltype(matvec_jobs<fmt_q4_1, MATVEC_NR>) matvec_jobs<fmt_q4_1, MATVEC_NR>;
+template [[host_name("matvec_jobs_q5_0")]] [[kernel]] decltype(matvec_jobs<fmt_q5_0, MATVEC_NR>) matvec_jobs<fmt_q5_0, MATVEC_NR>;
+template [[host_name("matvec_jobs_q5_1")]] [[kernel]] decltype(matvec_jobs<fmt_q5_1, MATVEC_NR>) matvec_jobs<fmt_q5_1, MATVEC_NR>;
+template [[host_name("matvec_jobs_q4_k")]] [[kernel]] decltype(matvec_jobs<fmt_q4_k, MATVEC_NR>) matvec_jobs<fmt_q4_k, MATVEC_NR>;
+template [[host_name("matvec_jobs_q5_k")]] [[kernel]] decltype(matvec_jobs<fmt_q5_k, MATVEC_NR>) matvec_jobs<fmt_q5_k, MATVEC_NR>;
+template [[host_name("matvec_jobs_q6_k")]] [[kernel]] decltype(matvec_jobs<fmt_q6_k, MATVEC_NR>) matvec_jobs<fmt_q6_k, MATVEC_NR>;
+template [[host_name("matvec_q2_k")]] [[kernel]] decltype(matvec<fmt_q2_k, MATVEC_NR>) matvec<fmt_q2_k, MATVEC_NR>;
+template [[host_name("matvec_q3_k")]] [[kernel]] decltype(matvec<fmt_q3_k, MATVEC_NR>) matvec<fmt_q3_k, MATVEC_NR>;
+template [[host_name("matvec_jobs_q2_k")]] [[kernel]] decltype(matvec_jobs<fmt_q2_k, MATVEC_NR>) matvec_jobs<fmt_q2_k, MATVEC_NR>;
+template [[host_name("matvec_jobs_q3_k")]] [[kernel]] decltype(matvec_jobs<fmt_q3_k, MATVEC_NR>) matvec_jobs<fmt_q3_k, MATVEC_NR>;
+template [[host_name("matvec_glu_q2_k")]] [[kernel]] decltype(matvec_glu<fmt_q2_k, MATVEC_NR>) matvec_glu<fmt_q2_k, MATVEC_NR>;
+template [[host_name("matvec_glu_q3_k")]] [[kernel]] decltype(matvec_glu<fmt_q3_k, MATVEC_NR>) matvec_glu<fmt_q3_k, MATVEC_NR>;

@@ -1,24 +1,21 @@
-// Rotary position embedding and the KV-cache write.
+// Rotary position embedding fused with the KV-cache write, for the attention block's q, k and v:
+// rope_store_kv_f16 / _f32 (the cache's type).
 //
-// rope: in place on rows of n_heads heads at positions pos0 + t; grid (tokens, heads), one
-// thread per rotated pair. The pair layout is a function constant (the model fixes it):
+// Grid (tokens, n_heads + n_kv_heads); threadgroups of the first n_heads rotate a head of q in
+// place, the others a head of k, which they also write to the cache (bound at the layer's
+// offset) with the matching head of v: cache[kv_head][pos0 + t][:] = k[t][kv_head][:]. One thread
+// per dimension (head_dim <= MAX_HEAD_DIM, args.h): each computes its rotated value from the
+// originals, then (after a barrier: the rotation reads the partner dimension) writes it. For
+// qk-norm models (Qwen3, Gemma 3) the head is RMS-normalized first, in the same pass.
+//
+// The pair layout is a function constant (the model fixes it):
 //   ROPE_NEOX = false: pairs (2i, 2i + 1) (llama.cpp's "normal" style)
 //   ROPE_NEOX = true:  pairs (i, i + rope_dims / 2)
 // inv_freq[i] is the angular frequency of pair i, scaling already applied by the host. The
 // angle is position * inv_freq in float, as on the CPU; precise:: keeps sin/cos accurate at
 // large angles (fast:: loses digits there).
 //
-// store_kv: cache[kv_head][pos0 + t][:] = k[t][kv_head][:], the same for v, converted to the
-// cache's type. The cache buffers are bound at the layer's offset.
-//
-// rope_store_kv: both in one dispatch, for the attention block's q, k and v: grid (tokens,
-// n_heads + n_kv_heads); threadgroups of the first n_heads rotate a head of q in place, the
-// others a head of k, which they also write to the cache with the matching head of v. One
-// thread per dimension: each computes its rotated value from the originals, then (after a
-// barrier: the rotation reads the partner dimension) writes it. For qk-norm models (Qwen3,
-// Gemma 3) the head is RMS-normalized first, in the same pass.
-//
-// The grids are 2-D and the threadgroups 1-D: a thread's index is tpitg.x. Every position or
+// The grid is 2-D and the threadgroups 1-D: a thread's index is tpitg.x. Every position or
 // size attribute of a kernel is uint2, since MSL wants them all of one width (.ci/check_msl.py).
 #include <metal_stdlib>
 #include "args.h"
@@ -26,45 +23,6 @@
 using namespace metal;
 
 constant bool ROPE_NEOX [[function_constant(0)]];
-
-kernel void rope(constant RopeArgs& args [[buffer(0)]],
-                 device float* x [[buffer(1)]],
-                 device const float* inv_freq [[buffer(2)]],
-                 uint2 tgpig [[threadgroup_position_in_grid]],
-                 uint2 tpitg [[thread_position_in_threadgroup]]) {
-    const uint i = tpitg.x;
-    const int half_dims = args.rope_dims / 2;
-    if (int(i) >= half_dims) return;
-    const uint t = tgpig.x, h = tgpig.y;
-    device float* xh = x + (uint64_t(t) * uint64_t(args.n_heads) + h) * uint64_t(args.head_dim);
-    const float theta = float(args.pos0 + int(t)) * inv_freq[i];
-    const float c = precise::cos(theta), s = precise::sin(theta);
-    const int ia = ROPE_NEOX ? int(i) : 2 * int(i);
-    const int ib = ROPE_NEOX ? int(i) + half_dims : 2 * int(i) + 1;
-    const float a = xh[ia], b = xh[ib];
-    xh[ia] = a * c - b * s;
-    xh[ib] = a * s + b * c;
-}
-
-template <typename KV>
-kernel void store_kv(constant StoreKvArgs& args [[buffer(0)]],
-                     device const float* k [[buffer(1)]],
-                     device const float* v [[buffer(2)]],
-                     device KV* k_cache [[buffer(3)]],
-                     device KV* v_cache [[buffer(4)]],
-                     uint2 tgpig [[threadgroup_position_in_grid]],
-                     uint2 tpitg [[thread_position_in_threadgroup]],
-                     uint2 tptg [[threads_per_threadgroup]]) {
-    const uint tid = tpitg.x, ntg = tptg.x;
-    const uint t = tgpig.x, h = tgpig.y;
-    const uint64_t hd = uint64_t(args.head_dim);
-    const uint64_t src = (uint64_t(t) * uint64_t(args.n_kv_heads) + h) * hd;
-    const uint64_t dst = (uint64_t(h) * uint64_t(args.n_ctx) + uint64_t(args.pos0) + t) * hd;
-    for (uint i = tid; i < hd; i += ntg) {
-        k_cache[dst + i] = KV(k[src + i]);
-        v_cache[dst + i] = KV(v[src + i]);
-    }
-}
 
 template <typename KV>
 kernel void rope_store_kv(constant RopeKvArgs& args [[buffer(0)]],
@@ -81,7 +39,7 @@ kernel void rope_store_kv(constant RopeKvArgs& args [[buffer(0)]],
                           uint lane [[thread_index_in_simdgroup]],
                           uint sg [[simdgroup_index_in_threadgroup]],
                           uint nsg [[simdgroups_per_threadgroup]]) {
-    threadgroup float partial[8];  // head_dim <= 256: at most 8 simdgroups
+    threadgroup float partial[MAX_HEAD_DIM / 32];  // one per simdgroup
     const uint i = tpitg.x;
     const uint t = tgpig.x, head = tgpig.y;
     const int hd = args.head_dim;
@@ -133,5 +91,3 @@ kernel void rope_store_kv(constant RopeKvArgs& args [[buffer(0)]],
 
 template [[host_name("rope_store_kv_f16")]] [[kernel]] decltype(rope_store_kv<half>) rope_store_kv<half>;
 template [[host_name("rope_store_kv_f32")]] [[kernel]] decltype(rope_store_kv<float>) rope_store_kv<float>;
-template [[host_name("store_kv_f16")]] [[kernel]] decltype(store_kv<half>) store_kv<half>;
-template [[host_name("store_kv_f32")]] [[kernel]] decltype(store_kv<float>) store_kv<float>;

@@ -1,6 +1,8 @@
 """Helpers for running metal/*.metal kernels through the CPU simulator from pytest."""
 
+import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,13 @@ if not hasattr(core, "sim_dispatch"):
     )
 
 
+def kernel_shape(name):
+    """A launch constant of metal/args.h (enum KernelShape): the kernels are written for it and
+    the backend launches with it, so tests and benchmarks read it from there too."""
+    text = (Path(__file__).resolve().parents[1] / "metal" / "args.h").read_text()
+    return int(re.search(rf"^\s*{name} = (\d+),", text, re.M).group(1))
+
+
 def args(fmt, *values):
     """Packs an argument struct of metal/args.h (little-endian, explicit padding in fmt)."""
     return np.frombuffer(bytearray(struct.pack("<" + fmt, *values)), dtype=np.uint8).copy()
@@ -19,12 +28,6 @@ def args(fmt, *values):
 
 def ceil_div(a, b):
     return (a + b - 1) // b
-
-
-def nmse(got, ref):
-    ref = np.asarray(ref, dtype=np.float64)
-    got = np.asarray(got, dtype=np.float64)
-    return float(np.sum((got - ref) ** 2) / max(np.sum(ref**2), 1e-30))
 
 
 # ---- host-side launch helpers (what the Metal backend will do) -------------------------------
@@ -35,11 +38,4 @@ def rmsnorm(x, w, eps, tg=256):
     out = np.zeros_like(x)
     kname = "rmsnorm_f16" if w.dtype == np.float16 else "rmsnorm_f32"
     core.sim_dispatch(kname, [args("ifQQ", d, eps, d, d), x, w, out], [n], [tg])
-    return out
-
-
-def argmax(x, tg=1024):
-    rows, n = x.shape
-    out = np.full(rows, -1, np.int32)
-    core.sim_dispatch("argmax_f32", [args("iiQ", n, 0, n), x, out], [rows], [tg])
     return out

@@ -184,10 +184,17 @@ def test_prompt_longer_than_context(small_gguf: Path) -> None:
 
 def test_token_out_of_range(small_gguf: Path) -> None:
     m = metallic.load(small_gguf, n_ctx=16)
-    with pytest.raises(ContextError, match="token id 300 is outside the vocabulary of 300"):
-        m.decode(300)
-    with pytest.raises(ContextError, match="token id -1"):
-        m.prefill([1, -1])
+    for call, bad in (
+        (lambda: m.decode(300), "300 is outside the vocabulary of 300"),
+        (lambda: m.prefill([1, -1]), "-1 is outside"),
+    ):
+        with pytest.raises(metallic.errors.RequestError, match=f"token id {bad}") as e:
+            call()
+        assert not isinstance(e.value, ContextError)  # no context could hold it: a bad request
+    engine = m._engine  # the core's own check, behind Python's, says the same
+    with pytest.raises(metallic.errors.RequestError, match="outside the vocabulary") as e:
+        engine.decode(300)
+    assert not isinstance(e.value, ContextError)
     with pytest.raises(metallic.errors.RequestError, match="integers"):  # a bad request, not
         m.prefill(np.array([1.5]))  # one that does not fit
     assert m.n_past == 0  # nothing ran

@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 
 import metallic  # noqa: E402
 from metallic import _core  # noqa: E402
+from op_cases import nmse
 from oracle.reference import dequantized_copy, greedy_continuation, reference_logits  # noqa: E402
 from oracle.tiny_models import VARIANTS, make_tiny_model, tiny_gguf, write_gguf  # noqa: E402
 from test_model_oracle import assert_close, greedy_mismatches, prompt  # noqa: E402
@@ -260,9 +261,6 @@ def test_prefill_all_stages_logits_in_groups() -> None:
     m = metallic.load(path, backend="cpu", n_ctx=160)
     ids = prompt(1000, n=150, seed=9)
     every = m.prefill_all(ids)
-
-    def nmse(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.mean((a - b) ** 2) / np.mean(b**2))
 
     # prefill() runs the output head for the last row alone (the single-token integer path),
     # prefill_all() for all rows as a batch (the float path): equal but for that rounding.

@@ -12,38 +12,50 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 
-from metal_sim_helpers import args, ceil_div, core, nmse
+from metal_sim_helpers import args, ceil_div, core, kernel_shape
+from op_cases import (
+    ATTENTION_CASES,
+    ELEMENTWISE_COUNTS,
+    ROPE_CASES,
+    attention_ref,
+    glu_ref,
+    nmse,
+    rope_ref,
+)
 
 rng = np.random.default_rng(4321)
 
-FORMATS = {  # kernel suffix -> GGML type
-    "f32": Q.F32,
-    "f16": Q.F16,
-    "bf16": Q.BF16,
-    "q8_0": Q.Q8_0,
-    "q4_0": Q.Q4_0,
-    "q4_1": Q.Q4_1,
-    "q5_0": Q.Q5_0,
-    "q5_1": Q.Q5_1,
-    "q2_k": Q.Q2_K,
-    "q3_k": Q.Q3_K,
-    "q4_k": Q.Q4_K,
-    "q5_k": Q.Q5_K,
-    "q6_k": Q.Q6_K,
-}
+
+MATVEC_THREADS = 128  # 4 simdgroups, as the backend launches the matvec family
+MATVEC_ROWS = 4 * kernel_shape("MATVEC_NR")  # rows per threadgroup
+GEMM_TILE, GEMM_THREADS = kernel_shape("GEMM_TILE"), kernel_shape("GEMM_THREADS")
+
+# Kernel suffix -> GGML type, for every format the CPU backend reads: the Metal backend takes the
+# same weights (cpp/metal/metal_backend.cpp names kernels by the lower-case type name), so each
+# needs its kernels (test_every_format_has_its_kernels).
+FORMATS = {name.lower(): Q[name] for name in core.supported_formats().split(", ")}
 FLOAT_FORMATS = ("f32", "f16", "bf16")
-K_QUANTS = {  # block bytes, offsets of the half scale fields
-    "q2_k": (84, (80, 82)),
-    "q3_k": (110, (108,)),
-    "q4_k": (144, (0, 2)),
-    "q5_k": (176, (0, 2)),
-    "q6_k": (210, (208,)),
+K_QUANTS = {  # offsets of the half scale fields in the block
+    "q2_k": (80, 82),
+    "q3_k": (108,),
+    "q4_k": (0, 2),
+    "q5_k": (0, 2),
+    "q6_k": (208,),
 }
+# The kernels the Metal backend builds for each weight format.
+FORMAT_KERNELS = ("embed", "gemm", "matvec", "matvec_jobs", "matvec_glu")
+
+
+def test_every_format_has_its_kernels():
+    missing = [f"{k}_{fmt}" for fmt in FORMATS for k in FORMAT_KERNELS]
+    missing = [name for name in missing if name not in core.sim_kernels()]
+    assert not missing, f"formats the CPU backend reads without Metal kernels: {missing}"
 
 
 def random_k_blocks(rows, cols, fmt):
     """gguf-py cannot quantize K-quants: random blocks with sane half scales stand in."""
-    nbytes, half_at = K_QUANTS[fmt]
+    half_at = K_QUANTS[fmt]
+    nbytes = gguf.GGML_QUANT_SIZES[FORMATS[fmt]][1]
     raw = rng.integers(0, 256, (rows, cols // 256, nbytes), dtype=np.uint8)
     for off in half_at:
         scale = (rng.uniform(0.5, 1.5, raw.shape[:2]) / 64).astype(np.float16)
@@ -77,10 +89,15 @@ def run_linear(kind, fmt, w_raw, x, out, bias, flags):
     if kind == "matvec":
         bufs.append(x)  # norm weight, unread without the fused norm
         core.sim_dispatch(
-            f"matvec_{fmt}", bufs, [ceil_div(rows, 8), n], [128], constants=matvec_constants()
+            f"matvec_{fmt}",
+            bufs,
+            [ceil_div(rows, MATVEC_ROWS), n],
+            [MATVEC_THREADS],
+            constants=matvec_constants(),
         )
     else:
-        core.sim_dispatch(f"gemm_{fmt}", bufs, [ceil_div(rows, 32), ceil_div(n, 32)], [128])
+        grid = [ceil_div(rows, GEMM_TILE), ceil_div(n, GEMM_TILE)]
+        core.sim_dispatch(f"gemm_{fmt}", bufs, grid, [GEMM_THREADS])
 
 
 def matvec_constants(gelu=False, norm_eps=None):
@@ -130,7 +147,7 @@ def test_matvec_jobs(fmt, n_jobs):
         if f & 2:
             want = want + out
         refs.append(want)
-    groups = [ceil_div(r, 8) for r in rows]
+    groups = [ceil_div(r, MATVEC_ROWS) for r in rows]
     first = np.concatenate([[0], np.cumsum(groups)]).tolist()
     first += [first[-1]] * (4 - len(first))
     pad = lambda v, fill: v + [fill] * (3 - len(v))  # noqa: E731
@@ -144,7 +161,7 @@ def test_matvec_jobs(fmt, n_jobs):
         x,
     ]
     core.sim_dispatch(
-        f"matvec_jobs_{fmt}", bufs, [sum(groups)], [128], constants=matvec_constants()
+        f"matvec_jobs_{fmt}", bufs, [sum(groups)], [MATVEC_THREADS], constants=matvec_constants()
     )
     for out, want in zip(outs, refs, strict=True):
         assert nmse(out, want) < 1e-10
@@ -168,19 +185,20 @@ def test_matvec_family_with_fused_rmsnorm(fmt):
     core.sim_dispatch(
         f"matvec_{fmt}",
         [linear_args(21, cols, 1, 0, g_raw.shape[1]), g_raw, x, out, out, nw],
-        [ceil_div(21, 8), 1],
-        [128],
+        [ceil_div(21, MATVEC_ROWS), 1],
+        [MATVEC_THREADS],
         constants=c,
     )
     assert nmse(out, h @ g_ref.T) < 1e-10
 
     outs = [np.full((1, 21), np.nan, np.float32), np.full((1, 9), np.nan, np.float32)]
-    a = args("ii3i3i4iQ", cols, 2, 21, 9, 0, 0, 0, 0, 0, 3, 5, 5, g_raw.shape[1])
+    g0, g1 = ceil_div(21, MATVEC_ROWS), ceil_div(9, MATVEC_ROWS)
+    a = args("ii3i3i4iQ", cols, 2, 21, 9, 0, 0, 0, 0, 0, g0, g0 + g1, g0 + g1, g_raw.shape[1])
     core.sim_dispatch(
         f"matvec_jobs_{fmt}",
         [a, g_raw, v_raw, g_raw, x, outs[0], outs[1], outs[0], outs[0], outs[0], outs[0], nw],
-        [5],
-        [128],
+        [g0 + g1],
+        [MATVEC_THREADS],
         constants=c,
     )
     assert nmse(outs[0], h @ g_ref.T) < 1e-10
@@ -190,8 +208,8 @@ def test_matvec_family_with_fused_rmsnorm(fmt):
     core.sim_dispatch(
         f"matvec_glu_{fmt}",
         [linear_args(21, cols, 1, 0, g_raw.shape[1]), g_raw, u_raw, x, out, nw],
-        [ceil_div(21, 8), 1],
-        [128],
+        [ceil_div(21, MATVEC_ROWS), 1],
+        [MATVEC_THREADS],
         constants=c,
     )
     gd, ud = h @ g_ref.T, h @ u_ref.T
@@ -227,63 +245,14 @@ def test_embed(fmt):
     np.testing.assert_array_equal(out, (ref[ids] * scale).astype(np.float32))
 
 
-def rope_ref(x, n_heads, head_dim, rope_dims, pos0, inv_freq, neox):
-    x = x.reshape(x.shape[0], n_heads, head_dim).astype(np.float64).copy()
-    half = rope_dims // 2
-    for t in range(x.shape[0]):
-        theta = np.float32(pos0 + t) * inv_freq.astype(np.float32)
-        c, s = np.cos(theta.astype(np.float64)), np.sin(theta.astype(np.float64))
-        ia = np.arange(half) if neox else 2 * np.arange(half)
-        ib = ia + half if neox else ia + 1
-        a, b = x[t][:, ia].copy(), x[t][:, ib].copy()
-        x[t][:, ia] = a * c - b * s
-        x[t][:, ib] = a * s + b * c
-    return x.reshape(x.shape[0], -1)
-
-
-@pytest.mark.parametrize("neox", [False, True])
-@pytest.mark.parametrize(
-    "n,n_heads,head_dim,rope_dims,pos0", [(1, 6, 16, 16, 0), (3, 2, 64, 32, 17), (5, 5, 12, 12, 40)]
-)
-def test_rope(neox, n, n_heads, head_dim, rope_dims, pos0):
-    x = rng.standard_normal((n, n_heads * head_dim)).astype(np.float32)
-    inv_freq = (10000.0 ** (-np.arange(0, rope_dims, 2) / rope_dims)).astype(np.float32)
-    ref = rope_ref(x, n_heads, head_dim, rope_dims, pos0, inv_freq, neox)
-    core.sim_dispatch(
-        "rope",
-        [args("iiii", n_heads, head_dim, rope_dims, pos0), x, inv_freq],
-        [n, n_heads],
-        [ceil_div(rope_dims // 2, 32) * 32],
-        constants={0: neox},
-    )
-    assert nmse(x, ref) < 1e-6
-
-
-@pytest.mark.parametrize("kv", [np.float16, np.float32])
-def test_store_kv(kv):
-    n_kv, hd, n_ctx, pos0, n = 3, 12, 20, 5, 4
-    k = rng.standard_normal((n, n_kv * hd)).astype(np.float32)
-    v = rng.standard_normal((n, n_kv * hd)).astype(np.float32)
-    kc = np.zeros((n_kv, n_ctx, hd), kv)
-    vc = np.zeros((n_kv, n_ctx, hd), kv)
-    name = "store_kv_f16" if kv == np.float16 else "store_kv_f32"
-    core.sim_dispatch(name, [args("iiii", n_kv, hd, n_ctx, pos0), k, v, kc, vc], [n, n_kv], [32])
-    want_k = np.zeros_like(kc)
-    want_k[:, pos0 : pos0 + n] = k.reshape(n, n_kv, hd).transpose(1, 0, 2).astype(kv)
-    want_v = np.zeros_like(vc)
-    want_v[:, pos0 : pos0 + n] = v.reshape(n, n_kv, hd).transpose(1, 0, 2).astype(kv)
-    np.testing.assert_array_equal(kc, want_k)
-    np.testing.assert_array_equal(vc, want_v)
-
-
 @pytest.mark.parametrize("kv", [np.float16, np.float32])
 @pytest.mark.parametrize("neox", [False, True])
 @pytest.mark.parametrize(
     "n,n_heads,n_kv,head_dim,rope_dims,pos0",
-    [(1, 6, 2, 16, 16, 7), (3, 5, 5, 12, 8, 0), (2, 4, 1, 256, 128, 30)],
+    [c for c in ROPE_CASES if c[5] < 8192],  # the cache holds pos0 + n positions
 )
 def test_rope_store_kv(kv, neox, n, n_heads, n_kv, head_dim, rope_dims, pos0):
-    n_ctx = 40
+    n_ctx = max(40, pos0 + n)
     q = rng.standard_normal((n, n_heads * head_dim)).astype(np.float32)
     k = rng.standard_normal((n, n_kv * head_dim)).astype(np.float32)
     v = rng.standard_normal((n, n_kv * head_dim)).astype(np.float32)
@@ -332,8 +301,8 @@ def test_matvec_glu(fmt, gelu):
         core.sim_dispatch(
             f"matvec_glu_{fmt}",
             [a, g_raw, u_raw, x, out, x],
-            [ceil_div(rows, 8), 1],
-            [128],
+            [ceil_div(rows, MATVEC_ROWS), 1],
+            [MATVEC_THREADS],
             constants=matvec_constants(gelu),
         )
         assert nmse(out, act * ud) < 1e-6, (rows, cols)
@@ -386,34 +355,10 @@ def test_rmsnorm_add():
     assert nmse(x, ref) < 1e-12
 
 
-def attention_ref(q, kc, vc, n_heads, n_kv, hd, pos0, window, scale):
-    n = q.shape[0]
-    out = np.zeros((n, n_heads, hd))
-    q = q.reshape(n, n_heads, hd).astype(np.float64)
-    for t in range(n):
-        pos = pos0 + t
-        start = max(0, pos - window + 1) if window > 0 else 0
-        for h in range(n_heads):
-            g = h // (n_heads // n_kv)
-            k = kc[g, start : pos + 1].astype(np.float64)
-            v = vc[g, start : pos + 1].astype(np.float64)
-            s = k @ q[t, h] * scale
-            p = np.exp(s - s.max())
-            out[t, h] = p @ v / p.sum()
-    return out.reshape(n, -1)
-
-
 @pytest.mark.parametrize("kv", [np.float16, np.float32])
 @pytest.mark.parametrize(
     "n_heads,n_kv,hd,n_ctx,pos0,n,window",
-    [
-        (6, 2, 16, 40, 22, 1, 0),
-        (6, 1, 12, 40, 0, 1, 0),
-        (4, 4, 64, 50, 10, 7, 0),
-        (8, 2, 128, 64, 30, 3, 9),
-        (2, 1, 256, 16, 2, 3, 0),
-        (6, 2, 16, 40, 3, 30, 5),
-    ],
+    ATTENTION_CASES,
 )
 def test_attention(kv, n_heads, n_kv, hd, n_ctx, pos0, n, window):
     q = rng.standard_normal((n, n_heads * hd)).astype(np.float32)
@@ -480,24 +425,16 @@ def elementwise(name, bufs, count, cap=0.0, constants=None):
     )
 
 
-@pytest.mark.parametrize("count", [1, 255, 1000])
-def test_glu_add_softcap(count):
+@pytest.mark.parametrize("count", ELEMENTWISE_COUNTS)
+def test_glu_softcap(count):
     g = (3 * rng.standard_normal(count)).astype(np.float32)
     u = rng.standard_normal(count).astype(np.float32)
-    gd, ud = g.astype(np.float64), u.astype(np.float64)
+    gd = g.astype(np.float64)
 
-    out = g.copy()
-    elementwise("glu", [out, u], count, constants={0: False})
-    assert nmse(out, gd / (1 + np.exp(-gd)) * ud) < 1e-6
-
-    out = g.copy()
-    elementwise("glu", [out, u], count, constants={0: True})
-    gelu = 0.5 * gd * (1 + np.tanh(np.sqrt(2 / np.pi) * (gd + 0.044715 * gd**3)))
-    assert nmse(out, gelu * ud) < 1e-6
-
-    out = g.copy()
-    elementwise("add", [out, u], count)
-    np.testing.assert_array_equal(out, g + u)
+    for gelu in (False, True):
+        out = g.copy()
+        elementwise("glu", [out, u], count, constants={0: gelu})
+        assert nmse(out, glu_ref(g, u, gelu)) < 1e-6
 
     out = g.copy()
     elementwise("softcap", [out], count, cap=2.5)

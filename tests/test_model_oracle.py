@@ -21,16 +21,13 @@ pytest.importorskip("transformers")
 
 import metallic  # noqa: E402
 import metallic.model  # noqa: E402
+from op_cases import nmse
 from oracle.reference import dequantized_copy, greedy_continuation, reference_logits  # noqa: E402
 from oracle.tiny_models import VARIANTS, tiny_gguf  # noqa: E402
 
 FTYPES = ("F32", "F16", "BF16", "Q8_0")
 CASES = [(a, v, f) for (a, v) in VARIANTS for f in FTYPES]
 N_STEPS = 32
-
-
-def nmse(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.mean((got - want) ** 2) / np.mean(want**2))
 
 
 def max_rel(got: np.ndarray, want: np.ndarray) -> float:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import metallic
+from op_cases import nmse
 from real_models import gemma3_gguf, smollm2_gguf
 
 pytestmark = pytest.mark.slow
@@ -51,10 +52,6 @@ def chunked(model: metallic.model.Model, ids: list[int], sizes: list[int]) -> np
 def whole(model: metallic.model.Model, ids: list[int]) -> np.ndarray:
     model.reset()
     return model.prefill(ids).copy()
-
-
-def nmse(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean((a - b) ** 2) / np.mean(b**2))
 
 
 # Batches of two or more tokens take one path whatever the split; only the order in which

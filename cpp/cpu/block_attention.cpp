@@ -6,6 +6,7 @@
 
 #include "cpu/formats/simd.h"
 #include "cpu/panel_gemm.h"
+#include "engine/assert.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 
@@ -118,6 +119,11 @@ void attend_block(const float* q, size_t q_stride, int heads, int nq, int pos0, 
     const int width = round16(head_dim);
     const int first_key = window > 0 ? std::max(0, pos0 - window + 1) : 0;
     const int end_key = pos0 + nq;
+    // The scratch was reserved for the group's heads and the block's rows (reserve()).
+    METALLIC_ASSERT(nq > 0 && pos0 >= 0 && size_t(heads) * size_t(nq) <= s.maxes.size() &&
+                    size_t(nq) * kKeyChunk <= s.scores.size() &&
+                    size_t(heads) * size_t(nq) * size_t(width) <= s.outs.size() &&
+                    size_t(kKeyChunk) * size_t(head_dim) <= s.keys.size());
     float* scores = s.scores.data();
     std::fill(s.maxes.begin(), s.maxes.begin() + heads * nq, -INFINITY);
     std::fill(s.sums.begin(), s.sums.begin() + heads * nq, 0.0f);
@@ -142,6 +148,7 @@ void attend_block(const float* q, size_t q_stride, int heads, int nq, int pos0, 
                 // the zero fills below stay inside the row.
                 const int a = std::clamp(std::max(window > 0 ? pos - window + 1 : 0, c0) - c0, 0, cn);
                 const int b = std::clamp(std::min(pos + 1, c0 + cn) - c0, a, cn);
+                METALLIC_ASSERT(0 <= a && a <= b && b <= cn);
                 const float factor = softmax_chunk_row(scores + t * kKeyChunk, cn, a, b, scale,
                                                        s.maxes[size_t(h * nq + t)], s.sums[size_t(h * nq + t)]);
                 if (!first && factor != 1.0f) {
@@ -157,6 +164,8 @@ void attend_block(const float* q, size_t q_stride, int heads, int nq, int pos0, 
     for (int h = 0; h < heads; ++h)
         for (int t = 0; t < nq; ++t) {
             const float* o = s.outs.data() + (size_t(h) * size_t(nq) + size_t(t)) * size_t(width);
+            // Every row sees at least its own key, so its sum is positive.
+            METALLIC_ASSERT(s.sums[size_t(h * nq + t)] > 0.0f);
             const float inv = 1.0f / s.sums[size_t(h * nq + t)];
             float* dst = out + size_t(t) * out_stride + size_t(h) * size_t(head_dim);
             for (int d = 0; d < head_dim; ++d) dst[d] = o[d] * inv;

@@ -10,6 +10,7 @@
 #include "cpu/ops.h"
 #include "cpu/panel_gemm.h"
 #include "cpu/thread_pool.h"
+#include "engine/assert.h"
 #include "engine/error.h"
 #include "engine/ggml_types.h"
 
@@ -112,8 +113,10 @@ public:
                 chunk = std::max({int64_t(16), rows / (threads * 8), (rows + budget - 1) / budget});
                 chunk = (chunk + 3) & ~int64_t(3);
             }
-            for (int64_t r0 = 0; r0 < rows; r0 += chunk)
+            for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+                METALLIC_ASSERT(n_tasks < kMaxTasks);
                 tasks_[size_t(n_tasks++)] = {&j, f, r0, std::min(rows, r0 + chunk)};
+            }
         }
         pool_.parallel_for(n_tasks, [&](int64_t i, int thread) {
             const MatmulTask& task = tasks_[size_t(i)];
@@ -137,6 +140,7 @@ public:
     void rope(float* x, int n, int n_heads, int pos0, const float* inv_freq) override {
         const int half = cfg_.rope_dims / 2;
         const int64_t row = int64_t(n_heads) * cfg_.head_dim;
+        METALLIC_ASSERT(n <= opt_.max_batch);  // rope_cs_ holds max_batch rows
         auto one = [&](int64_t t) {
             float* cs = rope_cs_.data() + t * cfg_.rope_dims;
             const float pos = static_cast<float>(pos0 + t);
@@ -179,6 +183,7 @@ public:
             const int t = int(task / nh), h = int(task % nh);
             const int pos = pos0 + t;
             const int start = window > 0 ? std::max(0, pos - window + 1) : 0;
+            METALLIC_ASSERT(start <= pos && pos < opt_.n_ctx);  // scores has room for n_ctx keys
             const size_t base = cache_offset(layer, h / group, start);
             const float* qh = q + (int64_t(t) * nh + h) * hd;
             float* oh = out + (int64_t(t) * nh + h) * hd;
@@ -240,6 +245,8 @@ private:
     // Cache layout [layer][kv_head][position][head_dim]: one head's keys are contiguous, so a
     // query head scans them in order and heads of a GQA group share them without copies.
     size_t cache_offset(int layer, int kv_head, int pos) const {
+        METALLIC_ASSERT(layer >= 0 && layer < cfg_.n_layer && kv_head >= 0 && kv_head < cfg_.n_head_kv &&
+                        pos >= 0 && pos < opt_.n_ctx);
         return ((size_t(layer) * cfg_.n_head_kv + size_t(kv_head)) * size_t(opt_.n_ctx) + size_t(pos)) *
                size_t(cfg_.head_dim);
     }

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "engine/backend.h"
 
@@ -16,5 +18,15 @@ struct CpuOptions {
 };
 
 std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& cfg, const CpuOptions& opt);
+
+// ---- for the op tests (tests/test_cpu_ops.py, through _core's cpu_op_* hooks) ----
+// The kernel builds this CPU can run: "generic", and "avx2" where it is built and supported.
+std::vector<std::string> usable_isas();
+// The CPU backend of one kernel build ("native": the one make_cpu_backend picks); throws
+// BadRequest for a build this CPU cannot run.
+std::unique_ptr<Backend> make_cpu_backend_for(const std::string& isa, const ModelConfig& cfg,
+                                              const CpuOptions& opt);
+// float -> half (ops.h: to_f16) in one kernel build, as the float16 KV cache stores values.
+void to_f16_for(const std::string& isa, const float* x, uint16_t* out, int64_t n);
 
 }  // namespace metallic::cpu

@@ -2,9 +2,13 @@
 // F16C, the portable one otherwise (and on arm64, where NEON is baseline).
 #include <cstdlib>
 #include <string>
+#if defined(METALLIC_HAVE_AVX2_BUILD)
+#include <cpuid.h>
+#endif
 
 #include "cpu/cpu_backend.h"
 #include "cpu/formats/format.h"
+#include "engine/error.h"
 
 namespace metallic::cpu {
 
@@ -18,6 +22,7 @@ namespace metallic::cpu {
     double read_bandwidth(size_t bytes, int threads, int passes);                       \
     double fma_peak(int threads, int passes);                                           \
     std::unique_ptr<Backend> create_backend(const ModelConfig& cfg, const CpuOptions&); \
+    void to_f16(const float* x, uint16_t* out, int64_t n);                              \
     }
 METALLIC_DECLARE_ISA(generic)
 #if defined(METALLIC_HAVE_AVX2_BUILD)
@@ -33,14 +38,28 @@ bool force_generic() {
     return v && *v && std::string(v) != "0";
 }
 
-bool use_avx2() {
 #if defined(METALLIC_HAVE_AVX2_BUILD)
-    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                           __builtin_cpu_supports("f16c") && !force_generic();
+// F16C from CPUID leaf 1 (ECX bit 29): clang before 15 has no "f16c" for __builtin_cpu_supports.
+// (The AVX2 check covers the OS saving the ymm registers F16C needs.)
+bool has_f16c() {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
+// Whether this CPU can run the AVX2 build at all, and whether the dispatcher picks it.
+bool avx2_usable() {
+#if defined(METALLIC_HAVE_AVX2_BUILD)
+    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
     return ok;
 #else
     return false;
 #endif
+}
+
+bool use_avx2() {
+    static const bool ok = avx2_usable() && !force_generic();
+    return ok;
 }
 
 }  // namespace
@@ -97,6 +116,45 @@ std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& cfg, const CpuOptio
     if (use_avx2()) return avx2::create_backend(cfg, opt);
 #endif
     return generic::create_backend(cfg, opt);
+}
+
+std::vector<std::string> usable_isas() {
+    std::vector<std::string> isas = {"generic"};
+    if (avx2_usable()) isas.push_back("avx2");
+    return isas;
+}
+
+namespace {
+
+// The build named `isa`, as the dispatcher would pick it for "native"; throws if this CPU
+// cannot run it.
+bool pick_avx2(const std::string& isa) {
+    if (isa == "native") return use_avx2();
+    if (isa == "generic") return false;
+    if (isa == "avx2" && avx2_usable()) return true;
+    throw BadRequest("kernel build '" + isa + "' is not usable here (native, generic" +
+                     std::string(avx2_usable() ? ", avx2)" : ")"));
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend_for(const std::string& isa, const ModelConfig& cfg,
+                                              const CpuOptions& opt) {
+#if defined(METALLIC_HAVE_AVX2_BUILD)
+    if (pick_avx2(isa)) return avx2::create_backend(cfg, opt);
+#else
+    pick_avx2(isa);
+#endif
+    return generic::create_backend(cfg, opt);
+}
+
+void to_f16_for(const std::string& isa, const float* x, uint16_t* out, int64_t n) {
+#if defined(METALLIC_HAVE_AVX2_BUILD)
+    if (pick_avx2(isa)) return avx2::to_f16(x, out, n);
+#else
+    pick_avx2(isa);
+#endif
+    generic::to_f16(x, out, n);
 }
 
 }  // namespace metallic::cpu

@@ -15,9 +15,8 @@
 namespace metallic {
 namespace {
 
-void check_config(const std::string& path, const ModelConfig& c, const EngineOptions& o) {
+void check_config(const std::string& path, const ModelConfig& c) {
     auto bad = [&](const std::string& what) { throw Unsupported(path + ": " + what); };
-    auto bad_request = [&](const std::string& what) { throw BadRequest(path + ": " + what); };
     if (c.n_layer <= 0 || c.n_embd <= 0 || c.n_head <= 0 || c.n_head_kv <= 0 || c.head_dim <= 0 ||
         c.n_ff <= 0 || c.n_vocab <= 0)
         bad("model hyper-parameters must be positive");
@@ -42,6 +41,12 @@ void check_config(const std::string& path, const ModelConfig& c, const EngineOpt
     finite_in("embed_scale", c.embed_scale, tiny, huge);
     finite_in("attn_scale", c.attn_scale, 0.0f, 1e3f);
     finite_in("final_logit_softcap", c.final_logit_softcap, 0.0f, huge);
+}
+
+// The request's own limits, checked after the model (check_config, bind_weights): a model that
+// cannot run is reported as such, not as the KV cache its absurd head size would need.
+void check_request(const std::string& path, const ModelConfig& c, const EngineOptions& o) {
+    auto bad_request = [&](const std::string& what) { throw BadRequest(path + ": " + what); };
     if (o.n_ctx <= 0) bad_request("n_ctx must be positive");
     if (o.max_batch <= 0) bad_request("max_batch must be positive");
     // A KV cache beyond 64 GiB on this path is a mistake in the request, not a model.
@@ -70,8 +75,9 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
     : file_(path, opt.mmap), cfg_(cfg), opt_(opt) {
     if (opt_.threads <= 0) opt_.threads = cpu::physical_core_count();
     opt_.max_batch = std::min(opt_.max_batch, opt_.n_ctx);
-    check_config(path, cfg_, opt_);
+    check_config(path, cfg_);
     w_ = bind_weights(file_, cfg_, tensors);
+    check_request(path, cfg_, opt_);
 
     inv_freq_global_ = inv_freq(cfg_, cfg_.rope_base, cfg_.rope_freq_scale, w_.rope_freq_factors);
     inv_freq_local_ = inv_freq(cfg_, cfg_.rope_base_local, cfg_.rope_freq_scale_local, {});
@@ -116,7 +122,8 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
     const size_t V = size_t(cfg_.n_vocab);
     // At most 64 MiB of staged logits (about 110 rows of a 152k vocabulary), at least one row.
     logit_rows_ = int(std::clamp<size_t>((size_t(64) << 20) / (V * sizeof(float)), 1, B));
-    Span* spans[] = {&x_, &xb_, &xb2_, &q_, &k_, &v_, &att_, &hb_, &hb2_, &logits_};
+    Span* spans[] = {&residual_, &normed_, &sublayer_out_, &q_, &k_, &v_, &attn_out_, &ffn_gate_, &ffn_up_,
+                     &logits_};
     const size_t sizes[] = {B * d, B * std::max(d, qd), B * d, B * qd, B * kvd, B * kvd, B * qd, B * ff, B * ff,
                             size_t(logit_rows_) * V};
     auto round_up = [](size_t n) { return (n + 63) & ~size_t(63); };
@@ -137,7 +144,7 @@ const float* Engine::prefill(const int32_t* ids, int n, float* all_logits) {
                        " do not fit the context of " + std::to_string(opt_.n_ctx) + " tokens");
     for (int i = 0; i < n; ++i)
         if (ids[i] < 0 || ids[i] >= cfg_.n_vocab)
-            throw ContextFull("token id " + std::to_string(ids[i]) + " is outside the vocabulary of " +
+            throw BadRequest("token id " + std::to_string(ids[i]) + " is outside the vocabulary of " +
                            std::to_string(cfg_.n_vocab));
     for (int done = 0; done < n;) {
         const int chunk = std::min(opt_.max_batch, n - done);

@@ -80,10 +80,17 @@ private:
         float* data() const { return p; }
         size_t size() const { return n; }
     };
-    Span x_, xb_, xb2_, q_, k_, v_, att_, hb_, hb2_;
-    // logit_rows_ rows of n_vocab logits: the output head of prefill_all runs that many tokens
-    // at a time into here (a GPU writes only its own buffers), then they are copied out. Row 0
-    // holds the last token's logits when prefill returns.
+    Span residual_;      // the residual stream: the embeddings plus every layer's outputs
+    Span normed_;        // rmsnorm(residual) * norm weight: the input of the q/k/v, gate/up and output matmuls
+    Span q_, k_, v_;     // normed_'s projections; q and k then normalized per head (qk_norm) and rotated in place
+    Span attn_out_;      // attention's output, the input of the attn_output matmul
+    Span ffn_gate_;      // normed_ Wgate, then act(gate) * up in place: the input of ffn_down
+    Span ffn_up_;        // normed_ Wup
+    Span sublayer_out_;  // attn_output's or ffn_down's result before its post-norm (post_norms models)
+    // logit_rows_ rows of n_vocab logits: the output head of prefill with all_logits (Python's
+    // prefill_all) runs that many tokens at a time into here (a GPU writes only its own
+    // buffers), then they are copied out. Row 0 holds the last token's logits when prefill
+    // returns.
     Span logits_;
     int logit_rows_ = 1;
 };

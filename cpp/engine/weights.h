@@ -14,8 +14,8 @@
 
 namespace metallic {
 
-// A tensor record handed over by the GGUF reader in Python; validated again here because the
-// core trusts nothing it is given.
+// A tensor record handed over by the GGUF reader in Python; its type and bounds are checked
+// again here because the core trusts nothing it is given.
 struct TensorDesc {
     std::string name;
     uint32_t type = 0;
@@ -50,8 +50,9 @@ struct Weights {
     size_t matrix_bytes = 0;  // weight bytes read per decoded token
 };
 
-// Builds the weight table, checking every tensor's type, bounds and shape against the config.
-// Throws BadFile or Unsupported naming the file and the tensor.
+// Builds the weight table, checking every tensor's type, bounds and shape against the config:
+// the one list of the tensors the forward pass reads, and the one check of them. Throws BadFile
+// or Unsupported naming the file, the tensor and the metadata keys its shape comes from.
 Weights bind_weights(const MappedFile& file, const ModelConfig& cfg,
                      const std::vector<TensorDesc>& tensors);
 

@@ -13,6 +13,7 @@
 #include "metal/metal_backend.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -36,28 +37,16 @@ struct FormatPipelines {
     std::unique_ptr<gpu::Pipeline> matvec[2], matvec_jobs[2], matvec_glu[2];
 };
 
-const char* format_suffix(uint32_t type) {
-    switch (GgmlType(type)) {
-        case GgmlType::F32: return "f32";
-        case GgmlType::F16: return "f16";
-        case GgmlType::BF16: return "bf16";
-        case GgmlType::Q8_0: return "q8_0";
-        case GgmlType::Q4_0: return "q4_0";
-        case GgmlType::Q4_1: return "q4_1";
-        case GgmlType::Q5_0: return "q5_0";
-        case GgmlType::Q5_1: return "q5_1";
-        case GgmlType::Q2_K: return "q2_k";
-        case GgmlType::Q3_K: return "q3_k";
-        case GgmlType::Q4_K: return "q4_k";
-        case GgmlType::Q5_K: return "q5_k";
-        case GgmlType::Q6_K: return "q6_k";
-        default: return nullptr;
-    }
+// The kernels of a weight format end in its GGML type name in lower case ("matvec_q8_0").
+std::string format_suffix(uint32_t type) {
+    std::string s = type_name(type);
+    for (char& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
+    return s;
 }
 
-constexpr uint32_t kMatvecSimdgroups = 4;  // 128 threads, 2 rows per simdgroup: 8 rows per threadgroup
-constexpr uint32_t kMatvecRowsPerSimdgroup = 2;  // NR of the instantiations in matvec.metal
-constexpr uint32_t kGemmTile = 32;         // GEMM_TILE of gemm.h, 128 threads
+// Launch shapes the kernels leave to the host (they read simdgroups_per_threadgroup); the ones
+// a kernel is written for (MATVEC_NR, GEMM_TILE, GEMM_THREADS, MAX_HEAD_DIM) are in args.h.
+constexpr uint32_t kMatvecSimdgroups = 4;  // 128 threads: 4 * MATVEC_NR rows per threadgroup
 constexpr uint32_t kAttentionSimdgroups = 4;
 constexpr int kAttentionSplitLen = 128;  // positions per threadgroup of split decode attention
 constexpr uint32_t kElementwiseThreads = 256;
@@ -148,7 +137,7 @@ public:
             bind(e, 2, in);
             bind(e, 3, j.out);
             bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
-            e.dispatch_threadgroups({ceil_div(w.rows, kGemmTile), ceil_div(n, kGemmTile), 1}, {128, 1, 1});
+            e.dispatch_threadgroups({ceil_div(w.rows, GEMM_TILE), ceil_div(n, GEMM_TILE), 1}, {GEMM_THREADS, 1, 1});
         }
     }
 
@@ -182,29 +171,12 @@ public:
         encode_matvec_glu(encoder(), h, nullptr, gate, up, g);
     }
 
-    void rope(float* x, int n, int n_heads, int pos0, const float* inv_freq) override {
-        gpu::Encoder& e = encoder();
-        RopeArgs a{n_heads, cfg_.head_dim, cfg_.rope_dims, pos0};
-        e.set_pipeline(*rope_);
-        e.set_args(0, a);
-        bind(e, 1, x);
-        bind(e, 2, inv_freq);
-        e.dispatch_threadgroups({uint32_t(n), uint32_t(n_heads), 1}, {ceil_div(cfg_.rope_dims / 2, 32) * 32, 1, 1});
-    }
-
-    void store_kv(int layer, const float* k, const float* v, int n, int pos0) override {
-        gpu::Encoder& e = encoder();
-        StoreKvArgs a{cfg_.n_head_kv, cfg_.head_dim, opt_.n_ctx, pos0};
-        e.set_pipeline(*store_kv_);
-        e.set_args(0, a);
-        bind(e, 1, k);
-        bind(e, 2, v);
-        e.set_buffer(3, *k_cache_, layer_offset(layer));
-        e.set_buffer(4, *v_cache_, layer_offset(layer));
-        e.dispatch_threadgroups({uint32_t(n), uint32_t(cfg_.n_head_kv), 1},
-                                {std::min<uint32_t>(256, ceil_div(cfg_.head_dim, 32) * 32), 1, 1});
-        kv_bytes_ += 2 * uint64_t(n) * uint64_t(cfg_.n_head_kv) * uint64_t(cfg_.head_dim) * kv_elem_bytes_;
-    }
+    // Never called: the forward pass runs rope and store_kv through rope_store_kv, and add
+    // through add_rmsnorm, both fused here. Backend declares them for its default fused steps
+    // (which the CPU backend uses); there are no kernels for them.
+    void rope(float*, int, int, int, const float*) override { unreachable("rope"); }
+    void store_kv(int, const float*, const float*, int, int) override { unreachable("store_kv"); }
+    void add(float*, const float*, int64_t) override { unreachable("add"); }
 
     void attention(int layer, const float* q, int n, int pos0, int window, float* out) override {
         gpu::Encoder& e = encoder();
@@ -292,12 +264,6 @@ public:
         elementwise(e, g, u, count, 0.0f);
     }
 
-    void add(float* x, const float* y, int64_t count) override {
-        gpu::Encoder& e = encoder();
-        e.set_pipeline(*add_);
-        elementwise(e, x, y, count, 0.0f);
-    }
-
     void softcap(float* x, int64_t count, float cap) override {
         gpu::Encoder& e = encoder();
         e.set_pipeline(*softcap_);
@@ -310,43 +276,40 @@ private:
     void make_pipelines(const MappedFile& file, const Weights& w) {
         for_each_matrix(w, [&](const Matrix& m) {
             // Rows of the float formats are read with 16-byte loads from the matrix start.
-            const bool float_format = GgmlType(m.type) == GgmlType::F32 || GgmlType(m.type) == GgmlType::F16 ||
-                                      GgmlType(m.type) == GgmlType::BF16;
+            const bool float_format = ggml_type(m.type)->block == 1;
             if (float_format && reinterpret_cast<uintptr_t>(m.data) % 16)
                 throw Unsupported(file.path() + ": tensor '" + m.name + "' starts at byte " +
                                   std::to_string(m.data - file.data()) +
                                   ", not a multiple of 16: the Metal kernels read float rows with 16-byte "
                                   "loads (the file's general.alignment is below 16; backend 'cpu' runs it)");
             if (formats_.count(m.type)) return;
-            const char* sfx = format_suffix(m.type);
-            if (!sfx)
-                throw Unsupported(file.path() + ": the Metal backend has no kernels for " + type_name(m.type) +
-                               " weights (tensor " + m.name + "); supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, "
-                               "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K");
+            // Weights holds only formats the CPU kernels compute (bind_weights), and the Metal
+            // kernels cover every one of them (tests/test_metal_ops.py checks each has its set).
+            const std::string sfx = format_suffix(m.type);
             FormatPipelines& f = formats_[m.type];
-            f.embed = dev_->pipeline(std::string("embed_") + sfx);
-            f.gemm = dev_->pipeline(std::string("gemm_") + sfx);
-            require_threads(*f.gemm, 128);
+            f.embed = dev_->pipeline("embed_" + sfx);
+            f.gemm = dev_->pipeline("gemm_" + sfx);
+            require_threads(*f.gemm, GEMM_THREADS);
             for (int fused = 0; fused < 2; ++fused) {
                 // Every constant the kernels declare is given, used or not.
                 const gpu::Constants c = {{1, gpu::Constant::of_bool(cfg_.activation == Activation::GeluTanh)},
                                           {2, gpu::Constant::of_bool(fused == 1)},
                                           {3, gpu::Constant::of_float(cfg_.rms_eps)}};
-                f.matvec[fused] = dev_->pipeline(std::string("matvec_") + sfx, c);
-                f.matvec_jobs[fused] = dev_->pipeline(std::string("matvec_jobs_") + sfx, c);
-                f.matvec_glu[fused] = dev_->pipeline(std::string("matvec_glu_") + sfx, c);
+                f.matvec[fused] = dev_->pipeline("matvec_" + sfx, c);
+                f.matvec_jobs[fused] = dev_->pipeline("matvec_jobs_" + sfx, c);
+                f.matvec_glu[fused] = dev_->pipeline("matvec_glu_" + sfx, c);
                 for (const auto* p : {&f.matvec[fused], &f.matvec_jobs[fused], &f.matvec_glu[fused]})
                     require_threads(**p, 32 * kMatvecSimdgroups);
             }
         });
         rmsnorm_ = dev_->pipeline("rmsnorm_f32");
         rmsnorm_add_ = dev_->pipeline("rmsnorm_add_f32");
-        rope_ = dev_->pipeline("rope", {{0, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}});
-        if (cfg_.head_dim > 256) throw Unsupported("the Metal backend supports head sizes up to 256, this model has " + std::to_string(cfg_.head_dim));
-        store_kv_ = dev_->pipeline(opt_.kv_f32 ? "store_kv_f32" : "store_kv_f16");
+        if (cfg_.head_dim > MAX_HEAD_DIM)
+            throw Unsupported("the Metal backend supports head sizes up to " + std::to_string(MAX_HEAD_DIM) +
+                              ", this model has " + std::to_string(cfg_.head_dim));
         const gpu::Constants neox = {{0, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}};
         rope_store_kv_ = dev_->pipeline(opt_.kv_f32 ? "rope_store_kv_f32" : "rope_store_kv_f16", neox);
-        require_threads(*rope_store_kv_, 256);
+        require_threads(*rope_store_kv_, MAX_HEAD_DIM);
         attention_ = dev_->pipeline(opt_.kv_f32 ? "attention_f32" : "attention_f16");
         attention_split_ = dev_->pipeline(opt_.kv_f32 ? "attention_split_f32" : "attention_split_f16");
         attention_merge_ = dev_->pipeline("attention_merge");
@@ -354,9 +317,11 @@ private:
         require_threads(*attention_, 32 * kAttentionSimdgroups);
         glu_silu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(false)}});
         glu_gelu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(true)}});
-        add_ = dev_->pipeline("add");
         softcap_ = dev_->pipeline("softcap");
-        require_threads(*rope_, 128);
+    }
+
+    [[noreturn]] static void unreachable(const char* op) {
+        throw std::logic_error(std::string("metal: ") + op + " is fused into another step and has no kernel");
     }
 
     static void require_threads(const gpu::Pipeline& p, uint32_t n) {
@@ -381,7 +346,7 @@ private:
     }
 
     static uint32_t matvec_groups(const Matrix& w) {
-        return ceil_div(w.rows, kMatvecSimdgroups * kMatvecRowsPerSimdgroup);
+        return ceil_div(w.rows, kMatvecSimdgroups * MATVEC_NR);
     }
 
     // One token through every job: jobs of one format and width (q, k, v) in one matvec_jobs
@@ -439,7 +404,7 @@ private:
             ++i;
         }
         const MatmulJob* first = jobs.begin();
-        for (; i < 3; ++i) {  // unused jobs: job 0's buffers, never read
+        for (; i < 3; ++i) {  // unused jobs: any weight buffer and job 0's out, never read
             e.set_buffer(1 + i, map_.any_weights(), 0);
             bind(e, 5 + i, first->out);
             bind(e, 8 + i, first->out);
@@ -531,8 +496,8 @@ private:
     uint64_t kv_bytes_ = 0;  // KV-cache bytes written and read by the encoded work since the reset
 
     std::map<uint32_t, FormatPipelines> formats_;
-    std::unique_ptr<gpu::Pipeline> rmsnorm_, rmsnorm_add_, rope_, store_kv_, rope_store_kv_, attention_, attention_split_,
-        attention_merge_, glu_silu_, glu_gelu_, add_, softcap_;
+    std::unique_ptr<gpu::Pipeline> rmsnorm_, rmsnorm_add_, rope_store_kv_, attention_, attention_split_, attention_merge_,
+        glu_silu_, glu_gelu_, softcap_;
 
     std::unique_ptr<gpu::CommandBuffer> cb_;
     gpu::Encoder* enc_ = nullptr;

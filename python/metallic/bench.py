@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from .model import BACKENDS
 from .system import peak_rss_bytes
 
 # -- worker side ----------------------------------------------------------------------------
@@ -680,7 +681,7 @@ def add_parser(sub: Any) -> None:
     )
     b.add_argument(
         "--backend",
-        choices=["auto", "cpu", "metal", "metal-sim"],
+        choices=BACKENDS,
         default=None,
         help="metallic's backend: auto (Metal if present, else cpu), cpu, metal, or metal-sim "
         "(the Metal simulator, for correctness, not speed); llama.cpp always runs its own "

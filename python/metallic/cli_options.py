@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from .model import BACKENDS
 from .models import DEFAULT_MODEL, KNOWN_MODELS
 from .sampling import ADDITIVE_PENALTY_RANGE, REPEAT_PENALTY_RANGE
 from .system import logical_cpus
@@ -103,7 +104,7 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str = DEFAULT_M
     )
     g.add_argument(
         "--backend",
-        choices=["auto", "cpu", "metal", "metal-sim"],
+        choices=BACKENDS,
         default=None,
         help="compute backend (default: $METALLIC_BACKEND or auto: Metal if present, else CPU)",
     )

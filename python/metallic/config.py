@@ -1,24 +1,25 @@
 """From GGUF metadata to a typed model config, and the checks that the tensors match it.
 
 The forward pass in the C++ core is written once; architectures differ only by the flags set
-here (ARCHS). Every key read is type- and range-checked, and every tensor the forward pass will
-touch is checked for presence, shape and type before the core sees the file: a value the core
-cannot hold (a C int, a float32) or whose arithmetic would overflow to NaN is a ModelError here,
-naming the file and the key, never a failure later. benchmarks/fuzz_meaning.py sets every key
-read here to absurd values to keep it so.
+here (ARCHS). Every key read is type- and range-checked before the core sees the file: a value
+the core cannot hold (a C int, a float32) or whose arithmetic would overflow to NaN is a
+ModelError here, naming the file and the key, never a failure later. The tensors the forward
+pass reads are checked for presence, shape and type by the core, which holds their list
+(cpp/engine/weights.cpp); the fields of ModelConfig are the core's (cpp/engine/config.h).
+benchmarks/fuzz_meaning.py sets every key read here to absurd values to keep it so.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from . import _core
-from .errors import ModelError
+from .errors import InternalError, ModelError
 from .gguf_file import GGUFFile, StringArray, TensorInfo
 
 # The core holds hyper-parameters in C ints and floats: anything past these limits would not
@@ -102,35 +103,48 @@ class ModelConfig:
     sliding_window: list[int] = field(default_factory=list)
 
     def to_core(self) -> _core.ModelConfig:
+        """The core's ModelConfig, every field of its list (_core.ModelConfig.fields) set."""
         c = _core.ModelConfig()
-        for key in (
-            "arch",
-            "n_layer",
-            "n_embd",
-            "n_head",
-            "n_head_kv",
-            "head_dim",
-            "n_ff",
-            "n_vocab",
-            "n_ctx_train",
-            "rms_eps",
-            "rope_base",
-            "rope_base_local",
-            "rope_freq_scale",
-            "rope_freq_scale_local",
-            "rope_dims",
-            "qkv_bias",
-            "qk_norm",
-            "post_norms",
-            "embed_scale",
-            "attn_scale",
-            "final_logit_softcap",
-            "sliding_window",
-        ):
-            setattr(c, key, getattr(self, key))
-        c.rope_style = getattr(_core.RopeStyle, self.rope_style)
-        c.activation = getattr(_core.Activation, self.activation)
+        for key in _core.ModelConfig.fields:
+            value = getattr(self, key)
+            setattr(c, key, getattr(_CORE_ENUMS[key], value) if key in _CORE_ENUMS else value)
         return c
+
+
+# The model description's one statement is the core's field list (cpp/engine/config.h,
+# METALLIC_MODEL_CONFIG_FIELDS); to_core() fills it by name. The dataclass holds those fields
+# plus these, which only Python uses: the model's display name, and whether the output head is
+# the embedding matrix (the core sees that from the tensors it is given).
+_PYTHON_ONLY = ("name", "tied_output")
+# Fields the core holds as enums, held here as the enum member's name.
+_CORE_ENUMS = {"rope_style": _core.RopeStyle, "activation": _core.Activation}
+
+
+def _check_against_core() -> None:
+    """Fails at import, naming the field, if the dataclass and the core's list disagree."""
+    core = list(_core.ModelConfig.fields)
+    ours = [f.name for f in fields(ModelConfig) if f.name not in _PYTHON_ONLY]
+    problems = [
+        f"field '{k}' is in the dataclass but not in the core's list (add it to "
+        "METALLIC_MODEL_CONFIG_FIELDS in cpp/engine/config.h, or to _PYTHON_ONLY in "
+        "python/metallic/config.py if the core does not need it)"
+        for k in ours
+        if k not in core
+    ] + [
+        f"field '{k}' is in the core's list but not in the dataclass (add it to ModelConfig in "
+        "python/metallic/config.py)"
+        for k in core
+        if k not in ours
+    ]
+    if problems:
+        raise InternalError(
+            "python/metallic/config.py ModelConfig and the core's model description disagree "
+            "(a bug in metallic, or a core built from other sources: rebuild it): "
+            + "; ".join(problems)
+        )
+
+
+_check_against_core()
 
 
 class _Meta:
@@ -520,90 +534,11 @@ def _sliding_windows(g: GGUFFile, m: _Meta, traits: ArchTraits, n_layer: int) ->
     return [0 if (i + 1) % pattern == 0 else window for i in range(n_layer)]
 
 
-def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor the forward pass reads, with its GGML shape (contiguous dimension first)."""
-    d, hd, ff, V = cfg.n_embd, cfg.head_dim, cfg.n_ff, cfg.n_vocab
-    qd, kvd = cfg.n_head * hd, cfg.n_head_kv * hd
-    want: dict[str, tuple[int, ...]] = {
-        "token_embd.weight": (d, V),
-        "output_norm.weight": (d,),
-    }
-    if not cfg.tied_output:
-        want["output.weight"] = (d, V)
-    for i in range(cfg.n_layer):
-        p = f"blk.{i}."
-        want[p + "attn_norm.weight"] = (d,)
-        want[p + "attn_q.weight"] = (d, qd)
-        want[p + "attn_k.weight"] = (d, kvd)
-        want[p + "attn_v.weight"] = (d, kvd)
-        want[p + "attn_output.weight"] = (qd, d)
-        if cfg.qkv_bias:
-            want[p + "attn_q.bias"] = (qd,)
-            want[p + "attn_k.bias"] = (kvd,)
-            want[p + "attn_v.bias"] = (kvd,)
-        if cfg.qk_norm:
-            want[p + "attn_q_norm.weight"] = (hd,)
-            want[p + "attn_k_norm.weight"] = (hd,)
-        if cfg.post_norms:
-            want[p + "post_attention_norm.weight"] = (d,)
-            want[p + "post_ffw_norm.weight"] = (d,)
-        want[p + "ffn_norm.weight"] = (d,)
-        want[p + "ffn_gate.weight"] = (d, ff)
-        want[p + "ffn_up.weight"] = (d, ff)
-        want[p + "ffn_down.weight"] = (ff, d)
-    return want
-
-
-def _shape_keys(g: GGUFFile, cfg: ModelConfig, name: str) -> list[str]:
-    """The metadata keys a tensor's expected shape comes from, for its error message."""
-    a = cfg.arch
-    d, ff = f"{a}.embedding_length", f"{a}.feed_forward_length"
-    heads, kv_heads = f"{a}.attention.head_count", f"{a}.attention.head_count_kv"
-    head = (
-        [f"{a}.attention.key_length"] if f"{a}.attention.key_length" in g.metadata else [d, heads]
-    )
-    kind = name.split(".")[2] if name.startswith("blk.") else name.split(".")[0]
-    keys = {
-        "attn_q": [d, heads, *head],
-        "attn_k": [d, kv_heads, *head],
-        "attn_v": [d, kv_heads, *head],
-        "attn_output": [d, heads, *head],
-        "attn_q_norm": head,
-        "attn_k_norm": head,
-        "ffn_gate": [d, ff],
-        "ffn_up": [d, ff],
-        "ffn_down": [d, ff],
-    }.get(kind, [d])
-    return list(dict.fromkeys(keys))
-
-
 def check_tensors(g: GGUFFile, cfg: ModelConfig) -> list[TensorInfo]:
-    """Checks presence, shape and type of every tensor the model needs; returns them (plus the
-    optional rope_freqs). Raises ModelError naming the first tensor at fault."""
-    supported = set(_core.supported_formats().split(", "))
-    out: list[TensorInfo] = []
-    for name, shape in expected_tensors(cfg).items():
-        t = g.tensors.get(name)
-        if t is None:
-            raise ModelError(
-                f"{g.path}: missing tensor '{name}' (architecture {cfg.arch}, from metadata "
-                "'general.architecture')"
-            )
-        got = tuple(t.shape)
-        while len(got) > len(shape) and got[-1] == 1:
-            got = got[:-1]
-        if got != shape:
-            keys = ", ".join(f"'{k}'" for k in _shape_keys(g, cfg, name))
-            raise ModelError(
-                f"{g.path}: tensor '{name}' has shape {list(t.shape)}, expected {list(shape)} "
-                f"(from metadata {keys})"
-            )
-        if t.type.name not in supported:
-            raise ModelError(
-                f"{g.path}: tensor '{name}' has type {t.type.name}, which is not supported "
-                f"(supported: {', '.join(sorted(supported))})"
-            )
-        out.append(t)
+    """The tensors to hand to the core, after the one tensor check made here: the values of the
+    optional RoPE frequency factors. Which tensors the forward pass reads, with their shapes
+    and types, is checked once, by the core when it binds them (cpp/engine/weights.cpp), with
+    messages naming the tensor and the metadata keys its shape comes from."""
     freqs = g.tensors.get("rope_freqs.weight")
     if freqs is not None:
         factors = _rope_factors(g, freqs, cfg)
@@ -616,8 +551,17 @@ def check_tensors(g: GGUFFile, cfg: ModelConfig) -> list[TensorInfo]:
             )
         base_key = f"{cfg.arch}.rope.freq_base"
         _check_rope(g, base_key, cfg.rope_base, None, cfg.rope_freq_scale, cfg.rope_dims, factors)
-        out.append(freqs)
-    return out
+    # A name holding bytes that are not UTF-8 (read with surrogate escapes) cannot cross into the
+    # core's std::string, and is none of the ASCII names the core looks for: it stays behind.
+    return [t for t in g.tensors.values() if _is_utf8(t.name)]
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _rope_factors(g: GGUFFile, t: TensorInfo, cfg: ModelConfig) -> np.ndarray:

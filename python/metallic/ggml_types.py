@@ -6,7 +6,10 @@ the same ones in ``gguf.constants``. They are kept here because importing anythi
 metadata helpers and, through them, sentencepiece, yaml and more: about 8 MiB of resident
 memory and 0.1 s in every process that loads a model, for three small tables. The tests check
 that these tables agree with gguf-py's (tests/test_memory.py), so a type added upstream shows up
-as a test failure rather than as a silent difference.
+as a test failure rather than as a silent difference; and, for every type the core knows, with
+the core's own table, cpp/engine/ggml_types.h (tests/test_formats.py, through
+_core.ggml_types()). The core's table covers the types it can size; this one every type a GGUF
+file may hold, so that the reader can size (and skip) tensors the engine never reads.
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ def resolve_backend(name: str | None) -> str:
     if choice == "metal" and not _core.metal_available():
         others = "metal-sim, cpu" if _core.metal_sim_available() else "cpu"
         raise RequestError(
-            f"backend 'metal' is not available: this machine has no Metal GPU (available: {others})"
+            f"backend 'metal' is not available: {_core.metal_problem()} (available: {others})"
         )
     if choice == "metal-sim" and not _core.metal_sim_available():
         raise RequestError(
@@ -209,8 +209,8 @@ class Model:
         if not np.issubdtype(arr.dtype, np.integer):
             raise RequestError(f"token ids must be integers, got {arr.dtype}")
         bad = (arr < 0) | (arr >= self.n_vocab)
-        if bad.any():
-            raise ContextError(
+        if bad.any():  # a bad request (no context would hold it), not a full context
+            raise RequestError(
                 f"token id {int(arr[bad][0])} is outside the vocabulary of {self.n_vocab}"
             )
         if self.n_past + arr.size > self.n_ctx:
@@ -372,8 +372,8 @@ def load(
 ) -> Model:
     """Loads a GGUF model: a path, or a packaged model name such as "gemma-3-270m".
 
-    backend: "auto" (Metal if present, else CPU), "cpu", "metal", "metal-sim"; the
-    METALLIC_BACKEND environment variable is used when this is None or "auto" is not forced.
+    backend: "auto" (Metal if present, else CPU), "cpu", "metal", "metal-sim"; when this is
+    None or "auto", the METALLIC_BACKEND environment variable, if set, chooses instead.
     n_ctx: context length (default: the model's, at most 4096).
     threads: CPU threads (default: the physical cores; more than the logical CPUs is capped
     there, with a warning).

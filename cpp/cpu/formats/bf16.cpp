@@ -23,6 +23,6 @@ void dequant(const uint8_t* src, float* dst, int64_t n) {
 
 }  // namespace
 
-extern const FormatKernels kBF16 = {30, "BF16", 1, 2, ActKind::F32, dequant, float_gemv<BF16Format>};
+extern const FormatKernels kBF16 = format_kernels(GgmlType::BF16, ActKind::F32, dequant, float_gemv<BF16Format>);
 
 }  // namespace metallic::cpu::METALLIC_ISA

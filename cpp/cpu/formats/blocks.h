@@ -6,6 +6,8 @@
 
 #ifndef __METAL_VERSION__
 #include <cstdint>
+
+#include "engine/ggml_types.h"  // the table the layouts are checked against, at the end
 #endif
 
 // MSL puts program-scope constants in the constant address space.
@@ -102,15 +104,23 @@ struct BlockQ6_K {
     uint16_t d;
 };
 
-static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block size");
-static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block size");
-static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 block size");
-static_assert(sizeof(BlockQ5_1) == 24, "Q5_1 block size");
-static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block size");
-static_assert(sizeof(BlockQ2_K) == 84, "Q2_K block size");
-static_assert(sizeof(BlockQ3_K) == 110, "Q3_K block size");
-static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block size");
-static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block size");
-static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block size");
+#ifndef __METAL_VERSION__
+// Each layout against the GGML type table (engine/ggml_types.h), the one statement of block
+// sizes: checked by every host build (the CPU kernels include this header). The Metal kernels
+// size their blocks by these structs (metal/formats.h), so they follow. Host only: the table
+// is C++17, and MSL need not parse it.
+static_assert(QK == ggml_type(GgmlType::Q8_0).block, "QK: elements per block of the 32-element formats");
+static_assert(QK_K == ggml_type(GgmlType::Q4_K).block, "QK_K: elements per K-quant super-block");
+static_assert(sizeof(BlockQ4_0) == ggml_type(GgmlType::Q4_0).block_bytes, "BlockQ4_0 vs the Q4_0 table entry");
+static_assert(sizeof(BlockQ4_1) == ggml_type(GgmlType::Q4_1).block_bytes, "BlockQ4_1 vs the Q4_1 table entry");
+static_assert(sizeof(BlockQ5_0) == ggml_type(GgmlType::Q5_0).block_bytes, "BlockQ5_0 vs the Q5_0 table entry");
+static_assert(sizeof(BlockQ5_1) == ggml_type(GgmlType::Q5_1).block_bytes, "BlockQ5_1 vs the Q5_1 table entry");
+static_assert(sizeof(BlockQ8_0) == ggml_type(GgmlType::Q8_0).block_bytes, "BlockQ8_0 vs the Q8_0 table entry");
+static_assert(sizeof(BlockQ2_K) == ggml_type(GgmlType::Q2_K).block_bytes, "BlockQ2_K vs the Q2_K table entry");
+static_assert(sizeof(BlockQ3_K) == ggml_type(GgmlType::Q3_K).block_bytes, "BlockQ3_K vs the Q3_K table entry");
+static_assert(sizeof(BlockQ4_K) == ggml_type(GgmlType::Q4_K).block_bytes, "BlockQ4_K vs the Q4_K table entry");
+static_assert(sizeof(BlockQ5_K) == ggml_type(GgmlType::Q5_K).block_bytes, "BlockQ5_K vs the Q5_K table entry");
+static_assert(sizeof(BlockQ6_K) == ggml_type(GgmlType::Q6_K).block_bytes, "BlockQ6_K vs the Q6_K table entry");
+#endif
 
 }  // namespace metallic

@@ -23,6 +23,6 @@ void dequant(const uint8_t* src, float* dst, int64_t n) {
 
 }  // namespace
 
-extern const FormatKernels kF16 = {1, "F16", 1, 2, ActKind::F32, dequant, float_gemv<F16Format>};
+extern const FormatKernels kF16 = format_kernels(GgmlType::F16, ActKind::F32, dequant, float_gemv<F16Format>);
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -19,6 +19,6 @@ void dequant(const uint8_t* src, float* dst, int64_t n) { std::memcpy(dst, src, 
 
 }  // namespace
 
-extern const FormatKernels kF32 = {0, "F32", 1, 4, ActKind::F32, dequant, float_gemv<F32Format>};
+extern const FormatKernels kF32 = format_kernels(GgmlType::F32, ActKind::F32, dequant, float_gemv<F32Format>);
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -1,5 +1,7 @@
 // The per-format kernel table. Each GGML weight format supplies one FormatKernels in its own
-// file under cpp/cpu/formats/; adding a format means adding one file and one line in table.cpp.
+// file under cpp/cpu/formats/, made by format_kernels() below from the type's entry in the GGML
+// type table (engine/ggml_types.h); adding a format means adding one file and one line in
+// table.cpp.
 //
 // A format declares which activation encoding its one-token kernel consumes (ActKind): float
 // formats read the float activations directly; block-quantized formats read activations
@@ -13,6 +15,8 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+
+#include "engine/ggml_types.h"
 
 namespace metallic::cpu {
 
@@ -64,20 +68,30 @@ struct Epilogue {
     bool accumulate = false;      // out += result (the residual add folded into the matmul)
 };
 
+// Decodes n elements (a multiple of the block) starting at a block boundary.
+using DequantRowFn = void (*)(const uint8_t* src, float* dst, int64_t n);
+// One token (decode): for r < nrows, out[r] = epilogue(dot(w row r, act)). Rows of w are
+// `row_bytes` apart; act holds k values in the format's ActKind. Batches of tokens run through
+// cpu/panel_gemm.h instead, on dequant_row's floats.
+using GemvFn = void (*)(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act, int64_t k,
+                        float* out, const Epilogue& ep);
+
 struct FormatKernels {
     uint32_t type;
-    const char* name;
+    const char* name;     // type, name, block and block_bytes: from the GGML type table
     int64_t block;
     int64_t block_bytes;
     ActKind act;
-    // Decodes n elements (a multiple of `block`) starting at a block boundary.
-    void (*dequant_row)(const uint8_t* src, float* dst, int64_t n);
-    // One token (decode): for r < nrows, out[r] = epilogue(dot(w row r, act)). Rows of w are
-    // `row_bytes` apart; act holds k values in the format's ActKind. Batches of tokens run
-    // through cpu/panel_gemm.h instead, on dequant_row's floats.
-    void (*gemv)(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act, int64_t k,
-                 float* out, const Epilogue& ep);
+    DequantRowFn dequant_row;
+    GemvFn gemv;
 };
+
+// A format's kernels, its id, name and block geometry taken from the GGML type table, so that
+// a format file cannot restate them differently.
+constexpr FormatKernels format_kernels(GgmlType type, ActKind act, DequantRowFn dequant_row, GemvFn gemv) {
+    const GgmlTypeInfo& t = ggml_type(type);
+    return {uint32_t(type), t.name, t.block, t.block_bytes, act, dequant_row, gemv};
+}
 
 // The kernels for a GGML type id on this CPU (best instruction set it supports), or null.
 const FormatKernels* find_format(uint32_t type);

@@ -51,7 +51,7 @@ struct Q2_K {
 
 }  // namespace
 
-extern const FormatKernels kQ2_K = {10, "Q2_K", 256, Q2_K::kBytes, ActKind::Q8K,
-                                    kquant_dequant<Q2_K>, kquant_gemv<Q2_K>};
+extern const FormatKernels kQ2_K =
+    format_kernels(GgmlType::Q2_K, ActKind::Q8K, kquant_dequant<Q2_K>, kquant_gemv<Q2_K>);
 
 }  // namespace metallic::cpu::METALLIC_ISA

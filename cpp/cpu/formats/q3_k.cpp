@@ -68,7 +68,7 @@ struct Q3_K {
 
 }  // namespace
 
-extern const FormatKernels kQ3_K = {11, "Q3_K", 256, Q3_K::kBytes, ActKind::Q8K,
-                                    kquant_dequant<Q3_K>, kquant_gemv<Q3_K>};
+extern const FormatKernels kQ3_K =
+    format_kernels(GgmlType::Q3_K, ActKind::Q8K, kquant_dequant<Q3_K>, kquant_gemv<Q3_K>);
 
 }  // namespace metallic::cpu::METALLIC_ISA

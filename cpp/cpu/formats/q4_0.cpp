@@ -27,7 +27,6 @@ struct Q4_0 {
 
 }  // namespace
 
-extern const FormatKernels kQ4_0 = {2, "Q4_0", 32, Q4_0::kBytes, ActKind::Q8, q32_dequant<Q4_0>,
-                                    q32_gemv<Q4_0>};
+extern const FormatKernels kQ4_0 = format_kernels(GgmlType::Q4_0, ActKind::Q8, q32_dequant<Q4_0>, q32_gemv<Q4_0>);
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -25,7 +25,6 @@ struct Q4_1 {
 
 }  // namespace
 
-extern const FormatKernels kQ4_1 = {3, "Q4_1", 32, Q4_1::kBytes, ActKind::Q8, q32_dequant<Q4_1>,
-                                    q32_gemv<Q4_1>};
+extern const FormatKernels kQ4_1 = format_kernels(GgmlType::Q4_1, ActKind::Q8, q32_dequant<Q4_1>, q32_gemv<Q4_1>);
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -45,7 +45,7 @@ struct Q4_K {
 
 }  // namespace
 
-extern const FormatKernels kQ4_K = {12, "Q4_K", 256, Q4_K::kBytes, ActKind::Q8K,
-                                    kquant_dequant<Q4_K>, kquant_gemv<Q4_K>};
+extern const FormatKernels kQ4_K =
+    format_kernels(GgmlType::Q4_K, ActKind::Q8K, kquant_dequant<Q4_K>, kquant_gemv<Q4_K>);
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -33,7 +33,6 @@ struct Q5_0 {
 
 }  // namespace
 
-extern const FormatKernels kQ5_0 = {6, "Q5_0", 32, Q5_0::kBytes, ActKind::Q8, q32_dequant<Q5_0>,
-                                    q32_gemv<Q5_0>};
+extern const FormatKernels kQ5_0 = format_kernels(GgmlType::Q5_0, ActKind::Q8, q32_dequant<Q5_0>, q32_gemv<Q5_0>);
 
 }  // namespace metallic::cpu::METALLIC_ISA

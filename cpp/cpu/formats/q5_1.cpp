@@ -30,7 +30,6 @@ struct Q5_1 {
 
 }  // namespace
 
-extern const FormatKernels kQ5_1 = {7, "Q5_1", 32, Q5_1::kBytes, ActKind::Q8, q32_dequant<Q5_1>,
-                                    q32_gemv<Q5_1>};
+extern const FormatKernels kQ5_1 = format_kernels(GgmlType::Q5_1, ActKind::Q8, q32_dequant<Q5_1>, q32_gemv<Q5_1>);
 
 }  // namespace metallic::cpu::METALLIC_ISA

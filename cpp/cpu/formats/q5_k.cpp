@@ -50,7 +50,7 @@ struct Q5_K {
 
 }  // namespace
 
-extern const FormatKernels kQ5_K = {13, "Q5_K", 256, Q5_K::kBytes, ActKind::Q8K,
-                                    kquant_dequant<Q5_K>, kquant_gemv<Q5_K>};
+extern const FormatKernels kQ5_K =
+    format_kernels(GgmlType::Q5_K, ActKind::Q8K, kquant_dequant<Q5_K>, kquant_gemv<Q5_K>);
 
 }  // namespace metallic::cpu::METALLIC_ISA

@@ -60,7 +60,7 @@ struct Q6_K {
 
 }  // namespace
 
-extern const FormatKernels kQ6_K = {14, "Q6_K", 256, Q6_K::kBytes, ActKind::Q8K,
-                                    kquant_dequant<Q6_K>, kquant_gemv<Q6_K>};
+extern const FormatKernels kQ6_K =
+    format_kernels(GgmlType::Q6_K, ActKind::Q8K, kquant_dequant<Q6_K>, kquant_gemv<Q6_K>);
 
 }  // namespace metallic::cpu::METALLIC_ISA

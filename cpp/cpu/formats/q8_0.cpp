@@ -1,12 +1,13 @@
 // Q8_0: blocks of 32 int8 codes with one half-precision scale (34 bytes). The dot product runs
 // on int16 activation blocks (see format.h for why not int8): 32 integer multiply-adds per
 // block, one float FMA per block.
+#include "cpu/formats/blocks.h"
 #include "cpu/formats/simd.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 namespace {
 
-constexpr int64_t kBlockBytes = 34;
+constexpr int64_t kBlockBytes = sizeof(BlockQ8_0);
 
 inline float block_scale(const uint8_t* blk) { return half_to_float(load_u16(blk)); }
 
@@ -49,6 +50,6 @@ void gemv(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act, in
 
 }  // namespace
 
-extern const FormatKernels kQ8_0 = {8, "Q8_0", 32, kBlockBytes, ActKind::I16, dequant, gemv};
+extern const FormatKernels kQ8_0 = format_kernels(GgmlType::Q8_0, ActKind::I16, dequant, gemv);
 
 }  // namespace metallic::cpu::METALLIC_ISA

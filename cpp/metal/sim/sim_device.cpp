@@ -263,7 +263,9 @@ struct Worker {
     }
 
     void run_group(uint64_t linear);
+#ifdef MSIM_DIRECT_SWITCH  // only direct fiber-to-fiber switches look for the next ready one
     Fiber* next_ready(const Fiber& f);
+#endif
     void resume(Fiber& f);
     void yield(Fiber& f);
     [[noreturn]] void deadlock();
@@ -325,6 +327,7 @@ void Worker::resume(Fiber& f) {
     cur = nullptr;
 }
 
+#ifdef MSIM_DIRECT_SWITCH
 // The next ready fiber after f in this threadgroup's run order, or null.
 Fiber* Worker::next_ready(const Fiber& f) {
     const uint32_t n = n_threads;
@@ -336,6 +339,7 @@ Fiber* Worker::next_ready(const Fiber& f) {
     }
     return nullptr;
 }
+#endif
 
 void Worker::yield(Fiber& f) {
 #ifdef MSIM_DIRECT_SWITCH
