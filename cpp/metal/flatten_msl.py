@@ -14,9 +14,10 @@ files may both define an internal helper, which one flattened source could not h
     python cpp/metal/flatten_msl.py --root . --out DIR metal/*.metal     # DIR/<name>.metal
     python cpp/metal/flatten_msl.py --root . --header H metal/*.metal    # the header _core embeds
 
-Quoted includes must be unconditional and every header must be `#pragma once`: then inlining
-each file once is exactly what the preprocessor would do, and the tests run the flattened files
-through the simulator and the checkers to prove it.
+Quoted includes must be unconditional or conditional only on __METAL_VERSION__ (host-only ones
+are kept as they are: Metal never opens them), and every header must be `#pragma once`: then
+inlining each file once is exactly what the preprocessor would do, and the tests run the
+flattened files through the simulator and the checkers to prove it.
 """
 
 from __future__ import annotations

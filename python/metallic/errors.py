@@ -37,7 +37,8 @@ class RequestError(MetallicError, ValueError):
 
 
 class ContextError(RequestError):
-    """A request does not fit: prompt longer than the context, token id outside the vocabulary."""
+    """A request does not fit the context: a prompt longer than it, or more tokens than the
+    cache has room for at its position."""
 
 
 class ModelBusyError(RequestError):

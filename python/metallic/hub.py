@@ -233,8 +233,8 @@ def resolve_hf(spec: str, *, progress: bool = True) -> Path:
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
-    """The connection errors of the HTTP client huggingface_hub uses: httpx2 (2.x), httpx
-    (1.x), requests (older); whichever are installed."""
+    """The connection errors of the HTTP client huggingface_hub uses: httpx2 (2.x) or httpx
+    (1.x); whichever are installed."""
     kinds: list[type[BaseException]] = []
     for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError")):
         try:

@@ -1,7 +1,7 @@
 // The per-format kernel table. Each GGML weight format supplies one FormatKernels in its own
 // file under cpp/cpu/formats/, made by format_kernels() below from the type's entry in the GGML
-// type table (engine/ggml_types.h); adding a format means adding one file and one line in
-// table.cpp.
+// type table (engine/ggml_types.h); adding a format means adding one file, listing it in
+// METALLIC_FORMAT_SOURCES (CMakeLists.txt) and declaring it in table.cpp's kAll.
 //
 // A format declares which activation encoding its one-token kernel consumes (ActKind): float
 // formats read the float activations directly; block-quantized formats read activations

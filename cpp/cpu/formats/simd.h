@@ -302,7 +302,7 @@ inline F8 dot_i8_i16x32(const int8_t* w, const int16_t* a) {
 namespace metallic::cpu::METALLIC_ISA {
 
 // e^x for 8 lanes, relative error about 2 ulp over the float range; underflows to 0 below
-// -87.3 and saturates to inf above 88.7. Softmax, SiLU and GELU all go through here.
+// -87.3 and saturates to inf above 88.4. Softmax, SiLU and GELU all go through here.
 inline F8 exp8(F8 x) {
 #if defined(METALLIC_ISA_AVX2)
     const __m256 hi = _mm256_set1_ps(88.3762626647949f);
@@ -420,7 +420,7 @@ inline void load8_f16_pairs_strided(const uint8_t* p, int32_t stride, F8& first,
 }
 
 // The 8 halves at p, p + stride, ..., p + 7 * stride as floats (exact): one scale field of 8
-// consecutive blocks. Reads 4 bytes at each address.
+// consecutive blocks. Reads 2 bytes at each address.
 inline F8 load8_f16_strided(const uint8_t* p, int32_t stride) {
 #if defined(METALLIC_ISA_AVX2)
     // Scalar loads inserted one by one: a vpgatherdd is slower than these on Zen 3.

@@ -45,7 +45,7 @@ void quantize_i16(const float* x, BlockI16* out, int64_t n) {
     }
 }
 
-// The same per 256 values, plus the sums of each 16 codes.
+// Symmetric int8 quantization per 256 values (d = max|x| / 127), plus the sums of each 16 codes.
 void quantize_q8k(const float* x, BlockQ8K* out, int64_t n) {
     for (int64_t b = 0; b < n / 256; ++b) {
         const float* xb = x + b * 256;

@@ -49,7 +49,8 @@ constexpr size_t kMaxThreadgroupMemory = 32768;
 
 class Device {
 public:
-    // The process-wide simulator. workers = 0: one per hardware thread.
+    // The process-wide simulator: one worker per hardware thread, or METALLIC_SIM_WORKERS
+    // (clamped to 1..64).
     static Device& shared();
 
     Pipeline pipeline(const std::string& name, std::map<int, ConstantValue> constants = {}) const;

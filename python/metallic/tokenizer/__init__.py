@@ -5,8 +5,8 @@
     ids = tok.encode("Hello world")
     text = tok.decode(ids)
 
-SentencePiece ("llama") and byte-level BPE ("gpt2", with every pre-tokenizer llama.cpp knows)
-vocabularies are supported; see ``tokenizer.Tokenizer`` for the details.
+SentencePiece ("llama") and BPE ("gpt2", with every pre-tokenizer llama.cpp knows, and
+"gemma4") vocabularies are supported; see ``tokenizer.Tokenizer`` for the details.
 """
 
 from __future__ import annotations
