@@ -164,8 +164,9 @@ void attend_block(const float* q, size_t q_stride, int heads, int nq, int pos0, 
     for (int h = 0; h < heads; ++h)
         for (int t = 0; t < nq; ++t) {
             const float* o = s.outs.data() + (size_t(h) * size_t(nq) + size_t(t)) * size_t(width);
-            // Every row sees at least its own key, so its sum is positive.
-            METALLIC_ASSERT(s.sums[size_t(h * nq + t)] > 0.0f);
+            // Every row sees at least its own key, so its sum is positive; NaN only comes from
+            // NaN inputs (damaged weights), which must flow to the logits, not abort.
+            METALLIC_ASSERT(!(s.sums[size_t(h * nq + t)] <= 0.0f));
             const float inv = 1.0f / s.sums[size_t(h * nq + t)];
             float* dst = out + size_t(t) * out_stride + size_t(h) * size_t(head_dim);
             for (int d = 0; d < head_dim; ++d) dst[d] = o[d] * inv;
