@@ -211,8 +211,9 @@ NB_MODULE(_core, m) {
         .def("__init__",
              [](Engine* e, const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors,
                 const std::string& backend, int n_ctx, int threads, bool kv_f32, int max_batch,
-                bool profile, bool mmap) {
+                bool profile, bool mmap, int n_seq) {
                  EngineOptions o;
+                 o.n_seq = n_seq;
                  o.profile = profile;
                  o.mmap = mmap;
                  o.backend = backend;
@@ -225,48 +226,69 @@ NB_MODULE(_core, m) {
              },
              nb::arg("path"), nb::arg("config"), nb::arg("tensors"), nb::arg("backend") = "cpu",
              nb::arg("n_ctx") = 4096, nb::arg("threads") = 0, nb::arg("kv_f32") = false,
-             nb::arg("max_batch") = 512, nb::arg("profile") = false, nb::arg("mmap") = true)
+             nb::arg("max_batch") = 512, nb::arg("profile") = false, nb::arg("mmap") = true, nb::arg("n_seq") = 1)
         .def("prefill",
-             [](Engine& e, Ids ids) {
+             [](Engine& e, Ids ids, int seq) {
                  const float* p;
                  {
                      nb::gil_scoped_release release;
-                     p = e.prefill(ids.data(), int(ids.shape(0)));
+                     p = e.prefill(ids.data(), int(ids.shape(0)), nullptr, seq);
                  }
                  return LogitsView(p, {size_t(e.config().n_vocab)}, nb::handle());
              },
-             nb::arg("ids"), nb::rv_policy::reference_internal,
+             nb::arg("ids"), nb::arg("seq") = 0, nb::rv_policy::reference_internal,
              "Runs the tokens; returns a read-only view of the last token's logits, valid until the "
              "next call.")
         .def("prefill_all",
-             [](Engine& e, Ids ids) {
+             [](Engine& e, Ids ids, int seq) {
                  const size_t n = ids.shape(0), V = size_t(e.config().n_vocab);
                  float* out = new float[n * V];
                  nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
                  {
                      nb::gil_scoped_release release;
-                     e.prefill(ids.data(), int(n), out);
+                     e.prefill(ids.data(), int(n), out, seq);
                  }
                  return FloatMatrix(out, {n, V}, owner);
              },
-             nb::arg("ids"), "Runs the tokens; returns the logits of every one as a new [n, vocab] array.")
+             nb::arg("ids"), nb::arg("seq") = 0,
+             "Runs the tokens; returns the logits of every one as a new [n, vocab] array.")
+        .def("step",
+             [](Engine& e, const std::vector<int>& seqs, const std::vector<Ids>& ids) {
+                 if (seqs.size() != ids.size()) throw BadRequest("step: one id array per sequence");
+                 std::vector<Segment> segs(seqs.size());
+                 for (size_t i = 0; i < seqs.size(); ++i) segs[i] = {seqs[i], ids[i].data(), int(ids[i].shape(0))};
+                 const size_t n = segs.size(), V = size_t(e.config().n_vocab);
+                 float* out = new float[n * V];
+                 nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+                 {
+                     nb::gil_scoped_release release;
+                     e.step(segs, out);
+                 }
+                 return FloatMatrix(out, {n, V}, owner);
+             },
+             nb::arg("seqs"), nb::arg("ids"),
+             "Several sequences' tokens in one forward pass; returns a new [len(seqs), vocab] array: "
+             "each sequence's logits after its last token.")
         .def("decode",
-             [](Engine& e, int32_t id) {
+             [](Engine& e, int32_t id, int seq) {
                  const float* p;
                  {
                      nb::gil_scoped_release release;
-                     p = e.decode(id);
+                     p = e.decode(id, seq);
                  }
                  return LogitsView(p, {size_t(e.config().n_vocab)}, nb::handle());
              },
-             nb::arg("id"), nb::rv_policy::reference_internal)
+             nb::arg("id"), nb::arg("seq") = 0, nb::rv_policy::reference_internal)
         // Every call that takes the engine's lock releases the GIL first: another thread may
         // hold the lock for a whole prefill and needs the GIL to finish.
-        .def("truncate", &Engine::truncate, nb::arg("n_keep"), nb::call_guard<nb::gil_scoped_release>())
+        .def("truncate", &Engine::truncate, nb::arg("n_keep"), nb::arg("seq") = 0,
+             nb::call_guard<nb::gil_scoped_release>())
         .def("profile", &Engine::profile, nb::call_guard<nb::gil_scoped_release>(),
              "Per-op (calls, seconds) since load or reset_profile().")
         .def("reset_profile", &Engine::reset_profile, nb::call_guard<nb::gil_scoped_release>())
-        .def_prop_ro("n_past", &Engine::n_past)
+        .def_prop_ro("n_past", [](const Engine& e) { return e.n_past(0); })
+        .def("past", &Engine::n_past, nb::arg("seq"), "Positions the sequence's cache holds.")
+        .def_prop_ro("n_seq", &Engine::n_seq)
         .def_prop_ro("n_ctx", &Engine::n_ctx)
         .def_prop_ro("threads", &Engine::threads)
         .def_prop_ro("backend", &Engine::backend_name)

@@ -152,6 +152,11 @@ def _help(env: Env, out: subprocess.CompletedProcess[str]) -> None:
     assert "--temp" in out.stdout and "--max-tokens" in out.stdout
 
 
+def _doctor(env: Env, out: subprocess.CompletedProcess[str]) -> None:
+    for key in ("metallic:", "os:", "metal:", "metal_library:", "self_test:", "auto_backend:"):
+        assert f"\n{key} " in "\n" + out.stdout, out.stdout
+
+
 def _removed(env: Env, out: subprocess.CompletedProcess[str]) -> None:
     assert not (env.cache / "models" / KNOWN_MODELS["smollm2-135m-instruct"].file).exists()
 
@@ -167,6 +172,7 @@ CHECKS: dict[str, tuple[Callable[[Env, subprocess.CompletedProcess[str]], None],
     "formats, shapes": (_inspected, ""),
     "ids and pieces": (_tokenized, ""),
     "speed, tok/s": (_benched, ""),
+    "machine, build, GPU self-test": (_doctor, ""),
     "every flag explained": (_help, ""),
     "delete from the cache": (_removed, ""),
 }

@@ -41,7 +41,7 @@ public:
     CpuBackend(const ModelConfig& cfg, const CpuOptions& opt)
         : cfg_(cfg), opt_(opt), pool_(opt.threads) {
         const int64_t kv_row = int64_t(cfg.n_head_kv) * cfg.head_dim;
-        const size_t kv_elems = size_t(cfg.n_layer) * size_t(opt.n_ctx) * size_t(kv_row);
+        const size_t kv_elems = size_t(cfg.n_layer) * size_t(opt.n_seq) * size_t(opt.n_ctx) * size_t(kv_row);
         if (opt.kv_f32) {
             k32_.reset(kv_elems);
             v32_.reset(kv_elems);
@@ -52,8 +52,10 @@ public:
         const int64_t max_k = std::max<int64_t>(std::max(cfg.n_embd, cfg.n_ff), int64_t(cfg.n_head) * cfg.head_dim);
         // One scratch buffer per quantized activation kind: a matmul's jobs may mix formats
         // (e.g. Q4_K and Q6_K in a Q4_K_M file) and each kind is made once per input.
+        // A step decodes up to one token per sequence with the one-token kernels (matmul), each
+        // with its own quantized row: n_seq rows of the widest kind.
         for (int kind = 1; kind < kActKinds; ++kind)
-            act_[kind].resize(act_row_bytes(ActKind(kind), max_k + 256));
+            act_[kind].resize(size_t(std::max(1, opt.n_seq)) * act_stride(ActKind(kind), max_k));
         scores_.resize(size_t(pool_.size()) * size_t(opt.n_ctx));
         const int64_t max_rows = std::max<int64_t>({cfg.n_vocab, cfg.n_ff, max_k});
         attention_rows_ = attention_block_rows(cfg.n_head / cfg.n_head_kv, cfg.head_dim);
@@ -87,16 +89,49 @@ public:
         });
     }
 
+    void set_single_rows(int n) override { single_rows_ = n; }
+
+    // The first single_rows_ rows are decode steps of their sequences: each is computed with the
+    // one-token kernels exactly as a decode alone would be (a step's decode result does not
+    // depend on what it was batched with), every weight row read once for all of them. The
+    // remaining rows (prompt chunks) go through the panel GEMM together.
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
+        const int single = std::min(n, single_rows_);
+        if (single > 0) matmul_rows(in, single, jobs, false);
+        if (n > single) {
+            const int64_t k = jobs.begin()->w->cols;
+            // The batch rows of each job's output follow its single rows: shift the outputs.
+            const MatmulJob* j = jobs.begin();
+            auto shifted = [&](size_t i) {
+                MatmulJob s = j[i];
+                s.out += int64_t(single) * s.w->rows;
+                return s;
+            };
+            const int64_t rest = n - single;
+            const float* x = in + int64_t(single) * k;
+            switch (jobs.size()) {
+            case 1: matmul_rows(x, int(rest), {shifted(0)}, rest >= kPanelBatch); break;
+            case 2: matmul_rows(x, int(rest), {shifted(0), shifted(1)}, rest >= kPanelBatch); break;
+            default:
+                METALLIC_ASSERT(jobs.size() == 3);
+                matmul_rows(x, int(rest), {shifted(0), shifted(1), shifted(2)}, rest >= kPanelBatch);
+            }
+        }
+    }
+
+    // n rows: one panel GEMM (batch), or n independent one-token products.
+    void matmul_rows(const float* in, int n, std::initializer_list<MatmulJob> jobs, bool batch) {
         const int64_t k = jobs.begin()->w->cols;
-        const bool batch = n >= kPanelBatch;
-        // Encode the shared input once in every activation kind the jobs' formats read.
+        // Encode each input row once in every activation kind the jobs' formats read.
         bool need[kActKinds] = {};
         if (!batch)
             for (const MatmulJob& j : jobs) need[int(lookup_format(j.w->type)->act)] = true;
         for (int kind = 1; kind < kActKinds; ++kind) {
             if (!need[kind]) continue;
-            quantize_act(ActKind(kind), in, act_[kind].data(), k);
+            const size_t stride = act_stride(ActKind(kind), k);
+            METALLIC_ASSERT(act_[kind].size() >= size_t(n) * stride);
+            for (int t = 0; t < n; ++t)
+                quantize_act(ActKind(kind), in + int64_t(t) * k, act_[kind].data() + size_t(t) * stride, k);
         }
 
         // Split every job into row chunks that balance across threads.
@@ -131,9 +166,14 @@ public:
                            size_t(w.rows), ep, panel_[size_t(thread)]);
                 return;
             }
+            // Token after token over the same rows of W (they stay in cache): one read of the
+            // weights for every token.
             const ActKind kind = task.fmt->act;
-            const void* act = kind == ActKind::F32 ? static_cast<const void*>(in) : act_[int(kind)].data();
-            task.fmt->gemv(rows, w.row_bytes, task.r1 - task.r0, act, k, out, ep);
+            for (int t = 0; t < n; ++t) {
+                const void* act = kind == ActKind::F32 ? static_cast<const void*>(in + int64_t(t) * k)
+                                                       : act_[int(kind)].data() + size_t(t) * act_stride(kind, k);
+                task.fmt->gemv(rows, w.row_bytes, task.r1 - task.r0, act, k, out + int64_t(t) * w.rows, ep);
+            }
         });
     }
 
@@ -158,11 +198,11 @@ public:
         }
     }
 
-    void store_kv(int layer, const float* k, const float* v, int n, int pos0) override {
+    void store_kv(int cache, const float* k, const float* v, int n, int pos0) override {
         const int hd = cfg_.head_dim, nkv = cfg_.n_head_kv;
         for (int t = 0; t < n; ++t)
             for (int h = 0; h < nkv; ++h) {
-                const size_t dst = cache_offset(layer, h, pos0 + t);
+                const size_t dst = cache_offset(cache, h, pos0 + t);
                 const float* ks = k + (int64_t(t) * nkv + h) * hd;
                 const float* vs = v + (int64_t(t) * nkv + h) * hd;
                 if (opt_.kv_f32) {
@@ -175,8 +215,8 @@ public:
             }
     }
 
-    void attention(int layer, const float* q, int n, int pos0, int window, float* out) override {
-        if (n >= kPanelBatch) return attention_blocks(layer, q, n, pos0, window, out);
+    void attention(int cache, const float* q, int n, int pos0, int window, float* out) override {
+        if (n >= kPanelBatch) return attention_blocks(cache, q, n, pos0, window, out);
         const int hd = cfg_.head_dim, nh = cfg_.n_head, group = cfg_.n_head / cfg_.n_head_kv;
         const float scale = attention_scale();
         pool_.parallel_for(int64_t(n) * nh, [&](int64_t task, int thread) {
@@ -184,7 +224,7 @@ public:
             const int pos = pos0 + t;
             const int start = window > 0 ? std::max(0, pos - window + 1) : 0;
             METALLIC_ASSERT(start <= pos && pos < opt_.n_ctx);  // scores has room for n_ctx keys
-            const size_t base = cache_offset(layer, h / group, start);
+            const size_t base = cache_offset(cache, h / group, start);
             const float* qh = q + (int64_t(t) * nh + h) * hd;
             float* oh = out + (int64_t(t) * nh + h) * hd;
             float* scores = scores_.data() + size_t(thread) * size_t(opt_.n_ctx);
@@ -198,7 +238,7 @@ public:
     // A batch: blocks of query rows per KV group (block_attention.h). The group's heads are split
     // over tasks only when blocks alone would leave threads idle (a short prompt after a long
     // context); the last blocks, which see the most keys, are handed out first.
-    void attention_blocks(int layer, const float* q, int n, int pos0, int window, float* out) {
+    void attention_blocks(int cache, const float* q, int n, int pos0, int window, float* out) {
         const int hd = cfg_.head_dim, nh = cfg_.n_head, nkv = cfg_.n_head_kv, group = nh / nkv;
         const int rows = attention_rows_;
         const int blocks = (n + rows - 1) / rows;
@@ -211,7 +251,7 @@ public:
             const int g = int(task / splits % nkv), part = int(task % splits);
             const int t0 = b * rows, nq = std::min(rows, n - t0);
             const int h0 = g * group + group * part / splits, h1 = g * group + group * (part + 1) / splits;
-            const size_t base = cache_offset(layer, g, 0);
+            const size_t base = cache_offset(cache, g, 0);
             const size_t offset = size_t(t0) * stride + size_t(h0) * size_t(hd);
             if (opt_.kv_f32)
                 attend_block(q + offset, stride, h1 - h0, nq, pos0 + t0, k32_.data() + base, v32_.data() + base,
@@ -238,16 +278,21 @@ public:
     void softcap(float* x, int64_t count, float cap) override { METALLIC_ISA::softcap(x, count, cap); }
 
 private:
+    // Bytes between the quantized rows of one activation kind (with the slack the kernels had
+    // from the start, 64-byte aligned).
+    static size_t act_stride(ActKind kind, int64_t k) { return (act_row_bytes(kind, k + 256) + 63) & ~size_t(63); }
+
     float attention_scale() const {
         return cfg_.attn_scale > 0 ? cfg_.attn_scale : 1.0f / std::sqrt(float(cfg_.head_dim));
     }
 
-    // Cache layout [layer][kv_head][position][head_dim]: one head's keys are contiguous, so a
-    // query head scans them in order and heads of a GQA group share them without copies.
-    size_t cache_offset(int layer, int kv_head, int pos) const {
-        METALLIC_ASSERT(layer >= 0 && layer < cfg_.n_layer && kv_head >= 0 && kv_head < cfg_.n_head_kv &&
-                        pos >= 0 && pos < opt_.n_ctx);
-        return ((size_t(layer) * cfg_.n_head_kv + size_t(kv_head)) * size_t(opt_.n_ctx) + size_t(pos)) *
+    // Cache layout [cache][kv_head][position][head_dim], cache = seq * n_layer + layer: one
+    // head's keys are contiguous, so a query head scans them in order and heads of a GQA group
+    // share them without copies.
+    size_t cache_offset(int cache, int kv_head, int pos) const {
+        METALLIC_ASSERT(cache >= 0 && cache < cfg_.n_layer * opt_.n_seq && kv_head >= 0 &&
+                        kv_head < cfg_.n_head_kv && pos >= 0 && pos < opt_.n_ctx);
+        return ((size_t(cache) * cfg_.n_head_kv + size_t(kv_head)) * size_t(opt_.n_ctx) + size_t(pos)) *
                size_t(cfg_.head_dim);
     }
 
@@ -262,6 +307,7 @@ private:
     std::vector<PanelScratch> panel_;  // per thread
     std::vector<AttentionScratch> attn_;  // per thread
     int attention_rows_ = 0;  // query rows per attention block
+    int single_rows_ = 0;     // leading rows of this pass that are decode steps (set_single_rows)
     std::vector<float> rope_cs_;
     std::vector<MatmulTask> tasks_;
 };

@@ -11,7 +11,8 @@
 namespace metallic::cpu {
 
 struct CpuOptions {
-    int n_ctx = 0;
+    int n_ctx = 0;    // positions per sequence
+    int n_seq = 1;    // sequences, each with a KV cache of its own
     int threads = 1;
     bool kv_f32 = false;  // KV cache in float32 instead of float16
     int max_batch = 512;  // most tokens one forward pass processes

@@ -43,6 +43,11 @@ public:
     }
     // Waits for all work the ops queued; results are readable by the host afterwards.
     virtual void sync() {}
+    // The next forward pass's first n rows are decode steps, one token of each of n sequences
+    // (a batched step, engine.h); the rest are prompt chunks. A backend whose several-row
+    // products compute differently from its one-token ones (the CPU's) computes these rows as
+    // a decode alone would, so batching never changes a sequence's result.
+    virtual void set_single_rows(int n) { (void)n; }
     // Counters of a GPU backend (command buffers, waits, dispatches, ...); empty on the CPU.
     virtual std::map<std::string, uint64_t> stats() const { return {}; }
     virtual void reset_stats() {}
@@ -56,10 +61,13 @@ public:
     // Rotary embedding in place on n rows of n_heads heads at positions pos0 .. pos0+n-1.
     // inv_freq holds rope_dims/2 angular frequencies (scaling already applied).
     virtual void rope(float* x, int n, int n_heads, int pos0, const float* inv_freq) = 0;
-    // Appends n rows of k and v at positions pos0.. to layer's cache.
-    virtual void store_kv(int layer, const float* k, const float* v, int n, int pos0) = 0;
-    // Causal attention of n query rows at positions pos0.. over the layer's cache.
-    virtual void attention(int layer, const float* q, int n, int pos0, int window, float* out) = 0;
+    // The KV cache is one array per layer and sequence, numbered cache = seq * n_layer + layer
+    // (n_layer * n_seq of them, each [kv_head][position][head_dim]); every sequence has its own
+    // positions, and the ops below touch only the cache they are given.
+    // Appends n rows of k and v at positions pos0.. to the cache.
+    virtual void store_kv(int cache, const float* k, const float* v, int n, int pos0) = 0;
+    // Causal attention of n query rows at positions pos0.. over the cache.
+    virtual void attention(int cache, const float* q, int n, int pos0, int window, float* out) = 0;
     // g = act(g) * u, element-wise over count values.
     virtual void glu(float* g, const float* u, int64_t count, Activation act) = 0;
     // x += y over count values.
@@ -68,9 +76,9 @@ public:
     virtual void softcap(float* x, int64_t count, float cap) = 0;
 
     // ---- steps a backend may fuse; the defaults are the ops above in sequence ----
-    // RoPE on q (n_heads heads) and k (n_kv_heads), then k and v into the layer's cache. With
+    // RoPE on q (n_heads heads) and k (n_kv_heads), then k and v into the cache. With
     // q_norm and k_norm (qk-norm models), each head of q and k is first RMS-normalized with them.
-    virtual void rope_store_kv(int layer, float* q, int n_heads, float* k, int n_kv_heads, const float* v, int n,
+    virtual void rope_store_kv(int cache, float* q, int n_heads, float* k, int n_kv_heads, const float* v, int n,
                                int pos0, const float* inv_freq, const float* q_norm, const float* k_norm,
                                int head_dim, float eps) {
         if (q_norm) {
@@ -79,7 +87,7 @@ public:
         }
         rope(q, n, n_heads, pos0, inv_freq);
         rope(k, n, n_kv_heads, pos0, inv_freq);
-        store_kv(layer, k, v, n, pos0);
+        store_kv(cache, k, v, n, pos0);
     }
     // out = rmsnorm(x) * w (n rows of d), then the jobs over out. A backend that fuses the norm
     // into the matrix products may leave out unwritten.

@@ -49,11 +49,15 @@ void check_request(const std::string& path, const ModelConfig& c, const EngineOp
     auto bad_request = [&](const std::string& what) { throw BadRequest(path + ": " + what); };
     if (o.n_ctx <= 0) bad_request("n_ctx must be positive");
     if (o.max_batch <= 0) bad_request("max_batch must be positive");
+    if (o.n_seq <= 0 || o.n_seq > 4096) bad_request("n_seq must be from 1 to 4096");
     // A KV cache beyond 64 GiB on this path is a mistake in the request, not a model.
-    const double kv_bytes = 2.0 * c.n_layer * double(o.n_ctx) * c.n_head_kv * c.head_dim * (o.kv_f32 ? 4 : 2);
+    const double kv_bytes =
+        2.0 * c.n_layer * double(o.n_seq) * double(o.n_ctx) * c.n_head_kv * c.head_dim * (o.kv_f32 ? 4 : 2);
     if (kv_bytes > 64.0 * (1ull << 30))
-        bad_request("n_ctx " + std::to_string(o.n_ctx) + " needs a KV cache of " +
-            std::to_string(int64_t(kv_bytes / (1 << 20))) + " MiB, which is too large");
+        bad_request("n_ctx " + std::to_string(o.n_ctx) +
+                    (o.n_seq > 1 ? " for " + std::to_string(o.n_seq) + " sequences" : std::string()) +
+                    " needs a KV cache of " + std::to_string(int64_t(kv_bytes / (1 << 20))) +
+                    " MiB, which is too large");
 }
 
 // Angular frequency of each rotated pair: base^(-2i/dims), divided by the optional per-pair
@@ -78,6 +82,9 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
     check_config(path, cfg_);
     w_ = bind_weights(file_, cfg_, tensors);
     check_request(path, cfg_, opt_);
+    n_past_ = std::make_unique<std::atomic<int>[]>(size_t(opt_.n_seq));
+    for (int s = 0; s < opt_.n_seq; ++s) n_past_[size_t(s)] = 0;
+    step_ids_.resize(size_t(opt_.max_batch));
 
     inv_freq_global_ = inv_freq(cfg_, cfg_.rope_base, cfg_.rope_freq_scale, w_.rope_freq_factors);
     inv_freq_local_ = inv_freq(cfg_, cfg_.rope_base_local, cfg_.rope_freq_scale_local, {});
@@ -85,6 +92,7 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
     if (opt_.backend == "cpu") {
         cpu::CpuOptions co;
         co.n_ctx = opt_.n_ctx;
+        co.n_seq = opt_.n_seq;
         co.threads = opt_.threads;
         co.kv_f32 = opt_.kv_f32;
         co.max_batch = opt_.max_batch;
@@ -103,6 +111,7 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
         }
         metal::MetalOptions mo;
         mo.n_ctx = opt_.n_ctx;
+        mo.n_seq = opt_.n_seq;
         mo.kv_f32 = opt_.kv_f32;
         mo.max_batch = opt_.max_batch;
         backend_ = metal::make_metal_backend(std::move(dev), cfg_, mo, file_, w_,
@@ -136,22 +145,67 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
     }
 }
 
-const float* Engine::prefill(const int32_t* ids, int n, float* all_logits) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (n <= 0) throw BadRequest("no tokens to process");
-    if (int64_t(n_past_) + n > opt_.n_ctx)
-        throw ContextFull(std::to_string(n) + " tokens at position " + std::to_string(n_past_.load()) +
-                       " do not fit the context of " + std::to_string(opt_.n_ctx) + " tokens");
+void Engine::check_ids(const int32_t* ids, int n) const {
     for (int i = 0; i < n; ++i)
         if (ids[i] < 0 || ids[i] >= cfg_.n_vocab)
             throw BadRequest("token id " + std::to_string(ids[i]) + " is outside the vocabulary of " +
-                           std::to_string(cfg_.n_vocab));
+                             std::to_string(cfg_.n_vocab));
+}
+
+void Engine::check_room(int seq, int n) const {
+    if (seq < 0 || seq >= opt_.n_seq)
+        throw BadRequest("sequence " + std::to_string(seq) + " is outside 0.." + std::to_string(opt_.n_seq - 1));
+    if (n <= 0) throw BadRequest("no tokens to process");
+    const int past = n_past_[size_t(seq)];
+    if (int64_t(past) + n > opt_.n_ctx)
+        throw ContextFull(std::to_string(n) + " tokens at position " + std::to_string(past) +
+                          " do not fit the context of " + std::to_string(opt_.n_ctx) + " tokens" +
+                          (opt_.n_seq > 1 ? " (sequence " + std::to_string(seq) + ")" : std::string()));
+}
+
+const float* Engine::prefill(const int32_t* ids, int n, float* all_logits, int seq) {
+    std::lock_guard<std::mutex> lock(mu_);
+    check_room(seq, n);
+    check_ids(ids, n);
     for (int done = 0; done < n;) {
-        const int chunk = std::min(opt_.max_batch, n - done);
-        forward(ids + done, chunk, all_logits ? all_logits + size_t(done) * cfg_.n_vocab : nullptr);
-        done += chunk;
+        const Segment s{seq, ids + done, std::min(opt_.max_batch, n - done)};
+        forward(&s, 1, all_logits ? all_logits + size_t(done) * cfg_.n_vocab : nullptr, nullptr);
+        done += s.n;
     }
     return logits_.data();
+}
+
+void Engine::step(const std::vector<Segment>& segs, float* out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (segs.empty()) throw BadRequest("a step needs at least one sequence");
+    std::vector<bool> seen(size_t(opt_.n_seq), false);
+    int64_t total = 0;
+    for (const Segment& s : segs) {
+        check_room(s.seq, s.n);
+        if (seen[size_t(s.seq)]) throw BadRequest("sequence " + std::to_string(s.seq) + " appears twice in one step");
+        seen[size_t(s.seq)] = true;
+        check_ids(s.ids, s.n);
+        total += s.n;
+    }
+    if (total > opt_.max_batch)
+        throw BadRequest("a step of " + std::to_string(total) + " tokens is more than max_batch " +
+                         std::to_string(opt_.max_batch));
+    // Decode steps first: the backend computes those rows as a decode alone would.
+    std::vector<Segment> order;
+    std::vector<int> rows;
+    for (int pass = 0; pass < 2; ++pass)
+        for (size_t i = 0; i < segs.size(); ++i)
+            if ((segs[i].n == 1) == (pass == 0)) {
+                order.push_back(segs[i]);
+                rows.push_back(int(i));
+            }
+    forward(order.data(), int(order.size()), nullptr, out, rows.data());
+}
+
+int Engine::n_past(int seq) const {
+    if (seq < 0 || seq >= opt_.n_seq)
+        throw BadRequest("sequence " + std::to_string(seq) + " is outside 0.." + std::to_string(opt_.n_seq - 1));
+    return n_past_[size_t(seq)].load();
 }
 
 std::map<std::string, std::pair<int64_t, double>> Engine::profile() const {
@@ -177,12 +231,12 @@ void Engine::reset_backend_stats() {
     backend_->reset_stats();
 }
 
-void Engine::truncate(int n_keep) {
+void Engine::truncate(int n_keep, int seq) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (n_keep < 0 || n_keep > n_past_)
-        throw BadRequest("cannot keep " + std::to_string(n_keep) + " of " + std::to_string(n_past_.load()) +
-                       " cached tokens");
-    n_past_ = n_keep;  // later tokens overwrite the stale cache rows
+    const int past = n_past(seq);
+    if (n_keep < 0 || n_keep > past)
+        throw BadRequest("cannot keep " + std::to_string(n_keep) + " of " + std::to_string(past) + " cached tokens");
+    n_past_[size_t(seq)] = n_keep;  // later tokens overwrite the stale cache rows
 }
 
 }  // namespace metallic

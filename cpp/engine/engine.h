@@ -1,5 +1,9 @@
 // The engine: one loaded model with its KV cache, ready to prefill and decode.
 //
+// It holds n_seq sequences, each with a cache of n_ctx positions of its own. prefill and decode
+// run one sequence; step runs new tokens of several in one forward pass (the server's continuous
+// batching), so the weights are read once for all of them.
+//
 // Everything a token needs is allocated here, at load, from n_ctx and the config; prefill and
 // decode allocate nothing, do no I/O and never call into Python.
 #pragma once
@@ -20,12 +24,20 @@ namespace metallic {
 
 struct EngineOptions {
     std::string backend = "cpu";
-    int n_ctx = 4096;
+    int n_ctx = 4096;     // positions per sequence
+    int n_seq = 1;        // sequences, each with a KV cache of its own
     int threads = 0;      // 0: physical cores
     bool kv_f32 = false;  // KV cache precision (float16 by default)
     int max_batch = 512;  // prompt tokens per forward pass; longer prompts go in several passes
     bool profile = false; // time every op (see profiler.h)
     bool mmap = true;     // map the file (zero copy) or read it into memory (see mapped_file.h)
+};
+
+// n tokens of sequence seq, run at its next positions: one sequence's part of a step.
+struct Segment {
+    int seq = 0;
+    const int32_t* ids = nullptr;
+    int n = 0;
 };
 
 // Safe to share between threads: prefill, decode, truncate and the profile calls serialize on
@@ -37,17 +49,22 @@ public:
     Engine(const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors,
            const EngineOptions& opt);
 
-    // Runs n tokens at positions n_past() .. n_past()+n-1 and appends them to the cache.
-    // Returns the logits of the last token (n_vocab floats, valid until the next call). If
-    // all_logits is given it receives n rows of n_vocab logits, one per token.
-    const float* prefill(const int32_t* ids, int n, float* all_logits = nullptr);
+    // Runs n tokens of sequence seq at its positions n_past(seq) .. +n-1 and appends them to its
+    // cache. Returns the logits of the last token (n_vocab floats, valid until the next call).
+    // If all_logits is given it receives n rows of n_vocab logits, one per token.
+    const float* prefill(const int32_t* ids, int n, float* all_logits = nullptr, int seq = 0);
     // One token: the same as prefill of a single id, on the matrix-vector path.
-    const float* decode(int32_t id) { return prefill(&id, 1); }
+    const float* decode(int32_t id, int seq = 0) { return prefill(&id, 1, nullptr, seq); }
+    // Several sequences' tokens in one forward pass, each appended to its own sequence; out
+    // receives one row of n_vocab logits per segment, after its last token. A sequence appears
+    // at most once, and all segments together hold at most max_batch tokens.
+    void step(const std::vector<Segment>& segs, float* out);
 
-    // Forgets cached positions from n_keep on (0 restarts the conversation).
-    void truncate(int n_keep);
+    // Forgets the sequence's cached positions from n_keep on (0 restarts the conversation).
+    void truncate(int n_keep, int seq = 0);
 
-    int n_past() const { return n_past_.load(); }
+    int n_past(int seq = 0) const;
+    int n_seq() const { return opt_.n_seq; }
     int n_ctx() const { return opt_.n_ctx; }
     int threads() const { return opt_.threads; }
     const ModelConfig& config() const { return cfg_; }
@@ -62,7 +79,15 @@ public:
     void reset_backend_stats();
 
 private:
-    void forward(const int32_t* ids, int n, float* all_logits);
+    // One forward pass over the segments' tokens (rows in segment order). The logits go to
+    // all_logits (one segment: every row), to seg_logits (a row per segment, after its last
+    // token), or else to logits_ (one segment: its last token).
+    // In a step the one-token segments come first (Backend::set_single_rows), and segment i's
+    // logits go to row out_rows[i] of seg_logits.
+    void forward(const Segment* segs, int n_segs, float* all_logits, float* seg_logits,
+                 const int* out_rows = nullptr);
+    void check_ids(const int32_t* ids, int n) const;
+    void check_room(int seq, int n) const;
 
     MappedFile file_;
     ModelConfig cfg_;
@@ -70,7 +95,8 @@ private:
     Weights w_;
     std::unique_ptr<Backend> backend_;
     std::vector<float> inv_freq_global_, inv_freq_local_;
-    std::atomic<int> n_past_{0};
+    std::unique_ptr<std::atomic<int>[]> n_past_;  // per sequence: positions its cache holds
+    std::vector<int32_t> step_ids_;  // a step's ids, segment after segment (embed reads them in one)
     mutable std::mutex mu_;  // one call at a time: the backend, its thread pool and the cache
 
     // Activations for up to max_batch tokens, carved out of the backend's activations() memory.

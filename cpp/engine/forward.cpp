@@ -5,12 +5,15 @@
 //   q,k,v = h Wq (+bq), h Wk (+bk), h Wv (+bv)           one pass over h
 //   q,k = rmsnorm per head (qk_norm: qwen3, gemma3)
 //   q,k = rope(q, k) at their positions                   interleaved (llama) or neox pairs
-//   cache[layer] <- k, v
-//   a   = softmax(q K^T * scale, causal, sliding window) V over the cache
+//   cache[seq][layer] <- k, v                             per sequence of the pass
+//   a   = softmax(q K^T * scale, causal, sliding window) V over the sequence's cache
 //   x  += a Wo                                            (post_norms: x += rmsnorm(a Wo))
 //   h   = rmsnorm(x) * ffn_norm
 //   x  += (act(h Wgate) * h Wup) Wdown                    SwiGLU or GeGLU
 // then logits = rmsnorm(x_last) * output_norm . Wout, optionally soft-capped.
+//
+// A pass holds the new tokens of one sequence (prefill, decode) or of several (a step of the
+// server's batch): every op but RoPE, the cache write and attention sees all rows at once.
 #include <algorithm>
 
 #include "engine/assert.h"
@@ -18,13 +21,28 @@
 
 namespace metallic {
 
-void Engine::forward(const int32_t* ids, int n, float* all_logits) {
+void Engine::forward(const Segment* segs, int n_segs, float* all_logits, float* seg_logits, const int* out_rows) {
     Backend& B = *backend_;
     const ModelConfig& c = cfg_;
     const int d = c.n_embd, hd = c.head_dim;
-    const int pos0 = n_past_;
-    // prefill() splits the tokens into batches that fit the activations and the context.
-    METALLIC_ASSERT(n > 0 && n <= opt_.max_batch && pos0 + n <= opt_.n_ctx);
+    const int64_t qd = int64_t(c.n_head) * hd, kvd = int64_t(c.n_head_kv) * hd;
+    // The rows of the pass: each segment's tokens in turn. prefill() and step() checked that
+    // they fit the activations and each sequence's context.
+    int n = 0;
+    for (int i = 0; i < n_segs; ++i) n += segs[i].n;
+    METALLIC_ASSERT(n_segs > 0 && n > 0 && n <= opt_.max_batch);
+    METALLIC_ASSERT(!all_logits || n_segs == 1);
+    const int32_t* ids = segs[0].ids;
+    if (n_segs > 1) {
+        int32_t* at = step_ids_.data();
+        for (int i = 0; i < n_segs; ++i) at = std::copy(segs[i].ids, segs[i].ids + segs[i].n, at);
+        ids = step_ids_.data();
+    }
+
+    int single = 0;  // leading one-token segments: decode steps of a batched step
+    if (seg_logits)
+        while (single < n_segs && segs[single].n == 1) ++single;
+    B.set_single_rows(single);
 
     B.embed(w_.token_embd, ids, n, c.embed_scale, residual_.data());
 
@@ -32,15 +50,21 @@ void Engine::forward(const int32_t* ids, int n, float* all_logits) {
         const LayerWeights& L = w_.layers[size_t(l)];
         const int window = c.sliding_window[size_t(l)];
 
-        // attention
+        // attention: the projections over every row at once (one read of the weights), RoPE,
+        // the cache write and attention per sequence, each at its own positions in its own cache
         B.rmsnorm_matmul(residual_.data(), L.attn_norm.data(), c.rms_eps, normed_.data(), n, d,
                          {{&L.wq, q_.data(), c.qkv_bias ? L.q_bias.data() : nullptr},
                           {&L.wk, k_.data(), c.qkv_bias ? L.k_bias.data() : nullptr},
                           {&L.wv, v_.data(), c.qkv_bias ? L.v_bias.data() : nullptr}});
         const float* freqs = window > 0 ? inv_freq_local_.data() : inv_freq_global_.data();
-        B.rope_store_kv(l, q_.data(), c.n_head, k_.data(), c.n_head_kv, v_.data(), n, pos0, freqs,
-                        c.qk_norm ? L.q_norm.data() : nullptr, c.qk_norm ? L.k_norm.data() : nullptr, hd, c.rms_eps);
-        B.attention(l, q_.data(), n, pos0, window, attn_out_.data());
+        for (int i = 0, row = 0; i < n_segs; row += segs[i].n, ++i) {
+            const int cache = segs[i].seq * c.n_layer + l, pos0 = n_past_[size_t(segs[i].seq)];
+            float* q = q_.data() + row * qd;
+            B.rope_store_kv(cache, q, c.n_head, k_.data() + row * kvd, c.n_head_kv, v_.data() + row * kvd, segs[i].n,
+                            pos0, freqs, c.qk_norm ? L.q_norm.data() : nullptr, c.qk_norm ? L.k_norm.data() : nullptr,
+                            hd, c.rms_eps);
+            B.attention(cache, q, segs[i].n, pos0, window, attn_out_.data() + row * qd);
+        }
         if (c.post_norms) {
             B.matmul(attn_out_.data(), n, {{&L.wo, sublayer_out_.data()}});
             B.add_rmsnorm(residual_.data(), sublayer_out_.data(), L.post_attn_norm.data(), c.rms_eps, n, d);
@@ -59,28 +83,41 @@ void Engine::forward(const int32_t* ids, int n, float* all_logits) {
         }
     }
 
-    // Output head: every row when asked for all logits, else only the last token's. All rows go
-    // through logits_ logit_rows_ at a time (a GPU writes its own buffers, not the caller's).
+    // Output head. All rows (prefill_all) or a row per segment go through logits_, logit_rows_
+    // rows at a time (a GPU writes its own buffers, not the caller's); a single sequence's last
+    // token takes the fused norm + matrix-vector path.
     const int64_t V = c.n_vocab;
+    // normed_'s first rows -> row out_rows[r] (or r) of dst, logit_rows_ at a time
+    auto head = [&](int rows, float* dst, const int* to) {
+        for (int r0 = 0; r0 < rows; r0 += logit_rows_) {
+            const int m = std::min(logit_rows_, rows - r0);
+            B.matmul(normed_.data() + int64_t(r0) * d, m, {{&w_.output, logits_.data()}});
+            if (c.final_logit_softcap > 0) B.softcap(logits_.data(), m * V, c.final_logit_softcap);
+            B.sync();
+            for (int r = 0; r < m; ++r)
+                std::copy(logits_.data() + r * V, logits_.data() + (r + 1) * V,
+                          dst + int64_t(to ? to[r0 + r] : r0 + r) * V);
+        }
+    };
     if (all_logits) {
         B.rmsnorm(residual_.data(), w_.output_norm.data(), normed_.data(), n, d, c.rms_eps);
-        int last = 0;  // row of logits_ holding the last token's logits
-        for (int r0 = 0; r0 < n; r0 += logit_rows_) {
-            const int rows = std::min(logit_rows_, n - r0);
-            B.matmul(normed_.data() + int64_t(r0) * d, rows, {{&w_.output, logits_.data()}});
-            if (c.final_logit_softcap > 0) B.softcap(logits_.data(), rows * V, c.final_logit_softcap);
-            B.sync();
-            std::copy(logits_.data(), logits_.data() + rows * V, all_logits + int64_t(r0) * V);
-            last = rows - 1;
+        head(n, all_logits, nullptr);
+        std::copy(all_logits + (n - 1) * V, all_logits + n * V, logits_.data());  // what prefill returns
+    } else if (seg_logits) {
+        for (int i = 0, row = 0; i < n_segs; ++i) {  // each segment's last row, normalized, to row i
+            row += segs[i].n;
+            B.rmsnorm(residual_.data() + int64_t(row - 1) * d, w_.output_norm.data(), normed_.data() + int64_t(i) * d,
+                      1, d, c.rms_eps);
         }
-        if (last > 0) std::copy(logits_.data() + last * V, logits_.data() + (last + 1) * V, logits_.data());
+        B.set_single_rows(n_segs);  // each row's logits as the sequence alone would get them
+        head(n_segs, seg_logits, out_rows);
     } else {
         const float* last = residual_.data() + int64_t(n - 1) * d;
         B.rmsnorm_matmul(last, w_.output_norm.data(), c.rms_eps, normed_.data(), 1, d, {{&w_.output, logits_.data()}});
         if (c.final_logit_softcap > 0) B.softcap(logits_.data(), V, c.final_logit_softcap);
         B.sync();
     }
-    n_past_ += n;
+    for (int i = 0; i < n_segs; ++i) n_past_[size_t(segs[i].seq)] += segs[i].n;
 }
 
 }  // namespace metallic

@@ -34,13 +34,14 @@ public:
         Timer _(this, "sync");
         inner_->sync();
     }
+    void set_single_rows(int n) override { inner_->set_single_rows(n); }
     std::map<std::string, uint64_t> stats() const override { return inner_->stats(); }
     void reset_stats() override { inner_->reset_stats(); }
-    void rope_store_kv(int layer, float* q, int n_heads, float* k, int n_kv_heads, const float* v,
+    void rope_store_kv(int cache, float* q, int n_heads, float* k, int n_kv_heads, const float* v,
                        int n, int pos0, const float* inv_freq, const float* q_norm,
                        const float* k_norm, int head_dim, float eps) override {
         Timer _(this, "rope_store_kv");
-        inner_->rope_store_kv(layer, q, n_heads, k, n_kv_heads, v, n, pos0, inv_freq, q_norm, k_norm,
+        inner_->rope_store_kv(cache, q, n_heads, k, n_kv_heads, v, n, pos0, inv_freq, q_norm, k_norm,
                               head_dim, eps);
     }
     void rmsnorm_matmul(const float* x, const float* w, float eps, float* out, int n, int d,
@@ -80,13 +81,13 @@ public:
         Timer _(this, "rope");
         inner_->rope(x, n, heads, pos0, f);
     }
-    void store_kv(int layer, const float* k, const float* v, int n, int pos0) override {
+    void store_kv(int cache, const float* k, const float* v, int n, int pos0) override {
         Timer _(this, "store_kv");
-        inner_->store_kv(layer, k, v, n, pos0);
+        inner_->store_kv(cache, k, v, n, pos0);
     }
-    void attention(int layer, const float* q, int n, int pos0, int window, float* out) override {
+    void attention(int cache, const float* q, int n, int pos0, int window, float* out) override {
         Timer _(this, "attention");
-        inner_->attention(layer, q, n, pos0, window, out);
+        inner_->attention(cache, q, n, pos0, window, out);
     }
     void glu(float* g, const float* u, int64_t count, Activation act) override {
         Timer _(this, "glu");

@@ -64,8 +64,13 @@ public:
 
         ids_ = dev_->new_buffer(sizeof(int32_t) * size_t(opt_.max_batch));
         const size_t kv_elems =
-            size_t(cfg_.n_layer) * size_t(cfg_.n_head_kv) * size_t(opt_.n_ctx) * size_t(cfg_.head_dim);
+            size_t(cfg_.n_layer) * size_t(opt_.n_seq) * size_t(cfg_.n_head_kv) * size_t(opt_.n_ctx) * size_t(cfg_.head_dim);
         kv_elem_bytes_ = opt_.kv_f32 ? 4 : 2;
+        if (kv_elems * kv_elem_bytes_ > dev_->max_buffer_length())
+            throw BadRequest("the KV cache needs buffers of " + std::to_string((kv_elems * kv_elem_bytes_) >> 20) +
+                             " MiB and this GPU's largest buffer is " +
+                             std::to_string(dev_->max_buffer_length() >> 20) +
+                             " MiB: use a smaller context or fewer sequences");
         k_cache_ = dev_->new_buffer(kv_elems * kv_elem_bytes_);
         v_cache_ = dev_->new_buffer(kv_elems * kv_elem_bytes_);
         const size_t max_splits = (size_t(opt_.n_ctx) + kAttentionSplitLen - 1) / kAttentionSplitLen;
@@ -178,7 +183,7 @@ public:
     void store_kv(int, const float*, const float*, int, int) override { unreachable("store_kv"); }
     void add(float*, const float*, int64_t) override { unreachable("add"); }
 
-    void attention(int layer, const float* q, int n, int pos0, int window, float* out) override {
+    void attention(int cache, const float* q, int n, int pos0, int window, float* out) override {
         gpu::Encoder& e = encoder();
         AttentionArgs a{};
         a.n_heads = cfg_.n_head;
@@ -198,8 +203,8 @@ public:
             e.set_pipeline(*attention_split_);
             e.set_args(0, a);
             bind(e, 1, q);
-            e.set_buffer(2, *k_cache_, layer_offset(layer));
-            e.set_buffer(3, *v_cache_, layer_offset(layer));
+            e.set_buffer(2, *k_cache_, cache_offset(cache));
+            e.set_buffer(3, *v_cache_, cache_offset(cache));
             e.set_buffer(4, *attn_partial_, 0);
             e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
             e.dispatch_threadgroups({uint32_t(cfg_.n_head), splits, 1}, {32 * kAttentionSimdgroups, 1, 1});
@@ -212,8 +217,8 @@ public:
             e.set_pipeline(*attention_);
             e.set_args(0, a);
             bind(e, 1, q);
-            e.set_buffer(2, *k_cache_, layer_offset(layer));
-            e.set_buffer(3, *v_cache_, layer_offset(layer));
+            e.set_buffer(2, *k_cache_, cache_offset(cache));
+            e.set_buffer(3, *v_cache_, cache_offset(cache));
             bind(e, 4, out);
             e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
             e.dispatch_threadgroups({uint32_t(cfg_.n_head), uint32_t(n), 1}, {32 * kAttentionSimdgroups, 1, 1});
@@ -227,7 +232,7 @@ public:
     }
 
     // Fused: qk-norm (if any), RoPE of q and k and the KV write in one dispatch.
-    void rope_store_kv(int layer, float* q, int n_heads, float* k, int n_kv_heads, const float* v, int n, int pos0,
+    void rope_store_kv(int cache, float* q, int n_heads, float* k, int n_kv_heads, const float* v, int n, int pos0,
                        const float* inv_freq, const float* q_norm, const float* k_norm, int head_dim,
                        float eps) override {
         gpu::Encoder& e = encoder();
@@ -237,8 +242,8 @@ public:
         bind(e, 1, q);
         bind(e, 2, k);
         bind(e, 3, v);
-        e.set_buffer(4, *k_cache_, layer_offset(layer));
-        e.set_buffer(5, *v_cache_, layer_offset(layer));
+        e.set_buffer(4, *k_cache_, cache_offset(cache));
+        e.set_buffer(5, *v_cache_, cache_offset(cache));
         bind(e, 6, inv_freq);
         bind(e, 7, q_norm ? q_norm : inv_freq);  // read only with qk-norm
         bind(e, 8, k_norm ? k_norm : inv_freq);
@@ -472,8 +477,9 @@ private:
         return std::clamp<uint32_t>(ceil_div(n, 32) * 32, 32, std::min<uint32_t>(256, p.max_threads()));
     }
 
-    size_t layer_offset(int layer) const {
-        return size_t(layer) * size_t(cfg_.n_head_kv) * size_t(opt_.n_ctx) * size_t(cfg_.head_dim) * kv_elem_bytes_;
+    // The caches, one per layer and sequence (backend.h), each [kv_head][position][head_dim].
+    size_t cache_offset(int cache) const {
+        return size_t(cache) * size_t(cfg_.n_head_kv) * size_t(opt_.n_ctx) * size_t(cfg_.head_dim) * kv_elem_bytes_;
     }
 
     void elementwise(gpu::Encoder& e, float* x, const float* y, int64_t count, float cap) {

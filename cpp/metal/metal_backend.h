@@ -15,7 +15,8 @@
 namespace metallic::metal {
 
 struct MetalOptions {
-    int n_ctx = 0;
+    int n_ctx = 0;  // positions per sequence
+    int n_seq = 1;  // sequences, each with a KV cache of its own
     bool kv_f32 = false;
     int max_batch = 512;
 };

@@ -76,7 +76,9 @@ def check_work(slots: Slots, work: Sequence[tuple[int, Sequence[int]]]) -> None:
             raise RequestError(f"slot {slot} has no tokens in this step")
         for t in ids:
             if not 0 <= int(t) < slots.n_vocab:
-                raise RequestError(f"token id {int(t)} is outside the vocabulary of {slots.n_vocab}")
+                raise RequestError(
+                    f"token id {int(t)} is outside the vocabulary of {slots.n_vocab}"
+                )
         if len(slots.tokens(slot)) + len(ids) > slots.n_ctx:
             raise ContextError(
                 f"slot {slot}: {len(ids)} tokens at position {len(slots.tokens(slot))} do not fit "
@@ -120,4 +122,70 @@ class SequentialSlots:
 
     def step(self, work: Sequence[tuple[int, Sequence[int]]]) -> list[np.ndarray]:
         check_work(self, work)
-        return [np.array(self._models[slot].prefill(list(ids)), dtype=np.float32) for slot, ids in work]
+        return [
+            np.array(self._models[slot].prefill(list(ids)), dtype=np.float32) for slot, ids in work
+        ]
+
+
+class EngineSlots:
+    """The engine's own sequences (load(n_seq=N)): a step is one forward pass for all of them.
+
+    Calls take the model's lock like its other calls, so a generate() on sequence 0 and the
+    steps of a scheduler take turns rather than interleave inside one call."""
+
+    def __init__(self, model: Model) -> None:
+        self._model = model
+
+    @property
+    def n_slots(self) -> int:
+        return self._model.n_seq
+
+    @property
+    def n_ctx(self) -> int:
+        return self._model.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self._model.n_vocab
+
+    @property
+    def max_batch(self) -> int:
+        return self._model._engine.max_batch
+
+    def tokens(self, slot: int) -> list[int]:
+        self._check_slot(slot)
+        with self._model.hold():
+            return list(self._model._cached_seqs[slot])
+
+    def truncate(self, slot: int, n_keep: int) -> None:
+        self._check_slot(slot)
+        with self._model.hold():
+            cached = self._model._cached_seqs[slot]
+            if not 0 <= n_keep <= len(cached):
+                raise RequestError(
+                    f"cannot keep {n_keep} of the {len(cached)} tokens of slot {slot}"
+                )
+            self._model._engine.truncate(n_keep, slot)
+            del cached[n_keep:]
+
+    def step(self, work: Sequence[tuple[int, Sequence[int]]]) -> list[np.ndarray]:
+        model = self._model
+        with model.hold():
+            check_work(self, work)
+            ids = [
+                np.ascontiguousarray(np.asarray(t, dtype=np.int64), dtype=np.int32) for _, t in work
+            ]
+            seqs = [int(slot) for slot, _ in work]
+            for slot, arr in zip(seqs, ids, strict=True):
+                model._cached_seqs[slot].extend(int(t) for t in arr)
+            try:
+                logits = model._engine.step(seqs, ids)
+            finally:
+                # As Model._sync_cached: the record never claims tokens the engine lacks.
+                for slot in seqs:
+                    del model._cached_seqs[slot][model._engine.past(slot) :]
+            return list(logits)
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.n_slots:
+            raise RequestError(f"slot {slot} is outside 0..{self.n_slots - 1}")

@@ -1,7 +1,8 @@
 """`python -m metallic ...` (or the `metallic` script): the parser and the error policy.
 
 The commands live beside this file: cli_generate (generate, chat), cli_models (pull, list,
-rm, inspect, tokenize), bench; cli_options holds the argument types and shared options.
+rm, inspect, tokenize), bench, cli_doctor (doctor); cli_options holds the argument types and
+shared options.
 
 Output goes to stdout (generated text, JSON); progress, timings and errors to stderr, so the
 text can be piped. Every error is one line on stderr (a traceback only with --debug). Exit
@@ -36,11 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    from . import cli_generate, cli_models
+    from . import cli_doctor, cli_generate, cli_models
     from .bench import add_parser as add_bench
 
     cli_generate.register(sub)
     cli_models.register(sub)
+    cli_doctor.register(sub)
 
     add_bench(sub)
     for cmd in sub.choices.values():

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -20,10 +20,11 @@ import numpy as np
 from . import _core
 from .config import ModelConfig, check_tensors, model_config
 from .errors import ContextError, MetallicError, ModelBusyError, RequestError
-from .gguf_file import GGUFFile, read_gguf
+from .gguf_file import GGUFFile, TensorInfo, read_gguf
 from .system import logical_cpus
 
 if TYPE_CHECKING:
+    from .batch import EngineSlots
     from .generate import GenerationStats, Token
     from .sampling import SamplerSettings
     from .tokenizer import Tokenizer
@@ -103,24 +104,86 @@ class _ModelLock:
                 self._cv.notify_all()
 
 
-def resolve_backend(name: str | None) -> str:
-    """The backend to use: the argument, else $METALLIC_BACKEND, else auto."""
+def requested_backend(name: str | None) -> str:
+    """The backend asked for: the argument, else $METALLIC_BACKEND, else auto."""
     choice = name or os.environ.get("METALLIC_BACKEND") or "auto"
     if choice not in BACKENDS:
         raise RequestError(f"unknown backend '{choice}' (choose from: {', '.join(BACKENDS)})")
-    if choice == "auto":
-        return "metal" if _core.metal_available() else "cpu"
-    if choice == "metal" and not _core.metal_available():
-        others = "metal-sim, cpu" if _core.metal_sim_available() else "cpu"
-        raise RequestError(
-            f"backend 'metal' is not available: {_core.metal_problem()} (available: {others})"
-        )
-    if choice == "metal-sim" and not _core.metal_sim_available():
-        raise RequestError(
-            "backend 'metal-sim' is not available in this build of metallic "
-            "(built with METALLIC_METAL_SIM=OFF; available: cpu)"
-        )
     return choice
+
+
+# The start of what metal_problem() says when the machine has no Metal device at all (Linux, or
+# a Mac without one): nothing was refused, so `auto` takes the CPU without a word.
+_NO_METAL = "this machine has no Metal GPU"
+_NO_SIM = "this build of metallic has no simulator"
+
+
+def choose_backend(
+    requested: str,
+    types: Iterable[int] | None = None,
+    gpu: str = "metal",
+    *,
+    stacklevel: int = 2,
+) -> tuple[str, str]:
+    """The backend a model with matrices of these weight types (GGML type ids) runs on, and a
+    one-line note of why the GPU was refused ("" when there is nothing to say).
+
+    `auto` chooses the GPU only when it can run the kernels (`_core.metal_available()`: Apple7
+    or newer; metal_problem() says why not) and the self-test (selftest.py) on those types
+    passes: building the engine (the library, every pipeline) and agreeing with the CPU.
+    Otherwise it chooses `cpu`, and when a device exists but was refused it says why in a
+    RuntimeWarning; with no Metal device at all it stays silent. An explicit request of the GPU
+    runs the same checks and raises RequestError with the reason instead.
+
+    `gpu` is the device `auto` would choose: "metal", or "metal-sim" in the tests, where the
+    simulator stands in for it so that the rules tested are the ones a Mac runs. The simulator
+    asked for by name (not standing in) runs the self-test only with METALLIC_SELF_TEST=1 (it
+    costs about 0.6 s there); METALLIC_SELF_TEST=0 skips it everywhere, real Metal included.
+    """
+    if requested not in BACKENDS:
+        raise RequestError(f"unknown backend '{requested}' (choose from: {', '.join(BACKENDS)})")
+    if requested == "cpu":
+        return "cpu", ""
+    target = gpu if requested == "auto" else requested
+    mode = os.environ.get("METALLIC_SELF_TEST", "").strip()
+    run_test = mode != "0" and (target == "metal" or target == gpu or mode == "1")
+    reason = _gpu_refusal(target, types, run_test)
+    if not reason:
+        return target, ""
+    if requested != "auto":
+        others = [b for b in ("metal", "metal-sim") if b != target and not _gpu_refusal(b)]
+        raise RequestError(
+            f"backend '{target}' is not available: {reason} "
+            f"(available: {', '.join([*others, 'cpu'])})"
+        )
+    if reason.startswith(_NO_METAL) or reason.startswith(_NO_SIM):
+        return "cpu", ""
+    note = f"backend 'auto' chose cpu, not {target}: {reason}"
+    warnings.warn(note, RuntimeWarning, stacklevel=stacklevel)
+    return "cpu", note
+
+
+def _gpu_refusal(gpu: str, types: Iterable[int] | None = None, run_test: bool = False) -> str:
+    """Why `gpu` must not run a model with these weight types, or "": the device first, then
+    (if run_test) the self-test on the types it covers."""
+    if gpu == "metal":
+        problem = "" if _core.metal_available() else _core.metal_problem()
+    else:
+        problem = "" if _core.metal_sim_available() else f"{_NO_SIM} (METALLIC_METAL_SIM=OFF)"
+    if problem or not run_test:
+        return problem
+    from .selftest import gpu_self_test, supported_types
+
+    covered = supported_types()
+    # A type the kernels lack is refused when the engine is built, for either backend.
+    wanted = [t for t in types if t in covered] if types is not None else []
+    result = gpu_self_test(gpu, wanted or None)
+    return "" if result.passed else f"its self-test {result.detail}"
+
+
+def matrix_types(tensors: Iterable[TensorInfo]) -> set[int]:
+    """The weight types of a model's matrices: what the self-test must cover for it."""
+    return {int(t.type) for t in tensors if len(t.shape) >= 2}
 
 
 class Model:
@@ -130,20 +193,27 @@ class Model:
     The cache remembers which tokens it holds, so a new prompt that extends the previous one
     (a chat turn) only runs its new tokens.
 
-    One model holds one sequence. It may be shared by threads: calls take turns (see
-    _ModelLock), a generation keeps the model from its first token to its last, and the logits
-    a call returns are valid until the next call from any thread. Threads that need sequences
-    of their own at the same time load a model each.
+    The methods here run one sequence (sequence 0). A model loaded with n_seq > 1 holds more,
+    each with a cache of its own, which slots() runs together in batched steps (the server's
+    continuous batching). A model may be shared by threads: calls take turns (see _ModelLock),
+    a generation keeps the model from its first token to its last, and the logits a call
+    returns are valid until the next call from any thread.
     """
 
     def __init__(self, gguf: GGUFFile, config: ModelConfig, engine: _core.Engine) -> None:
         self.gguf = gguf
         self.config = config
         self._engine = engine
-        self._cached: list[int] = []  # token ids whose keys/values the cache holds, in order
+        # Per sequence of the engine: the token ids whose keys/values its cache holds, in order.
+        # The single-sequence API (prefill, decode, generate) is sequence 0.
+        self._cached_seqs: list[list[int]] = [[] for _ in range(engine.n_seq)]
+        self._cached = self._cached_seqs[0]
         self.last_stats: GenerationStats | None = None
         self.load_seconds = 0.0  # set by load(): reading the file, building the engine
         self.profiling = False  # set by load(profile=True)
+        # Set by load(): why backend 'auto' did not choose the GPU present, "" if it did or
+        # there is none (see choose_backend).
+        self.backend_note = ""
         self._lock = _ModelLock()
 
     # -- properties -------------------------------------------------------------------------
@@ -159,6 +229,18 @@ class Model:
     @property
     def n_past(self) -> int:
         return self._engine.n_past
+
+    @property
+    def n_seq(self) -> int:
+        """Sequences the model was loaded with (load(n_seq=...)), each with a cache of n_ctx."""
+        return self._engine.n_seq
+
+    def slots(self) -> EngineSlots:
+        """The model's sequences as Slots (batch.py): steps that run several sequences' new
+        tokens in one forward pass. Sequence 0 is also the one prefill/decode/generate use."""
+        from .batch import EngineSlots
+
+        return EngineSlots(self)
 
     @property
     def backend(self) -> str:
@@ -369,15 +451,19 @@ def load(
     max_batch: int = 512,
     profile: bool | None = None,
     mmap: bool = True,
+    n_seq: int = 1,
 ) -> Model:
     """Loads a GGUF model: a path, or a packaged model name such as "gemma-3-270m".
 
-    backend: "auto" (Metal if present, else CPU), "cpu", "metal", "metal-sim"; when this is
-    None or "auto", the METALLIC_BACKEND environment variable, if set, chooses instead.
+    backend: "auto" (Metal if present and its self-test passes, else CPU; see choose_backend),
+    "cpu", "metal", "metal-sim"; when this is None or "auto", the METALLIC_BACKEND environment
+    variable, if set, chooses instead.
     n_ctx: context length (default: the model's, at most 4096).
     threads: CPU threads (default: the physical cores; more than the logical CPUs is capped
     there, with a warning).
     max_batch: prompt tokens per forward pass (a long prompt runs in several).
+    n_seq: sequences, each with a KV cache of n_ctx positions (memory grows with n_seq * n_ctx);
+    Model.slots() runs several of them in one forward pass (continuous batching).
     kv_dtype: "f16" or "f32" for the KV cache (default: f32 for F32 models, else f16).
     profile: time every op of the forward pass (default: $METALLIC_PROFILE); see
     Model.profile() and GenerationStats.profile_*.
@@ -389,7 +475,7 @@ def load(
     t0 = time.perf_counter()
     if backend == "auto" and os.environ.get("METALLIC_BACKEND"):
         backend = None
-    chosen = resolve_backend(backend)
+    requested = requested_backend(backend)
     from .models import resolve_model
 
     g = read_gguf(resolve_model(path))
@@ -418,29 +504,33 @@ def load(
             )
             threads = cpus
     max_batch = _int_arg("max_batch", max_batch, 1)
+    n_seq = _int_arg("n_seq", n_seq, 1, 4096)
     if kv_dtype is None:
         all_f32 = all(t.type.name == "F32" for t in tensors)
         kv_dtype = "f32" if all_f32 else "f16"
     if kv_dtype not in ("f16", "f32"):
         raise RequestError(f"kv_dtype must be 'f16' or 'f32', got {kv_dtype!r}")
+    # After the arguments' checks: on a Mac this may run the GPU self-test.
+    chosen, note = choose_backend(requested, matrix_types(tensors), stacklevel=3)
 
     if profile is None:
         profile = os.environ.get("METALLIC_PROFILE", "") not in ("", "0")
-    descs = [_core.TensorDesc(t.name, int(t.type), list(t.shape), t.offset) for t in tensors]
-    engine = _core.Engine(
-        str(g.path),
-        cfg.to_core(),
-        descs,
-        backend=chosen,
+    engine = engine_for(
+        g,
+        cfg,
+        tensors,
+        chosen,
         n_ctx=n_ctx,
         threads=threads,
         kv_f32=kv_dtype == "f32",
         max_batch=max_batch,
         profile=bool(profile),
         mmap=bool(mmap),
+        n_seq=n_seq,
     )
     model = Model(g, cfg, engine)
     model.profiling = bool(profile)
+    model.backend_note = note
     if "tokenizer.ggml.model" in g.metadata:
         # Built here, not at the first prompt: its tables take a large vocabulary most of a
         # second, which belongs to the load time rather than to the first request's latency.
@@ -449,3 +539,36 @@ def load(
             model.tokenizer  # noqa: B018
     model.load_seconds = time.perf_counter() - t0
     return model
+
+
+def engine_for(
+    g: GGUFFile,
+    cfg: ModelConfig,
+    tensors: Sequence[TensorInfo],
+    backend: str,
+    *,
+    n_ctx: int,
+    threads: int = 0,
+    kv_f32: bool = False,
+    max_batch: int = 512,
+    profile: bool = False,
+    mmap: bool = True,
+    n_seq: int = 1,
+) -> _core.Engine:
+    """The core's engine for a GGUF file read and checked (read_gguf, model_config,
+    check_tensors), on a backend already chosen: what load() builds, and what the GPU
+    self-test (selftest.py) builds twice, without load()'s choice of backend."""
+    descs = [_core.TensorDesc(t.name, int(t.type), list(t.shape), t.offset) for t in tensors]
+    return _core.Engine(
+        str(g.path),
+        cfg.to_core(),
+        descs,
+        backend=backend,
+        n_ctx=n_ctx,
+        threads=threads,
+        kv_f32=kv_f32,
+        max_batch=max_batch,
+        profile=profile,
+        mmap=mmap,
+        n_seq=n_seq,
+    )
