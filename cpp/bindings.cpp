@@ -337,6 +337,9 @@ NB_MODULE(_core, m) {
           "Why backend 'metal' cannot run here (no device, GPU older than Apple7), or '' if it can.");
     m.def("metal_library", &gpu::metal_library_kind,
           "Where this build's Metal kernels come from: a precompiled metallib or embedded source.");
+    m.def("metal_device_info", &gpu::metal_device_info,
+          "The system's Metal device: name, family, max_buffer_length, recommended_max_working_set_size, "
+          "has_unified_memory ({} when there is none).");
     m.def("metal_sim_available", &gpu::sim_available, "Whether this build has the Metal simulator (backend 'metal-sim').");
     m.def(
         "raise_for_test",

@@ -27,6 +27,8 @@ struct RmsNormArgs {
     float eps;
     uint64_t x_stride;    // elements between rows of x
     uint64_t out_stride;  // elements between rows of out
+    int32_t x_vec4;       // 1: every row of x starts 16-byte aligned (the host checks), read as float4
+    int32_t unused;       // keeps the size a multiple of 8 on both sides
 };
 
 // out[t][r] = dot(W[r], x[t]) (+ bias[r]) (+ out[t][r]): matvec_* (decode) and gemm_* (prefill).
@@ -34,6 +36,8 @@ struct RmsNormArgs {
 enum LinearFlags : int32_t {
     LINEAR_BIAS = 1,        // add bias[r]
     LINEAR_ACCUMULATE = 2,  // add to what out holds (the residual stream)
+    LINEAR_X_VEC4 = 4,      // matvec*: every row of x (and the fused norm's weights) starts 16-byte
+                            // aligned, so x may be read as float4; the host checks the buffer offsets
 };
 struct LinearArgs {
     int32_t rows;

@@ -23,9 +23,9 @@
 //   MATVEC_EPS (3)   the norm's epsilon
 //   MATVEC_GELU (1)  matvec_glu's activation: GELU-tanh, else SiLU
 //
-// If x rows are not 16-byte aligned, or the matrix has a tail shorter than a block (float
-// formats only: the quantized ones come in whole blocks), the elements outside whole aligned
-// blocks go through F::get one at a time.
+// If x rows are not 16-byte aligned (LINEAR_X_VEC4 unset), or the matrix has a tail shorter
+// than a block (float formats only: the quantized ones come in whole blocks), the elements
+// outside whole aligned blocks go through F::get one at a time.
 #pragma once
 
 #include <metal_stdlib>
@@ -144,8 +144,8 @@ kernel void matvec(constant LinearArgs& args [[buffer(0)]],
     out += tgpig.y * args.out_stride;
 
     float sums[NR];
-    matvec_rows<F, NR>(w + uint64_t(row0) * args.row_bytes, args.row_bytes, nr, args.cols, args.x_stride % 4 == 0,
-                       x, norm_w, lane, sums);
+    matvec_rows<F, NR>(w + uint64_t(row0) * args.row_bytes, args.row_bytes, nr, args.cols,
+                       (args.flags & LINEAR_X_VEC4) != 0, x, norm_w, lane, sums);
     for (int r = 0; r < NR; ++r)
         if (lane == 0 && r < nr) linear_store(out, bias, row0 + r, args.flags, sums[r]);
 }
@@ -180,7 +180,8 @@ kernel void matvec_jobs(constant LinearJobsArgs& args [[buffer(0)]],
     device const float* bias = job == 0 ? bias0 : (job == 1 ? bias1 : bias2);
 
     float sums[NR];
-    matvec_rows<F, NR>(w + uint64_t(row0) * args.row_bytes, args.row_bytes, nr, args.cols, true, x, norm_w, lane, sums);
+    matvec_rows<F, NR>(w + uint64_t(row0) * args.row_bytes, args.row_bytes, nr, args.cols,
+                       (args.flags[0] & LINEAR_X_VEC4) != 0, x, norm_w, lane, sums);
     for (int r = 0; r < NR; ++r)
         if (lane == 0 && r < nr) linear_store(out, bias, row0 + r, args.flags[job], sums[r]);
 }
@@ -206,7 +207,7 @@ kernel void matvec_glu(constant LinearArgs& args [[buffer(0)]],
     x += tgpig.y * args.x_stride;
     out += tgpig.y * args.out_stride;
     const uint64_t first = uint64_t(row0) * args.row_bytes;
-    const bool x_aligned = args.x_stride % 4 == 0;
+    const bool x_aligned = (args.flags & LINEAR_X_VEC4) != 0;
 
     float g[NR], u[NR];
     if (MATVEC_NORM) {

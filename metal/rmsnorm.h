@@ -39,7 +39,7 @@ kernel void rmsnorm(constant RmsNormArgs& args [[buffer(0)]],
     const int d = args.d;
 
     float ss = 0.0f;
-    if (d % 4 == 0) {
+    if (args.x_vec4) {
         device const float4* x4 = (device const float4*)x;
         for (int i = int(tid); i < d / 4; i += int(ntg)) {
             const float4 v = x4[i];

@@ -37,5 +37,7 @@ def rmsnorm(x, w, eps, tg=256):
     n, d = x.shape
     out = np.zeros_like(x)
     kname = "rmsnorm_f16" if w.dtype == np.float16 else "rmsnorm_f32"
-    core.sim_dispatch(kname, [args("ifQQ", d, eps, d, d), x, w, out], [n], [tg])
+    # x_vec4 as the host sets it: rows of a multiple of 4 floats from a 16-byte aligned start
+    a = args("ifQQii", d, eps, d, d, int(d % 4 == 0), 0)
+    core.sim_dispatch(kname, [a, x, w, out], [n], [tg])
     return out

@@ -27,6 +27,7 @@ KEYS = [
     "metal",
     "gpu",
     "gpu_family",
+    "gpu_limits",
     "metal_library",
     "metal_sim",
     "self_test",

@@ -30,11 +30,13 @@ void CommandBuffer::wait() {
 
 std::unique_ptr<Buffer> Device::new_buffer(size_t bytes) {
     ++stats_.buffer_allocations;
+    resident_bytes_ += bytes;
     return do_new_buffer(bytes);
 }
 
 std::unique_ptr<Buffer> Device::wrap(const void* p, size_t bytes) {
     ++stats_.buffers_wrapped;
+    resident_bytes_ += bytes;
     return do_wrap(p, bytes);
 }
 
@@ -44,6 +46,7 @@ std::unique_ptr<Device> make_metal_device() { return nullptr; }
 bool metal_device_available() { return false; }
 std::string metal_device_problem() { return "this machine has no Metal GPU (Metal exists only on Apple platforms)"; }
 const char* metal_library_kind() { return "none (no Metal on this platform)"; }
+std::map<std::string, std::string> metal_device_info() { return {}; }
 #endif
 
 }  // namespace metallic::gpu

@@ -132,6 +132,11 @@ public:
     virtual const char* name() const = 0;
     // Largest single buffer (Metal: maxBufferLength).
     virtual size_t max_buffer_length() const = 0;
+    // How much memory the GPU can use without hurting its performance (Metal:
+    // recommendedMaxWorkingSetSize); 0 when the device does not say.
+    virtual size_t recommended_working_set() const { return 0; }
+    // Bytes of every buffer made or wrapped so far (never reset): what the GPU keeps resident.
+    size_t resident_bytes() const { return resident_bytes_; }
     // Zero-filled shared memory.
     std::unique_ptr<Buffer> new_buffer(size_t bytes);
     // Host memory used in place (weights in the mmap). On Metal `p` must be page-aligned and
@@ -156,6 +161,7 @@ protected:
 
     Stats stats_;
     std::set<std::pair<const void*, size_t>> bound_;  // weight ranges bound since the reset
+    size_t resident_bytes_ = 0;
 };
 
 // The simulator (throws if this build has none: see sim_available()).
@@ -166,5 +172,9 @@ std::unique_ptr<Device> make_metal_device();  // nullptr unless metal_device_pro
 bool metal_device_available();
 std::string metal_device_problem();  // why backend 'metal' cannot run here, or "" if it can
 const char* metal_library_kind();    // where the kernels come from: precompiled or embedded
+// The system's Metal device as `doctor` reports it: name, family (the newest Apple family it
+// supports), max_buffer_length, recommended_max_working_set_size, has_unified_memory. Empty
+// when there is no device.
+std::map<std::string, std::string> metal_device_info();
 
 }  // namespace metallic::gpu

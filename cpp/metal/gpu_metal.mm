@@ -176,6 +176,7 @@ public:
 
     const char* name() const override { return "metal"; }
     size_t max_buffer_length() const override { return size_t([device_ maxBufferLength]); }
+    size_t recommended_working_set() const override { return size_t([device_ recommendedMaxWorkingSetSize]); }
 
 protected:
     std::unique_ptr<Buffer> do_new_buffer(size_t bytes) override {
@@ -288,6 +289,23 @@ std::string metal_device_problem() {
 }
 
 bool metal_device_available() { return metal_device_problem().empty(); }
+
+std::map<std::string, std::string> metal_device_info() {
+    @autoreleasepool {
+        id<MTLDevice> d = system_device();
+        if (!d) return {};
+        std::string family = "older than Apple7";
+        if ([d supportsFamily:MTLGPUFamilyApple7]) family = "Apple7";
+        if ([d supportsFamily:MTLGPUFamilyApple8]) family = "Apple8";
+        if (@available(macOS 14.0, *))
+            if ([d supportsFamily:MTLGPUFamilyApple9]) family = "Apple9";
+        return {{"name", [[d name] UTF8String]},
+                {"family", family},
+                {"max_buffer_length", std::to_string(uint64_t([d maxBufferLength]))},
+                {"recommended_max_working_set_size", std::to_string(uint64_t([d recommendedMaxWorkingSetSize]))},
+                {"has_unified_memory", [d hasUnifiedMemory] ? "yes" : "no"}};
+    }
+}
 
 const char* metal_library_kind() {
 #ifdef METALLIC_METAL_RUNTIME_SOURCE

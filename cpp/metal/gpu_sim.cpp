@@ -149,9 +149,14 @@ public:
         // dispatches of kernels whose name starts with this are dropped, as if the kernel wrote
         // nothing. Read once, when the device is made.
         if (const char* env = std::getenv("METALLIC_SIM_SKIP_KERNEL")) skip_ = env;
+        // A GPU's recommended working set, for the tests of the warning a model larger than it
+        // gets; unset, the simulator does not say (0), as a device without one would.
+        if (const char* env = std::getenv("METALLIC_SIM_WORKING_SET"))
+            if (const long long v = std::atoll(env); v > 0) working_set_ = size_t(v);
     }
     const char* name() const override { return "metal-sim"; }
     size_t max_buffer_length() const override { return max_buffer_length_; }
+    size_t recommended_working_set() const override { return working_set_; }
 
 protected:
     std::unique_ptr<Buffer> do_new_buffer(size_t bytes) override {
@@ -183,6 +188,7 @@ protected:
 private:
     size_t max_buffer_length_ = size_t(1) << 40;
     std::string skip_;
+    size_t working_set_ = 0;
 };
 
 }  // namespace

@@ -4,17 +4,19 @@
 // and the activations are mapped to GPU buffers by BufferMap (buffer_map.h); here live
 //   ids          the token ids of the current forward pass (written by the host at encode time:
 //                safe because the previous command buffer has finished by then)
-//   k/v cache    [layer][kv_head][position][head_dim] in half or float, as on the CPU
+//   k/v cache    [seq][layer][kv_head][position][head_dim] in half or float, as on the CPU
 //   partials     split decode attention's per-split (max, sum, accumulator)
 //
 // Every op only encodes: the first op of a forward pass opens a command buffer, sync() (called
 // by the engine before it reads logits) commits it and waits. A decode step is therefore one
-// command buffer and one wait.
+// command buffer and one wait. A long prompt's pass is cut into several command buffers,
+// committed as they fill (see kCommitWork), all on one queue, which runs them in order.
 #include "metal/metal_backend.h"
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -50,6 +52,11 @@ constexpr uint32_t kMatvecSimdgroups = 4;  // 128 threads: 4 * MATVEC_NR rows pe
 constexpr uint32_t kAttentionSimdgroups = 4;
 constexpr int kAttentionSplitLen = 128;  // positions per threadgroup of split decode attention
 constexpr uint32_t kElementwiseThreads = 256;
+// A command buffer is committed once it holds this many multiply-adds (about 80 ms on an M1's
+// 2.6 TFLOPS; a projection, never measured): macOS ends a command buffer that runs for seconds
+// (the GPU watchdog), which a long prompt of a large model in one would risk, and the GPU
+// starts on the first part while the host encodes the rest. A decode step stays far below.
+constexpr double kCommitWork = 1e11;
 
 uint32_t ceil_div(int64_t a, int64_t b) { return uint32_t((a + b - 1) / b); }
 
@@ -60,6 +67,9 @@ public:
                  const std::vector<std::pair<const float*, size_t>>& host_tables)
         : dev_(std::move(device)), cfg_(cfg), opt_(opt), map_(*dev_, file, w, host_tables) {
         name_ = dev_->name();
+        // The tests lower the commit threshold to split short prompts (results must not change).
+        if (const char* env = std::getenv("METALLIC_GPU_COMMIT_WORK"))
+            if (const double v = std::atof(env); v > 0) commit_work_ = v;
         make_pipelines(file, w);
 
         ids_ = dev_->new_buffer(sizeof(int32_t) * size_t(opt_.max_batch));
@@ -82,11 +92,9 @@ public:
     float* activations(size_t count) override { return map_.make_activations(count); }
 
     void sync() override {
-        if (!cb_) return;
-        cb_->commit();
-        cb_->wait();
-        cb_.reset();
-        enc_ = nullptr;
+        if (cb_) commit();
+        for (auto& cb : in_flight_) cb->wait();
+        in_flight_.clear();
     }
 
     std::map<std::string, uint64_t> stats() const override {
@@ -95,7 +103,10 @@ public:
                 {"dispatches", s.dispatches},           {"buffer_allocations", s.buffer_allocations},
                 {"buffers_wrapped", s.buffers_wrapped}, {"weight_binds", s.weight_binds},
                 {"weight_bytes", s.weight_bytes},       {"weight_rebinds", s.weight_rebinds},
-                {"kv_bytes", kv_bytes_}};
+                {"kv_bytes", kv_bytes_},
+                // never reset: what the model keeps on the GPU, and what the GPU recommends
+                {"resident_bytes", dev_->resident_bytes()},
+                {"recommended_working_set", dev_->recommended_working_set()}};
     }
     void reset_stats() override {
         dev_->reset_stats();
@@ -118,7 +129,7 @@ public:
 
     void rmsnorm(const float* x, const float* w, float* out, int n, int d, float eps) override {
         gpu::Encoder& e = encoder();
-        RmsNormArgs a{d, eps, uint64_t(d), uint64_t(d)};
+        RmsNormArgs a{d, eps, uint64_t(d), uint64_t(d), x_vec4(x, d, nullptr) ? 1 : 0, 0};
         e.set_pipeline(*rmsnorm_);
         e.set_args(0, a);
         bind(e, 1, x);
@@ -135,7 +146,7 @@ public:
         }
         for (const MatmulJob& j : jobs) {
             const Matrix& w = *j.w;
-            LinearArgs a = linear_args(j, n);
+            LinearArgs a = linear_args(j, n, in, nullptr);
             e.set_pipeline(*format(w).gemm);
             e.set_args(0, a);
             bind_weight(e, 1, w, w.nbytes);
@@ -143,6 +154,7 @@ public:
             bind(e, 3, j.out);
             bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
             e.dispatch_threadgroups({ceil_div(w.rows, GEMM_TILE), ceil_div(n, GEMM_TILE), 1}, {GEMM_THREADS, 1, 1});
+            count_work(double(w.rows) * double(w.cols) * n);
         }
     }
 
@@ -228,6 +240,7 @@ public:
             const int pos = pos0 + t, start = window > 0 ? std::max(0, pos - window + 1) : 0;
             kv_bytes_ += 2 * uint64_t(pos - start + 1) * uint64_t(cfg_.n_head_kv) * uint64_t(cfg_.head_dim) *
                          kv_elem_bytes_;
+            count_work(2.0 * double(pos - start + 1) * cfg_.n_head * cfg_.head_dim);  // q.k and p.v
         }
     }
 
@@ -254,7 +267,7 @@ public:
     // Fused: x += rmsnorm(y) * w in one dispatch (y is left as it was).
     void add_rmsnorm(float* x, float* y, const float* w, float eps, int n, int d) override {
         gpu::Encoder& e = encoder();
-        RmsNormArgs a{d, eps, uint64_t(d), uint64_t(d)};
+        RmsNormArgs a{d, eps, uint64_t(d), uint64_t(d), x_vec4(y, d, nullptr) ? 1 : 0, 0};
         e.set_pipeline(*rmsnorm_add_);
         e.set_args(0, a);
         bind(e, 1, y);
@@ -337,13 +350,21 @@ private:
 
     // ---- the decode matvec family ----------------------------------------------------------
 
-    static LinearArgs linear_args(const MatmulJob& j, int n) {
+    // LINEAR_X_VEC4 when x's rows (cols floats apart) and the fused norm's weights start
+    // 16-byte aligned: the matvecs may then read them as float4 (Metal requires natural
+    // alignment of vector loads). Offsets are from page-aligned buffer starts.
+    int32_t x_vec4(const float* x, int64_t cols, const float* norm_w) const {
+        const bool ok = cols % 4 == 0 && resolve(x).offset % 16 == 0 && (!norm_w || resolve(norm_w).offset % 16 == 0);
+        return ok ? LINEAR_X_VEC4 : 0;
+    }
+
+    LinearArgs linear_args(const MatmulJob& j, int n, const float* x, const float* norm_w) const {
         const Matrix& w = *j.w;
         LinearArgs a{};
         a.rows = int32_t(w.rows);
         a.cols = int32_t(w.cols);
         a.n_tokens = n;
-        a.flags = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0);
+        a.flags = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0) | x_vec4(x, w.cols, norm_w);
         a.row_bytes = w.row_bytes;
         a.x_stride = uint64_t(w.cols);
         a.out_stride = uint64_t(w.rows);
@@ -362,7 +383,7 @@ private:
             return;
         }
         for (const MatmulJob& j : jobs) {
-            const LinearArgs a = linear_args(j, 1);
+            const LinearArgs a = linear_args(j, 1, x, norm_w);
             e.set_pipeline(*format(*j.w).matvec[norm_w ? 1 : 0]);
             e.set_args(0, a);
             bind_weight(e, 1, *j.w, j.w->nbytes);
@@ -371,6 +392,7 @@ private:
             bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
             bind(e, 5, norm_w ? norm_w : x);      // read only with the norm fused
             e.dispatch_threadgroups({matvec_groups(*j.w), 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
+            count_work(double(j.w->rows) * double(j.w->cols));
         }
     }
 
@@ -393,7 +415,7 @@ private:
         uint32_t groups = 0;
         for (const MatmulJob& j : jobs) {
             a.rows[i] = int32_t(j.w->rows);
-            a.flags[i] = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0);
+            a.flags[i] = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0) | x_vec4(in, w0.cols, norm_w);
             a.first_tg[i] = int32_t(groups);
             groups += matvec_groups(*j.w);
             ++i;
@@ -417,6 +439,7 @@ private:
         bind(e, 4, in);
         bind(e, 11, norm_w ? norm_w : in);  // read only with the norm fused
         e.dispatch_threadgroups({groups, 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
+        for (const MatmulJob& j : jobs) count_work(double(j.w->rows) * double(j.w->cols));
     }
 
     bool can_fuse_glu(const Matrix& gate, const Matrix& up, Activation act) const {
@@ -433,6 +456,7 @@ private:
         a.row_bytes = gate.row_bytes;
         a.x_stride = uint64_t(gate.cols);
         a.out_stride = uint64_t(gate.rows);
+        a.flags = x_vec4(x, gate.cols, norm_w);
         e.set_pipeline(*format(gate).matvec_glu[norm_w ? 1 : 0]);  // the model's activation
         e.set_args(0, a);
         bind_weight(e, 1, gate, gate.nbytes);
@@ -441,17 +465,31 @@ private:
         bind(e, 4, g);
         bind(e, 5, norm_w ? norm_w : x);  // read only with the norm fused
         e.dispatch_threadgroups({matvec_groups(gate), 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
+        count_work(2.0 * double(gate.rows) * double(gate.cols));
     }
 
     // ---- encoding helpers -------------------------------------------------------------------
 
     gpu::Encoder& encoder() {
+        if (cb_ && cb_work_ > commit_work_) commit();  // between two ops: never inside one
         if (!cb_) {
             cb_ = dev_->command_buffer();
             enc_ = &cb_->encoder();
         }
         return *enc_;
     }
+
+    // Hands the open command buffer to the GPU without waiting; sync() waits for all of them.
+    void commit() {
+        enc_ = nullptr;
+        cb_->commit();
+        in_flight_.push_back(std::move(cb_));
+        cb_work_ = 0;
+    }
+
+    // Work of the ops encoded into the open command buffer, in multiply-adds (matmuls and
+    // attention; the rest is small beside them).
+    void count_work(double madds) { cb_work_ += madds; }
 
     BufferRef resolve(const void* p) const { return map_.resolve(p); }
 
@@ -507,6 +545,9 @@ private:
 
     std::unique_ptr<gpu::CommandBuffer> cb_;
     gpu::Encoder* enc_ = nullptr;
+    std::vector<std::unique_ptr<gpu::CommandBuffer>> in_flight_;  // committed, not yet waited for
+    double cb_work_ = 0;  // multiply-adds encoded into cb_
+    double commit_work_ = kCommitWork;
 };
 
 }  // namespace

@@ -112,12 +112,16 @@ def report(backend: str = "metal", formats: list[Any] | None = None) -> dict[str
     metal_ok = bool(_core.metal_available())
     info["metal"] = "available" if metal_ok else f"not available: {_core.metal_problem()}"
     info["gpu"] = _gpu_name(mac)
-    # The Apple GPU family (Apple7, Apple8, ...) is known only to MTLDevice (supportsFamily:),
-    # which the core does not report yet; metal_problem() says when the device is below Apple7.
-    info["gpu_family"] = (
-        "Apple7 or newer (the exact family is not reported by this build)"
-        if metal_ok
-        else "n/a (no usable Metal GPU)"
+    # What MTLDevice says of itself (supportsFamily:, its limits); empty with no device.
+    device = dict(_core.metal_device_info())
+    info["gpu_family"] = device.get("family", "n/a (no Metal device)")
+    info["gpu_limits"] = (
+        "recommended working set "
+        f"{int(device['recommended_max_working_set_size']) / 2**30:.1f} GiB, "
+        f"largest buffer {int(device['max_buffer_length']) / 2**30:.1f} GiB, "
+        f"unified memory: {device['has_unified_memory']}"
+        if device
+        else "n/a (no Metal device)"
     )
     info["metal_library"] = _core.metal_library()
     info["metal_sim"] = (
@@ -220,8 +224,8 @@ def _memory_bytes(mac: bool) -> int | None:
 
 
 def _gpu_name(mac: bool) -> str:
-    """The GPU as macOS's system_profiler names it (with its core count); the core itself does
-    not report the Metal device's name yet."""
+    """The GPU as macOS's system_profiler names it, with its core count (which Metal does not
+    report)."""
     if not mac:
         return "n/a (not macOS)"
     try:

@@ -529,6 +529,7 @@ def load(
         n_seq=n_seq,
     )
     model = Model(g, cfg, engine)
+    _warn_past_working_set(model)
     model.profiling = bool(profile)
     model.backend_note = note
     if "tokenizer.ggml.model" in g.metadata:
@@ -539,6 +540,22 @@ def load(
             model.tokenizer  # noqa: B018
     model.load_seconds = time.perf_counter() - t0
     return model
+
+
+def _warn_past_working_set(model: Model) -> None:
+    """Metal runs a model larger than the GPU's recommended working set, slowly (paging): say
+    so once, at load, with the numbers."""
+    stats = model.gpu_stats()
+    resident, recommended = stats.get("resident_bytes", 0), stats.get("recommended_working_set", 0)
+    if recommended and resident > recommended:
+        warnings.warn(
+            f"the model and its caches take {resident / 2**30:.2f} GiB of GPU memory, more than "
+            f"the {recommended / 2**30:.2f} GiB this GPU's Metal recommends "
+            "(recommendedMaxWorkingSetSize): expect it to run slowly; a smaller n_ctx, n_seq "
+            "or quantization would fit",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def engine_for(

@@ -2,6 +2,7 @@
 // Apple's Metal framework documentation (see Foundation/Foundation.h here).
 #pragma once
 #import <Foundation/Foundation.h>
+#include <stdint.h>
 
 typedef struct { NSUInteger width, height, depth; } MTLSize;
 static inline MTLSize MTLSizeMake(NSUInteger w, NSUInteger h, NSUInteger d) { MTLSize s = {w, h, d}; return s; }
@@ -28,7 +29,11 @@ typedef enum : NSUInteger {
 @end
 
 typedef enum : NSUInteger { MTLLanguageVersion3_0 = (3 << 16) + 0 } MTLLanguageVersion;
-typedef enum : NSInteger { MTLGPUFamilyApple7 = 1007 } MTLGPUFamily;
+typedef enum : NSInteger {
+    MTLGPUFamilyApple7 = 1007,
+    MTLGPUFamilyApple8 = 1008,
+    MTLGPUFamilyApple9 = 1009
+} MTLGPUFamily;
 
 @interface MTLCompileOptions : NSObject
 @property (readwrite, nonatomic) MTLLanguageVersion languageVersion;
@@ -83,6 +88,8 @@ typedef enum : NSInteger { MTLGPUFamilyApple7 = 1007 } MTLGPUFamily;
 - (id<MTLComputePipelineState>)newComputePipelineStateWithFunction:(id<MTLFunction>)computeFunction
                                                              error:(NSError **)error;
 @property (readonly) NSUInteger maxBufferLength;
+@property (readonly) uint64_t recommendedMaxWorkingSetSize;
+@property (readonly) BOOL hasUnifiedMemory;
 @end
 
 #ifdef __cplusplus
