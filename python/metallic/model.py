@@ -112,9 +112,6 @@ def requested_backend(name: str | None) -> str:
     return choice
 
 
-# The start of what metal_problem() says when the machine has no Metal device at all (Linux, or
-# a Mac without one): nothing was refused, so `auto` takes the CPU without a word.
-_NO_METAL = "this machine has no Metal GPU"
 _NO_SIM = "this build of metallic has no simulator"
 
 
@@ -156,7 +153,10 @@ def choose_backend(
             f"backend '{target}' is not available: {reason} "
             f"(available: {', '.join([*others, 'cpu'])})"
         )
-    if reason.startswith(_NO_METAL) or reason.startswith(_NO_SIM):
+    # No device at all (Linux, a Mac without one): nothing was refused, so `auto` takes the
+    # CPU without a word.
+    absent = not _core.metal_device_info() if target == "metal" else reason.startswith(_NO_SIM)
+    if absent:
         return "cpu", ""
     note = f"backend 'auto' chose cpu, not {target}: {reason}"
     warnings.warn(note, RuntimeWarning, stacklevel=stacklevel)
