@@ -83,34 +83,37 @@ void Engine::forward(const Segment* segs, int n_segs, float* all_logits, float* 
         }
     }
 
-    // Output head. All rows (prefill_all) or a row per segment go through logits_, logit_rows_
-    // rows at a time (a GPU writes its own buffers, not the caller's); a single sequence's last
-    // token takes the fused norm + matrix-vector path.
+    // Output head. All rows (prefill_all) go through logits_, logit_rows_ rows at a time (a GPU
+    // writes its own buffers, not the caller's); a last token takes the fused norm + matrix-
+    // vector path. In a step, the one-token segments' rows (0 .. single-1) go together, and
+    // each prompt chunk's last row alone: every sequence's logits as it would get them alone.
     const int64_t V = c.n_vocab;
-    // normed_'s first rows -> row out_rows[r] (or r) of dst, logit_rows_ at a time
-    auto head = [&](int rows, float* dst, const int* to) {
-        for (int r0 = 0; r0 < rows; r0 += logit_rows_) {
-            const int m = std::min(logit_rows_, rows - r0);
+    if (all_logits) {
+        B.rmsnorm(residual_.data(), w_.output_norm.data(), normed_.data(), n, d, c.rms_eps);
+        for (int r0 = 0; r0 < n; r0 += logit_rows_) {
+            const int m = std::min(logit_rows_, n - r0);
             B.matmul(normed_.data() + int64_t(r0) * d, m, {{&w_.output, logits_.data()}});
+            if (c.final_logit_softcap > 0) B.softcap(logits_.data(), m * V, c.final_logit_softcap);
+            B.sync();
+            std::copy(logits_.data(), logits_.data() + m * V, all_logits + int64_t(r0) * V);
+        }
+        std::copy(all_logits + (n - 1) * V, all_logits + n * V, logits_.data());  // what prefill returns
+    } else if (seg_logits) {
+        // m rows of the residual stream from `row` -> rows out_rows[seg ..] of seg_logits
+        auto emit = [&](int row, int m, int seg) {
+            B.rmsnorm_matmul(residual_.data() + int64_t(row) * d, w_.output_norm.data(), c.rms_eps, normed_.data(),
+                             m, d, {{&w_.output, logits_.data()}});
             if (c.final_logit_softcap > 0) B.softcap(logits_.data(), m * V, c.final_logit_softcap);
             B.sync();
             for (int r = 0; r < m; ++r)
                 std::copy(logits_.data() + r * V, logits_.data() + (r + 1) * V,
-                          dst + int64_t(to ? to[r0 + r] : r0 + r) * V);
-        }
-    };
-    if (all_logits) {
-        B.rmsnorm(residual_.data(), w_.output_norm.data(), normed_.data(), n, d, c.rms_eps);
-        head(n, all_logits, nullptr);
-        std::copy(all_logits + (n - 1) * V, all_logits + n * V, logits_.data());  // what prefill returns
-    } else if (seg_logits) {
-        for (int i = 0, row = 0; i < n_segs; ++i) {  // each segment's last row, normalized, to row i
+                          seg_logits + int64_t(out_rows[seg + r]) * V);
+        };
+        for (int r0 = 0; r0 < single; r0 += logit_rows_) emit(r0, std::min(logit_rows_, single - r0), r0);
+        for (int i = single, row = single; i < n_segs; ++i) {
             row += segs[i].n;
-            B.rmsnorm(residual_.data() + int64_t(row - 1) * d, w_.output_norm.data(), normed_.data() + int64_t(i) * d,
-                      1, d, c.rms_eps);
+            emit(row - 1, 1, i);
         }
-        B.set_single_rows(n_segs);  // each row's logits as the sequence alone would get them
-        head(n_segs, seg_logits, out_rows);
     } else {
         const float* last = residual_.data() + int64_t(n - 1) * d;
         B.rmsnorm_matmul(last, w_.output_norm.data(), c.rms_eps, normed_.data(), 1, d, {{&w_.output, logits_.data()}});

@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/assert.h"
 #include "engine/error.h"
 #include "engine/ggml_types.h"
 #include "metal/buffer_map.h"
@@ -138,54 +139,66 @@ public:
         e.dispatch_threadgroups({uint32_t(n), 1, 1}, {rmsnorm_threads(d), 1, 1});
     }
 
+    // The matmul family splits its rows: the first decode_rows(n) are one token each (a decode,
+    // or a batched step's decode rows, Backend::set_single_rows) and run the matrix-vector
+    // kernels exactly as a lone decode does, the norm fused in where it can be; the rest
+    // (prompt chunks) run the GEMM. A sequence's result never depends on what it was batched
+    // with.
+    void set_single_rows(int n) override { single_rows_ = n; }
+
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
-        gpu::Encoder& e = encoder();
-        if (n == 1) {
-            encode_matvecs(e, in, nullptr, jobs);
-            return;
-        }
-        for (const MatmulJob& j : jobs) {
-            const Matrix& w = *j.w;
-            LinearArgs a = linear_args(j, n, in, nullptr);
-            e.set_pipeline(*format(w).gemm);
-            e.set_args(0, a);
-            bind_weight(e, 1, w, w.nbytes);
-            bind(e, 2, in);
-            bind(e, 3, j.out);
-            bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
-            e.dispatch_threadgroups({ceil_div(w.rows, GEMM_TILE), ceil_div(n, GEMM_TILE), 1}, {GEMM_THREADS, 1, 1});
-            count_work(double(w.rows) * double(w.cols) * n);
-        }
+        const Jobs js(jobs);
+        const int s = decode_rows(n);
+        if (s) encode_matvecs(encoder(), in, nullptr, js, s);
+        if (n > s) encode_gemms(encoder(), in + int64_t(s) * js.cols(), n - s, js.shifted(s));
     }
 
     // Fused for decode: the norm is computed inside the matvecs (MATVEC_NORM), which read
     // x * norm weight and scale their sums; `out` (the normalized rows) is then not written.
     void rmsnorm_matmul(const float* x, const float* w, float eps, float* out, int n, int d,
                         std::initializer_list<MatmulJob> jobs) override {
-        if (n != 1 || eps != cfg_.rms_eps || resolve(x).offset % 16 || jobs.begin()->w->cols != d) {
-            Backend::rmsnorm_matmul(x, w, eps, out, n, d, jobs);
-            return;
+        const Jobs js(jobs);
+        const int s = decode_rows(n);
+        if (s) {
+            if (can_fuse_norm(x, eps, d, js.cols())) {
+                encode_matvecs(encoder(), x, w, js, s);
+            } else {
+                rmsnorm(x, w, out, s, d, eps);
+                encode_matvecs(encoder(), out, nullptr, js, s);
+            }
         }
-        encode_matvecs(encoder(), x, w, jobs);
+        if (n > s) {
+            rmsnorm(x + int64_t(s) * d, w, out + int64_t(s) * d, n - s, d, eps);
+            encode_gemms(encoder(), out + int64_t(s) * d, n - s, js.shifted(s));
+        }
     }
 
     void rmsnorm_gate_up_glu(const float* x, const float* w, float eps, float* out, int n, int d, const Matrix& gate,
                              const Matrix& up, float* g, float* u, Activation act) override {
-        if (n != 1 || eps != cfg_.rms_eps || resolve(x).offset % 16 || gate.cols != d || !can_fuse_glu(gate, up, act)) {
-            Backend::rmsnorm_gate_up_glu(x, w, eps, out, n, d, gate, up, g, u, act);
-            return;
+        const int s = decode_rows(n);
+        if (s) {
+            if (can_fuse_norm(x, eps, d, gate.cols) && can_fuse_glu(gate, up, act)) {
+                encode_matvec_glu(encoder(), x, w, gate, up, g, s);
+            } else {
+                rmsnorm(x, w, out, s, d, eps);
+                gate_up_rows(out, s, gate, up, g, u, act, true);
+            }
         }
-        encode_matvec_glu(encoder(), x, w, gate, up, g);
+        if (n > s) {
+            rmsnorm(x + int64_t(s) * d, w, out + int64_t(s) * d, n - s, d, eps);
+            gate_up_rows(out + int64_t(s) * d, n - s, gate, up, g + int64_t(s) * gate.rows, u + int64_t(s) * up.rows,
+                         act, false);
+        }
     }
 
     // Fused for decode when gate and up share a format: both matvecs and the GLU in one pass.
     void gate_up_glu(const float* h, int n, const Matrix& gate, const Matrix& up, float* g, float* u,
                      Activation act) override {
-        if (n != 1 || !can_fuse_glu(gate, up, act)) {
-            Backend::gate_up_glu(h, n, gate, up, g, u, act);
-            return;
-        }
-        encode_matvec_glu(encoder(), h, nullptr, gate, up, g);
+        const int s = decode_rows(n);
+        if (s) gate_up_rows(h, s, gate, up, g, u, act, true);
+        if (n > s)
+            gate_up_rows(h + int64_t(s) * gate.cols, n - s, gate, up, g + int64_t(s) * gate.rows,
+                         u + int64_t(s) * up.rows, act, false);
     }
 
     // Never called: the forward pass runs rope and store_kv through rope_store_kv, and add
@@ -350,6 +363,68 @@ private:
 
     // ---- the decode matvec family ----------------------------------------------------------
 
+    // The jobs of one matmul (at most three), and the same jobs with every output moved down by
+    // s rows (the rows after a step's decode rows).
+    struct Jobs {
+        MatmulJob j[3];
+        size_t n = 0;
+        explicit Jobs(std::initializer_list<MatmulJob> jobs) {
+            METALLIC_ASSERT(jobs.size() >= 1 && jobs.size() <= 3);
+            for (const MatmulJob& x : jobs) j[n++] = x;
+        }
+        Jobs(const MatmulJob* p, size_t count) {
+            METALLIC_ASSERT(count >= 1 && count <= 3);
+            for (size_t i = 0; i < count; ++i) j[n++] = p[i];
+        }
+        const MatmulJob* begin() const { return j; }
+        const MatmulJob* end() const { return j + n; }
+        size_t size() const { return n; }
+        int64_t cols() const { return j[0].w->cols; }
+        Jobs shifted(int s) const {
+            Jobs o = *this;
+            for (size_t i = 0; i < n; ++i) o.j[i].out += int64_t(s) * o.j[i].w->rows;
+            return o;
+        }
+    };
+
+    // How many of a pass's first n rows are decode rows (a lone decode is one).
+    int decode_rows(int n) const { return n == 1 ? 1 : std::min(n, single_rows_); }
+
+    bool can_fuse_norm(const float* x, float eps, int d, int64_t cols) const {
+        return eps == cfg_.rms_eps && resolve(x).offset % 16 == 0 && cols == d;
+    }
+
+    // g = act(h Wgate) * (h Wup) over n rows: the matvecs (decode rows; gate, up and the GLU in
+    // one dispatch when they share a format) or the GEMMs and the GLU.
+    void gate_up_rows(const float* h, int n, const Matrix& gate, const Matrix& up, float* g, float* u, Activation act,
+                      bool decode) {
+        if (decode && can_fuse_glu(gate, up, act)) {
+            encode_matvec_glu(encoder(), h, nullptr, gate, up, g, n);
+            return;
+        }
+        const MatmulJob pair[2] = {{&gate, g}, {&up, u}};
+        if (decode)
+            encode_matvecs(encoder(), h, nullptr, Jobs(pair, 2), n);
+        else
+            encode_gemms(encoder(), h, n, Jobs(pair, 2));
+        glu(g, u, int64_t(n) * gate.rows, act);
+    }
+
+    void encode_gemms(gpu::Encoder& e, const float* in, int n, const Jobs& jobs) {
+        for (const MatmulJob& j : jobs) {
+            const Matrix& w = *j.w;
+            LinearArgs a = linear_args(j, n, in, nullptr);
+            e.set_pipeline(*format(w).gemm);
+            e.set_args(0, a);
+            bind_weight(e, 1, w, w.nbytes);
+            bind(e, 2, in);
+            bind(e, 3, j.out);
+            bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
+            e.dispatch_threadgroups({ceil_div(w.rows, GEMM_TILE), ceil_div(n, GEMM_TILE), 1}, {GEMM_THREADS, 1, 1});
+            count_work(double(w.rows) * double(w.cols) * n);
+        }
+    }
+
     // LINEAR_X_VEC4 when x's rows (cols floats apart) and the fused norm's weights start
     // 16-byte aligned: the matvecs may then read them as float4 (Metal requires natural
     // alignment of vector loads). Offsets are from page-aligned buffer starts.
@@ -375,15 +450,16 @@ private:
         return ceil_div(w.rows, kMatvecSimdgroups * MATVEC_NR);
     }
 
-    // One token through every job: jobs of one format and width (q, k, v) in one matvec_jobs
-    // dispatch, else one matvec each. norm_w: RMSNorm fused in (x is the norm's input).
-    void encode_matvecs(gpu::Encoder& e, const float* x, const float* norm_w, std::initializer_list<MatmulJob> jobs) {
-        if (can_share_dispatch(x, jobs)) {
+    // `rows` tokens (rows of x) through every job, each token as a lone decode computes it: one
+    // token's jobs of one format and width (q, k, v) in one matvec_jobs dispatch, else one
+    // matvec per job with a grid row per token. norm_w: RMSNorm fused in (x is its input).
+    void encode_matvecs(gpu::Encoder& e, const float* x, const float* norm_w, const Jobs& jobs, int rows) {
+        if (rows == 1 && can_share_dispatch(x, jobs)) {
             encode_matvec_jobs(e, x, norm_w, jobs);
             return;
         }
         for (const MatmulJob& j : jobs) {
-            const LinearArgs a = linear_args(j, 1, x, norm_w);
+            const LinearArgs a = linear_args(j, rows, x, norm_w);
             e.set_pipeline(*format(*j.w).matvec[norm_w ? 1 : 0]);
             e.set_args(0, a);
             bind_weight(e, 1, *j.w, j.w->nbytes);
@@ -391,12 +467,12 @@ private:
             bind(e, 3, j.out);
             bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
             bind(e, 5, norm_w ? norm_w : x);      // read only with the norm fused
-            e.dispatch_threadgroups({matvec_groups(*j.w), 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
-            count_work(double(j.w->rows) * double(j.w->cols));
+            e.dispatch_threadgroups({matvec_groups(*j.w), uint32_t(rows), 1}, {32 * kMatvecSimdgroups, 1, 1});
+            count_work(double(j.w->rows) * double(j.w->cols) * rows);
         }
     }
 
-    bool can_share_dispatch(const float* in, std::initializer_list<MatmulJob> jobs) const {
+    bool can_share_dispatch(const float* in, const Jobs& jobs) const {
         if (jobs.size() < 2 || jobs.size() > 3 || resolve(in).offset % 16) return false;
         const Matrix& w0 = *jobs.begin()->w;
         for (const MatmulJob& j : jobs)
@@ -404,8 +480,7 @@ private:
         return true;
     }
 
-    void encode_matvec_jobs(gpu::Encoder& e, const float* in, const float* norm_w,
-                            std::initializer_list<MatmulJob> jobs) {
+    void encode_matvec_jobs(gpu::Encoder& e, const float* in, const float* norm_w, const Jobs& jobs) {
         const Matrix& w0 = *jobs.begin()->w;
         LinearJobsArgs a{};
         a.cols = int32_t(w0.cols);
@@ -448,11 +523,11 @@ private:
     }
 
     void encode_matvec_glu(gpu::Encoder& e, const float* x, const float* norm_w, const Matrix& gate, const Matrix& up,
-                           float* g) {
+                           float* g, int rows) {
         LinearArgs a{};
         a.rows = int32_t(gate.rows);
         a.cols = int32_t(gate.cols);
-        a.n_tokens = 1;
+        a.n_tokens = rows;
         a.row_bytes = gate.row_bytes;
         a.x_stride = uint64_t(gate.cols);
         a.out_stride = uint64_t(gate.rows);
@@ -464,8 +539,8 @@ private:
         bind(e, 3, x);
         bind(e, 4, g);
         bind(e, 5, norm_w ? norm_w : x);  // read only with the norm fused
-        e.dispatch_threadgroups({matvec_groups(gate), 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
-        count_work(2.0 * double(gate.rows) * double(gate.cols));
+        e.dispatch_threadgroups({matvec_groups(gate), uint32_t(rows), 1}, {32 * kMatvecSimdgroups, 1, 1});
+        count_work(2.0 * double(gate.rows) * double(gate.cols) * rows);
     }
 
     // ---- encoding helpers -------------------------------------------------------------------
@@ -547,6 +622,7 @@ private:
     gpu::Encoder* enc_ = nullptr;
     std::vector<std::unique_ptr<gpu::CommandBuffer>> in_flight_;  // committed, not yet waited for
     double cb_work_ = 0;  // multiply-adds encoded into cb_
+    int single_rows_ = 0;  // a step's decode rows (set_single_rows)
     double commit_work_ = kCommitWork;
 };
 
