@@ -112,6 +112,30 @@ class StopStrings:
         return out
 
 
+class TextStream:
+    """Generated token ids to the text a stream releases: incremental detokenization (no broken
+    UTF-8 character is ever released) followed by the stop-string watch (StopStrings). Without
+    a tokenizer (a model driven by token ids alone) it releases no text."""
+
+    def __init__(self, tokenizer: Tokenizer | None, stops: StopStrings) -> None:
+        self._detok = tokenizer.stream() if tokenizer is not None else None
+        self.stops = stops
+
+    @property
+    def hit(self) -> bool:
+        """Whether a stop string was found (the text before it has been released)."""
+        return self.stops.hit
+
+    def push(self, token_id: int) -> str:
+        """Adds one token; returns the text that can be released."""
+        return self.stops.feed(self._detok.push(token_id)) if self._detok else ""
+
+    def drain(self) -> str:
+        """Ends the stream: the text still held by the detokenizer or the stop matcher."""
+        text = self.stops.feed(self._detok.flush()) if self._detok else ""
+        return text if self.stops.hit else text + self.stops.flush()
+
+
 def _settings(sampler: SamplerSettings | None, overrides: dict[str, Any]) -> SamplerSettings:
     base = sampler or SamplerSettings()
     known = {f.name for f in dataclasses.fields(SamplerSettings)}
@@ -296,12 +320,7 @@ def _steps(
     if model.profiling:
         stats.profile_prompt = model.profile(reset=True)
 
-    detok = model.tokenizer.stream() if _has_tokenizer(model) else None
-
-    def drain() -> str:
-        """Text still held by the detokenizer or the stop matcher, at the end of the run."""
-        text = stops.feed(detok.flush()) if detok else ""
-        return text if stops.hit else text + stops.flush()
+    out = TextStream(model.tokenizer if _has_tokenizer(model) else None, stops)
 
     history = list(ids)
     t1 = time.perf_counter()
@@ -319,8 +338,8 @@ def _steps(
             stats.stop_reason = "eog"
             break
         history.append(tok)
-        text = stops.feed(detok.push(tok)) if detok else ""
-        if stops.hit:
+        text = out.push(tok)
+        if out.hit:
             stats.stop_reason = "stop"
         elif i == max_tokens - 1:
             stats.stop_reason = "length"
@@ -337,10 +356,10 @@ def _steps(
         stats.decode_seconds = time.perf_counter() - t1
         if model.profiling:
             stats.profile_decode = model.profile()
-        yield Token(tok, text + drain())
+        yield Token(tok, text + out.drain())
         return
     stats.decode_seconds = time.perf_counter() - t1
     if model.profiling:
         stats.profile_decode = model.profile()
-    if tail := drain():
+    if tail := out.drain():
         yield Token(-1, tail)

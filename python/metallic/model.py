@@ -396,14 +396,16 @@ class Model:
         return list(self._cached)
 
     def reuse_prefix(self, ids: Sequence[int]) -> int:
-        """Keeps the longest cached prefix of `ids` (at most len(ids)-1 tokens, so the last
-        token is always run and yields logits); returns how many tokens were kept."""
+        """Keeps the longest cached prefix of `ids`, leaving at least its last two tokens to run
+        (one yields the logits; two take the prompt path, so a repeated prompt gets exactly the
+        logits a cold run of it got: one token alone would take the decode path, whose
+        quantized activations round differently); returns how many tokens were kept."""
         with self._lock.call():
             return self._reuse_prefix(ids)
 
     def _reuse_prefix(self, ids: Sequence[int]) -> int:
         keep = 0
-        limit = min(len(self._cached), len(ids) - 1)
+        limit = min(len(self._cached), len(ids) - 2)
         while keep < limit and self._cached[keep] == ids[keep]:
             keep += 1
         self._truncate(keep)
