@@ -6,11 +6,14 @@ serving the real SmolLM2 file; the default model comes from the installed packag
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -227,3 +230,49 @@ def test_python_example_runs(env: Env) -> None:
     assert lines[1].startswith("prompt: 8 tokens (0 cached) at") and "first token:" in lines[1]
     assert re.fullmatch(r"[\d.]+ tok/s, first token after [\d.]+ s", lines[2])
     assert "Paris" in lines[3]
+
+
+def test_serve_section_runs(env: Env) -> None:
+    """The Serve section as a user runs it: the server started with its command (on a free port
+    instead of 8080), then its Python example and its curl lines against it."""
+    pytest.importorskip("fastapi")  # the [serve] extra (in [test] too)
+    import httpx
+
+    section_text = section("Serve")
+    (start, calls) = blocks(section_text, "bash")
+    (code,) = blocks(section_text, "python")
+    pip, serve = [ln.partition("  # ")[0].strip() for ln in start.strip().splitlines()]
+    assert pip == 'pip install ".[serve]"'
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    at = lambda text: text.replace("8080", str(port))  # noqa: E731
+    pull = env.run(["python", "-m", "metallic", "pull", "smollm2-135m-instruct"])
+    assert pull.returncode == 0, pull.stderr
+    argv = [sys.executable, *shlex.split(serve)[1:], "--port", str(port), "--threads", "1"]
+    server = subprocess.Popen(argv, env=env.vars, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.3)
+        out = env.run([sys.executable, "-c", at(code)])
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip()  # a reply, sampled at the default temperature
+        for line in at(calls).replace("\\\n", " ").strip().splitlines():
+            out = subprocess.run(shlex.split(line), capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, out.stderr
+            if "/v1/" in line:  # SSE: data lines of chunks, then [DONE]
+                data = [ln for ln in out.stdout.splitlines() if ln.startswith("data: ")]
+                assert data[-1] == "data: [DONE]" and len(data) > 2, out.stdout
+            else:  # Ollama: NDJSON, the last line done
+                assert json.loads(out.stdout.strip().splitlines()[-1])["done"] is True
+    finally:
+        server.terminate()
+        server.wait(30)
