@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "metallic", "serve", "-m", model, "--backend", "cpu"]
     cmd += ["--threads", str(args.threads), "--slots", str(slots), "--port", str(port)]
     cmd += ["--ctx-size", str(args.ctx_size), "--max-queue", str(4 * slots)]
+    cmd += ["--model-alias", "metallic"]
     print(f"metallic: {' '.join(cmd)}", file=sys.stderr)
     with running(cmd, port, "metallic"):
         results += run_server("metallic", f"http://127.0.0.1:{port}", args, "metallic")

@@ -109,6 +109,45 @@ nb::ndarray<nb::numpy, float, nb::ndim<1>> kernel_dequant(uint32_t type, Bytes w
     return nb::ndarray<nb::numpy, float, nb::ndim<1>>(out, {size_t(n)}, owner);
 }
 
+// Tracing (engine/trace.h): a Python callable called with a dict per op of the forward pass.
+// It runs on the engine's thread inside prefill, which runs without the GIL: the GIL is taken
+// for the call, and the op's output is copied into a new NumPy array (the engine's memory is
+// reused by the next op). An exception in the callable ends the pass and reaches the caller.
+class PyObserver final : public Observer {
+public:
+    explicit PyObserver(nb::callable fn) : fn_(std::move(fn)) {}
+
+    void on_op(const OpEvent& e) override {
+        nb::gil_scoped_acquire gil;
+        const size_t rows = size_t(e.rows), cols = size_t(e.cols);
+        float* copy = new float[rows * cols];
+        nb::capsule owner(copy, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+        std::memcpy(copy, e.data, rows * cols * sizeof(float));
+        nb::dict d;
+        d["layer"] = e.layer;
+        d["op"] = e.op;
+        d["routine"] = e.routine;
+        d["kernels"] = e.kernels;
+        d["pos"] = e.pos;
+        d["input_shape"] = nb::make_tuple(e.rows, e.in_cols);
+        d["seconds"] = e.seconds;
+        if (e.weight) {
+            d["weight"] = e.weight->name;
+            d["weight_type"] = type_name(e.weight->type);
+            d["weight_bytes"] = e.weight->nbytes;
+        } else {
+            d["weight"] = nb::none();
+            d["weight_type"] = nb::none();
+            d["weight_bytes"] = 0;
+        }
+        d["data"] = FloatMatrix(copy, {rows, cols}, owner);
+        fn_(d);
+    }
+
+private:
+    nb::callable fn_;
+};
+
 #ifdef METALLIC_METAL_SIM
 // ---- Metal simulator test hooks ---------------------------------------------------------------
 // Run one kernel of metal/*.metal (or tests/metal_kernels/*.metal) over NumPy arrays in place:
@@ -279,6 +318,26 @@ NB_MODULE(_core, m) {
                  return LogitsView(p, {size_t(e.config().n_vocab)}, nb::handle());
              },
              nb::arg("id"), nb::arg("seq") = 0, nb::rv_policy::reference_internal)
+        .def("trace",
+             [](Engine& e, Ids ids, nb::callable fn, int seq) {
+                 PyObserver observer(std::move(fn));  // released with the GIL held, after the pass
+                 const float* p;
+                 {
+                     nb::gil_scoped_release release;
+                     e.set_observer(&observer);
+                     struct Off {  // also when the callable raised
+                         Engine& e;
+                         ~Off() { e.set_observer(nullptr); }
+                     } off{e};
+                     p = e.prefill(ids.data(), int(ids.shape(0)), nullptr, seq);
+                 }
+                 return LogitsView(p, {size_t(e.config().n_vocab)}, nb::handle());
+             },
+             nb::arg("ids"), nb::arg("callback"), nb::arg("seq") = 0, nb::rv_policy::reference_internal,
+             "prefill, traced (engine/trace.h): the forward pass runs unfused and callback(event) is called "
+             "after every op with a dict: layer, op, routine, kernels, pos, input_shape, seconds, weight, "
+             "weight_type, weight_bytes and data (the output, a new float32 [rows, cols] array). The "
+             "callback cannot use the engine (RequestError). Returns the logits as prefill does.")
         // Every call that takes the engine's lock releases the GIL first: another thread may
         // hold the lock for a whole prefill and needs the GIL to finish.
         .def("truncate", &Engine::truncate, nb::arg("n_keep"), nb::arg("seq") = 0,

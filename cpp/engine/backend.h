@@ -52,6 +52,15 @@ public:
     virtual std::map<std::string, uint64_t> stats() const { return {}; }
     virtual void reset_stats() {}
 
+    // ---- for tracing (trace.h) ----
+    // Whether rope, store_kv and add run on their own. A backend that has them only inside its
+    // fused steps (Metal: rope_store_kv, add_rmsnorm, matmul's accumulate) says no, and a traced
+    // pass observes those steps whole.
+    virtual bool has_unfused_ops() const { return true; }
+    // From now on, append the name of every kernel dispatched to *log (nullptr: stop). A backend
+    // without kernels of its own to name (the CPU) ignores it.
+    virtual void log_kernels(std::vector<std::string>* log) { (void)log; }
+
     // x[t] = row ids[t] of the embedding table, times scale.
     virtual void embed(const Matrix& table, const int32_t* ids, int n, float scale, float* x) = 0;
     // out[t] = x[t] / rms(x[t]) * w, for n rows of length d. out may alias x.

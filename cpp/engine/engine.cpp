@@ -164,7 +164,7 @@ void Engine::check_room(int seq, int n) const {
 }
 
 const float* Engine::prefill(const int32_t* ids, int n, float* all_logits, int seq) {
-    std::lock_guard<std::mutex> lock(mu_);
+    const std::lock_guard<std::mutex> lock = hold();
     check_room(seq, n);
     check_ids(ids, n);
     for (int done = 0; done < n;) {
@@ -176,8 +176,10 @@ const float* Engine::prefill(const int32_t* ids, int n, float* all_logits, int s
 }
 
 void Engine::step(const std::vector<Segment>& segs, float* out) {
-    std::lock_guard<std::mutex> lock(mu_);
+    const std::lock_guard<std::mutex> lock = hold();
     if (segs.empty()) throw BadRequest("a step needs at least one sequence");
+    if (observer_)
+        throw BadRequest("a batched step cannot be traced: tracing runs one sequence at a time (prefill, decode)");
     std::vector<bool> seen(size_t(opt_.n_seq), false);
     int64_t total = 0;
     for (const Segment& s : segs) {
@@ -209,7 +211,7 @@ int Engine::n_past(int seq) const {
 }
 
 std::map<std::string, std::pair<int64_t, double>> Engine::profile() const {
-    std::lock_guard<std::mutex> lock(mu_);
+    const std::lock_guard<std::mutex> lock = hold();
     std::map<std::string, std::pair<int64_t, double>> out;
     if (auto* p = dynamic_cast<const ProfilingBackend*>(backend_.get()))
         for (const auto& [op, t] : p->times()) out[op] = {t.calls, t.seconds};
@@ -217,22 +219,37 @@ std::map<std::string, std::pair<int64_t, double>> Engine::profile() const {
 }
 
 void Engine::reset_profile() {
-    std::lock_guard<std::mutex> lock(mu_);
+    const std::lock_guard<std::mutex> lock = hold();
     if (auto* p = dynamic_cast<ProfilingBackend*>(backend_.get())) p->reset();
 }
 
 std::map<std::string, uint64_t> Engine::backend_stats() const {
-    std::lock_guard<std::mutex> lock(mu_);
+    const std::lock_guard<std::mutex> lock = hold();
     return backend_->stats();
 }
 
 void Engine::reset_backend_stats() {
-    std::lock_guard<std::mutex> lock(mu_);
+    const std::lock_guard<std::mutex> lock = hold();
     backend_->reset_stats();
 }
 
+std::lock_guard<std::mutex> Engine::hold() const {
+    // The observer runs inside a pass, on the thread that holds mu_: a call back into the
+    // engine from there would wait for itself forever.
+    if (observing_.load() == std::this_thread::get_id())
+        throw BadRequest("a trace observer called the engine it observes (it must only read the event)");
+    return std::lock_guard<std::mutex>(mu_);
+}
+
+void Engine::set_observer(Observer* observer) {
+    const std::lock_guard<std::mutex> lock = hold();
+    observer_ = observer;
+    kernels_.clear();
+    backend_->log_kernels(observer ? &kernels_ : nullptr);
+}
+
 void Engine::truncate(int n_keep, int seq) {
-    std::lock_guard<std::mutex> lock(mu_);
+    const std::lock_guard<std::mutex> lock = hold();
     const int past = n_past(seq);
     if (n_keep < 0 || n_keep > past)
         throw BadRequest("cannot keep " + std::to_string(n_keep) + " of " + std::to_string(past) + " cached tokens");

@@ -13,11 +13,13 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/backend.h"
 #include "engine/config.h"
 #include "engine/mapped_file.h"
+#include "engine/trace.h"
 #include "engine/weights.h"
 
 namespace metallic {
@@ -78,6 +80,11 @@ public:
     std::map<std::string, uint64_t> backend_stats() const;
     void reset_backend_stats();
 
+    // Tracing (trace.h): with an observer, prefill and decode run the forward pass unfused and
+    // show it every op's output; nullptr turns it off. One sequence at a time: step() refuses
+    // to run while an observer is set. The observer must outlive its use.
+    void set_observer(Observer* observer);
+
 private:
     // One forward pass over the segments' tokens (rows in segment order). The logits go to
     // all_logits (one segment: every row), to seg_logits (a row per segment, after its last
@@ -87,6 +94,8 @@ private:
     void forward(const Segment* segs, int n_segs, float* all_logits, float* seg_logits,
                  const int* out_rows = nullptr);
     void check_ids(const int32_t* ids, int n) const;
+    // One op of a traced pass: runs it, waits for it, times it and hands it to observer_.
+    template <class Run> void observe(OpEvent e, const Run& run);
     void check_room(int seq, int n) const;
 
     MappedFile file_;
@@ -98,6 +107,11 @@ private:
     std::unique_ptr<std::atomic<int>[]> n_past_;  // per sequence: positions its cache holds
     std::vector<int32_t> step_ids_;  // a step's ids, segment after segment (embed reads them in one)
     mutable std::mutex mu_;  // one call at a time: the backend, its thread pool and the cache
+    // mu_, refusing a call from inside the observer (hold() says why).
+    std::lock_guard<std::mutex> hold() const;
+    Observer* observer_ = nullptr;     // tracing (set_observer), else nullptr
+    std::vector<std::string> kernels_;  // tracing: the kernels the backend dispatched for an op
+    std::atomic<std::thread::id> observing_{};  // the thread inside observer_->on_op, if any
 
     // Activations for up to max_batch tokens, carved out of the backend's activations() memory.
     struct Span {

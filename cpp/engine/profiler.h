@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/backend.h"
 
@@ -37,6 +38,8 @@ public:
     void set_single_rows(int n) override { inner_->set_single_rows(n); }
     std::map<std::string, uint64_t> stats() const override { return inner_->stats(); }
     void reset_stats() override { inner_->reset_stats(); }
+    bool has_unfused_ops() const override { return inner_->has_unfused_ops(); }
+    void log_kernels(std::vector<std::string>* log) override { inner_->log_kernels(log); }
     void rope_store_kv(int cache, float* q, int n_heads, float* k, int n_kv_heads, const float* v,
                        int n, int pos0, const float* inv_freq, const float* q_norm,
                        const float* k_norm, int head_dim, float eps) override {

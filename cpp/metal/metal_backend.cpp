@@ -20,6 +20,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "engine/assert.h"
 #include "engine/error.h"
@@ -114,13 +115,17 @@ public:
         kv_bytes_ = 0;
     }
 
+    // rope, store_kv and add exist only inside the fused steps (see below).
+    bool has_unfused_ops() const override { return false; }
+    void log_kernels(std::vector<std::string>* log) override { kernel_log_ = log; }
+
     // ---- ops ------------------------------------------------------------------------------
 
     void embed(const Matrix& table, const int32_t* ids, int n, float scale, float* x) override {
         std::memcpy(ids_->contents(), ids, sizeof(int32_t) * size_t(n));
         gpu::Encoder& e = encoder();
         EmbedArgs a{int32_t(table.cols), scale, uint64_t(table.row_bytes)};
-        e.set_pipeline(*format(table).embed);
+        use_pipeline(e, *format(table).embed);
         e.set_args(0, a);
         bind_weight(e, 1, table, size_t(n) * table.row_bytes);  // reads n rows of the table
         e.set_buffer(2, *ids_, 0);
@@ -131,7 +136,7 @@ public:
     void rmsnorm(const float* x, const float* w, float* out, int n, int d, float eps) override {
         gpu::Encoder& e = encoder();
         RmsNormArgs a{d, eps, uint64_t(d), uint64_t(d), x_vec4(x, d, nullptr) ? 1 : 0, 0};
-        e.set_pipeline(*rmsnorm_);
+        use_pipeline(e, *rmsnorm_);
         e.set_args(0, a);
         bind(e, 1, x);
         bind(e, 2, w);
@@ -225,7 +230,7 @@ public:
             // the window is split over threadgroups and the partials merged in a second pass.
             a.split_len = kAttentionSplitLen;
             const uint32_t splits = ceil_div(len, kAttentionSplitLen);
-            e.set_pipeline(*attention_split_);
+            use_pipeline(e, *attention_split_);
             e.set_args(0, a);
             bind(e, 1, q);
             e.set_buffer(2, *k_cache_, cache_offset(cache));
@@ -233,13 +238,13 @@ public:
             e.set_buffer(4, *attn_partial_, 0);
             e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
             e.dispatch_threadgroups({uint32_t(cfg_.n_head), splits, 1}, {32 * kAttentionSimdgroups, 1, 1});
-            e.set_pipeline(*attention_merge_);
+            use_pipeline(e, *attention_merge_);
             e.set_args(0, a);
             e.set_buffer(1, *attn_partial_, 0);
             bind(e, 2, out);
             e.dispatch_threadgroups({uint32_t(cfg_.n_head), 1, 1}, {ceil_div(cfg_.head_dim, 32) * 32, 1, 1});
         } else {
-            e.set_pipeline(*attention_);
+            use_pipeline(e, *attention_);
             e.set_args(0, a);
             bind(e, 1, q);
             e.set_buffer(2, *k_cache_, cache_offset(cache));
@@ -263,7 +268,7 @@ public:
                        float eps) override {
         gpu::Encoder& e = encoder();
         RopeKvArgs a{n_heads, n_kv_heads, head_dim, cfg_.rope_dims, opt_.n_ctx, pos0, q_norm ? 1 : 0, eps};
-        e.set_pipeline(*rope_store_kv_);
+        use_pipeline(e, *rope_store_kv_);
         e.set_args(0, a);
         bind(e, 1, q);
         bind(e, 2, k);
@@ -281,7 +286,7 @@ public:
     void add_rmsnorm(float* x, float* y, const float* w, float eps, int n, int d) override {
         gpu::Encoder& e = encoder();
         RmsNormArgs a{d, eps, uint64_t(d), uint64_t(d), x_vec4(y, d, nullptr) ? 1 : 0, 0};
-        e.set_pipeline(*rmsnorm_add_);
+        use_pipeline(e, *rmsnorm_add_);
         e.set_args(0, a);
         bind(e, 1, y);
         bind(e, 2, w);
@@ -291,13 +296,13 @@ public:
 
     void glu(float* g, const float* u, int64_t count, Activation act) override {
         gpu::Encoder& e = encoder();
-        e.set_pipeline(act == Activation::GeluTanh ? *glu_gelu_ : *glu_silu_);
+        use_pipeline(e, act == Activation::GeluTanh ? *glu_gelu_ : *glu_silu_);
         elementwise(e, g, u, count, 0.0f);
     }
 
     void softcap(float* x, int64_t count, float cap) override {
         gpu::Encoder& e = encoder();
-        e.set_pipeline(*softcap_);
+        use_pipeline(e, *softcap_);
         elementwise(e, x, nullptr, count, cap);
     }
 
@@ -414,7 +419,7 @@ private:
         for (const MatmulJob& j : jobs) {
             const Matrix& w = *j.w;
             LinearArgs a = linear_args(j, n, in, nullptr);
-            e.set_pipeline(*format(w).gemm);
+            use_pipeline(e, *format(w).gemm);
             e.set_args(0, a);
             bind_weight(e, 1, w, w.nbytes);
             bind(e, 2, in);
@@ -460,7 +465,7 @@ private:
         }
         for (const MatmulJob& j : jobs) {
             const LinearArgs a = linear_args(j, rows, x, norm_w);
-            e.set_pipeline(*format(*j.w).matvec[norm_w ? 1 : 0]);
+            use_pipeline(e, *format(*j.w).matvec[norm_w ? 1 : 0]);
             e.set_args(0, a);
             bind_weight(e, 1, *j.w, j.w->nbytes);
             bind(e, 2, x);
@@ -496,7 +501,7 @@ private:
             ++i;
         }
         for (int k = i; k < 4; ++k) a.first_tg[k] = int32_t(groups);
-        e.set_pipeline(*format(w0).matvec_jobs[norm_w ? 1 : 0]);
+        use_pipeline(e, *format(w0).matvec_jobs[norm_w ? 1 : 0]);
         e.set_args(0, a);
         i = 0;
         for (const MatmulJob& j : jobs) {
@@ -532,7 +537,7 @@ private:
         a.x_stride = uint64_t(gate.cols);
         a.out_stride = uint64_t(gate.rows);
         a.flags = x_vec4(x, gate.cols, norm_w);
-        e.set_pipeline(*format(gate).matvec_glu[norm_w ? 1 : 0]);  // the model's activation
+        use_pipeline(e, *format(gate).matvec_glu[norm_w ? 1 : 0]);  // the model's activation
         e.set_args(0, a);
         bind_weight(e, 1, gate, gate.nbytes);
         bind_weight(e, 2, up, up.nbytes);
@@ -544,6 +549,13 @@ private:
     }
 
     // ---- encoding helpers -------------------------------------------------------------------
+
+    // Every dispatch's pipeline is set through here, so that a traced pass can name the
+    // kernels each op ran (log_kernels; off, it costs one test of a pointer).
+    void use_pipeline(gpu::Encoder& e, const gpu::Pipeline& p) {
+        if (kernel_log_) kernel_log_->push_back(p.name());
+        e.set_pipeline(p);
+    }
 
     gpu::Encoder& encoder() {
         if (cb_ && cb_work_ > commit_work_) commit();  // between two ops: never inside one
@@ -624,6 +636,7 @@ private:
     double cb_work_ = 0;  // multiply-adds encoded into cb_
     int single_rows_ = 0;  // a step's decode rows (set_single_rows)
     double commit_work_ = kCommitWork;
+    std::vector<std::string>* kernel_log_ = nullptr;  // tracing: where dispatched kernels are named
 };
 
 }  // namespace

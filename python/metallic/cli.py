@@ -37,12 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    from . import cli_doctor, cli_generate, cli_models, cli_serve
+    from . import cli_doctor, cli_generate, cli_models, cli_serve, cli_trace
     from .bench import add_parser as add_bench
 
     cli_generate.register(sub)
     cli_models.register(sub)
     cli_serve.register(sub)
+    cli_trace.register(sub)
     cli_doctor.register(sub)
 
     add_bench(sub)

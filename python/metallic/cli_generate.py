@@ -10,8 +10,10 @@ from typing import Any
 
 from .cli_options import (
     add_chat_options,
+    add_instrument_options,
     add_model_options,
     add_sampling_options,
+    apply_instrument_options,
     escaped_text,
     int_in,
     sampler_settings,
@@ -79,6 +81,7 @@ def register(sub: Any) -> None:
     )
     add_chat_options(g)
     add_sampling_options(g)
+    add_instrument_options(g)
     g.set_defaults(func=cmd_generate, default_model=DEFAULT_MODEL)
 
     c = sub.add_parser(
@@ -99,12 +102,14 @@ def register(sub: Any) -> None:
     )
     add_chat_options(c)
     add_sampling_options(c)
+    add_instrument_options(c)
     c.set_defaults(func=cmd_chat, default_model=DEFAULT_CHAT_MODEL)
 
 
 def load_model(args: argparse.Namespace) -> Any:
     from .model import load
 
+    apply_instrument_options(args)
     path = resolve_model(args.model, default=args.default_model)
     t0 = time.perf_counter()
     print(f"loading {path} ...", file=sys.stderr, flush=True)

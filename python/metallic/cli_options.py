@@ -128,7 +128,8 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str = DEFAULT_M
         "--profile",
         action="store_true",
         default=None,
-        help="print the time of every op per token at the end (also: METALLIC_PROFILE=1)",
+        help="print the time of every op per token at the end (also: "
+        "METALLIC_ENABLE_PROFILING=1 or METALLIC_PROFILE=1)",
     )
     g.add_argument(
         "--kv-dtype",
@@ -236,3 +237,57 @@ def sampler_settings(args: argparse.Namespace) -> Any:
         penalty_last_n=args.penalty_last_n,
         seed=args.seed,
     )
+
+
+def add_instrument_options(p: argparse.ArgumentParser) -> None:
+    """The instrumentation's environment variables as flags (docs/inference-path.md)."""
+    from .instrument import parse_level
+
+    def level(text: str) -> str:
+        try:
+            parse_level(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected DEBUG, INFO, WARNING, ERROR or a number, got {text!r}"
+            ) from None
+        return text
+
+    g = p.add_argument_group("instrumentation (also by environment: docs/inference-path.md)")
+    g.add_argument(
+        "--log-level",
+        type=level,
+        default=None,
+        metavar="LEVEL",
+        help="level of the metallic logger, to stderr (also: METALLIC_LOG_LEVEL)",
+    )
+    g.add_argument(
+        "--metrics-jsonl",
+        default=None,
+        metavar="PATH",
+        help="append a JSON line per generated token and per request to PATH (also: "
+        "METALLIC_METRICS_JSONL_PATH)",
+    )
+    g.add_argument(
+        "--metrics-console",
+        action="store_true",
+        default=None,
+        help="a live status line on stderr: tokens, tok/s, cache, memory (also: "
+        "METALLIC_METRICS_CONSOLE=1)",
+    )
+
+
+def apply_instrument_options(args: argparse.Namespace) -> None:
+    """The flags of add_instrument_options over the environment's settings."""
+    import os
+
+    from . import instrument
+
+    flags = {
+        instrument.ENV_LOG_LEVEL: getattr(args, "log_level", None),
+        instrument.ENV_JSONL: getattr(args, "metrics_jsonl", None),
+        instrument.ENV_CONSOLE: "1" if getattr(args, "metrics_console", None) else None,
+    }
+    if any(v is not None for v in flags.values()):
+        env = dict(os.environ)
+        env.update({k: v for k, v in flags.items() if v is not None})
+        instrument.configure(env)

@@ -266,4 +266,7 @@ def _configure_logging() -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    # One line per request at INFO; METALLIC_LOG_LEVEL (instrument.py) chooses otherwise.
+    from . import instrument
+
+    logger.setLevel(instrument.settings().log_level or logging.INFO)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import instrument
 from .errors import ContextError, RequestError
 from .sampling import Sampler, SamplerSettings
 
@@ -296,7 +297,10 @@ def _run(
     t_start = time.perf_counter()  # the first next(): a wait for the model counts as latency
     with model._lock.generation() as holder:
         model.last_stats = stats  # under the lock: the stats of the generation that ran last
-        yield from _steps(model, ids, max_tokens, sampler, stops, eog, stats, holder, t_start)
+        # METALLIC_METRICS_JSONL_PATH / _CONSOLE (instrument.py): a record per token and per
+        # request; the iterator itself when metrics are off
+        steps = _steps(model, ids, max_tokens, sampler, stops, eog, stats, holder, t_start)
+        yield from instrument.observe(model, stats, steps)
 
 
 def _steps(

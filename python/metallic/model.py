@@ -4,12 +4,13 @@ bookkeeping, the lock that lets threads share it). Generation itself lives in ge
 from __future__ import annotations
 
 import contextlib
+import logging
 import numbers
 import os
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _core
+from . import _core, instrument
 from .config import ModelConfig, check_tensors, model_config
 from .errors import ContextError, MetallicError, ModelBusyError, RequestError
 from .gguf_file import GGUFFile, TensorInfo, read_gguf
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from .generate import GenerationStats, Token
     from .sampling import SamplerSettings
     from .tokenizer import Tokenizer
+
+_log = logging.getLogger("metallic.model")
 
 BACKENDS = ("auto", "cpu", "metal", "metal-sim")
 INT32_MAX = 2**31 - 1  # the core counts positions, tokens and threads in C int
@@ -325,6 +328,29 @@ class Model:
                 self._sync_cached()
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def trace(
+        self, ids: Sequence[int] | np.ndarray, callback: Callable[[dict[str, Any]], None]
+    ) -> np.ndarray:
+        """Like prefill (one id: a decode step), with the forward pass unfused and
+        ``callback(event)`` called after each of its ops (cpp/engine/trace.h lists them): a dict
+        of layer (-1 outside the layers), op, routine, kernels (the GPU kernels it dispatched,
+        "" on the CPU), pos (position of the first row), input_shape, seconds, weight,
+        weight_type, weight_bytes (None, None, 0 without a matrix) and data (the output, a new
+        float32 [rows, cols] array). The callback runs inside the pass: a call to the model from
+        it raises RequestError, and an exception it raises ends the pass (its tokens are not
+        cached). Slower than prefill: every op waits for the last. metallic.trace builds on
+        it."""
+        with self._lock.call():
+            arr = self._ids(ids)
+            step = self._engine.max_batch
+            try:
+                for i in range(0, arr.size, step):
+                    self._cached.extend(int(t) for t in arr[i : i + step])
+                    logits = self._engine.trace(arr[i : i + step], callback)
+            finally:
+                self._sync_cached()
+            return logits
+
     def decode(self, token: int) -> np.ndarray:
         """Runs one token; returns its logits (a view valid until the next call)."""
         with self._lock.call():
@@ -385,7 +411,7 @@ class Model:
 
     def profile(self, reset: bool = False) -> dict[str, tuple[int, float]]:
         """Per-op (calls, seconds) of the forward pass since load or the last reset; empty
-        unless the model was loaded with profile=True (or METALLIC_PROFILE=1)."""
+        unless the model was loaded with profile=True (or METALLIC_ENABLE_PROFILING=1)."""
         out = dict(self._engine.profile())
         if reset:
             self._engine.reset_profile()
@@ -467,7 +493,8 @@ def load(
     n_seq: sequences, each with a KV cache of n_ctx positions (memory grows with n_seq * n_ctx);
     Model.slots() runs several of them in one forward pass (continuous batching).
     kv_dtype: "f16" or "f32" for the KV cache (default: f32 for F32 models, else f16).
-    profile: time every op of the forward pass (default: $METALLIC_PROFILE); see
+    profile: time every op of the forward pass (default: $METALLIC_ENABLE_PROFILING or
+    $METALLIC_PROFILE); see
     Model.profile() and GenerationStats.profile_*.
     mmap: use the weights in place from the memory-mapped file (default). The loaded model
     then depends on the file: truncating it while loaded kills the process with SIGBUS at the
@@ -516,7 +543,7 @@ def load(
     chosen, note = choose_backend(requested, matrix_types(tensors), stacklevel=3)
 
     if profile is None:
-        profile = os.environ.get("METALLIC_PROFILE", "") not in ("", "0")
+        profile = instrument.profiling_requested()
     engine = engine_for(
         g,
         cfg,
@@ -541,6 +568,16 @@ def load(
         with contextlib.suppress(MetallicError):
             model.tokenizer  # noqa: B018
     model.load_seconds = time.perf_counter() - t0
+    _log.info(
+        "loaded %s (%s, %d layers) on %s, %d threads, n_ctx %d, in %.2f s",
+        model.path.name,
+        cfg.arch,
+        cfg.n_layer,
+        model.backend,
+        model.threads,
+        model.n_ctx,
+        model.load_seconds,
+    )
     return model
 
 
