@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from metallic.system import peak_rss_bytes
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -51,8 +54,12 @@ def server(smollm2_path: Path) -> Iterator[LiveServer]:
 
 
 def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+    """Resident memory now (Linux), else the peak so far (which a leak raises just the same)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return peak_rss_bytes()
 
 
 def body(question: str, n: int, stream: bool = True) -> dict[str, Any]:
