@@ -272,3 +272,26 @@ def test_bench_bad_arguments(args: list[str], message: str) -> None:
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_writes_its_comparison_as_a_chart(tmp_path: Path) -> None:
+    pytest.importorskip("plotly")  # the viz extra (in test too)
+    results = [
+        Result("metallic", "cpu", 2, "pp", 512, [200.0, 220.0]),
+        Result("llama.cpp", "cpu", 2, "pp", 512, [100.0, 110.0]),
+        Result("metallic", "cpu", 2, "tg", 128, [30.0, 31.0]),
+        Result("llama.cpp", "cpu", 2, "tg", 128, [20.0, 20.0]),
+    ]
+    page = tmp_path / "bench.html"
+    bench_module.write_chart(results, page, "tiny, 2 threads")
+    html = page.read_text()
+    assert "<html>" in html and "plotly" in html
+    assert '"x":["pp512","tg128"]' in html.replace(" ", "")  # the tests on the x axis
+    assert '"2.00x"' in html and '"1.52x"' in html  # the ratios, metallic / llama.cpp
+    assert "210.0" in html  # a mean
+    # and from the command line
+    path = tiny_gguf("qwen2", "Q8_0", "gqa2-untied")[0]
+    chart = tmp_path / "cli.html"
+    proc = bench("-m", str(path), "-p", "0", "-n", "2", "-r", "1", "-t", "1", "--chart", str(chart))
+    assert proc.returncode == 0, proc.stderr
+    assert "tg2" in chart.read_text() and f"chart written to {chart}" in proc.stderr

@@ -620,7 +620,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(format_table(name, size, params, results, rss))
         for line in bw_lines:
             print(line)
+    if args.chart:
+        write_chart(results, args.chart, f"{name}, {threads} threads")
+        print(f"bench: chart written to {args.chart}", file=sys.stderr)
     return 0
+
+
+def write_chart(results: list[Result], path: str | Path, title: str) -> None:
+    """The comparison as one self-contained page (plotly, the `viz` extra): tokens/s of each
+    test per engine, the spread of the repetitions as error bars, and each test's ratio
+    metallic / llama.cpp above its bars when both ran."""
+    from .trace_html import _plotly  # the viz extra's import, with its install hint
+
+    go = _plotly()
+    tests = list(dict.fromkeys(f"{r.test}{r.n}" for r in results))
+    fig = go.Figure()
+    for engine in dict.fromkeys(r.engine for r in results):
+        rows = {f"{r.test}{r.n}": r for r in results if r.engine == engine}
+        fig.add_bar(
+            name=engine,
+            x=tests,
+            y=[rows[t].mean if t in rows else None for t in tests],
+            error_y={"type": "data", "array": [rows[t].std if t in rows else 0 for t in tests]},
+        )
+    by = {(r.engine, f"{r.test}{r.n}"): r.mean for r in results}
+    for t in tests:
+        ours, peer = by.get(("metallic", t)), by.get(("llama.cpp", t))
+        if ours and peer:
+            top = max(ours, peer)
+            fig.add_annotation(x=t, y=top, text=f"{ours / peer:.2f}x", showarrow=False, yshift=18)
+    fig.update_layout(title=f"metallic bench: {title}", yaxis_title="tokens/s", barmode="group")
+    Path(path).write_text(fig.to_html(full_html=True, include_plotlyjs=True))
 
 
 def add_parser(sub: Any) -> None:
@@ -692,6 +722,12 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="also run llama.cpp (llama-cpp-python, the bench extra) on the same file and "
         "threads, interleaved with metallic, and print the ratios metallic / llama.cpp",
+    )
+    b.add_argument(
+        "--chart",
+        metavar="FILE",
+        help="also write the comparison as a self-contained HTML chart (tokens/s per test and "
+        "engine, the ratios; needs plotly, the viz extra)",
     )
     b.add_argument(
         "--output",
