@@ -172,3 +172,21 @@ def test_generate_flags_set_the_same_switches(path: Path, tmp_path: Path) -> Non
     assert logging.getLogger("metallic").level == logging.DEBUG
     with pytest.raises(SystemExit):
         main([*argv, "--log-level", "loud"])  # refused when parsed
+
+
+def test_profiling_on_metal_records_the_command_buffers_gpu_time(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Metal backend (the simulator here) a profiled request's record also has its command
+    buffers and their GPU time (gpu_stats' gpu_ns: Metal's GPUEndTime - GPUStartTime)."""
+    monkeypatch.setenv("METALLIC_ENABLE_PROFILING", "1")
+    m = metallic.load(path, n_ctx=32, backend="metal-sim")
+    out = tmp_path / "metrics.jsonl"
+    instrument.configure({"METALLIC_METRICS_JSONL_PATH": str(out)})
+    before = m.gpu_stats()
+    list(generate(m, 4))
+    after = m.gpu_stats()
+    gpu = records(out)[-1]["profile"]["gpu"]
+    # one command buffer for the prompt and one per decode step; their time within the request's
+    assert gpu["command_buffers"] == after["command_buffers"] - before["command_buffers"] == 4
+    assert 0 < gpu["seconds"] <= records(out)[-1]["end_time"] - records(out)[-1]["start_time"]

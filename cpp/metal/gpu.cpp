@@ -26,6 +26,7 @@ void CommandBuffer::commit() {
 void CommandBuffer::wait() {
     ++stats_->waits;
     do_wait();
+    stats_->gpu_nanoseconds += uint64_t(do_gpu_seconds() * 1e9);
 }
 
 std::unique_ptr<Buffer> Device::new_buffer(size_t bytes) {

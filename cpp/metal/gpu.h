@@ -32,6 +32,8 @@ struct Stats {
     uint64_t weight_binds = 0;        // set_weight calls
     uint64_t weight_bytes = 0;        // bytes those bindings read
     uint64_t weight_rebinds = 0;      // bindings of a weight range already bound since the reset
+    uint64_t gpu_nanoseconds = 0;     // execution time of the command buffers waited for (Metal:
+                                      // GPUEndTime - GPUStartTime; the simulator: its run time)
 };
 
 // Memory both the CPU and the GPU see (shared storage on Apple silicon).
@@ -121,6 +123,8 @@ protected:
     virtual Encoder& do_encoder() = 0;
     virtual void do_commit() = 0;
     virtual void do_wait() = 0;
+    // How long the device ran this command buffer, once wait() has returned.
+    virtual double do_gpu_seconds() const = 0;
 
 private:
     Stats* stats_;

@@ -116,6 +116,7 @@ protected:
                 throw std::runtime_error("metal: command buffer failed: " + describe([cb_ error]));
         }
     }
+    double do_gpu_seconds() const override { return double([cb_ GPUEndTime] - [cb_ GPUStartTime]); }
 
 private:
     id<MTLCommandBuffer> cb_;

@@ -5,6 +5,7 @@
 // runs the recorded dispatches in order; wait() then has nothing left to do. Recording first
 // and running later keeps Metal's semantics: a host read between encoding and wait() would see
 // stale data here just as on the GPU, and set_bytes captures the value at encode time.
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -112,6 +113,7 @@ protected:
     void do_commit() override {
         if (committed_) throw std::logic_error("gpu: command buffer committed twice");
         committed_ = true;
+        const auto t0 = std::chrono::steady_clock::now();
         msim::Device& dev = msim::Device::shared();
         msim::DispatchDesc d;
         for (const Recorded& r : enc_.recorded) {
@@ -127,7 +129,9 @@ protected:
             d.tg_mem = r.tg_mem;
             dev.dispatch(d);
         }
+        seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
+    double do_gpu_seconds() const override { return seconds_; }
     void do_wait() override {
         if (!committed_) throw std::logic_error("gpu: wait on a command buffer that was not committed");
     }
@@ -136,6 +140,7 @@ private:
     SimEncoder enc_;
     const std::string* skip_;  // the device's planted fault (see SimDevice)
     bool committed_ = false;
+    double seconds_ = 0;  // the run of the dispatches at commit
 };
 
 class SimDevice final : public Device {

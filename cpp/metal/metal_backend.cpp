@@ -105,7 +105,7 @@ public:
                 {"dispatches", s.dispatches},           {"buffer_allocations", s.buffer_allocations},
                 {"buffers_wrapped", s.buffers_wrapped}, {"weight_binds", s.weight_binds},
                 {"weight_bytes", s.weight_bytes},       {"weight_rebinds", s.weight_rebinds},
-                {"kv_bytes", kv_bytes_},
+                {"kv_bytes", kv_bytes_},                {"gpu_ns", s.gpu_nanoseconds},
                 // never reset: what the model keeps on the GPU, and what the GPU recommends
                 {"resident_bytes", dev_->resident_bytes()},
                 {"recommended_working_set", dev_->recommended_working_set()}};

@@ -8,8 +8,9 @@ METALLIC_METRICS_JSONL_PATH    append one JSON line per generated token and one 
                                (its end) to this file
 METALLIC_METRICS_CONSOLE       1: a live status line on stderr (tokens, tok/s, cache, memory)
 METALLIC_ENABLE_PROFILING      1: time every op of the forward pass (the same as
-                               METALLIC_PROFILE=1 and load(profile=True)); the per-op times go
-                               into each request's JSON line
+                               METALLIC_PROFILE=1 and load(profile=True)); the per-op times,
+                               and on Metal the command buffers' GPU time, go into each
+                               request's JSON line
 =============================  ==============================================================
 
 They are read when this module is first imported (metallic.model imports it), and again by
@@ -89,7 +90,8 @@ REQUEST_FIELDS = (
     "n_ctx",
     "cache_use",
     "peak_rss_bytes",
-    "profile",  # with profiling: {"prompt": {op: [calls, seconds]}, "decode": {...}}, else null
+    "profile",  # with profiling: {"prompt": {op: [calls, seconds]}, "decode": {...}}, and on
+    # Metal "gpu": {"command_buffers": n, "seconds": their GPU time}; else null
 )
 
 
@@ -235,6 +237,14 @@ class _Request:
         self.count = 0
         self.t_first = 0.0
         self.text_bytes = 0
+        self.gpu0 = self._gpu()
+
+    def _gpu(self) -> dict[str, int]:
+        """The GPU backend's counters (empty on the CPU), read when profiling: the request's
+        command buffers and their GPU time are the difference between its end and start."""
+        if not getattr(self.model, "profiling", False):
+            return {}
+        return dict(getattr(self.model, "gpu_stats", dict)())
 
     def _cache(self) -> dict[str, Any]:
         n_past, n_ctx = int(self.model.n_past), int(self.model.n_ctx)
@@ -281,6 +291,12 @@ class _Request:
                 "prompt": {k: list(v) for k, v in s.profile_prompt.items()},
                 "decode": {k: list(v) for k, v in s.profile_decode.items()},
             }
+            gpu1 = self._gpu()
+            if "gpu_ns" in gpu1 and "gpu_ns" in self.gpu0:  # a Metal backend
+                profile["gpu"] = {
+                    "command_buffers": gpu1["command_buffers"] - self.gpu0["command_buffers"],
+                    "seconds": (gpu1["gpu_ns"] - self.gpu0["gpu_ns"]) / 1e9,
+                }
         cache = self._cache()
         rss = peak_rss_bytes()
         self.m.write(

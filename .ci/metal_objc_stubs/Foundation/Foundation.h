@@ -5,6 +5,7 @@
 typedef unsigned long NSUInteger;
 typedef long NSInteger;
 typedef signed char BOOL;
+typedef double CFTimeInterval;  // CoreFoundation (CFDate.h), which Foundation includes
 #define nil ((id)0)
 #define NS_ASSUME_NONNULL_BEGIN
 #define NS_ASSUME_NONNULL_END

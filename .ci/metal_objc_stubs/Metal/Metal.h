@@ -66,6 +66,8 @@ typedef enum : NSInteger {
 - (void)waitUntilCompleted;
 @property (readonly) MTLCommandBufferStatus status;
 @property (readonly) NSError *error;
+@property (readonly) CFTimeInterval GPUStartTime;
+@property (readonly) CFTimeInterval GPUEndTime;
 @end
 
 @protocol MTLCommandQueue
