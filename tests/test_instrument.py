@@ -190,3 +190,29 @@ def test_profiling_on_metal_records_the_command_buffers_gpu_time(
     # one command buffer for the prompt and one per decode step; their time within the request's
     assert gpu["command_buffers"] == after["command_buffers"] - before["command_buffers"] == 4
     assert 0 < gpu["seconds"] <= records(out)[-1]["end_time"] - records(out)[-1]["start_time"]
+
+
+def test_served_requests_are_recorded(path: Path, tmp_path: Path) -> None:
+    """The scheduler's requests (the server's) write the same records: each request's tokens
+    under its own number, in its own order, and one request record at its end."""
+    from metallic.sampling import SamplerSettings
+    from metallic.scheduler import Request, Scheduler, make_slots
+
+    out = tmp_path / "metrics.jsonl"
+    instrument.configure({"METALLIC_METRICS_JSONL_PATH": str(out)})
+    model, slots = make_slots(path, 2, 32, "cpu", threads=1)
+    greedy = SamplerSettings(temperature=0)
+    with Scheduler(slots, model=model) as sched:
+        streams = [sched.submit(Request([1, 2, 3 + k], 4 + k, greedy, stop_ids=[])) for k in (0, 1)]
+        got = [[e.id for e in s] for s in streams]
+    recs = records(out)
+    requests = [r for r in recs if r["type"] == "request"]
+    assert len(requests) == 2 and all(tuple(r) == instrument.REQUEST_FIELDS for r in requests)
+    for req in requests:
+        tokens = [r for r in recs if r["type"] == "token" and r["request"] == req["request"]]
+        assert all(tuple(r) == instrument.TOKEN_FIELDS for r in tokens)
+        assert [r["token"] for r in tokens] in got  # one request's tokens, in order
+        assert [r["index"] for r in tokens] == list(range(len(tokens)))
+        assert req["generated_tokens"] == len(tokens) and req["stop_reason"] == "length"
+        assert req["model"] == str(path) and req["backend"] == "cpu" and req["n_ctx"] == 32
+        assert req["n_past"] == 3 + len(tokens) - 1  # the prompt and all but the last token

@@ -359,4 +359,67 @@ def _observed(metrics: Metrics, model: Any, stats: Any, tokens: Iterator[Any]) -
         req.end(reason or "closed", error)
 
 
+class _Token:
+    __slots__ = ("id", "text")
+
+    def __init__(self, token_id: int, text: str) -> None:
+        self.id, self.text = token_id, text
+
+
+class _ServedModel:
+    """What a record names of a served request's model: the file, the backend, the slot's
+    cache (n_past is set before each record)."""
+
+    profiling = False  # per-op times are the batch's, not one request's
+
+    def __init__(self, model: Any, n_ctx: int) -> None:
+        self.path = getattr(model, "path", "")
+        self.backend = getattr(model, "backend", "")
+        self.n_ctx = n_ctx
+        self.n_past = 0
+
+
+class _ServedStats:
+    """The scheduler's RequestStats under GenerationStats' names, as _Request reads them."""
+
+    def __init__(self, stats: Any) -> None:
+        self.s = stats
+
+    prompt_tokens = property(lambda self: self.s.prompt_tokens)
+    cached_tokens = property(lambda self: self.s.cached_tokens)
+    generated_tokens = property(lambda self: self.s.completion_tokens)
+    first_token_seconds = property(lambda self: self.s.time_to_first_token)
+    prompt_seconds = property(lambda self: self.s.prompt_seconds)
+    decode_seconds = property(lambda self: self.s.decode_seconds)
+    prompt_tps = property(
+        lambda self: _rate(self.s.prompt_tokens - self.s.cached_tokens, self.s.prompt_seconds)
+    )
+    decode_tps = property(
+        lambda self: _rate(max(self.s.completion_tokens - 1, 0), self.s.decode_seconds)
+    )
+
+
+class Served:
+    """The records of a request the scheduler runs (the server's): a token record per token it
+    streams and a request record at its end, as observe() writes them for a generation."""
+
+    def __init__(self, metrics: Metrics, model: Any, n_ctx: int, stats: Any) -> None:
+        self._model = _ServedModel(model, n_ctx)
+        self._req = _Request(metrics, self._model, _ServedStats(stats))
+
+    def token(self, token_id: int, text: str, n_past: int) -> None:
+        self._model.n_past = n_past
+        self._req.token(_Token(token_id, text))
+
+    def end(self, reason: str, error: BaseException | None, n_past: int) -> None:
+        self._model.n_past = n_past
+        # the scheduler's reasons under the records' names ("cancelled": the client left)
+        self._req.end({"cancelled": "closed"}.get(reason, reason), error)
+
+
+def served(model: Any, n_ctx: int, stats: Any) -> Served | None:
+    """A scheduled request's records, or None when metrics are off (scheduler.py)."""
+    return None if _metrics is None else Served(_metrics, model, n_ctx, stats)
+
+
 configure()

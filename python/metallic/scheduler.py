@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from . import instrument
 from .batch import Slots
 from .errors import ContextError, InternalError, MetallicError, RequestError
 from .generate import StopStrings, TextStream
@@ -238,6 +239,7 @@ class Stream:
         self._cancelled = False
         self.finish: Finish | None = None
         self.stats = RequestStats(prompt_tokens=len(request.prompt))
+        self._record: instrument.Served | None = None  # METALLIC_METRICS_* records, if on
 
     @property
     def cancelled(self) -> bool:
@@ -323,6 +325,7 @@ class Scheduler:
     max_queue: requests that may wait for a slot; more raise QueueFull.
     prefill_chunk: most prompt tokens per step while other sequences are decoding.
     observer: gets each step's size and each finished request (metrics).
+    model: the Model the slots belong to, named in METALLIC_METRICS_JSONL_PATH's records.
     """
 
     def __init__(
@@ -333,6 +336,7 @@ class Scheduler:
         max_queue: int = 64,
         prefill_chunk: int | None = None,
         observer: Observer | None = None,
+        model: Model | None = None,
     ) -> None:
         if max_queue < 0:
             raise RequestError(f"max_queue must be >= 0, got {max_queue}")
@@ -345,6 +349,7 @@ class Scheduler:
             raise RequestError(f"prefill_chunk must be >= 1, got {chunk}")
         self.prefill_chunk = min(chunk, self.max_batch)
         self.observer = observer
+        self.model = model
         eog = tokenizer.eog_ids if tokenizer is not None else ()
         self._default_stop_ids = frozenset(eog)
         self._cv = threading.Condition()
@@ -517,6 +522,7 @@ class Scheduler:
             self._running.append(seq)
             stream.stats.cached_tokens = keep
             stream.stats.admitted = time.perf_counter()
+            stream._record = instrument.served(self.model, self.n_ctx, stream.stats)
 
     def _form_step(self) -> tuple[list[tuple[int, list[int]]], list[_Seq]]:
         """Every decoding sequence's token, then prompt chunks within the prefill budget."""
@@ -602,11 +608,16 @@ class Scheduler:
         elif len(q.prompt) + q.generated - 1 >= self.n_ctx:
             reason = "length"  # the cache is full: no room to run this token
         if reason is None:
-            q.stream._put(TokenEvent(tok, text, lp))
+            self._emit(q, TokenEvent(tok, text, lp))
             q.next_input = tok
             return
-        q.stream._put(TokenEvent(tok, text + q.text.drain(), lp))
+        self._emit(q, TokenEvent(tok, text + q.text.drain(), lp))
         self._end(q, reason)
+
+    def _emit(self, q: _Seq, event: TokenEvent) -> None:
+        q.stream._put(event)
+        if q.stream._record is not None:
+            q.stream._record.token(event.id, event.text, len(q.prompt) + q.generated - 1)
 
     def _end(
         self, q: _Seq, reason: str, error: BaseException | None = None, tail: str = ""
@@ -623,6 +634,9 @@ class Scheduler:
 
     def _finish(self, stream: Stream, reason: str, error: BaseException | None = None) -> None:
         stream.stats.finished = time.perf_counter()
+        if stream._record is not None:
+            s = stream.stats
+            stream._record.end(reason, error, s.prompt_tokens + max(s.completion_tokens - 1, 0))
         finish = Finish(reason, stream.stats, error)
         if self.observer is not None:
             with _logged("observer.on_finish"):

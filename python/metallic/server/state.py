@@ -66,6 +66,7 @@ class ServerState:
                 max_queue=self.options.max_queue,
                 prefill_chunk=self.options.prefill_chunk,
                 observer=self.metrics,
+                model=model,
             )
             self.metrics.bind(self.scheduler)
             _prepare_constraints(model)
