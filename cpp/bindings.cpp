@@ -87,16 +87,17 @@ FloatMatrix kernel_gemm(uint32_t type, Bytes w, int64_t rows, int64_t cols, Floa
         cpu::batch_gemm(f, w.data(), row_bytes, rows, act.data(), n, cols, out);
         return FloatMatrix(out, {size_t(n), size_t(rows)}, owner);
     }
-    std::vector<uint8_t> quantized(cpu::act_row_bytes(f.act, cols));
-    for (int64_t t = 0; t < n; ++t) {
-        const float* x = act.data() + t * cols;
-        const void* a = x;
-        if (f.act != cpu::ActKind::F32) {
-            cpu::quantize_row(f.act, x, quantized.data(), cols);
-            a = quantized.data();
-        }
-        f.gemv(w.data(), row_bytes, rows, a, cols, out + t * rows, cpu::Epilogue{});
+    // All the tokens in one call, as a server step decodes them: each token's result must not
+    // depend on the others (tests/test_formats.py checks it against one call per token).
+    const size_t stride = f.act == cpu::ActKind::F32 ? size_t(cols) * sizeof(float) : cpu::act_row_bytes(f.act, cols);
+    std::vector<uint8_t> quantized(f.act == cpu::ActKind::F32 ? 0 : size_t(n) * stride);
+    const uint8_t* acts = reinterpret_cast<const uint8_t*>(act.data());
+    if (f.act != cpu::ActKind::F32) {
+        for (int64_t t = 0; t < n; ++t)
+            cpu::quantize_row(f.act, act.data() + t * cols, quantized.data() + size_t(t) * stride, cols);
+        acts = quantized.data();
     }
+    f.gemv(w.data(), row_bytes, rows, cols, cpu::DecodeTokens{acts, stride, out, rows, int(n)}, cpu::Epilogue{});
     return FloatMatrix(out, {size_t(n), size_t(rows)}, owner);
 }
 

@@ -75,18 +75,30 @@ def make_case(name: str, rng: np.random.Generator) -> dict:
     nblocks = 3 if block == 256 else 75
     # Several 256-column slabs, the last one ragged (603 = 2 x 256 + 91, 91 = 11 x 8 + 3).
     cols = block * nblocks if block > 1 else 603
+    w = random_weights(name, ROWS, cols, rng)
+    acts = {n: rng.standard_normal((n, cols)).astype(np.float32) for n in TOKENS}
+    return {"type": int(qtype), "w": np.ascontiguousarray(w), "cols": cols, "acts": acts}
+
+
+# Matrices wide enough that a step of more tokens than one group goes over several strips of
+# rows (formats/decode_tokens.h: 256 KiB of weights per strip): rows of 8-10 KB, 37 of them.
+WIDE_COLS = {"F32": 2051, "Q8_0": 9600, "Q4_0": 9600, "Q4_K": 10240}
+WIDE_TOKENS = 9
+
+
+def random_weights(name: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """rows x cols weights of format `name` as raw bytes, one row per line."""
+    qtype = Q[name]
+    block, block_bytes = quants.GGML_QUANT_SIZES[qtype]
     if name in HALF_OFFSETS:
-        raw = rng.integers(0, 256, size=(ROWS, cols // block, block_bytes), dtype=np.uint8)
+        raw = rng.integers(0, 256, size=(rows, cols // block, block_bytes), dtype=np.uint8)
         for off in HALF_OFFSETS[name]:
             # Scales of both signs over two decades: negative dmin and d occur in real files.
             h = rng.uniform(1e-3, 3e-2, size=raw.shape[:2]) * rng.choice([-1, 1], raw.shape[:2])
-            raw[:, :, off : off + 2] = h.astype(np.float16).view(np.uint8).reshape(ROWS, -1, 2)
-        w = raw.reshape(ROWS, -1)
-    else:
-        w = np.asarray(quants.quantize(rng.standard_normal((ROWS, cols)).astype(np.float32), qtype))
-        w = w.reshape(ROWS, -1).view(np.uint8)
-    acts = {n: rng.standard_normal((n, cols)).astype(np.float32) for n in TOKENS}
-    return {"type": int(qtype), "w": np.ascontiguousarray(w), "cols": cols, "acts": acts}
+            raw[:, :, off : off + 2] = h.astype(np.float16).view(np.uint8).reshape(rows, -1, 2)
+        return raw.reshape(rows, -1)
+    w = np.asarray(quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype))
+    return w.reshape(rows, -1).view(np.uint8)
 
 
 def make_cases() -> dict:
@@ -107,6 +119,26 @@ def compute(cases: dict) -> dict:
             out[name, n, "batch"] = _core.kernel_gemm(
                 c["type"], w.reshape(-1), ROWS, c["cols"], a, True
             )
+        # A step's tokens decoded together, then each alone (kernel_gemm runs all its tokens in
+        # one call): a token's result must not depend on the others, to the bit.
+        a = c["acts"][TOKENS[-1]]
+        out[name, "alone"] = np.concatenate(
+            [
+                _core.kernel_gemm(c["type"], w.reshape(-1), ROWS, c["cols"], a[t : t + 1], False)
+                for t in range(len(a))
+            ]
+        )
+    rng = np.random.default_rng(99)
+    for name, cols in WIDE_COLS.items():
+        w = random_weights(name, ROWS, cols, rng).reshape(-1)
+        a = rng.standard_normal((WIDE_TOKENS, cols)).astype(np.float32)
+        out[name, "wide"] = _core.kernel_gemm(int(Q[name]), w, ROWS, cols, a, False)
+        out[name, "wide", "alone"] = np.concatenate(
+            [
+                _core.kernel_gemm(int(Q[name]), w, ROWS, cols, a[t : t + 1], False)
+                for t in range(len(a))
+            ]
+        )
     return out
 
 
@@ -159,6 +191,10 @@ def results(request, cases, tmp_path_factory):
         for n in TOKENS:
             out[name, n] = flat[f"{name}/{n}"]
             out[name, n, "batch"] = flat[f"{name}/{n}/batch"]
+        out[name, "alone"] = flat[f"{name}/alone"]
+    for name in WIDE_COLS:
+        out[name, "wide"] = flat[f"{name}/wide"]
+        out[name, "wide", "alone"] = flat[f"{name}/wide/alone"]
     assert out["isa"] == portable_isa()
     out["forced_generic"] = True
     return out
@@ -190,6 +226,24 @@ def test_gemv_matches_float_reference(name, ntok, cases, results):
     assert got.shape == (ntok, ROWS)
     nmse = float(np.sum((got - ref) ** 2) / np.sum(ref**2))
     assert nmse < GEMV_NMSE[name], f"NMSE {nmse:.3g} >= {GEMV_NMSE[name]:.0e}"
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_gemv_tokens_together_equal_each_alone(name, results):
+    """Decode tokens are grouped (up to 4 share each decoded weight block): 13 tokens together
+    give each token exactly what it gets alone, as batched serving promises."""
+    together, alone = results[name, TOKENS[-1]], results[name, "alone"]
+    assert together.shape == alone.shape
+    bad = np.argwhere(together.view(np.uint32) != alone.view(np.uint32))
+    assert bad.size == 0, f"{len(bad)} results differ, first at token/row {tuple(bad[0])}"
+
+
+@pytest.mark.parametrize("name", list(WIDE_COLS))
+def test_gemv_tokens_over_strips_equal_each_alone(name, results):
+    together, alone = results[name, "wide"], results[name, "wide", "alone"]
+    assert together.shape == (WIDE_TOKENS, ROWS)
+    assert np.array_equal(together.view(np.uint32), alone.view(np.uint32))
+    assert np.isfinite(together).all()
 
 
 @pytest.mark.parametrize("name", TYPES)

@@ -166,14 +166,14 @@ public:
                            size_t(w.rows), ep, panel_[size_t(thread)]);
                 return;
             }
-            // Token after token over the same rows of W (they stay in cache): one read of the
-            // weights for every token.
+            // Every decode token at once: each weight row is read and decoded once for all of
+            // them (formats/decode_tokens.h).
             const ActKind kind = task.fmt->act;
-            for (int t = 0; t < n; ++t) {
-                const void* act = kind == ActKind::F32 ? static_cast<const void*>(in + int64_t(t) * k)
-                                                       : act_[int(kind)].data() + size_t(t) * act_stride(kind, k);
-                task.fmt->gemv(rows, w.row_bytes, task.r1 - task.r0, act, k, out + int64_t(t) * w.rows, ep);
-            }
+            const DecodeTokens x =
+                kind == ActKind::F32
+                    ? DecodeTokens{reinterpret_cast<const uint8_t*>(in), size_t(k) * sizeof(float), out, w.rows, n}
+                    : DecodeTokens{act_[int(kind)].data(), act_stride(kind, k), out, w.rows, n};
+            task.fmt->gemv(rows, w.row_bytes, task.r1 - task.r0, k, x, ep);
         });
     }
 

@@ -43,12 +43,19 @@ struct Q8RowOf {
 using Q8Row = Q8RowOf<const uint8_t>;
 constexpr size_t kQ8BlockBytes = 32 + 2 * sizeof(float);  // codes, scale and sum of one block
 
-// One 32-element block of an activation row quantized to int16: x ~= d * q.
-struct BlockI16 {
-    float d;
-    int16_t q[32];
+// An activation row of k values quantized to int16 in blocks of 32 (x ~= d * q): k codes, then
+// k / 32 scales, apart for the same reason as Q8RowOf's.
+template <class Byte>
+struct I16RowOf {
+    using I16 = std::conditional_t<std::is_const_v<Byte>, const int16_t, int16_t>;
+    using F = std::conditional_t<std::is_const_v<Byte>, const float, float>;
+    I16* q;
+    F* d;
+
+    I16RowOf(Byte* row, int64_t k) : q(reinterpret_cast<I16*>(row)), d(reinterpret_cast<F*>(row + 2 * k)) {}
 };
-static_assert(sizeof(BlockI16) == 68, "BlockI16 layout");
+using I16Row = I16RowOf<const uint8_t>;
+constexpr size_t kI16BlockBytes = 32 * sizeof(int16_t) + sizeof(float);
 
 // One 256-element block of an activation row quantized to int8, for the K-quants: one scale
 // per super-block lets their kernels apply the weights' small integer sub-block scales in
@@ -70,11 +77,27 @@ struct Epilogue {
 
 // Decodes n elements (a multiple of the block) starting at a block boundary.
 using DequantRowFn = void (*)(const uint8_t* src, float* dst, int64_t n);
-// One token (decode): for r < nrows, out[r] = epilogue(dot(w row r, act)). Rows of w are
-// `row_bytes` apart; act holds k values in the format's ActKind. Batches of tokens run through
-// cpu/panel_gemm.h instead, on dequant_row's floats.
-using GemvFn = void (*)(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act, int64_t k,
-                        float* out, const Epilogue& ep);
+
+// The activation rows of the decode tokens of one step, each in the format's ActKind, and where
+// each token's outputs go: token t reads act + t * act_stride and writes out + t * out_stride.
+struct DecodeTokens {
+    const uint8_t* act;
+    size_t act_stride;
+    float* out;
+    int64_t out_stride;
+    int n;
+
+    const void* act_row(int t) const { return act + size_t(t) * act_stride; }
+    float* out_row(int t) const { return out + int64_t(t) * out_stride; }
+};
+
+// Decode: for every token t of x and r < nrows, x.out_row(t)[r] = epilogue(dot(w row r, token
+// t)). Rows of w are `row_bytes` apart. The kernels decode each weight block once for all the
+// tokens, and a token's arithmetic is the same whatever the other tokens are (how many, which):
+// a sequence's decode result does not depend on what it was batched with. Batches of prompt
+// tokens run through cpu/panel_gemm.h instead, on dequant_row's floats.
+using GemvFn = void (*)(const uint8_t* w, size_t row_bytes, int64_t nrows, int64_t k, const DecodeTokens& x,
+                        const Epilogue& ep);
 
 struct FormatKernels {
     uint32_t type;
@@ -113,7 +136,7 @@ inline size_t act_row_bytes(ActKind kind, int64_t k) {
     switch (kind) {
         case ActKind::F32: return static_cast<size_t>(k) * sizeof(float);
         case ActKind::Q8: return static_cast<size_t>(k / 32) * kQ8BlockBytes;
-        case ActKind::I16: return static_cast<size_t>(k / 32) * sizeof(BlockI16);
+        case ActKind::I16: return static_cast<size_t>(k / 32) * kI16BlockBytes;
         case ActKind::Q8K: return static_cast<size_t>(k / 256) * sizeof(BlockQ8K);
     }
     return 0;

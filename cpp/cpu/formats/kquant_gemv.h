@@ -9,30 +9,46 @@
 // a super-block costs two int->float conversions and two FMAs.
 //
 // A format supplies kBytes, dequant_block(block, 256 floats) and
-//   dot(block, a, acc) -> acc + the 8-lane partial dot of the block with activation block a.
+//   dot<G>(block, a, acc): acc[g] += the 8-lane partial dot of the block with activation block
+//   a[g], for G tokens, decoding the block once.
 #pragma once
 
 #include "cpu/formats/blocks.h"
+#include "cpu/formats/decode_tokens.h"
 #include "cpu/formats/simd.h"
 
 namespace metallic::cpu::METALLIC_ISA {
 
-// One row at a time, a single linear stream per thread (see q32_gemv.h).
-template <class Fmt>
-void kquant_gemv(const uint8_t* w, size_t row_bytes, int64_t nrows, const void* act, int64_t k,
-                 float* out, const Epilogue& ep) {
-    const BlockQ8K* a = static_cast<const BlockQ8K*>(act);
+// One row at a time, a single linear stream per thread (see q32_gemv.h); the format decodes each
+// block once for the G tokens of a group.
+template <class Fmt, int G>
+void kquant_rows(const uint8_t* w, size_t row_bytes, int64_t nrows, int64_t k, const TokenGroup& x,
+                 const Epilogue& ep) {
+    const BlockQ8K* a[G];
+    for (int g = 0; g < G; ++g) a[g] = static_cast<const BlockQ8K*>(x.act[g]);
     const int64_t nsb = k / 256;
     for (int64_t r = 0; r < nrows; ++r) {
         const uint8_t* row = w + r * row_bytes;
-        F8 acc = zero8();
+        F8 acc[G];
+        for (int g = 0; g < G; ++g) acc[g] = zero8();
         for (int64_t b = 0; b < nsb; ++b) {
             const uint8_t* blk = row + b * Fmt::kBytes;
             for (int64_t line = 0; line < Fmt::kBytes; line += 64) __builtin_prefetch(blk + kPrefetchAhead + line);
-            acc = Fmt::dot(blk, a[b], acc);
+            const BlockQ8K* ab[G];
+            for (int g = 0; g < G; ++g) ab[g] = a[g] + b;
+            Fmt::template dot<G>(blk, ab, acc);
         }
-        out[r] = apply_epilogue(hsum8(acc), ep, r, out + r);
+        for (int g = 0; g < G; ++g) x.out[g][r] = apply_epilogue(hsum8(acc[g]), ep, r, x.out[g] + r);
     }
+}
+
+template <class Fmt>
+void kquant_gemv(const uint8_t* w, size_t row_bytes, int64_t nrows, int64_t k, const DecodeTokens& x,
+                 const Epilogue& ep) {
+    for_token_groups<4>(w, row_bytes, nrows, x, ep,
+                        [&](auto G, const uint8_t* strip, int64_t nr, const TokenGroup& group, const Epilogue& e) {
+                            kquant_rows<Fmt, decltype(G)::value>(strip, row_bytes, nr, k, group, e);
+                        });
 }
 
 template <class Fmt>

@@ -20,7 +20,9 @@ struct Q2_K {
         }
     }
 
-    static F8 dot(const uint8_t* p, const BlockQ8K& a, F8 acc) {
+    // The block decoded once, dotted with the G tokens' activation blocks a[g] into acc[g].
+    template <int G>
+    static void dot(const uint8_t* p, const BlockQ8K* const* a, F8* acc) {
         const BlockQ2_K& b = *reinterpret_cast<const BlockQ2_K*>(p);
         // Split the scale bytes into scales (low nibbles) and mins (high nibbles).
         int8_t sc[16], mn[16];
@@ -30,7 +32,8 @@ struct Q2_K {
             std::memcpy(sc + i, &s, 4);
             std::memcpy(mn + i, &m, 4);
         }
-        I32x8 dots = zero_i32();
+        I32x8 dots[G];
+        for (int g = 0; g < G; ++g) dots[g] = zero_i32();
         for (int h = 0; h < 2; ++h) {
             const I8x32 raw = load_u8x32(b.qs + 32 * h);
             const I8x32 q[4] = {bits_at<0>(raw, 3), bits_at<2>(raw, 3), bits_at<4>(raw, 3),
@@ -38,14 +41,18 @@ struct Q2_K {
             const I16x16 scales = widen_i8x8_twice(sc + 8 * h);
             for (int k = 0; k < 4; ++k) {
                 const I16x16 s = splat_lane_pair(scales, 2 * k);  // sub-blocks 8h + 2k, +1
-                const I16x16 prod = maddubs(q[k], load_i8x32(a.q + 128 * h + 32 * k));
-                dots = add_i32(dots, madd16(prod, s));
+                for (int g = 0; g < G; ++g) {
+                    const I16x16 prod = maddubs(q[k], load_i8x32(a[g]->q + 128 * h + 32 * k));
+                    dots[g] = add_i32(dots[g], madd16(prod, s));
+                }
             }
         }
         const I16x16 mins = widen_i8x16(mn);
         const float d = half_to_float(load_u16(&b.d)), dmin = half_to_float(load_u16(&b.dmin));
-        const I32x8 offs = madd16(load_i16x16(a.bsums), mins);
-        return kquant_combine(acc, dots, d, offs, -dmin, a.d);
+        for (int g = 0; g < G; ++g) {
+            const I32x8 offs = madd16(load_i16x16(a[g]->bsums), mins);
+            acc[g] = kquant_combine(acc[g], dots[g], d, offs, -dmin, a[g]->d);
+        }
     }
 };
 

@@ -39,11 +39,14 @@ struct Q3_K {
         }
     }
 
-    static F8 dot(const uint8_t* p, const BlockQ8K& a, F8 acc) {
+    // The block decoded once, dotted with the G tokens' activation blocks a[g] into acc[g].
+    template <int G>
+    static void dot(const uint8_t* p, const BlockQ8K* const* a, F8* acc) {
         const BlockQ3_K& b = *reinterpret_cast<const BlockQ3_K*>(p);
         int8_t sc[16];
         unpack_scales(b.scales, sc);
-        I32x8 dots = zero_i32();
+        I32x8 dots[G];
+        for (int g = 0; g < G; ++g) dots[g] = zero_i32();
         I8x32 hm = load_u8x32(b.hmask);  // bit g feeds group g (32 elements); shifted down
         for (int h = 0; h < 2; ++h) {
             const I8x32 raw = load_u8x32(b.qs + 32 * h);
@@ -55,14 +58,18 @@ struct Q3_K {
                 const I8x32 u = or_i8(lo[k], shl_small<2>(bits_at<0>(hm, 1)));
                 hm = bits_at<1>(hm, 0x7f);
                 const I16x16 s = splat_lane_pair(scales, 2 * k);  // sub-blocks 8h + 2k, +1
-                const I16x16 prod = maddubs(u, load_i8x32(a.q + 128 * h + 32 * k));
-                dots = add_i32(dots, madd16(prod, s));
+                for (int g = 0; g < G; ++g) {
+                    const I16x16 prod = maddubs(u, load_i8x32(a[g]->q + 128 * h + 32 * k));
+                    dots[g] = add_i32(dots[g], madd16(prod, s));
+                }
             }
         }
         const I16x16 all = widen_i8x16(sc);
         const float d = half_to_float(load_u16(&b.d));
-        const I32x8 offs = madd16(load_i16x16(a.bsums), all);
-        return kquant_combine(acc, dots, d, offs, -4.0f * d, a.d);
+        for (int g = 0; g < G; ++g) {
+            const I32x8 offs = madd16(load_i16x16(a[g]->bsums), all);
+            acc[g] = kquant_combine(acc[g], dots[g], d, offs, -4.0f * d, a[g]->d);
+        }
     }
 };
 

@@ -31,9 +31,12 @@ struct Q6_K {
             }
     }
 
-    static F8 dot(const uint8_t* p, const BlockQ8K& a, F8 acc) {
+    // The block decoded once, dotted with the G tokens' activation blocks a[g] into acc[g].
+    template <int G>
+    static void dot(const uint8_t* p, const BlockQ8K* const* a, F8* acc) {
         const BlockQ6_K& b = *reinterpret_cast<const BlockQ6_K*>(p);
-        I32x8 dots = zero_i32();
+        I32x8 dots[G];
+        for (int g = 0; g < G; ++g) dots[g] = zero_i32();
         for (int h = 0; h < 2; ++h) {
             const I8x32 ql0 = load_u8x32(b.ql + 64 * h), ql1 = load_u8x32(b.ql + 64 * h + 32);
             const I8x32 qh = load_u8x32(b.qh + 32 * h);
@@ -46,15 +49,19 @@ struct Q6_K {
             const I16x16 scales = widen_i8x8_twice(b.scales + 8 * h);
             for (int k = 0; k < 4; ++k) {
                 const I16x16 s = splat_lane_pair(scales, 2 * k);  // sub-blocks 8h + 2k, +1
-                const I16x16 prod = maddubs(q[k], load_i8x32(a.q + 128 * h + 32 * k));
-                dots = add_i32(dots, madd16(prod, s));
+                for (int g = 0; g < G; ++g) {
+                    const I16x16 prod = maddubs(q[k], load_i8x32(a[g]->q + 128 * h + 32 * k));
+                    dots[g] = add_i32(dots[g], madd16(prod, s));
+                }
             }
         }
         // The -32 of every code: -32 * sum_i sc_i * bsum_i.
         const I16x16 all = widen_i8x16(b.scales);
         const float d = half_to_float(load_u16(&b.d));
-        const I32x8 offs = madd16(load_i16x16(a.bsums), all);
-        return kquant_combine(acc, dots, d, offs, -32.0f * d, a.d);
+        for (int g = 0; g < G; ++g) {
+            const I32x8 offs = madd16(load_i16x16(a[g]->bsums), all);
+            acc[g] = kquant_combine(acc[g], dots[g], d, offs, -32.0f * d, a[g]->d);
+        }
     }
 };
 

@@ -278,25 +278,6 @@ inline void round_to_i16x32(const float* x, float scale, int16_t* q) {
 #endif
 }
 
-// Dot product of 32 int8 weights with 32 int16 activations, as 8 float lanes summing to it.
-inline F8 dot_i8_i16x32(const int8_t* w, const int16_t* a) {
-#if defined(METALLIC_ISA_AVX2)
-    const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-    const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16)));
-    const __m256i p0 = _mm256_madd_epi16(w0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)));
-    const __m256i p1 = _mm256_madd_epi16(w1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 16)));
-    return {_mm256_cvtepi32_ps(_mm256_add_epi32(p0, p1))};
-#else
-    F8 r;
-    for (int j = 0; j < 8; ++j) {
-        int32_t s = 0;
-        for (int i = 0; i < 4; ++i) s += int32_t(w[4 * j + i]) * int32_t(a[4 * j + i]);
-        r.v[j] = static_cast<float>(s);
-    }
-    return r;
-#endif
-}
-
 }  // namespace metallic::cpu::METALLIC_ISA
 
 namespace metallic::cpu::METALLIC_ISA {

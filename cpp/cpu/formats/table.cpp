@@ -36,12 +36,13 @@ void quantize_q8(const float* x, uint8_t* out, int64_t n) {
 }
 
 // Symmetric int16 quantization per 32 values: d = max|x| / 32767.
-void quantize_i16(const float* x, BlockI16* out, int64_t n) {
+void quantize_i16(const float* x, uint8_t* out, int64_t n) {
+    const I16RowOf<uint8_t> row(out, n);
     for (int64_t b = 0; b < n / 32; ++b) {
         const float* xb = x + b * 32;
         const float d = absmax32(xb) / 32767.0f;
-        out[b].d = d;
-        round_to_i16x32(xb, d != 0.0f ? 1.0f / d : 0.0f, out[b].q);
+        row.d[b] = d;
+        round_to_i16x32(xb, d != 0.0f ? 1.0f / d : 0.0f, row.q + b * 32);
     }
 }
 
@@ -67,7 +68,7 @@ void quantize_q8k(const float* x, BlockQ8K* out, int64_t n) {
 void quantize_act(ActKind kind, const float* x, void* out, int64_t n) {
     switch (kind) {
         case ActKind::Q8: quantize_q8(x, static_cast<uint8_t*>(out), n); return;
-        case ActKind::I16: quantize_i16(x, static_cast<BlockI16*>(out), n); return;
+        case ActKind::I16: quantize_i16(x, static_cast<uint8_t*>(out), n); return;
         case ActKind::Q8K: quantize_q8k(x, static_cast<BlockQ8K*>(out), n); return;
         case ActKind::F32: std::memcpy(out, x, size_t(n) * sizeof(float)); return;
     }
