@@ -319,6 +319,18 @@ NB_MODULE(_core, m) {
                  return LogitsView(p, {size_t(e.config().n_vocab)}, nb::handle());
              },
              nb::arg("id"), nb::arg("seq") = 0, nb::rv_policy::reference_internal)
+        .def("decode_greedy",
+             [](Engine& e, int32_t first, int n, int seq) {
+                 std::vector<int32_t> tokens(size_t(std::max(n, 0))), status(tokens.size());
+                 {
+                     nb::gil_scoped_release release;
+                     e.decode_greedy(first, n, tokens.data(), status.data(), seq);
+                 }
+                 return std::make_pair(tokens, status);
+             },
+             nb::arg("first"), nb::arg("n"), nb::arg("seq") = 0,
+             "GPU-resident greedy decoding (engine.h): n passes from token `first`, each next token "
+             "picked by the backend; returns (tokens, statuses) as two lists.")
         .def("trace",
              [](Engine& e, Ids ids, nb::callable fn, int seq) {
                  PyObserver observer(std::move(fn));  // released with the GIL held, after the pass

@@ -96,3 +96,8 @@ struct ElementwiseArgs {
     uint32_t count;
     float cap;
 };
+
+// argmax.metal: the index of the largest of n values.
+struct ArgmaxArgs {
+    int32_t n;
+};

@@ -275,6 +275,18 @@ public:
     }
 
     void add(float* x, const float* y, int64_t count) override { METALLIC_ISA::add(x, y, count); }
+
+    void argmax(const float* x, int64_t n, int32_t* token, int32_t* status) override {
+        int64_t best = 0;
+        bool nan = false;
+        for (int64_t i = 0; i < n; ++i) {
+            nan |= std::isnan(x[i]);
+            if (x[i] > x[best] || std::isnan(x[best])) best = i;
+        }
+        const float top = x[best];
+        *status = nan ? 1 : top == INFINITY ? 2 : top == -INFINITY ? 3 : 0;
+        *token = *status == 0 ? int32_t(best) : 0;
+    }
     void softcap(float* x, int64_t count, float cap) override { METALLIC_ISA::softcap(x, count, cap); }
 
 private:

@@ -61,7 +61,8 @@ public:
     // without kernels of its own to name (the CPU) ignores it.
     virtual void log_kernels(std::vector<std::string>* log) { (void)log; }
 
-    // x[t] = row ids[t] of the embedding table, times scale.
+    // x[t] = row ids[t] of the embedding table, times scale. ids is host memory, or memory from
+    // activations() that an earlier op of the pass writes (argmax): read when the op runs.
     virtual void embed(const Matrix& table, const int32_t* ids, int n, float scale, float* x) = 0;
     // out[t] = x[t] / rms(x[t]) * w, for n rows of length d. out may alias x.
     virtual void rmsnorm(const float* x, const float* w, float* out, int n, int d, float eps) = 0;
@@ -83,6 +84,12 @@ public:
     virtual void add(float* x, const float* y, int64_t count) = 0;
     // x = cap * tanh(x / cap).
     virtual void softcap(float* x, int64_t count, float cap) = 0;
+    // The greedy pick of GPU-resident decoding (Engine::decode_greedy): *token = the index of the
+    // largest of n values, the first of equal ones (numpy.argmax, as the host's greedy sampler),
+    // and *status = 0; or *token = 0 (a valid id for the passes queued behind) and *status = 1
+    // if a value is NaN, 2 if the largest is +inf, 3 if all are -inf, the cases the host sampler
+    // refuses. token and status point into activations(); they are written when the op runs.
+    virtual void argmax(const float* x, int64_t n, int32_t* token, int32_t* status) = 0;
 
     // ---- steps a backend may fuse; the defaults are the ops above in sequence ----
     // RoPE on q (n_heads heads) and k (n_kv_heads), then k and v into the cache. With

@@ -138,11 +138,15 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
     auto round_up = [](size_t n) { return (n + 63) & ~size_t(63); };
     size_t total = 0;
     for (size_t s : sizes) total += round_up(s);
-    float* mem = backend_->activations(total);
+    static_assert(sizeof(int32_t) == sizeof(float));
+    const size_t resident = round_up(kMaxResident + 1) + round_up(kMaxResident);
+    float* mem = backend_->activations(total + resident);
     for (size_t i = 0; i < std::size(sizes); ++i) {
         *spans[i] = Span{mem, sizes[i]};
         mem += round_up(sizes[i]);
     }
+    resident_tokens_ = reinterpret_cast<int32_t*>(mem);
+    resident_status_ = reinterpret_cast<int32_t*>(mem + round_up(kMaxResident + 1));
 }
 
 void Engine::check_ids(const int32_t* ids, int n) const {
@@ -173,6 +177,24 @@ const float* Engine::prefill(const int32_t* ids, int n, float* all_logits, int s
         done += s.n;
     }
     return logits_.data();
+}
+
+void Engine::decode_greedy(int32_t first, int n, int32_t* tokens, int32_t* status, int seq) {
+    const std::lock_guard<std::mutex> lock = hold();
+    if (n < 1 || n > kMaxResident)
+        throw BadRequest("decode_greedy runs 1 to " + std::to_string(kMaxResident) + " tokens, not " + std::to_string(n));
+    if (observer_) throw BadRequest("GPU-resident decoding cannot be traced: trace with decode()");
+    check_room(seq, n);
+    check_ids(&first, 1);
+    // No pass is queued (every call ends with a wait), so the host may write the first id.
+    resident_tokens_[0] = first;
+    for (int i = 0; i < n; ++i) {
+        const Segment s{seq, resident_tokens_ + i, 1};
+        forward(&s, 1, nullptr, nullptr, nullptr, resident_tokens_ + i + 1, resident_status_ + i);
+    }
+    backend_->sync();
+    std::copy(resident_tokens_ + 1, resident_tokens_ + 1 + n, tokens);
+    std::copy(resident_status_, resident_status_ + n, status);
 }
 
 void Engine::step(const std::vector<Segment>& segs, float* out) {

@@ -62,6 +62,17 @@ public:
     // at most once, and all segments together hold at most max_batch tokens.
     void step(const std::vector<Segment>& segs, float* out);
 
+    // Greedy decoding with the host out of the loop: from token `first` at the sequence's next
+    // position, n forward passes in which the backend picks each next token itself (the argmax
+    // of the logits, as the host's greedy sampler would) and feeds it to the following pass,
+    // all queued before one wait (on Metal: one command buffer for n tokens). tokens[i] is the
+    // token chosen after pass i and status[i] 0, or what made its logits unusable (see
+    // Backend::argmax); from the first bad status on, the tokens mean nothing. The n inputs
+    // (first, tokens[0 .. n-2]) are appended to the cache: a caller that stops at tokens[j]
+    // truncates the n - 1 - j inputs after it. n is at most kMaxResident.
+    static constexpr int kMaxResident = 64;
+    void decode_greedy(int32_t first, int n, int32_t* tokens, int32_t* status, int seq = 0);
+
     // Forgets the sequence's cached positions from n_keep on (0 restarts the conversation).
     void truncate(int n_keep, int seq = 0);
 
@@ -91,8 +102,10 @@ private:
     // token), or else to logits_ (one segment: its last token).
     // In a step the one-token segments come first (Backend::set_single_rows), and segment i's
     // logits go to row out_rows[i] of seg_logits.
+    // With pick_token (one segment, last-token logits), the backend's argmax writes the next
+    // token there and its status to pick_status, and the pass does not wait for the GPU.
     void forward(const Segment* segs, int n_segs, float* all_logits, float* seg_logits,
-                 const int* out_rows = nullptr);
+                 const int* out_rows = nullptr, int32_t* pick_token = nullptr, int32_t* pick_status = nullptr);
     void check_ids(const int32_t* ids, int n) const;
     // One op of a traced pass: runs it, waits for it, times it and hands it to observer_.
     template <class Run> void observe(OpEvent e, const Run& run);
@@ -133,6 +146,10 @@ private:
     // returns.
     Span logits_;
     int logit_rows_ = 1;
+    // decode_greedy's tokens (kMaxResident + 1: the first, then one per pass) and statuses, in
+    // the activations so a GPU's kernels read and write them.
+    int32_t* resident_tokens_ = nullptr;
+    int32_t* resident_status_ = nullptr;
 };
 
 }  // namespace metallic

@@ -41,7 +41,8 @@ template <class Run> void Engine::observe(OpEvent e, const Run& run) {
     observer_->on_op(e);
 }
 
-void Engine::forward(const Segment* segs, int n_segs, float* all_logits, float* seg_logits, const int* out_rows) {
+void Engine::forward(const Segment* segs, int n_segs, float* all_logits, float* seg_logits, const int* out_rows,
+                     int32_t* pick_token, int32_t* pick_status) {
     Backend& B = *backend_;
     const ModelConfig& c = cfg_;
     const int d = c.n_embd, hd = c.head_dim;
@@ -269,7 +270,10 @@ void Engine::forward(const Segment* segs, int n_segs, float* all_logits, float* 
                 observe(ev(-1, "logit_softcap", "softcap", logits_.data(), 1, V, V, nullptr, n - 1),
                         [&] { B.softcap(logits_.data(), V, cap); });
         }
-        B.sync();
+        if (pick_token)
+            B.argmax(logits_.data(), V, pick_token, pick_status);  // the next pass reads it: no wait
+        else
+            B.sync();
     }
     for (int i = 0; i < n_segs; ++i) n_past_[size_t(segs[i].seq)] += segs[i].n;
 }

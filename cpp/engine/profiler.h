@@ -100,6 +100,10 @@ public:
         Timer _(this, "add");
         inner_->add(x, y, count);
     }
+    void argmax(const float* x, int64_t n, int32_t* token, int32_t* status) override {
+        Timer _(this, "argmax");
+        inner_->argmax(x, n, token, status);
+    }
     void softcap(float* x, int64_t count, float cap) override {
         Timer _(this, "softcap");
         inner_->softcap(x, count, cap);

@@ -43,6 +43,11 @@ public:
     // Allocates the activation buffer (count floats, zeroed) and returns its contents.
     float* make_activations(size_t count);
 
+    // Whether p points into the activation buffer.
+    bool is_activation(const void* p) const {
+        const float* f = static_cast<const float*>(p);
+        return f >= act_base_ && f < act_base_ + act_count_;
+    }
     // An activation or a copied host vector; throws std::logic_error for anything else.
     BufferRef resolve(const void* p) const;
     // A weight matrix: its window and the offset of its first byte there.

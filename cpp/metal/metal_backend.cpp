@@ -122,13 +122,19 @@ public:
     // ---- ops ------------------------------------------------------------------------------
 
     void embed(const Matrix& table, const int32_t* ids, int n, float scale, float* x) override {
-        std::memcpy(ids_->contents(), ids, sizeof(int32_t) * size_t(n));
+        // Host ids are staged now; ids in the activations (GPU-resident decoding) are written by
+        // an earlier kernel of this command buffer and bound where they are.
+        const bool resident = map_.is_activation(ids);
+        if (!resident) std::memcpy(ids_->contents(), ids, sizeof(int32_t) * size_t(n));
         gpu::Encoder& e = encoder();
         EmbedArgs a{int32_t(table.cols), scale, uint64_t(table.row_bytes)};
         use_pipeline(e, *format(table).embed);
         e.set_args(0, a);
         bind_weight(e, 1, table, size_t(n) * table.row_bytes);  // reads n rows of the table
-        e.set_buffer(2, *ids_, 0);
+        if (resident)
+            bind(e, 2, ids);
+        else
+            e.set_buffer(2, *ids_, 0);
         bind(e, 3, x);
         e.dispatch_threadgroups({uint32_t(n), 1, 1}, {threads_for(table.cols, *format(table).embed), 1, 1});
     }
@@ -300,6 +306,18 @@ public:
         elementwise(e, g, u, count, 0.0f);
     }
 
+    void argmax(const float* x, int64_t n, int32_t* token, int32_t* status) override {
+        gpu::Encoder& e = encoder();
+        use_pipeline(e, *argmax_);
+        e.set_args(0, ArgmaxArgs{int32_t(n)});
+        bind(e, 1, x);
+        bind(e, 2, token);
+        bind(e, 3, status);
+        // One threadgroup, as wide as the pipeline allows: a vocabulary is a few hundred KB.
+        const uint32_t threads = std::clamp<uint32_t>(ceil_div(n, 32) * 32, 32, std::min<uint32_t>(1024, argmax_->max_threads()));
+        e.dispatch_threadgroups({1, 1, 1}, {threads, 1, 1});
+    }
+
     void softcap(float* x, int64_t count, float cap) override {
         gpu::Encoder& e = encoder();
         use_pipeline(e, *softcap_);
@@ -354,6 +372,7 @@ private:
         glu_silu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(false)}});
         glu_gelu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(true)}});
         softcap_ = dev_->pipeline("softcap");
+        argmax_ = dev_->pipeline("argmax_f32");
     }
 
     [[noreturn]] static void unreachable(const char* op) {
@@ -628,7 +647,7 @@ private:
 
     std::map<uint32_t, FormatPipelines> formats_;
     std::unique_ptr<gpu::Pipeline> rmsnorm_, rmsnorm_add_, rope_store_kv_, attention_, attention_split_, attention_merge_,
-        glu_silu_, glu_gelu_, softcap_;
+        glu_silu_, glu_gelu_, softcap_, argmax_;
 
     std::unique_ptr<gpu::CommandBuffer> cb_;
     gpu::Encoder* enc_ = nullptr;

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,11 +18,15 @@ import numpy as np
 
 from . import instrument
 from .errors import ContextError, RequestError
-from .sampling import Sampler, SamplerSettings
+from .sampling import Sampler, SamplerSettings, greedy_status_error
 
 if TYPE_CHECKING:
     from .model import Model
     from .tokenizer import Tokenizer
+
+# Tokens per wait in GPU-resident greedy decoding: a burst of 8 is one command buffer, and a
+# stop inside it discards at most 7 tokens' work.
+RESIDENT_BURST = 8
 
 
 @dataclass(frozen=True)
@@ -327,41 +332,63 @@ def _steps(
     out = TextStream(model.tokenizer if _has_tokenizer(model) else None, stops)
 
     history = list(ids)
+    # GPU-resident decoding (Model.gpu_resident): for greedy settings the backend picks the
+    # next RESIDENT_BURST tokens itself, one wait for all; they queue here and are streamed one
+    # by one, through the same stop checks. A queued token's input has already run (the cache
+    # is len(queued) positions ahead of the one-token path), so stopping early truncates those.
+    s = sampler.settings
+    resident = model.gpu_resident and s.greedy and not s.penalties_active and not model.profiling
+    queued: deque[tuple[int, int]] = deque()
     t1 = time.perf_counter()
     stats.stop_reason = "length"
-    for i in range(max_tokens):
-        ts = time.perf_counter()
-        tok = sampler.sample(logits, history)
-        stats.sample_seconds += time.perf_counter() - ts
-        stats.generated_tokens += 1
-        if i == 0:
-            # Counted from the call that set the generation going (its tokenizing, a wait for
-            # the model, the prefill), as a user waiting for the first word sees it.
-            stats.first_token_seconds = stats.tokenize_seconds + time.perf_counter() - t_start
-        if tok in eog:
-            stats.stop_reason = "eog"
-            break
-        history.append(tok)
-        text = out.push(tok)
-        if out.hit:
-            stats.stop_reason = "stop"
-        elif i == max_tokens - 1:
-            stats.stop_reason = "length"
-        elif model.n_past >= model.n_ctx:
-            stats.stop_reason = "context"  # no room to run this token
-        else:
+    try:
+        for i in range(max_tokens):
+            ts = time.perf_counter()
+            if queued:
+                tok, status = queued.popleft()
+                if status:
+                    raise greedy_status_error(status)
+            else:
+                tok = sampler.sample(logits, history)
+            stats.sample_seconds += time.perf_counter() - ts
+            stats.generated_tokens += 1
+            if i == 0:
+                # Counted from the call that set the generation going (its tokenizing, a wait
+                # for the model, the prefill), as a user waiting for the first word sees it.
+                stats.first_token_seconds = stats.tokenize_seconds + time.perf_counter() - t_start
+            if tok in eog:
+                stats.stop_reason = "eog"
+                break
+            history.append(tok)
+            text = out.push(tok)
+            if out.hit:
+                stats.stop_reason = "stop"
+            elif i == max_tokens - 1:
+                stats.stop_reason = "length"
+            elif model.n_past - len(queued) >= model.n_ctx:
+                stats.stop_reason = "context"  # no room to run this token
+            else:
+                stats.decode_seconds = time.perf_counter() - t1
+                yield Token(tok, text)
+                holder.thread = threading.get_ident()  # whoever resumed us holds the model now
+                if queued:
+                    continue  # this token's pass already ran
+                te = time.perf_counter()
+                if resident:
+                    n = min(RESIDENT_BURST, max_tokens - 1 - i, model.n_ctx - model.n_past)
+                    queued.extend(zip(*model._decode_greedy(tok, n), strict=True))
+                else:
+                    logits = model._decode(tok)
+                stats.engine_seconds += time.perf_counter() - te
+                continue
             stats.decode_seconds = time.perf_counter() - t1
-            yield Token(tok, text)
-            holder.thread = threading.get_ident()  # whoever resumed us holds the model now
-            te = time.perf_counter()
-            logits = model._decode(tok)
-            stats.engine_seconds += time.perf_counter() - te
-            continue
-        stats.decode_seconds = time.perf_counter() - t1
-        if model.profiling:
-            stats.profile_decode = model.profile()
-        yield Token(tok, text + out.drain())
-        return
+            if model.profiling:
+                stats.profile_decode = model.profile()
+            yield Token(tok, text + out.drain())
+            return
+    finally:
+        if queued:
+            model._truncate(model.n_past - len(queued))
     stats.decode_seconds = time.perf_counter() - t1
     if model.profiling:
         stats.profile_decode = model.profile()

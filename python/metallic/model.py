@@ -398,6 +398,29 @@ class Model:
         finally:
             self._sync_cached()
 
+    def _decode_greedy(self, token: int, n: int) -> tuple[list[int], list[int]]:
+        """GPU-resident greedy decoding (Engine::decode_greedy): n passes from `token`, each
+        next token picked on the backend; returns (tokens, statuses). The n inputs, `token` and
+        all but the last token returned, are now in the cache."""
+        arr = self._ids([token])
+        self._cached.append(int(arr[0]))
+        try:
+            tokens, status = self._engine.decode_greedy(int(arr[0]), n)
+            self._cached.extend(tokens[:-1])
+        finally:
+            self._sync_cached()
+        return tokens, status
+
+    @property
+    def gpu_resident(self) -> bool:
+        """Whether greedy generation lets the backend pick its tokens, several per wait
+        (GPU-resident decoding): on the Metal backends, unless METALLIC_GPU_RESIDENT=0;
+        METALLIC_GPU_RESIDENT=1 turns it on for the CPU backend too (the same tokens, no gain)."""
+        mode = os.environ.get("METALLIC_GPU_RESIDENT", "").strip()
+        if mode in ("0", "1"):
+            return mode == "1"
+        return self.backend != "cpu"
+
     def _sync_cached(self) -> None:
         # The record is written before each engine call and cut back to what the engine holds
         # after it: an exception (a Ctrl-C lands at any bytecode) can never leave it claiming

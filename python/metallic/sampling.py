@@ -233,11 +233,24 @@ def _check_logits(logits: np.ndarray) -> np.ndarray:
 def _check_max(top: float) -> None:
     # The maximum is NaN if any entry is NaN, so this one comparison screens the whole input.
     if math.isnan(top):
-        raise ModelError("logits contain NaN (the model produced non-finite values)")
+        raise greedy_status_error(1)
     if top == math.inf:
-        raise ModelError("logits contain +inf (the model produced non-finite values)")
+        raise greedy_status_error(2)
     if top == -math.inf:
-        raise RequestError("all logits are -inf: every token is masked, nothing can be sampled")
+        raise greedy_status_error(3)
+
+
+def greedy_status_error(status: int) -> Exception:
+    """The error greedy sampling raises for logits with a NaN (status 1), a +inf maximum (2) or
+    only -inf (3): the statuses of the engine's own argmax (GPU-resident decoding), which must
+    fail where sampling on the host would."""
+    if status == 1:
+        return ModelError("logits contain NaN (the model produced non-finite values)")
+    if status == 2:
+        return ModelError("logits contain +inf (the model produced non-finite values)")
+    if status == 3:
+        return RequestError("all logits are -inf: every token is masked, nothing can be sampled")
+    return ModelError(f"the engine reported an unknown status {status} for its greedy pick")
 
 
 def _penalty_updates(

@@ -1,0 +1,184 @@
+"""GPU-resident greedy decoding (Engine::decode_greedy, generate.py's RESIDENT_BURST): the
+backend picks each next token itself (metal/argmax.metal) and feeds it to the next pass, eight
+tokens per command buffer and per wait. It must give the tokens the one-token path gives (the
+host's greedy sampler on each token's logits), stop where it stops, and leave the cache as it
+leaves it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import metallic
+from metallic import _core
+from metallic.errors import ModelError, RequestError
+from metallic.sampling import Sampler, SamplerSettings, greedy_status_error
+
+sys.path.insert(0, str(Path(__file__).parent))
+from oracle.tiny_models import VARIANTS, tiny_gguf  # noqa: E402
+
+ARCHS = sorted({arch: variant for arch, variant in VARIANTS}.items())
+BACKENDS = ["cpu", "metal-sim"]
+PROMPT = [1, 5, 9, 2, 7]
+
+
+def _generate(path: Path, backend: str, resident: bool, monkeypatch, n_ctx: int = 64, **kw):
+    monkeypatch.setenv("METALLIC_GPU_RESIDENT", "1" if resident else "0")
+    model = metallic.load(path, backend=backend, n_ctx=n_ctx)
+    assert model.gpu_resident == resident
+    model.reset_gpu_stats()
+    tokens = [t.id for t in model.generate(PROMPT, temperature=0, **kw) if t.id >= 0]
+    return model, tokens
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("arch", "variant"), ARCHS, ids=[a for a, _ in ARCHS])
+def test_resident_tokens_equal_the_one_token_path(arch, variant, backend, monkeypatch):
+    path, _ = tiny_gguf(arch, "F16", variant)
+    one, want = _generate(path, backend, False, monkeypatch, max_tokens=20)
+    res, got = _generate(path, backend, True, monkeypatch, max_tokens=20)
+    assert got == want
+    assert len(got) == 20
+    assert res.n_past == one.n_past and res.cached_tokens == one.cached_tokens
+    if backend == "metal-sim":
+        # The prompt, then 19 decode passes: one wait each, or one per burst of 8.
+        assert one.gpu_stats()["waits"] == 20
+        assert res.gpu_stats()["waits"] == 1 + math.ceil(19 / 8)
+        assert res.gpu_stats()["command_buffers"] == 1 + math.ceil(19 / 8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stop_inside_a_burst_truncates_what_ran_past_it(backend, monkeypatch):
+    # A stop token first generated inside the second burst (tokens 9-16), with tokens of that
+    # burst already run behind it: the first model and prompt whose greedy output has one.
+    for arch, variant in ARCHS:
+        path, _ = tiny_gguf(arch, "F16", variant)
+        _, free = _generate(path, backend, False, monkeypatch, max_tokens=30)
+        fresh = [j for j in range(9, 15) if free[j] not in free[:j]]
+        if fresh:
+            break
+    else:
+        pytest.fail("no tiny model's greedy output has a new token at positions 9-14")
+    first = fresh[0]
+    stop = free[first]
+    one, want = _generate(path, backend, False, monkeypatch, max_tokens=30, stop_ids=[stop])
+    res, got = _generate(path, backend, True, monkeypatch, max_tokens=30, stop_ids=[stop])
+    assert got == want
+    assert want == free[:first]
+    assert res.n_past == one.n_past == len(PROMPT) + first
+    assert res.cached_tokens == one.cached_tokens
+    assert res.last_stats.stop_reason == one.last_stats.stop_reason == "eog"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_full_context_and_an_early_close(backend, monkeypatch):
+    arch, variant = ARCHS[-1]
+    path, _ = tiny_gguf(arch, "F16", variant)
+    # 5 prompt tokens in a context of 16: the last burst is cut to the room left.
+    one, want = _generate(path, backend, False, monkeypatch, n_ctx=16, max_tokens=40)
+    res, got = _generate(path, backend, True, monkeypatch, n_ctx=16, max_tokens=40)
+    assert got == want and len(got) == 16 - len(PROMPT) + 1
+    assert res.last_stats.stop_reason == one.last_stats.stop_reason == "context"
+    assert res.n_past == one.n_past == 16
+
+    # A consumer that stops after 3 tokens leaves the cache where the one-token path does.
+    for resident, model in ((False, one), (True, res)):
+        monkeypatch.setenv("METALLIC_GPU_RESIDENT", "1" if resident else "0")
+        model.reset()
+        stream = model.generate(PROMPT, temperature=0, max_tokens=30)
+        ids = [next(stream).id for _ in range(3)]
+        stream.close()
+        assert ids == want[:3]
+        assert model.n_past == len(PROMPT) + 2  # the third token was never run
+        assert model.cached_tokens == PROMPT + want[:2]
+
+
+def test_sampling_and_penalties_take_the_host_path(monkeypatch):
+    arch, variant = ARCHS[0]
+    path, _ = tiny_gguf(arch, "F16", variant)
+    monkeypatch.setenv("METALLIC_GPU_RESIDENT", "1")
+    model = metallic.load(path, backend="metal-sim", n_ctx=64)
+    for kw in ({"temperature": 0.7, "seed": 3}, {"temperature": 0, "repeat_penalty": 1.3}):
+        model.reset_gpu_stats()
+        list(model.generate(PROMPT, max_tokens=9, **kw))
+        assert model.gpu_stats()["waits"] == 9  # the prompt and 8 single decodes
+
+
+def test_decode_greedy_arguments(monkeypatch):
+    arch, variant = ARCHS[0]
+    path, _ = tiny_gguf(arch, "F16", variant)
+    model = metallic.load(path, backend="metal-sim", n_ctx=16)
+    model.prefill(PROMPT)
+    engine = model._engine
+    for n in (0, -1, 65):
+        with pytest.raises(RequestError, match="decode_greedy runs 1 to 64 tokens"):
+            engine.decode_greedy(1, n)
+    with pytest.raises(RequestError, match="outside the vocabulary"):
+        engine.decode_greedy(model.n_vocab, 2)
+    with pytest.raises(metallic.errors.ContextError):
+        engine.decode_greedy(1, 16 - len(PROMPT) + 1)
+    assert model.n_past == len(PROMPT)
+    tokens, status = engine.decode_greedy(1, 16 - len(PROMPT))
+    assert status == [0] * len(tokens) and model.n_past == 16
+
+
+# ---- the kernel ------------------------------------------------------------------------------
+
+
+def _argmax_kernel(x: np.ndarray, threads: int) -> tuple[int, int]:
+    from metal_sim_helpers import args
+
+    token = np.full(1, -7, np.int32)
+    status = np.full(1, -7, np.int32)
+    _core.sim_dispatch("argmax_f32", [args("i", x.size), x, token, status], [1], [threads])
+    return int(token[0]), int(status[0])
+
+
+def _argmax_reference(x: np.ndarray) -> tuple[int, int]:
+    """What the host's greedy sampler picks or refuses (sampling.py)."""
+    if np.isnan(x).any():
+        return 0, 1
+    i = int(np.argmax(x))
+    if x[i] == np.inf:
+        return 0, 2
+    if x[i] == -np.inf:
+        return 0, 3
+    return i, 0
+
+
+@pytest.mark.parametrize("n", [1, 31, 33, 1000, 151_936])
+@pytest.mark.parametrize("threads", [32, 256, 1024])
+def test_argmax_kernel_matches_numpy(n, threads):
+    rng = np.random.default_rng(n + threads)
+    x = rng.standard_normal(n).astype(np.float32)
+    assert _argmax_kernel(x, threads) == _argmax_reference(x)
+    # Ties go to the first index, wherever the copies fall among threads and simdgroups.
+    x[rng.integers(0, n, 5)] = 9.0
+    assert _argmax_kernel(x, threads) == _argmax_reference(x)
+    # Quantized logits tie everywhere.
+    q = np.round(x * 2).astype(np.float32)
+    assert _argmax_kernel(q, threads) == _argmax_reference(q)
+
+
+@pytest.mark.parametrize(
+    ("fill", "status"),
+    [(np.nan, 1), (np.inf, 2), (-np.inf, 3)],
+    ids=["nan", "inf", "all -inf"],
+)
+def test_argmax_kernel_reports_what_the_sampler_refuses(fill, status):
+    x = np.full(4099, -np.inf, np.float32)
+    if status != 3:
+        x[:] = np.arange(4099, dtype=np.float32)
+        x[2050] = fill
+    assert _argmax_kernel(x, 256) == (0, status)
+    assert _argmax_reference(x) == (0, status)
+    err = greedy_status_error(status)
+    with pytest.raises(type(err), match=re.escape(str(err))):
+        Sampler(SamplerSettings(temperature=0)).sample(x)
+    assert isinstance(err, ModelError if status < 3 else RequestError)
