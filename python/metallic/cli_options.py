@@ -91,7 +91,15 @@ def token_ids_arg(text: str) -> list[int]:
 # -- shared option groups ---------------------------------------------------------------------
 
 
-def add_model_options(p: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL) -> None:
+def add_model_options(
+    p: argparse.ArgumentParser,
+    default_model: str = DEFAULT_MODEL,
+    *,
+    context: bool = True,
+    profile: bool = True,
+) -> argparse._ArgumentGroup:
+    """The "model" group: -m, --backend, -t, --kv-dtype, and unless turned off -c/--n-ctx (serve
+    sizes its slots' contexts itself) and --profile. Returns the group for a command's own."""
     g = p.add_argument_group("model")
     g.add_argument(
         "-m",
@@ -108,14 +116,15 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str = DEFAULT_M
         default=None,
         help="compute backend (default: $METALLIC_BACKEND or auto: Metal if present, else CPU)",
     )
-    g.add_argument(
-        "-c",
-        "--n-ctx",
-        type=int_in(1, 1 << 20),
-        default=None,
-        metavar="N",
-        help="context length in tokens (default: the model's, at most 4096)",
-    )
+    if context:
+        g.add_argument(
+            "-c",
+            "--n-ctx",
+            type=int_in(1, 1 << 20),
+            default=None,
+            metavar="N",
+            help="context length in tokens (default: the model's, at most 4096)",
+        )
     g.add_argument(
         "-t",
         "--threads",
@@ -124,19 +133,21 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str = DEFAULT_M
         metavar="N",
         help="CPU threads, at most the logical CPUs (default: physical cores)",
     )
-    g.add_argument(
-        "--profile",
-        action="store_true",
-        default=None,
-        help="print the time of every op per token at the end (also: "
-        "METALLIC_ENABLE_PROFILING=1 or METALLIC_PROFILE=1)",
-    )
+    if profile:
+        g.add_argument(
+            "--profile",
+            action="store_true",
+            default=None,
+            help="print the time of every op per token at the end (also: "
+            "METALLIC_ENABLE_PROFILING=1 or METALLIC_PROFILE=1)",
+        )
     g.add_argument(
         "--kv-dtype",
         choices=["f16", "f32"],
         default=None,
         help="KV cache precision (default: f32 for F32 models, else f16)",
     )
+    return g
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:

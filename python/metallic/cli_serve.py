@@ -8,9 +8,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .cli_options import int_in, threads_arg
+from .cli_options import add_model_options, int_in
 from .errors import RequestError
-from .model import BACKENDS
 from .models import DEFAULT_CHAT_MODEL, KNOWN_MODELS
 
 if TYPE_CHECKING:
@@ -31,16 +30,7 @@ def register(sub: Any) -> None:
         "sequences run together, each with its own KV cache of --ctx-size tokens. Needs the "
         "extra: pip install 'metallic-llm[serve]'. Ctrl-C stops it gracefully.",
     )
-    m = p.add_argument_group("model")
-    m.add_argument(
-        "-m",
-        "--model",
-        default=None,
-        metavar="PATH|NAME",
-        help="a GGUF file, a model name (see `list`: "
-        f"{', '.join(KNOWN_MODELS)}), or a Hugging Face id hf:OWNER/REPO[:QUANT] "
-        f"(default: {DEFAULT_CHAT_MODEL})",
-    )
+    m = add_model_options(p, DEFAULT_CHAT_MODEL, context=False, profile=False)
     m.add_argument(
         "--model-alias",
         default=None,
@@ -48,26 +38,6 @@ def register(sub: Any) -> None:
         help="the model's name in /v1/models and /api/tags, which requests use (default: "
         "the model's name if -m is one, else the file name without .gguf; the file name is "
         "accepted too)",
-    )
-    m.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=None,
-        help="compute backend (default: $METALLIC_BACKEND or auto: Metal if present, else CPU)",
-    )
-    m.add_argument(
-        "-t",
-        "--threads",
-        type=threads_arg,
-        default=None,
-        metavar="N",
-        help="CPU threads, at most the logical CPUs (default: physical cores)",
-    )
-    m.add_argument(
-        "--kv-dtype",
-        choices=["f16", "f32"],
-        default=None,
-        help="KV cache precision (default: f32 for F32 models, else f16)",
     )
     m.add_argument(
         "--chat-template",
