@@ -76,4 +76,34 @@ inline void unpack_scales_k4(const uint8_t* s, uint64_t* sc, uint64_t* mn) {
     *mn = mn_lo | uint64_t(mn_hi) << 32;
 }
 
+// The dot of Q4_K and Q5_K, which differ only in their codes: 8 sub-blocks of 32 under 6-bit
+// scales and mins (packed in scales12) and the half factors d and dmin. For chunk c = 0..3 (64
+// elements, sub-blocks 2c and 2c + 1), codes(raw, lo, hi) turns qs's 32 bytes of nibbles `raw`
+// into the unsigned codes of the two sub-blocks; chunks come in order.
+template <int G, class Codes>
+inline void k4_dot(uint16_t d16, uint16_t dmin16, const uint8_t* scales12, const uint8_t* qs, Codes&& codes,
+                   const BlockQ8K* const* a, F8* acc) {
+    uint64_t sc, mn;
+    unpack_scales_k4(scales12, &sc, &mn);
+    const I16x16 scales = widen_u8x8_twice(sc);
+    I32x8 dots[G];
+    for (int g = 0; g < G; ++g) dots[g] = zero_i32();
+    for (int c = 0; c < 4; ++c) {
+        I8x32 lo, hi;
+        codes(load_u8x32(qs + 32 * c), lo, hi);
+        const I16x16 s_lo = splat_lane(scales, 2 * c), s_hi = splat_lane(scales, 2 * c + 1);
+        for (int g = 0; g < G; ++g) {
+            const I32x8 x = madd16(maddubs(lo, load_i8x32(a[g]->q + 64 * c)), s_lo);
+            const I32x8 y = madd16(maddubs(hi, load_i8x32(a[g]->q + 64 * c + 32)), s_hi);
+            dots[g] = add_i32(dots[g], add_i32(x, y));
+        }
+    }
+    const I16x16 mins = widen_u8x8_pairs(mn);
+    const float d = half_to_float(d16), dmin = half_to_float(dmin16);
+    for (int g = 0; g < G; ++g) {
+        const I32x8 offs = madd16(load_i16x16(a[g]->bsums), mins);
+        acc[g] = kquant_combine(acc[g], dots[g], d, offs, -dmin, a[g]->d);
+    }
+}
+
 }  // namespace metallic::cpu::METALLIC_ISA

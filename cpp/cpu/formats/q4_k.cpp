@@ -26,27 +26,13 @@ struct Q4_K {
     template <int G>
     static void dot(const uint8_t* p, const BlockQ8K* const* a, F8* acc) {
         const BlockQ4_K& b = *reinterpret_cast<const BlockQ4_K*>(p);
-        uint64_t sc, mn;
-        unpack_scales_k4(b.scales, &sc, &mn);
-        const I16x16 scales = widen_u8x8_twice(sc);
-        I32x8 dots[G];
-        for (int g = 0; g < G; ++g) dots[g] = zero_i32();
-        for (int c = 0; c < 4; ++c) {  // 64 elements: sub-blocks 2c (low nibbles), 2c + 1
-            const I8x32 raw = load_u8x32(b.qs + 32 * c);
-            const I8x32 lo = bits_at<0>(raw, 0x0f), hi = bits_at<4>(raw, 0x0f);
-            const I16x16 s_lo = splat_lane(scales, 2 * c), s_hi = splat_lane(scales, 2 * c + 1);
-            for (int g = 0; g < G; ++g) {
-                const I32x8 x = madd16(maddubs(lo, load_i8x32(a[g]->q + 64 * c)), s_lo);
-                const I32x8 y = madd16(maddubs(hi, load_i8x32(a[g]->q + 64 * c + 32)), s_hi);
-                dots[g] = add_i32(dots[g], add_i32(x, y));
-            }
-        }
-        const I16x16 mins = widen_u8x8_pairs(mn);
-        const float d = half_to_float(load_u16(&b.d)), dmin = half_to_float(load_u16(&b.dmin));
-        for (int g = 0; g < G; ++g) {
-            const I32x8 offs = madd16(load_i16x16(a[g]->bsums), mins);
-            acc[g] = kquant_combine(acc[g], dots[g], d, offs, -dmin, a[g]->d);
-        }
+        k4_dot<G>(
+            load_u16(&b.d), load_u16(&b.dmin), b.scales, b.qs,
+            [](I8x32 raw, I8x32& lo, I8x32& hi) {
+                lo = bits_at<0>(raw, 0x0f);
+                hi = bits_at<4>(raw, 0x0f);
+            },
+            a, acc);
     }
 };
 

@@ -28,30 +28,15 @@ struct Q5_K {
     template <int G>
     static void dot(const uint8_t* p, const BlockQ8K* const* a, F8* acc) {
         const BlockQ5_K& b = *reinterpret_cast<const BlockQ5_K*>(p);
-        uint64_t sc, mn;
-        unpack_scales_k4(b.scales, &sc, &mn);
-        const I16x16 scales = widen_u8x8_twice(sc);
-        I32x8 dots[G];
-        for (int g = 0; g < G; ++g) dots[g] = zero_i32();
         I8x32 high = load_u8x32(b.qh);  // bits 2c and 2c + 1 feed sub-blocks 2c, 2c + 1
-        for (int c = 0; c < 4; ++c) {
-            const I8x32 raw = load_u8x32(b.qs + 32 * c);
-            const I8x32 lo = or_i8(bits_at<0>(raw, 0x0f), shl_small<4>(bits_at<0>(high, 0x01)));
-            const I8x32 hi = or_i8(bits_at<4>(raw, 0x0f), shl_small<3>(bits_at<0>(high, 0x02)));
-            high = bits_at<2>(high, 0x3f);
-            const I16x16 s_lo = splat_lane(scales, 2 * c), s_hi = splat_lane(scales, 2 * c + 1);
-            for (int g = 0; g < G; ++g) {
-                const I32x8 x = madd16(maddubs(lo, load_i8x32(a[g]->q + 64 * c)), s_lo);
-                const I32x8 y = madd16(maddubs(hi, load_i8x32(a[g]->q + 64 * c + 32)), s_hi);
-                dots[g] = add_i32(dots[g], add_i32(x, y));
-            }
-        }
-        const I16x16 mins = widen_u8x8_pairs(mn);
-        const float d = half_to_float(load_u16(&b.d)), dmin = half_to_float(load_u16(&b.dmin));
-        for (int g = 0; g < G; ++g) {
-            const I32x8 offs = madd16(load_i16x16(a[g]->bsums), mins);
-            acc[g] = kquant_combine(acc[g], dots[g], d, offs, -dmin, a[g]->d);
-        }
+        k4_dot<G>(
+            load_u16(&b.d), load_u16(&b.dmin), b.scales, b.qs,
+            [&high](I8x32 raw, I8x32& lo, I8x32& hi) {
+                lo = or_i8(bits_at<0>(raw, 0x0f), shl_small<4>(bits_at<0>(high, 0x01)));
+                hi = or_i8(bits_at<4>(raw, 0x0f), shl_small<3>(bits_at<0>(high, 0x02)));
+                high = bits_at<2>(high, 0x3f);
+            },
+            a, acc);
     }
 };
 
