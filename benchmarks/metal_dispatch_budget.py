@@ -48,7 +48,7 @@ def counted_from_config(ftype: str) -> dict[str, int]:
         "waits": 1,
         "buffer_allocations": 0,
         "weight_binds": 7 * s.n_layers + 2,
-        "weight_bytes": weights + embed_row,
+        "declared_weight_bytes": weights + embed_row,
     }
 
 
@@ -130,7 +130,7 @@ def main(argv: list[str]) -> int:
             f"{counts['dispatches'] + s.n_layers} dispatches)"
         )
         for p in POSITIONS:
-            total = counts["weight_bytes"] + kv_bytes(p)
+            total = counts["declared_weight_bytes"] + kv_bytes(p)
             est = "  ".join(f"{chip} {bw * 1e9 / total:6.0f}" for chip, bw in BANDWIDTH_GBS.items())
             print(
                 f"  at position {p:5d}: KV {kv_bytes(p) / 2**20:7.2f} MiB, "

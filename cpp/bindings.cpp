@@ -187,7 +187,10 @@ void sim_dispatch(const std::string& name, std::vector<SimBuffer> buffers, const
     }
     msim::DispatchDesc d;
     d.pipeline = &p;
-    for (auto& b : buffers) d.buffers.push_back(b.data());
+    for (auto& b : buffers) {
+        d.buffers.push_back(b.data());
+        d.buffer_lengths.push_back(b.nbytes());
+    }
     const auto g = dims3(grid, "grid"), t = dims3(threadgroup, "threadgroup");
     for (int i = 0; i < 3; ++i) {
         d.groups[i] = g[size_t(i)];
@@ -200,6 +203,47 @@ void sim_dispatch(const std::string& name, std::vector<SimBuffer> buffers, const
     } catch (const std::invalid_argument& e) {
         throw BadRequest(e.what());
     }
+}
+
+// Measured memory traffic (msim::Traffic, cpp/metal/sim/README.md "Memory traffic") as a dict.
+nb::dict traffic_dict(const msim::Traffic& t) {
+    nb::dict d;
+    d["dispatches"] = t.dispatches;
+    d["threadgroups"] = t.threadgroups;
+    d["threads"] = t.threads;
+    d["loaded_bytes"] = t.loaded_bytes;
+    d["stored_bytes"] = t.stored_bytes;
+    d["unique_bytes"] = t.unique_bytes;
+    d["constant_bytes"] = t.constant_bytes;
+    d["lane_loads"] = t.lane_loads;
+    d["lane_stores"] = t.lane_stores;
+    d["load_instructions"] = t.load_instructions;
+    d["store_instructions"] = t.store_instructions;
+    nb::dict lw, sw;
+    for (int i = 0; i < msim::Traffic::kWidths; ++i) {
+        lw[nb::int_(1 << i)] = t.load_width[i];
+        sw[nb::int_(1 << i)] = t.store_width[i];
+    }
+    d["load_widths"] = lw;
+    d["store_widths"] = sw;
+    d["lines_touched"] = t.lines_touched;
+    d["lines_min"] = t.lines_min;
+    d["lane_slots"] = t.lane_slots;
+    d["active_lanes"] = t.active_lanes;
+    d["active_lane_fraction"] = t.lane_slots ? double(t.active_lanes) / double(t.lane_slots) : 0.0;
+    d["tg_loaded_bytes"] = t.tg_loaded_bytes;
+    d["tg_stored_bytes"] = t.tg_stored_bytes;
+    d["tg_instructions"] = t.tg_instructions;
+    d["bank_conflicts"] = t.bank_conflicts;
+    d["barriers"] = t.barriers;
+    d["simd_collectives"] = t.simd_collectives;
+    return d;
+}
+
+nb::dict traffic_by_kernel_dict() {
+    nb::dict d;
+    for (const auto& [name, t] : msim::Device::shared().traffic_by_kernel()) d[name.c_str()] = traffic_dict(t);
+    return d;
 }
 #endif
 
@@ -375,11 +419,32 @@ NB_MODULE(_core, m) {
                  }
                  nb::dict d;
                  for (const auto& [k, v] : stats) d[k.c_str()] = v;
+#ifdef METALLIC_METAL_SIM
+                 // The simulator's measured traffic (process-wide, like the simulator), while
+                 // counting is on: totals at the top level, per kernel host name under "kernels".
+                 if (std::string(e.backend_name()) == "metal-sim" && msim::Device::shared().counting()) {
+                     const nb::dict t = traffic_dict(msim::Device::shared().traffic());
+                     for (auto [k, v] : t)
+                         if (!d.contains(k)) d[k] = v;
+                     d["kernels"] = traffic_by_kernel_dict();
+                 }
+#endif
                  return d;
              },
              "GPU-interface counters since the last reset (command_buffers, waits, dispatches, "
-             "buffer_allocations, weight_binds, weight_bytes, ...); empty on the CPU backend.")
-        .def("reset_gpu_stats", &Engine::reset_backend_stats, nb::call_guard<nb::gil_scoped_release>());
+             "buffer_allocations, weight_binds, declared_weight_bytes, ...); empty on the CPU backend. "
+             "On metal-sim with counting on (_core.sim_set_counting, METALLIC_SIM_COUNT=1) also the "
+             "measured memory traffic (loaded_bytes, stored_bytes, unique_bytes, load_instructions, "
+             "lines_touched, lines_min, active_lane_fraction, bank_conflicts, barriers, ...) and, "
+             "under 'kernels', the same per kernel.")
+        .def("reset_gpu_stats",
+             [](Engine& e) {
+                 nb::gil_scoped_release release;
+                 e.reset_backend_stats();
+#ifdef METALLIC_METAL_SIM
+                 if (std::string(e.backend_name()) == "metal-sim") msim::Device::shared().reset_traffic();
+#endif
+             });
 
 #ifdef METALLIC_SANITIZE
     m.attr("sanitizers") = "address,undefined";
@@ -447,6 +512,39 @@ NB_MODULE(_core, m) {
         return d;
     });
     m.def("sim_reset_counters", [] { msim::Device::shared().reset_counters(); });
+    m.def("sim_counting_available", &msim::Device::counting_available,
+          "Whether this build can count the simulator's memory traffic (GCC builds without ASan).");
+    m.def(
+        "sim_set_counting",
+        [](bool on) {
+            try {
+                msim::Device::shared().set_counting(on);
+            } catch (const std::invalid_argument& e) {
+                throw Unsupported(e.what());
+            }
+        },
+        nb::arg("on"), "Turns the measurement of the kernels' memory traffic on or off (off by default).");
+    m.def("sim_counting", [] { return msim::Device::shared().counting(); });
+    m.def(
+        "sim_traffic",
+        [](bool per_dispatch) {
+            nb::dict d = traffic_dict(msim::Device::shared().traffic());
+            d["kernels"] = traffic_by_kernel_dict();
+            if (per_dispatch) {
+                nb::list l;
+                for (const auto& x : msim::Device::shared().dispatch_traffic()) {
+                    nb::dict r = traffic_dict(x.traffic);
+                    r["kernel"] = x.kernel;
+                    l.append(r);
+                }
+                d["per_dispatch"] = l;
+            }
+            return d;
+        },
+        nb::arg("per_dispatch") = false,
+        "Memory traffic measured since sim_reset_traffic(), while counting was on: totals, per kernel host "
+        "name under 'kernels', and with per_dispatch=True one entry per dispatch (the first 100000).");
+    m.def("sim_reset_traffic", [] { msim::Device::shared().reset_traffic(); });
 #endif
 
     // ---- CPU op test hooks (tests/test_cpu_ops.py) ----------------------------------------------

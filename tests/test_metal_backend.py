@@ -205,7 +205,7 @@ def test_decode_counters(variant: str, tied: bool) -> None:
         assert s["weight_binds"] == _n_matrices(m) + 1
         assert s["weight_rebinds"] == (1 if tied else 0)
         row = m._engine.weight_bytes_per_token  # noqa: SLF001
-        assert row < s["weight_bytes"] < row + 4 * m.config.n_embd + 64
+        assert row < s["declared_weight_bytes"] < row + 4 * m.config.n_embd + 64
         kv_row = 2 * m.config.n_head_kv * m.config.head_dim * 2  # k and v, f16
         pos = m.n_past
         assert s["kv_bytes"] == L * kv_row * (1 + pos)  # one row written, pos rows read

@@ -8,7 +8,7 @@ namespace metallic::gpu {
 
 void Encoder::set_weight(int index, const Buffer& b, size_t offset, size_t bytes) {
     ++stats_->weight_binds;
-    stats_->weight_bytes += bytes;
+    stats_->declared_weight_bytes += bytes;
     if (!bound_->insert({b.contents(), offset}).second) ++stats_->weight_rebinds;
     do_set_buffer(index, b, offset);
 }

@@ -30,7 +30,9 @@ struct Stats {
     uint64_t buffer_allocations = 0;  // new device memory (wrapping host memory is not counted)
     uint64_t buffers_wrapped = 0;     // no-copy buffers over existing host memory
     uint64_t weight_binds = 0;        // set_weight calls
-    uint64_t weight_bytes = 0;        // bytes those bindings read
+    uint64_t declared_weight_bytes = 0;  // bytes the host declares those bindings' kernels read
+                                         // (what the kernels do read, metal-sim measures:
+                                         // sim/README.md)
     uint64_t weight_rebinds = 0;      // bindings of a weight range already bound since the reset
     uint64_t gpu_nanoseconds = 0;     // execution time of the command buffers waited for (Metal:
                                       // GPUEndTime - GPUStartTime; the simulator: its run time)

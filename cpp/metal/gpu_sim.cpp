@@ -46,6 +46,7 @@ private:
 struct Binding {
     void* ptr = nullptr;
     int64_t arena = -1;
+    size_t length = 0;  // bytes from the bound address to the buffer's end (traffic counting)
 };
 
 struct Recorded {
@@ -67,7 +68,8 @@ protected:
     void do_set_pipeline(const Pipeline& p) override { pipeline_ = static_cast<const SimPipeline*>(&p); }
     void do_set_buffer(int index, const Buffer& b, size_t offset) override {
         check(index);
-        bindings_[index] = {static_cast<uint8_t*>(b.contents()) + offset, -1};
+        bindings_[index] = {static_cast<uint8_t*>(b.contents()) + offset, -1,
+                            b.length() > offset ? b.length() - offset : 0};
     }
     void do_set_bytes(int index, const void* data, size_t n) override {
         check(index);
@@ -75,7 +77,7 @@ protected:
         const size_t at = (arena.size() + 15) & ~size_t(15);
         arena.resize(at + n);
         std::memcpy(arena.data() + at, data, n);
-        bindings_[index] = {nullptr, int64_t(at)};
+        bindings_[index] = {nullptr, int64_t(at), n};
     }
     void do_set_threadgroup_memory(int index, size_t bytes) override {
         if (index < 0 || index >= kMaxBindings) throw std::invalid_argument("gpu: threadgroup index out of range");
@@ -120,9 +122,11 @@ protected:
             if (!skip_->empty() && r.pipeline->name().rfind(*skip_, 0) == 0) continue;
             d.pipeline = &r.pipeline->sim();
             d.buffers.assign(size_t(r.n_bindings), nullptr);
+            d.buffer_lengths.assign(size_t(r.n_bindings), 0);
             for (int i = 0; i < r.n_bindings; ++i) {
                 const Binding& b = r.bindings[i];
                 d.buffers[size_t(i)] = b.arena >= 0 ? enc_.arena.data() + b.arena : b.ptr;
+                d.buffer_lengths[size_t(i)] = b.length;
             }
             d.groups[0] = r.groups.x, d.groups[1] = r.groups.y, d.groups[2] = r.groups.z;
             d.threads[0] = r.threads.x, d.threads[1] = r.threads.y, d.threads[2] = r.threads.z;

@@ -104,7 +104,7 @@ public:
         return {{"command_buffers", s.command_buffers}, {"waits", s.waits},
                 {"dispatches", s.dispatches},           {"buffer_allocations", s.buffer_allocations},
                 {"buffers_wrapped", s.buffers_wrapped}, {"weight_binds", s.weight_binds},
-                {"weight_bytes", s.weight_bytes},       {"weight_rebinds", s.weight_rebinds},
+                {"declared_weight_bytes", s.declared_weight_bytes}, {"weight_rebinds", s.weight_rebinds},
                 {"kv_bytes", kv_bytes_},                {"gpu_ns", s.gpu_nanoseconds},
                 // never reset: what the model keeps on the GPU, and what the GPU recommends
                 {"resident_bytes", dev_->resident_bytes()},

@@ -65,6 +65,30 @@ class _Ours:
         for i in ids:
             self.m.decode(i)
 
+    def traffic(self, ids: list[int]) -> dict[str, Any]:
+        """metal-sim only: the memory traffic the simulator measures while decoding ids (after
+        one uncounted token, so the first token's one-time work is not in it). Counting slows
+        the simulator, so it is on for this alone."""
+        from . import _core
+
+        if not _core.sim_counting_available():
+            return {"unavailable": "this build cannot count the simulator's memory traffic"}
+        self.m.reset()
+        self.m.decode(ids[0])
+        _core.sim_set_counting(True)
+        try:
+            self.m.reset_gpu_stats()  # on metal-sim this resets the traffic too
+            for i in ids[1:]:
+                self.m.decode(i)
+            t = _core.sim_traffic(per_dispatch=True)
+            gpu = {k: v for k, v in self.m.gpu_stats().items() if k != "kernels"}
+        finally:
+            _core.sim_set_counting(False)
+        keys = ("kernel", "unique_bytes", "lines_touched", "lines_min", "tg_instructions")
+        keys += ("bank_conflicts", "loaded_bytes")
+        t["per_dispatch"] = [{k: d[k] for k in keys} for d in t["per_dispatch"]]
+        return {"traffic": t, "gpu": gpu, "tokens": len(ids) - 1}
+
 
 class _LlamaCpp:
     """llama.cpp through llama-cpp-python's low-level API: llama_decode on a batch, no logits
@@ -139,6 +163,10 @@ def worker(argv: list[str]) -> int:
         req = json.loads(line)
         if req["test"] == "rss":
             print(json.dumps({"rss": peak_rss_bytes()}), flush=True)
+            continue
+        if req["test"] == "traffic":
+            ids = [rng.randrange(engine.vocab) for _ in range(req["n"] + 1)]
+            print(json.dumps(engine.traffic(ids)), flush=True)
             continue
         ids = [rng.randrange(engine.vocab) for _ in range(req["n"])]
         t0 = time.perf_counter()
@@ -266,11 +294,14 @@ def run_bench(
     progress: bool = True,
     bandwidth: list[float] | None = None,
     progress_stream: TextIO | None = None,
+    traffic: dict[str, Any] | None = None,
 ) -> tuple[list[Result], dict[str, int], dict[str, dict[str, Any]]]:
     """Runs the tests with the same thread count for both engines (bench_threads(threads)).
     Returns the results, each engine's peak RSS and what each worker reported when ready
     (threads, backend, versions). With `bandwidth` (a list) and a tg test, the streaming read
-    bandwidth measured after each tg round is appended to it."""
+    bandwidth measured after each tg round is appended to it. With `traffic` (a dict), backend
+    metal-sim and a tg test, the simulator's measured memory traffic of decoding (worker
+    request "traffic", after the timed runs) is put into it."""
     n_ctx = max(pp, tg) + 16
     threads = bench_threads(threads)
     workers = [_Worker("metallic", model, threads, n_ctx, backend)]
@@ -298,6 +329,10 @@ def run_bench(
                         shown.step(f"bench: {test}{n} {w.engine} {what} [{done}/{total}]")
                 if test == "tg" and rep > 0 and bandwidth is not None:
                     bandwidth.append(_read_bandwidth(workers[0].info["threads"]))
+        if traffic is not None and backend == "metal-sim" and tg > 0:
+            if shown:
+                shown.step("bench: measuring metal-sim memory traffic")
+            traffic.update(workers[0].ask({"test": "traffic", "n": min(tg, TRAFFIC_TOKENS)}))
         rss = {w.engine: w.ask({"test": "rss"})["rss"] for w in workers}
     finally:
         for w in workers:
@@ -568,6 +603,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     bandwidth: list[float] = []
+    traffic: dict[str, Any] = {}
     results, rss, engines = run_bench(
         path,
         args.n_prompt,
@@ -577,9 +613,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.backend or "",
         args.vs_llama_cpp,
         bandwidth=bandwidth,
+        traffic=traffic,
     )
     info = build_info(engines, args.threads)
     bw_lines = bandwidth_lines(results, facts.decode_bytes, bandwidth)
+    traffic_lines: list[str] = []
+    if "unavailable" in traffic:
+        traffic_lines = [f"metal-sim traffic: not measured ({traffic.pop('unavailable')})"]
+    if traffic:
+        from .projection import chip, format_report, project
+
+        c = chip(args.chip)
+        traffic_lines = format_report(
+            traffic["traffic"], traffic["gpu"], facts.decode_bytes, c, traffic["tokens"]
+        )
+        p = project(traffic["traffic"]["per_dispatch"], c)
+        per = traffic["tokens"]
+        traffic["projection"] = {
+            "chip": c.name,
+            "seconds_per_token": p.seconds / per,
+            "memory_seconds": p.memory_s / per,
+            "issue_seconds": p.issue_s / per,
+            "overhead_seconds": p.overhead_s / per,
+        }
     if args.output == "json":
         json.dump(
             {
@@ -591,6 +647,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "peak_rss": rss,
                 "decode_bytes_per_token": facts.decode_bytes,
                 "read_bandwidth": bandwidth,
+                **({"metal_sim_traffic": _traffic_summary(traffic)} if traffic else {}),
                 "results": [
                     {
                         "engine": r.engine,
@@ -620,10 +677,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(format_table(name, size, params, results, rss))
         for line in bw_lines:
             print(line)
+        for line in traffic_lines:
+            print(line)
     if args.chart:
         write_chart(results, args.chart, f"{name}, {threads} threads")
         print(f"bench: chart written to {args.chart}", file=sys.stderr)
     return 0
+
+
+# Tokens decoded with counting on (after one uncounted token): counting slows the simulator
+# several times over, and every decoded token reads the same weights.
+TRAFFIC_TOKENS = 1
+
+
+def _traffic_summary(traffic: dict[str, Any]) -> dict[str, Any]:
+    """The JSON output's metal_sim_traffic: totals over the measured tokens, per kernel, and the
+    projection (per token); the per-dispatch list stays out."""
+    t = {k: v for k, v in traffic["traffic"].items() if k != "per_dispatch"}
+    return {
+        "tokens": traffic["tokens"],
+        "measured": t,
+        "gpu": traffic["gpu"],
+        "projection": traffic["projection"],
+    }
 
 
 def write_chart(results: list[Result], path: str | Path, title: str) -> None:
@@ -655,6 +731,7 @@ def write_chart(results: list[Result], path: str | Path, title: str) -> None:
 
 def add_parser(sub: Any) -> None:
     from .models import DEFAULT_MODEL
+    from .projection import CHIPS, DEFAULT_CHIP
 
     b = sub.add_parser(
         "bench",
@@ -718,6 +795,14 @@ def add_parser(sub: Any) -> None:
         "default build (default: auto; $METALLIC_BACKEND, when set, takes the place of auto)",
     )
     b.add_argument(
+        "--chip",
+        default=DEFAULT_CHIP,
+        metavar="NAME",
+        help="with --backend metal-sim: the Apple chip the simulator's measured memory traffic "
+        f"is projected onto (one of {', '.join(CHIPS)}; default {DEFAULT_CHIP}); a projection "
+        "to rank designs by, not a measurement (docs/metal.md)",
+    )
+    b.add_argument(
         "--vs-llama-cpp",
         action="store_true",
         help="also run llama.cpp (llama-cpp-python, the bench extra) on the same file and "
@@ -750,6 +835,12 @@ def validate(args: argparse.Namespace) -> None:
         raise SystemExit("error: --threads must be >= 1")
     if args.n_prompt == 0 and args.n_gen == 0:
         raise SystemExit("error: nothing to measure (both -p and -n are 0)")
+    from .projection import chip
+
+    try:
+        chip(args.chip)
+    except ValueError as e:
+        raise SystemExit(f"error: --chip: {e}") from None
 
 
 if __name__ == "__main__":

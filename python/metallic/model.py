@@ -253,8 +253,11 @@ class Model:
     def threads(self) -> int:
         return self._engine.threads
 
-    def gpu_stats(self) -> dict[str, int]:
-        """GPU counters since the last reset_gpu_stats() (empty on the CPU backend)."""
+    def gpu_stats(self) -> dict[str, Any]:
+        """GPU counters since the last reset_gpu_stats() (empty on the CPU backend). On
+        metal-sim with the simulator counting (METALLIC_SIM_COUNT=1) also the measured memory
+        traffic: totals, active_lane_fraction, and per kernel under "kernels"
+        (cpp/metal/sim/README.md)."""
         return dict(self._engine.gpu_stats())
 
     def reset_gpu_stats(self) -> None:

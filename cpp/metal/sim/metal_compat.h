@@ -39,7 +39,18 @@ typedef unsigned short ushort;
 typedef unsigned char uchar;
 typedef unsigned long ulong;
 
+// The kernels are compiled twice (gen_kernels.py): plainly, and with the memory-traffic
+// instrumentation (MSIM_COUNTING_TU). The inline namespace gives the two builds' copies of
+// everything below different link names, so the linker cannot merge an instrumented inline
+// function into the plain build or the reverse.
+#ifdef MSIM_COUNTING_TU
+#define MSIM_BUILD counting_build
+#else
+#define MSIM_BUILD plain_build
+#endif
+
 namespace metal {
+inline namespace MSIM_BUILD {
 
 using ::half;
 using ::uint;
@@ -512,16 +523,42 @@ inline void simd_uniform(const char* what, const char* file, int line) {
 // Element (r, c) comes from src[(origin.y + r) * elements_per_row + origin.x + c]; with
 // transpose, from the same place with r and c swapped. Kernels should offset the pointer and
 // leave origin at zero: that is unambiguous on every implementation.
+namespace simd_detail {
+// Memory-traffic counting: on the GPU the lanes share an 8x8 matrix, each holding two elements
+// (Apple does not document which; assumed here: lane l has elements 2l and 2l + 1 in row-major
+// order), so each lane counts the load or store of its two elements at the operation's call site,
+// while the simulator's own copies of the whole matrix are not counted. Only in the counting
+// build of the kernels (MSIM_COUNTING_TU, gen_kernels.py's *.count.sim.cpp).
+template <class U> void count_matrix_share(const U* p, int rows, int cols, ulong elements_per_row, ulong2 origin,
+                                           bool transpose, bool store, const char* file, int line) {
+    const int lane = msim::count_lane();
+    if (lane < 0) return;
+    const uintptr_t site = (reinterpret_cast<uintptr_t>(file) << 16) ^ uintptr_t(line) ^ (uintptr_t(1) << 63);
+    for (int e = 2 * lane; e < 2 * lane + 2 && e < rows * cols; ++e) {
+        const ulong r = ulong(e / cols), c = ulong(e % cols);
+        const ulong rr = transpose ? c : r, cc = transpose ? r : c;
+        msim::count_access(p + (origin.y + rr) * elements_per_row + origin.x + cc, sizeof(U), store, site);
+    }
+}
+}  // namespace simd_detail
+
 template <class T, class U, int C, int R>
 void simdgroup_load(simdgroup_matrix<T, C, R>& d, const U* src, ulong elements_per_row = C, ulong2 origin = ulong2(0, 0),
                     bool transpose = false, MSIM_SITE) {
     // Each lane loads its own copy, without a rendezvous: loads are the most frequent matrix
     // operation, and a load in divergent code still trips the multiply or store that uses it.
+#ifdef MSIM_COUNTING_TU
+    const bool paused = msim::count_pause(true);
+#endif
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) {
             const ulong rr = transpose ? c : r, cc = transpose ? r : c;
             d.e[r][c] = T(src[(origin.y + rr) * elements_per_row + origin.x + cc]);
         }
+#ifdef MSIM_COUNTING_TU
+    msim::count_pause(paused);
+    simd_detail::count_matrix_share(src, R, C, elements_per_row, origin, transpose, false, file, line);
+#endif
 }
 // The store and the multiply are done once per simdgroup, by the last lane to arrive, from the
 // first lane's operands (the operands are uniform across the simdgroup, as Metal requires); each
@@ -569,7 +606,14 @@ void simdgroup_store(const simdgroup_matrix<T, C, R>& a, U* dst, ulong elements_
                      bool transpose = false, MSIM_SITE) {
     const simd_detail::store_args<T, U, C, R> args{&a, dst, elements_per_row, origin, transpose};
     const void* p = &args;
+#ifdef MSIM_COUNTING_TU
+    simd_detail::count_matrix_share<U>(dst, R, C, elements_per_row, origin, transpose, true, file, line);
+    const bool paused = msim::count_pause(true);  // the last lane stores for all
+#endif
     msim::simd_collective(&p, sizeof p, 0, nullptr, simd_detail::store_op<T, U, C, R>, "simdgroup_store", file, line);
+#ifdef MSIM_COUNTING_TU
+    msim::count_pause(paused);
+#endif
 }
 // d = a * b + c, accumulating in the destination's type.
 template <class T, class A, class B, class C2, int N>
@@ -662,11 +706,13 @@ template <class T, int I> struct function_constant_t {
 template <class T, int I> bool is_function_constant_defined(function_constant_t<T, I>) { return msim::fc_defined(I); }
 
 #undef MSIM_SITE
+}  // inline namespace MSIM_BUILD
 }  // namespace metal
 
 // ---------------------------------------------------------------------------------------------
 // Glue used by generated code.
 namespace msim {
+inline namespace MSIM_BUILD {
 // `threadgroup T x[N];` inside a kernel becomes `auto& x = msim::tg_var<T[N]>(__FILE__, __LINE__);`.
 template <class T> T& tg_var(const char* file, int line) {
     return *static_cast<T*>(tg_decl(sizeof(T), alignof(T), file, line));
@@ -694,6 +740,7 @@ struct Builtin {
         }
     }
 };
+}  // inline namespace MSIM_BUILD
 }  // namespace msim
 
 // The MSL address-space qualifiers and `kernel` carry no meaning on the CPU. Defined last so

@@ -114,6 +114,41 @@ struct Fiber {
     uint32_t index = 0;
     int next_decl = 0;  // which `threadgroup T x;` declaration this thread reaches next
     ThreadArgs args{};
+    // Memory-traffic counting (touched only while it is on).
+    bool count_paused = false;
+    struct Pending {  // accesses being combined: one 16-byte window, one kind, one width
+        uintptr_t base = 0;
+        uintptr_t site = 0;
+        uint32_t mask = 0;  // bytes of the window accessed; 0: slot free
+        uint32_t age = 0;   // when the slot was opened (the oldest is flushed first)
+        uint8_t width = 0;
+        bool store = false;
+    };
+    // A few windows at once per address space: the CPU compiler interleaves a lane's accesses
+    // to different arrays (a block of weights, the input vector) that each combine.
+    static constexpr int kPending = 4;
+    Pending pend[2][kPending];  // device, threadgroup
+    uint32_t pend_clock = 0;
+};
+
+// One lane access after combining, for the per-threadgroup analysis.
+struct Access {
+    uintptr_t site;  // return address of the instrumentation call: one static instruction
+    uintptr_t addr;
+    uint32_t seq;    // emission order
+    uint32_t k;      // this lane's k-th execution of the site
+    uint16_t sg;
+    uint8_t lane;
+    uint8_t size;
+    uint8_t space;   // 0 device, 1 threadgroup
+    bool store;
+};
+
+// A bound buffer as the counting classifies addresses.
+struct Range {
+    uintptr_t lo;
+    size_t len;
+    bool constant;
 };
 
 struct SimdGroup {
@@ -139,7 +174,10 @@ struct Dispatch {
     const KernelInfo* k;
     uint64_t n_groups;
     uint32_t n_threads;
+    LaunchFn launch;  // the kernel's plain launcher, or its counting build's
     std::atomic<uint64_t> next{0};
+    bool count = false;  // measure memory traffic
+    std::vector<Range> ranges;
 };
 
 bool same_site(const char* f1, int l1, const char* f2, int l2) {
@@ -181,6 +219,13 @@ struct Worker {
     std::vector<void*> tg_ptrs;
 
     uint64_t threadgroups_run = 0;
+
+    // Memory-traffic counting: this dispatch's figures, the combined accesses of the running
+    // threadgroup, the device lines of the dispatch (for its distinct-line count).
+    Traffic t;
+    std::vector<Access> accesses;
+    std::vector<uintptr_t> lines;
+    std::vector<uintptr_t> scratch;
 
     Worker() {
         arena_cap = kMaxThreadgroupMemory + 64 * kRedZone + 4096;
@@ -263,6 +308,13 @@ struct Worker {
     }
 
     void run_group(uint64_t linear);
+    void count(uintptr_t a, size_t n, bool store, uintptr_t site);
+    void count_piece(Fiber& f, int space, uintptr_t a, size_t n, size_t width, bool store, uintptr_t site);
+    void flush(Fiber& f, Fiber::Pending& p, int space);
+    void flush_all(Fiber& f);
+    void flush_through(Fiber& f, int space, uint32_t age);
+    void emit(Fiber& f, int space, uintptr_t a, size_t n, bool store, uintptr_t site);
+    void analyze_group();
 #ifdef MSIM_DIRECT_SWITCH  // only direct fiber-to-fiber switches look for the next ready one
     Fiber* next_ready(const Fiber& f);
 #endif
@@ -273,6 +325,9 @@ struct Worker {
 
 // initial-exec: these are read on every collective; the general TLS model costs a call each time.
 __attribute__((tls_model("initial-exec"))) thread_local Worker* t_worker = nullptr;
+// Whether this OS thread runs a dispatch that counts memory traffic: the only thing the
+// instrumented loads and stores look at when counting is off.
+__attribute__((tls_model("initial-exec"))) thread_local bool t_count = false;
 
 namespace {
 
@@ -282,9 +337,10 @@ void fiber_main() {
 #if defined(METALLIC_SIM_ASAN)
     __sanitizer_finish_switch_fiber(nullptr, &w.sched_bottom, &w.sched_size);
 #endif
-    w.disp->k->launch(f.args);
+    w.disp->launch(f.args);
     f.state = State::Done;
     Worker& w2 = *t_worker;  // the same worker: a fiber never migrates
+    if (t_count) w2.flush_all(f);
     --w2.live;
 #ifdef MSIM_DIRECT_SWITCH
     if (Fiber* g = w2.next_ready(f)) {
@@ -393,6 +449,10 @@ void Worker::run_group(uint64_t linear) {
         f.wait = Wait::None;
         f.index = i;
         f.next_decl = 0;
+        f.count_paused = false;
+        for (auto& space : f.pend)
+            for (Fiber::Pending& p : space) p.mask = 0;
+        f.pend_clock = 0;
         ThreadArgs& a = f.args;
         a.buffers = d.buffers.data();
         a.tg = tg_ptrs.data();
@@ -451,6 +511,7 @@ void Worker::run_group(uint64_t linear) {
         if (!progressed && live) deadlock();
     }
     check_red_zones();
+    if (t_count) analyze_group();
     ++threadgroups_run;
 }
 
@@ -507,6 +568,7 @@ void simd_collective(const void* in, size_t size, int64_t param, void* out, Coll
     g.in[lane].param = param;
     if (++g.arrived == g.n_lanes) {
         // Last lane in: compute every lane's result, release the others, carry on.
+        ++w.t.simd_collectives;
         if (fn) fn(g.in, g.out, g.n_lanes);
         g.arrived = 0;
         const uint32_t base = f.index - lane;
@@ -540,6 +602,7 @@ void threadgroup_barrier(const char* file, int line) {
     }
     if (++w.bar_arrived == int(w.n_threads)) {
         w.bar_arrived = 0;
+        ++w.t.barriers;
         for (uint32_t i = 0; i < w.n_threads; ++i) {
             Fiber& o = w.fibers[i];
             if (o.wait == Wait::Barrier) {
@@ -569,6 +632,360 @@ void* tg_decl(size_t size, size_t align, const char* file, int line) {
     }
     return w.alloc_block(size, align, file, line, -1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory-traffic counting. Every load and store of the kernels calls one of the __tsan_* hooks
+// below (the kernels are compiled with GCC's ThreadSanitizer instrumentation, and these
+// definitions take the place of libtsan). A hook returns at once unless this thread runs a
+// dispatch that counts; then the address is classified (threadgroup arena, a bound buffer, or
+// anything else: fiber stacks, the launcher's arguments, which are not counted).
+//
+// The CPU compiler splits vector copies into scalar accesses (a float4 read may reach us as four
+// 4-byte reads) and the GPU compiler combines adjacent scalar accesses of a thread into vector
+// ones, so a lane's accesses of one kind and width inside one 16-byte window are combined (up to
+// four windows open at once per lane, the oldest closed first), and
+// emitted as the naturally aligned power-of-two pieces (at most 16 bytes) that cover them: what
+// a GPU load or store of one thread can move. Each piece is one lane access, tagged with the
+// site of its first access.
+//
+// The lanes of a simdgroup run one after another here, not in lockstep, so instructions are
+// rebuilt after each threadgroup: the k-th execution of a site by each lane of a simdgroup is one
+// simdgroup-wide instruction. Device instructions count the 128-byte lines they touch against
+// the fewest their bytes would fit in; threadgroup instructions count bank conflicts (32 banks
+// of 4 bytes: an instruction takes as many cycles as the most distinct words it reads in one
+// bank, against ceil(words / 32)).
+
+void Worker::count(uintptr_t a, size_t n, bool store, uintptr_t site) {
+    Fiber& f = *cur;
+    if (f.count_paused || !n) return;
+    int space;
+    if (a - reinterpret_cast<uintptr_t>(arena) < arena_cap) {
+        space = 1;
+    } else {
+        space = -1;
+        for (const Range& r : disp->ranges)
+            if (a - r.lo < r.len) {
+                space = r.constant ? 2 : 0;
+                break;
+            }
+        if (space < 0) return;  // the stack, the launcher's arguments, ...
+        if (space == 2) {
+            if (!store) t.constant_bytes += n;
+            return;
+        }
+    }
+    // Split at 16-byte windows; each part is combined with the lane's pending accesses.
+    const size_t width = n;
+    while (n) {
+        const uintptr_t base = a & ~uintptr_t(15);
+        const size_t take = std::min<size_t>(n, base + 16 - a);
+        count_piece(f, space, a, take, width, store, site);
+        a += take;
+        n -= take;
+    }
+}
+
+void Worker::count_piece(Fiber& f, int space, uintptr_t a, size_t n, size_t width, bool store, uintptr_t site) {
+    Fiber::Pending* slots = f.pend[space];
+    const uintptr_t base = a & ~uintptr_t(15);
+    const uint32_t bits = ((n >= 32 ? 0u : (1u << n)) - 1u) << (a - base);
+    Fiber::Pending* use = nullptr;
+    for (int i = 0; i < Fiber::kPending; ++i) {
+        Fiber::Pending& p = slots[i];
+        if (!p.mask || p.base != base) continue;
+        if (p.store == store && p.width == width && !(p.mask & bits)) {
+            p.mask |= bits;
+            return;
+        }
+        // The same bytes again, or another kind or width: a new access. Older windows go
+        // first, so each site's executions keep their order.
+        flush_through(f, space, p.age);
+        use = &p;
+        break;
+    }
+    if (!use) {
+        for (int i = 0; i < Fiber::kPending && !use; ++i)
+            if (!slots[i].mask) use = &slots[i];
+    }
+    if (!use) {
+        use = &slots[0];
+        for (int i = 1; i < Fiber::kPending; ++i)
+            if (slots[i].age < use->age) use = &slots[i];
+        flush(f, *use, space);
+    }
+    use->base = base;
+    use->site = site;
+    use->mask = bits;
+    use->age = f.pend_clock++;
+    use->width = uint8_t(std::min<size_t>(width, 255));
+    use->store = store;
+}
+
+// Flushes the windows opened up to `age`, oldest first, so each lane's accesses keep their order.
+void Worker::flush_through(Fiber& f, int space, uint32_t age) {
+    for (;;) {
+        Fiber::Pending* oldest = nullptr;
+        for (Fiber::Pending& p : f.pend[space])
+            if (p.mask && p.age <= age && (!oldest || p.age < oldest->age)) oldest = &p;
+        if (!oldest) return;
+        flush(f, *oldest, space);
+    }
+}
+
+void Worker::flush_all(Fiber& f) {
+    flush_through(f, 0, ~0u);
+    flush_through(f, 1, ~0u);
+}
+
+void Worker::flush(Fiber& f, Fiber::Pending& p, int space) {
+    uint32_t m = p.mask;
+    p.mask = 0;
+    int off = 0;
+    while (m) {
+        while (!(m & 1u)) {
+            m >>= 1;
+            ++off;
+        }
+        int run = 0;
+        while (m & 1u) {
+            m >>= 1;
+            ++run;
+        }
+        // The run [off, off + run) as naturally aligned pieces of 1, 2, 4, 8 or 16 bytes.
+        while (run) {
+            int size = 16;
+            while (size > run || (off % size) != 0) size >>= 1;
+            emit(f, space, p.base + uintptr_t(off), size_t(size), p.store, p.site);
+            off += size;
+            run -= size;
+        }
+    }
+}
+
+void Worker::emit(Fiber& f, int space, uintptr_t a, size_t n, bool store, uintptr_t site) {
+    if (space == 0) {
+        (store ? t.stored_bytes : t.loaded_bytes) += n;
+        ++(store ? t.lane_stores : t.lane_loads);
+    } else {
+        (store ? t.tg_stored_bytes : t.tg_loaded_bytes) += n;
+    }
+    Access e;
+    e.site = site;
+    e.addr = a;
+    e.seq = uint32_t(accesses.size());
+    e.k = 0;
+    e.sg = uint16_t(f.index / kSimdWidth);
+    e.lane = uint8_t(f.index % kSimdWidth);
+    e.size = uint8_t(n);
+    e.space = uint8_t(space);
+    e.store = store;
+    accesses.push_back(e);
+}
+
+void Worker::analyze_group() {
+    std::vector<Access>& ev = accesses;
+    // Number each lane's executions of each site in program order ...
+    std::sort(ev.begin(), ev.end(), [](const Access& x, const Access& y) {
+        if (x.space != y.space) return x.space < y.space;
+        if (x.site != y.site) return x.site < y.site;
+        if (x.sg != y.sg) return x.sg < y.sg;
+        if (x.lane != y.lane) return x.lane < y.lane;
+        return x.seq < y.seq;
+    });
+    for (size_t i = 0; i < ev.size(); ++i) {
+        const bool same = i && ev[i].space == ev[i - 1].space && ev[i].site == ev[i - 1].site &&
+                          ev[i].sg == ev[i - 1].sg && ev[i].lane == ev[i - 1].lane;
+        ev[i].k = same ? ev[i - 1].k + 1 : 0;
+    }
+    // ... then the same execution of a site by the lanes of a simdgroup is one instruction.
+    std::sort(ev.begin(), ev.end(), [](const Access& x, const Access& y) {
+        if (x.space != y.space) return x.space < y.space;
+        if (x.site != y.site) return x.site < y.site;
+        if (x.sg != y.sg) return x.sg < y.sg;
+        if (x.k != y.k) return x.k < y.k;
+        return x.addr < y.addr;
+    });
+    const size_t lines_before = lines.size();
+    for (size_t i = 0; i < ev.size();) {
+        size_t j = i + 1;
+        while (j < ev.size() && ev[j].space == ev[i].space && ev[j].site == ev[i].site && ev[j].sg == ev[i].sg &&
+               ev[j].k == ev[i].k)
+            ++j;
+        uint32_t lanes = 0;
+        for (size_t q = i; q < j; ++q) lanes |= 1u << ev[q].lane;
+        t.lane_slots += kSimdWidth;
+        t.active_lanes += uint64_t(__builtin_popcount(lanes));
+        if (ev[i].space == 0) {
+            // Widest piece: lanes at different alignments may have split the same access.
+            int wmax = 0;
+            for (size_t q = i; q < j; ++q) wmax = std::max<int>(wmax, ev[q].size);
+            const int wi = std::min(Traffic::kWidths - 1, __builtin_ctz(unsigned(wmax)));
+            if (ev[i].store) {
+                ++t.store_instructions;
+                ++t.store_width[wi];
+            } else {
+                ++t.load_instructions;
+                ++t.load_width[wi];
+            }
+            // Sorted by address: distinct lines and the union of the bytes in one pass.
+            uint64_t touched = 0, bytes = 0;
+            uintptr_t last_line = ~uintptr_t(0), covered = 0;
+            for (size_t q = i; q < j; ++q) {
+                const uintptr_t lo = ev[q].addr, hi = lo + ev[q].size;
+                for (uintptr_t l = lo >> 7; l <= (hi - 1) >> 7; ++l)
+                    if (l != last_line && (last_line == ~uintptr_t(0) || l > last_line)) {
+                        ++touched;
+                        last_line = l;
+                        lines.push_back(l);
+                    }
+                if (hi > covered) {
+                    bytes += hi - std::max(lo, covered);
+                    covered = hi;
+                }
+            }
+            t.lines_touched += touched;
+            t.lines_min += (bytes + 127) / 128;
+        } else {
+            ++t.tg_instructions;
+            scratch.clear();
+            for (size_t q = i; q < j; ++q)
+                for (uintptr_t wd = ev[q].addr >> 2; wd <= (ev[q].addr + ev[q].size - 1) >> 2; ++wd)
+                    scratch.push_back(wd);
+            std::sort(scratch.begin(), scratch.end());
+            scratch.erase(std::unique(scratch.begin(), scratch.end()), scratch.end());
+            int per_bank[32] = {};
+            int cycles = 0;
+            for (uintptr_t wd : scratch) cycles = std::max(cycles, ++per_bank[wd & 31]);
+            const int fewest = int((scratch.size() + 31) / 32);
+            t.bank_conflicts += uint64_t(cycles - fewest);
+        }
+        i = j;
+    }
+    ev.clear();
+    // Keep the dispatch's line list short: this threadgroup's lines once each.
+    std::sort(lines.begin() + long(lines_before), lines.end());
+    lines.erase(std::unique(lines.begin() + long(lines_before), lines.end()), lines.end());
+}
+
+bool count_pause(bool pause) {
+    if (!t_count) return false;
+    Fiber& f = *t_worker->cur;
+    const bool was = f.count_paused;
+    f.count_paused = pause;
+    return was;
+}
+
+int count_lane() { return t_count ? int(t_worker->cur->index % kSimdWidth) : -1; }
+
+void count_access(const void* addr, size_t size, bool store, uintptr_t site) {
+    if (t_count) t_worker->count(reinterpret_cast<uintptr_t>(addr), size, store, site);
+}
+
+void Traffic::add(const Traffic& o) {
+    dispatches += o.dispatches;
+    threadgroups += o.threadgroups;
+    threads += o.threads;
+    loaded_bytes += o.loaded_bytes;
+    stored_bytes += o.stored_bytes;
+    lane_loads += o.lane_loads;
+    lane_stores += o.lane_stores;
+    load_instructions += o.load_instructions;
+    store_instructions += o.store_instructions;
+    for (int i = 0; i < kWidths; ++i) {
+        load_width[i] += o.load_width[i];
+        store_width[i] += o.store_width[i];
+    }
+    lines_touched += o.lines_touched;
+    lines_min += o.lines_min;
+    unique_bytes += o.unique_bytes;
+    constant_bytes += o.constant_bytes;
+    lane_slots += o.lane_slots;
+    active_lanes += o.active_lanes;
+    tg_loaded_bytes += o.tg_loaded_bytes;
+    tg_stored_bytes += o.tg_stored_bytes;
+    tg_instructions += o.tg_instructions;
+    bank_conflicts += o.bank_conflicts;
+    barriers += o.barriers;
+    simd_collectives += o.simd_collectives;
+}
+
+}  // namespace msim
+
+// The instrumentation's entry points (the subset GCC emits for these kernels; see the
+// METALLIC_SIM_COUNTING part of CMakeLists.txt). Hidden: they must not take the place of a real
+// libtsan's in a process that has one.
+#if defined(METALLIC_SIM_COUNTING)
+#define MSIM_HOOK extern "C" __attribute__((visibility("hidden"), noinline))
+namespace {
+inline void hook(const void* a, size_t n, bool store, void* ret) {
+    if (__builtin_expect(!msim::t_count, 1)) return;
+    msim::t_worker->count(reinterpret_cast<uintptr_t>(a), n, store, reinterpret_cast<uintptr_t>(ret));
+}
+}  // namespace
+MSIM_HOOK void __tsan_init() {}
+#define MSIM_RW(N)                                                                                    \
+    MSIM_HOOK void __tsan_read##N(void* a) { hook(a, N, false, __builtin_return_address(0)); }         \
+    MSIM_HOOK void __tsan_write##N(void* a) { hook(a, N, true, __builtin_return_address(0)); }         \
+    MSIM_HOOK void __tsan_unaligned_read##N(void* a) { hook(a, N, false, __builtin_return_address(0)); } \
+    MSIM_HOOK void __tsan_unaligned_write##N(void* a) { hook(a, N, true, __builtin_return_address(0)); } \
+    MSIM_HOOK void __tsan_volatile_read##N(void* a) { hook(a, N, false, __builtin_return_address(0)); } \
+    MSIM_HOOK void __tsan_volatile_write##N(void* a) { hook(a, N, true, __builtin_return_address(0)); }
+MSIM_RW(1)
+MSIM_RW(2)
+MSIM_RW(4)
+MSIM_RW(8)
+MSIM_RW(16)
+#undef MSIM_RW
+MSIM_HOOK void __tsan_read_range(void* a, unsigned long n) { hook(a, n, false, __builtin_return_address(0)); }
+MSIM_HOOK void __tsan_write_range(void* a, unsigned long n) { hook(a, n, true, __builtin_return_address(0)); }
+// Atomics (metal_compat.h's atomic_* use the __atomic builtins, which the instrumentation
+// replaces with these): the operation itself, counted as a load and a store.
+#define MSIM_ATOMIC(N, T)                                                                                   \
+    MSIM_HOOK T __tsan_atomic##N##_load(const volatile T* a, int) {                                          \
+        hook(const_cast<const T*>(a), sizeof(T), false, __builtin_return_address(0));                       \
+        return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                         \
+    }                                                                                                        \
+    MSIM_HOOK void __tsan_atomic##N##_store(volatile T* a, T v, int) {                                       \
+        hook(const_cast<const T*>(a), sizeof(T), true, __builtin_return_address(0));                        \
+        __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                            \
+    }                                                                                                        \
+    MSIM_HOOK T __tsan_atomic##N##_exchange(volatile T* a, T v, int) {                                       \
+        hook(const_cast<const T*>(a), sizeof(T), false, __builtin_return_address(0));                       \
+        hook(const_cast<const T*>(a), sizeof(T), true, __builtin_return_address(0));                        \
+        return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                  \
+    }                                                                                                        \
+    MSIM_HOOK T __tsan_atomic##N##_fetch_add(volatile T* a, T v, int) {                                      \
+        hook(const_cast<const T*>(a), sizeof(T), false, __builtin_return_address(0));                       \
+        hook(const_cast<const T*>(a), sizeof(T), true, __builtin_return_address(0));                        \
+        return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                   \
+    }                                                                                                        \
+    MSIM_HOOK int __tsan_atomic##N##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {          \
+        hook(const_cast<const T*>(a), sizeof(T), false, __builtin_return_address(0));                       \
+        hook(const_cast<const T*>(a), sizeof(T), true, __builtin_return_address(0));                        \
+        return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);              \
+    }                                                                                                        \
+    MSIM_HOOK int __tsan_atomic##N##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {            \
+        hook(const_cast<const T*>(a), sizeof(T), false, __builtin_return_address(0));                       \
+        hook(const_cast<const T*>(a), sizeof(T), true, __builtin_return_address(0));                        \
+        return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);               \
+    }                                                                                                        \
+    MSIM_HOOK T __tsan_atomic##N##_compare_exchange_val(volatile T* a, T c, T v, int, int) {                \
+        hook(const_cast<const T*>(a), sizeof(T), false, __builtin_return_address(0));                       \
+        hook(const_cast<const T*>(a), sizeof(T), true, __builtin_return_address(0));                        \
+        __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                    \
+        return c;                                                                                            \
+    }
+MSIM_ATOMIC(8, char)
+MSIM_ATOMIC(16, short)
+MSIM_ATOMIC(32, int)
+MSIM_ATOMIC(64, long long)
+#undef MSIM_ATOMIC
+MSIM_HOOK void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+MSIM_HOOK void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+#undef MSIM_HOOK
+#endif
+
+namespace msim {
 
 namespace {
 __attribute__((tls_model("initial-exec"))) thread_local const Pipeline* t_pipeline = nullptr;
@@ -610,6 +1027,18 @@ bool register_kernel(const KernelInfo& k) {
     return true;
 }
 
+namespace {
+std::unordered_map<std::string, LaunchFn>& counting_launchers() {
+    static std::unordered_map<std::string, LaunchFn> r;
+    return r;
+}
+}  // namespace
+
+bool register_counting_launcher(const char* name, LaunchFn launch) {
+    counting_launchers()[name] = launch;
+    return true;
+}
+
 std::vector<std::string> Device::kernel_names() {
     std::vector<std::string> names;
     for (auto& kv : registry()) names.push_back(kv.first);
@@ -631,15 +1060,45 @@ struct Device::Impl {
     std::mutex dispatch_mu;  // one dispatch at a time
     std::atomic<uint64_t> dispatches{0}, threadgroups{0}, threads_run{0};
 
+    // Memory traffic (under traffic_mu: read by other threads while dispatches run).
+    std::atomic<bool> counting{false};
+    mutable std::mutex traffic_mu;
+    Traffic total;
+    std::map<std::string, Traffic> by_kernel;
+    std::vector<DispatchTraffic> log;
+
     void work(Worker& w, Dispatch& job_) {
         t_worker = &w;
         t_pipeline = job_.d->pipeline;
+        t_count = job_.count;
         w.disp = &job_;
         w.ensure_fibers(job_.n_threads);
         uint64_t i;
         while ((i = job_.next.fetch_add(1, std::memory_order_relaxed)) < job_.n_groups) w.run_group(i);
         t_worker = nullptr;
         t_pipeline = nullptr;
+        t_count = false;
+    }
+
+    // After a counted dispatch: the workers' figures into the totals.
+    void gather(const Dispatch& job_) {
+        Traffic d;
+        std::vector<uintptr_t> lines;
+        for (Worker* w : workers) {
+            d.add(w->t);
+            lines.insert(lines.end(), w->lines.begin(), w->lines.end());
+            w->t = Traffic{};
+            w->lines.clear();
+        }
+        std::sort(lines.begin(), lines.end());
+        d.unique_bytes = uint64_t(std::unique(lines.begin(), lines.end()) - lines.begin()) * 128;
+        d.dispatches = 1;
+        d.threadgroups = job_.n_groups;
+        d.threads = job_.n_groups * job_.n_threads;
+        std::lock_guard<std::mutex> lk(traffic_mu);
+        total.add(d);
+        by_kernel[job_.k->name].add(d);
+        if (log.size() < kMaxDispatchLog) log.push_back({job_.k->name, d});
     }
 
     void helper(Worker* w) {
@@ -689,6 +1148,8 @@ Device::Device() : impl_(new Impl) {
     int n = int(std::thread::hardware_concurrency());
     if (const char* e = std::getenv("METALLIC_SIM_WORKERS")) n = std::atoi(e);
     set_workers(n);
+    if (const char* e = std::getenv("METALLIC_SIM_COUNT"))
+        if (counting_available() && std::strcmp(e, "") != 0 && std::strcmp(e, "0") != 0) impl_->counting = true;
 }
 
 Device::~Device() {
@@ -736,7 +1197,22 @@ void Device::dispatch(const DispatchDesc& d) {
     if (n_groups == 0) return;
 
     std::lock_guard<std::mutex> serial(impl_->dispatch_mu);
-    Dispatch job{&d, &k, n_groups, uint32_t(n_threads)};
+    Dispatch job{&d, &k, n_groups, uint32_t(n_threads), k.launch, {0}, false, {}};
+    job.count = impl_->counting.load();
+    if (job.count) {
+        const auto it = counting_launchers().find(k.name);
+        if (it == counting_launchers().end())
+            throw std::logic_error("metal-sim: kernel " + std::string(k.name) + " has no counting build");
+        job.launch = it->second;
+        for (size_t i = 0; i < d.buffers.size() && i < d.buffer_lengths.size(); ++i)
+            if (d.buffers[i] && d.buffer_lengths[i])
+                job.ranges.push_back({reinterpret_cast<uintptr_t>(d.buffers[i]), d.buffer_lengths[i],
+                                      i < 64 && ((k.constant_buffers >> i) & 1)});
+        for (Worker* w : impl_->workers) {
+            w->t = Traffic{};
+            w->lines.clear();
+        }
+    }
     const int helpers = int(std::min<uint64_t>(uint64_t(n_workers_) - 1, n_groups - 1));
     if (helpers > 0) {
         std::lock_guard<std::mutex> lk(impl_->mu);
@@ -753,6 +1229,47 @@ void Device::dispatch(const DispatchDesc& d) {
     impl_->dispatches.fetch_add(1);
     impl_->threadgroups.fetch_add(n_groups);
     impl_->threads_run.fetch_add(n_groups * n_threads);
+    if (job.count) impl_->gather(job);
+}
+
+bool Device::counting_available() {
+#if defined(METALLIC_SIM_COUNTING)
+    return true;
+#else
+    return false;
+#endif
+}
+
+void Device::set_counting(bool on) {
+    if (on && !counting_available())
+        throw std::invalid_argument(
+            "metal-sim: this build cannot count memory traffic (it needs GCC's -fsanitize=thread instrumentation, "
+            "which the ASan build and other compilers do not get)");
+    impl_->counting = on;
+}
+
+bool Device::counting() const { return impl_->counting.load(); }
+
+Traffic Device::traffic() const {
+    std::lock_guard<std::mutex> lk(impl_->traffic_mu);
+    return impl_->total;
+}
+
+std::map<std::string, Traffic> Device::traffic_by_kernel() const {
+    std::lock_guard<std::mutex> lk(impl_->traffic_mu);
+    return impl_->by_kernel;
+}
+
+std::vector<DispatchTraffic> Device::dispatch_traffic() const {
+    std::lock_guard<std::mutex> lk(impl_->traffic_mu);
+    return impl_->log;
+}
+
+void Device::reset_traffic() {
+    std::lock_guard<std::mutex> lk(impl_->traffic_mu);
+    impl_->total = Traffic{};
+    impl_->by_kernel.clear();
+    impl_->log.clear();
 }
 
 Counters Device::counters() const {

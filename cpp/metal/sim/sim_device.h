@@ -34,6 +34,39 @@ struct DispatchDesc {
     uint32_t groups[3] = {1, 1, 1};   // threadgroups per grid
     uint32_t threads[3] = {1, 1, 1};  // threads per threadgroup
     std::vector<size_t> tg_mem;   // by [[threadgroup(n)]] index, bytes
+    // Bytes from each buffer pointer to the end of its buffer, by index: what memory-traffic
+    // counting takes for device memory. A buffer without a length (missing or 0) is not counted.
+    std::vector<size_t> buffer_lengths;
+};
+
+// Memory traffic the lanes generate, measured while counting is on (set_counting). "Device"
+// means the bound buffers other than the constant address space; every figure is what the
+// kernels' compiled loads and stores did, not what the host declared. Definitions in
+// cpp/metal/sim/README.md, "Memory traffic".
+struct Traffic {
+    static constexpr int kWidths = 5;  // access widths 1, 2, 4, 8, 16 bytes (index = log2)
+    uint64_t dispatches = 0, threadgroups = 0, threads = 0;
+    uint64_t loaded_bytes = 0, stored_bytes = 0;   // device memory, summed over lanes
+    uint64_t lane_loads = 0, lane_stores = 0;      // device accesses of single lanes
+    uint64_t load_instructions = 0, store_instructions = 0;  // simdgroup-wide, device
+    uint64_t load_width[kWidths] = {}, store_width[kWidths] = {};  // instructions by width
+    uint64_t lines_touched = 0;   // distinct 128-byte lines of the device instructions, summed
+    uint64_t lines_min = 0;       // the fewest lines their bytes fit in, summed
+    uint64_t unique_bytes = 0;    // distinct device lines of each dispatch x 128 (DRAM estimate)
+    uint64_t constant_bytes = 0;  // loads from constant-address-space buffers (argument structs)
+    uint64_t lane_slots = 0;      // 32 x memory instructions (device and threadgroup)
+    uint64_t active_lanes = 0;    // lanes that took part in them
+    uint64_t tg_loaded_bytes = 0, tg_stored_bytes = 0, tg_instructions = 0;
+    uint64_t bank_conflicts = 0;  // threadgroup-memory cycles beyond the minimum (32 banks x 4 B)
+    uint64_t barriers = 0;        // threadgroup_barrier passes, per threadgroup
+    uint64_t simd_collectives = 0;  // simd_* / simdgroup_* rendezvous, per simdgroup
+
+    void add(const Traffic& o);
+};
+
+struct DispatchTraffic {
+    std::string kernel;
+    Traffic traffic;
 };
 
 struct Counters {
@@ -60,6 +93,18 @@ public:
     int workers() const { return n_workers_; }
     Counters counters() const;
     void reset_counters();
+
+    // Memory-traffic counting: off unless METALLIC_SIM_COUNT=1 or set_counting(true); when off
+    // the instrumented loads and stores cost a call that returns at once. counting_available()
+    // is false in builds without the instrumentation (not GCC, or the ASan build).
+    static bool counting_available();
+    void set_counting(bool on);
+    bool counting() const;
+    Traffic traffic() const;                                // since reset_traffic()
+    std::map<std::string, Traffic> traffic_by_kernel() const;
+    std::vector<DispatchTraffic> dispatch_traffic() const;  // the first kMaxDispatchLog dispatches
+    void reset_traffic();
+    static constexpr size_t kMaxDispatchLog = 100000;
 
     static std::vector<std::string> kernel_names();
 

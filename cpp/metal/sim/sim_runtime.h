@@ -39,9 +39,12 @@ struct KernelInfo {
     LaunchFn launch;
     int n_buffers;         // highest [[buffer(n)]] + 1
     int n_tg;              // highest [[threadgroup(n)]] + 1
+    uint64_t constant_buffers;  // bit n: [[buffer(n)]] is in the constant address space
 };
 
 bool register_kernel(const KernelInfo& k);
+// The kernel's launcher compiled with the memory-traffic instrumentation (*.count.sim.cpp).
+bool register_counting_launcher(const char* name, LaunchFn launch);
 
 // A lane's value in a simd collective. 16 bytes fit every scalar and vector up to float4.
 struct Slot {
@@ -59,6 +62,17 @@ void simd_collective(const void* in, size_t size, int64_t param, void* out, Coll
 void threadgroup_barrier(const char* file, int line);
 // The k-th `threadgroup T x;` declaration a thread executes gets the threadgroup's k-th block.
 void* tg_decl(size_t size, size_t align, const char* file, int line);
+
+// Memory-traffic counting (sim_device.cpp). The kernels' loads and stores reach it through
+// the compiler's instrumentation; these two are for the operations the simulator carries out
+// differently from the GPU (simdgroup_load/store: every lane copies the whole 8x8 matrix here,
+// each lane moves its own share on the GPU). count_pause(true) stops counting this lane's
+// accesses and returns whether it was paused; count_access records one access of this lane at
+// the static site `site` (any value that identifies the source location).
+// count_lane() is the calling lane's index in its simdgroup while counting, else -1.
+bool count_pause(bool pause);
+void count_access(const void* addr, size_t size, bool store, uintptr_t site);
+int count_lane();
 
 // Function constants of the running pipeline.
 bool fc_defined(int index);
