@@ -14,7 +14,12 @@
 // none), while an enumerator reads the same in both languages and serves as an array size and
 // a template argument alike.
 enum KernelShape : int32_t {
-    MATVEC_NR = 2,       // matvec*: rows of W per simdgroup (the NR of matvec.metal's instantiations)
+    MATVEC_NR = 4,          // matvec, matvec_jobs: rows of W per simdgroup (the NR of matvec.metal's
+                            // instantiations)
+    MATVEC_GLU_NR = 2,      // matvec_glu: rows of gate, and as many of up, per simdgroup
+    MATVEC_SIMDGROUPS = 4,  // matvec*: simdgroups per threadgroup (the fused norm's threadgroup memory
+                            // has room for this many)
+    MATVEC_TOKENS = 8,      // matvec*: tokens per threadgroup, grid.y = ceil(tokens / MATVEC_TOKENS)
     GEMM_TILE = 32,      // gemm_*: a threadgroup computes a GEMM_TILE (tokens) x GEMM_TILE (rows) tile
     GEMM_THREADS = 128,  // gemm_*: threads per threadgroup, 4 simdgroups of one 16x16 quarter each
     MAX_HEAD_DIM = 256,  // largest head size of rope_store_kv_* (a thread per dimension) and of
@@ -49,14 +54,17 @@ struct LinearArgs {
     uint64_t out_stride;  // floats between token rows of out
 };
 
-// Up to three matvecs of one format and width sharing x (one token): matvec_jobs_*.
+// Up to three matvecs of one format and width sharing x: matvec_jobs_*. x has rows of cols
+// floats, job j's out rows of rows[j] floats.
 struct LinearJobsArgs {
     int32_t cols;
     int32_t n_jobs;
     int32_t rows[3];
     int32_t flags[3];
     int32_t first_tg[4];  // first threadgroup of each job; first_tg[n_jobs] = the grid (unused entries too)
-    uint64_t row_bytes;   // at byte 48: no padding
+    int32_t n_tokens;
+    int32_t unused;       // keeps row_bytes at byte 56 on both sides
+    uint64_t row_bytes;
 };
 
 // x[t][i] = table[ids[t]][i] * scale, one threadgroup per token.

@@ -1,16 +1,23 @@
 // Weight formats as the kernels read them: one struct per GGML type with
-//   BLOCK          elements of one unit of work: what a lane of a matvec takes at a time (one
-//                  16-byte load for the float formats, one 32-element block or sub-block for
-//                  the quantized ones)
-//   VEC            1 if dot() uses vector loads of W that need 16-byte aligned rows
-//   get(row, i)    element i of a row, as float
-//   dot(row, b, x) dot product of unit b of the row with the unit's inputs x.s(0 .. BLOCK - 1)
-//                  (x.v4(i): four of them at once, 16-byte aligned); x is an input view below
+//   get(row, i)    element i of a row, as float (embed, gemm, and the matvecs' leftovers)
+// and the decode matvec's layout (matvec.h), how the 32 lanes of a simdgroup share a row:
+//   BLOCK, BYTES   elements and bytes of one block: LANES consecutive lanes share a block, so
+//                  a simdgroup takes 32 / LANES consecutive blocks of the row at a time
+//   CHUNKS, CW     lane li of a block's LANES takes CHUNKS runs of CW consecutive elements (CW a
+//                  multiple of 4: x is read as float4), run k at element xoff(li, k) of the block
+//   VEC            1 if the block's weights are read with vector loads that need 16-byte
+//                  aligned rows (the float formats); the quantized blocks are read with 16-bit
+//                  loads, which every GGUF block allows (their half scales are 2-byte aligned)
+//   State, state(block, li)   what the lane takes from the block once for all of its runs (the
+//                  scales, decoded)
+//   chunk(st, k, w)  run k's weights into w[CW / 4]; returns the factor the run's dot takes:
+//                  dot(run, x) = factor * sum(w * x)
 // Kernels template over these (embed, matvec, gemm), so a new format is one struct here plus a
 // line of instantiations per kernel. Block layouts come from cpp/cpu/formats/blocks.h, the
-// same header the CPU kernels use; scales are raw half bits there, read with as_type. BYTES is
-// the size of that layout, which the host build checks against the GGML type table
-// (cpp/engine/ggml_types.h): no block size is written down here.
+// same header the CPU kernels use; scales are raw half bits there, read with as_type. A
+// quantized format's BYTES is the size of that layout, which the host build checks against the
+// GGML type table (cpp/engine/ggml_types.h): no block size is written down here. The float
+// formats' block is the matvec's 16-byte load, not a GGML block.
 #pragma once
 
 #include <metal_stdlib>
@@ -20,40 +27,53 @@ using namespace metal;
 
 inline float half_bits(ushort bits) { return float(as_type<half>(bits)); }
 
-// Input views: where a matvec reads the vector it multiplies. at(i) moves the view to element i.
-//   x_plain    x itself
-//   x_normed   x * w, for RMSNorm fused into the matvec: the norm's 1/rms factor is a scalar, so
-//              it is applied to the finished dot products instead of to every element
-struct x_plain {
-    device const float* x;
-    inline float s(int i) const { return x[i]; }
-    inline float4 v4(int i) const { return *(device const float4*)(x + i); }
-    inline x_plain at(int i) const { return x_plain{x + i}; }
-};
-struct x_normed {
-    device const float* x;
-    device const float* w;
-    inline float s(int i) const { return x[i] * w[i]; }
-    inline float4 v4(int i) const { return *(device const float4*)(x + i) * *(device const float4*)(w + i); }
-    inline x_normed at(int i) const { return x_normed{x + i, w + i}; }
-};
+// 4 and 8 bytes of a quantized block, from 16-bit loads: GGUF places blocks of 18, 22, 34, 84,
+// 110 or 210 bytes back to back, so only 2-byte alignment holds and wider loads would be
+// misaligned. Byte j of the result is p[j] (Metal's GPUs and the simulator are little-endian).
+inline uint load_u32(device const uchar* p) {
+    device const ushort* u = (device const ushort*)p;
+    return uint(u[0]) | (uint(u[1]) << 16);
+}
+inline uint2 load_u64(device const uchar* p) { return uint2(load_u32(p), load_u32(p + 4)); }
+
+// The four bytes of a word as floats, unsigned or signed.
+inline float4 bytes_u(uint w) { return float4(as_type<uchar4>(w)); }
+inline float4 bytes_s(uint w) { return float4(as_type<char4>(w)); }
+
+// (v >> shift) & mask in each word of v (written per word: the address-space check's OpenCL
+// stand-in for Metal's vectors has no bitwise vector operators).
+inline uint2 field2(uint2 v, uint shift, uint mask) { return uint2((v.x >> shift) & mask, (v.y >> shift) & mask); }
+
+// Bits 0..3 of b spread to bit 4 of bytes 0..3 (the four partial products of the multiply sit
+// in disjoint bit ranges, so nothing carries into the bits kept).
+inline uint bits_to_bytes4(uint b) { return ((b & 15u) * 0x00204081u & 0x01010101u) << 4; }
 
 struct fmt_f32 {
-    enum { BLOCK = 4, VEC = 1 };
+    enum { BLOCK = 4, BYTES = 16, LANES = 1, CHUNKS = 1, CW = 4, VEC = 1 };
     static inline float get(device const uchar* row, int i) { return ((device const float*)row)[i]; }
-    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
-        return metal::dot(((device const float4*)row)[b], x.v4(0));
+    struct State {
+        device const uchar* p;
+    };
+    static inline State state(device const uchar* blk, int li) { return State{blk}; }
+    static inline int xoff(int li, int k) { return 0; }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        w[0] = *(device const float4*)s.p;
+        return 1.0f;
     }
 };
 
 struct fmt_f16 {
-    enum { BLOCK = 8, VEC = 1 };
+    enum { BLOCK = 8, BYTES = 16, LANES = 1, CHUNKS = 1, CW = 8, VEC = 1 };
     static inline float get(device const uchar* row, int i) { return float(((device const half*)row)[i]); }
-    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
-        device const uchar* p = row + 16 * b;
-        const float4 w0 = float4(*(device const half4*)p);
-        const float4 w1 = float4(*(device const half4*)(p + 8));
-        return metal::dot(w0, x.v4(0)) + metal::dot(w1, x.v4(4));
+    struct State {
+        device const uchar* p;
+    };
+    static inline State state(device const uchar* blk, int li) { return State{blk}; }
+    static inline int xoff(int li, int k) { return 0; }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        w[0] = float4(*(device const half4*)s.p);
+        w[1] = float4(*(device const half4*)(s.p + 8));
+        return 1.0f;
     }
 };
 
@@ -62,140 +82,157 @@ inline float bf16_bits(ushort bits) { return as_type<float>(uint(bits) << 16); }
 inline float4 bf16x4(ushort4 b) { return float4(bf16_bits(b.x), bf16_bits(b.y), bf16_bits(b.z), bf16_bits(b.w)); }
 
 struct fmt_bf16 {
-    enum { BLOCK = 8, VEC = 1 };
+    enum { BLOCK = 8, BYTES = 16, LANES = 1, CHUNKS = 1, CW = 8, VEC = 1 };
     static inline float get(device const uchar* row, int i) { return bf16_bits(((device const ushort*)row)[i]); }
-    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
-        device const uchar* p = row + 16 * b;
-        const float4 w0 = bf16x4(*(device const ushort4*)p);
-        const float4 w1 = bf16x4(*(device const ushort4*)(p + 8));
-        return metal::dot(w0, x.v4(0)) + metal::dot(w1, x.v4(4));
+    struct State {
+        device const uchar* p;
+    };
+    static inline State state(device const uchar* blk, int li) { return State{blk}; }
+    static inline int xoff(int li, int k) { return 0; }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        w[0] = bf16x4(*(device const ushort4*)s.p);
+        w[1] = bf16x4(*(device const ushort4*)(s.p + 8));
+        return 1.0f;
     }
 };
+
+// ---- The 32-element formats: four lanes to a block, lane li taking elements 8li .. 8li + 7.
 
 // d * q, q int8.
 struct fmt_q8_0 {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ8_0), VEC = 0 };
-    static inline float get_in_block(device const uchar* p, int j) {
-        device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)p;
-        return half_bits(b->d) * float(b->qs[j]);
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ8_0), LANES = 4, CHUNKS = 1, CW = 8, VEC = 0 };
+    static inline float get(device const uchar* row, int i) {
+        device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)(row + (i / 32) * BYTES);
+        return half_bits(b->d) * float(b->qs[i % 32]);
     }
-    template <typename X> static inline float dot_block(device const uchar* p, thread const X& x) {
-        device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)p;
-        float s = 0.0f;
-        for (int i = 0; i < 32; i += 4) {
-            const float4 q = float4(float(b->qs[i]), float(b->qs[i + 1]), float(b->qs[i + 2]), float(b->qs[i + 3]));
-            s += metal::dot(q, x.v4(i));
-        }
-        return half_bits(b->d) * s;
+    struct State {
+        float d;
+        uint2 q;  // the lane's 8 int8 values
+    };
+    static inline State state(device const uchar* blk, int li) {
+        device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)blk;
+        return State{half_bits(b->d), load_u64((device const uchar*)b->qs + 8 * li)};
     }
-    static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
-    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
-        return dot_block(row + b * BYTES, x);
+    static inline int xoff(int li, int k) { return 8 * li; }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        w[0] = bytes_s(s.q.x);
+        w[1] = bytes_s(s.q.y);
+        return s.d;
     }
 };
 
-// The 32-element 4- and 5-bit formats: element j < 16 in the low nibble of qs[j], element
-// j + 16 in the high nibble; the 5-bit ones take bit 4 of element j from bit j of qh.
+// The 4- and 5-bit ones: element j < 16 in the low nibble of qs[j], element j + 16 in the high
+// nibble; the 5-bit ones take bit 4 of element j from bit j of qh. Lanes 0 and 1 read the low
+// nibbles of qs[0 .. 15], lanes 2 and 3 the high nibbles of the same bytes.
 inline int nibble(device const uchar* qs, int j) { return j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4); }
 inline uint qh_bits(device const uchar* qh) {
     return uint(qh[0]) | (uint(qh[1]) << 8) | (uint(qh[2]) << 16) | (uint(qh[3]) << 24);
 }
 
-// Sum over the block of q[j] * x.s(j) and of x.s(j), for the formats of the form d * q + m.
-template <typename Q, typename X>
-inline float2 q32_dot_sum(device const uchar* qs, uint qh, thread const X& x) {
-    float s = 0.0f, sx = 0.0f;
-    for (int j = 0; j < 16; ++j) {
-        const float lo = float(Q::value(qs[j] & 15, qh, j));
-        const float hi = float(Q::value(qs[j] >> 4, qh, j + 16));
-        s += lo * x.s(j) + hi * x.s(j + 16);
-        sx += x.s(j) + x.s(j + 16);
-    }
-    return float2(s, sx);
+// Lane li's 8 values of a 32-element block as bytes: nibbles of the 8 qs bytes the lane reads,
+// plus bit 4 from qh (0 for the 4-bit formats).
+inline uint2 q32_lane_values(device const uchar* qs, uint qh, int li) {
+    const uint2 q = load_u64(qs + 8 * (li & 1));
+    const uint shift = uint(li >> 1) * 4;
+    const uint hb = qh >> (8 * li);  // bits of elements 8li ..
+    return uint2(((q.x >> shift) & 0x0F0F0F0Fu) | bits_to_bytes4(hb),
+                 ((q.y >> shift) & 0x0F0F0F0Fu) | bits_to_bytes4(hb >> 4));
 }
 
-struct q4_values {
-    static inline int value(int nib, uint qh, int j) { return nib; }
-};
-struct q5_values {
-    static inline int value(int nib, uint qh, int j) { return nib | int(((qh >> j) & 1) << 4); }
+// The State of the 32-element formats with an offset: weights d * q + m, as d * (q + m / d)
+// would round differently, so the lane's 8 weights are decoded in full (factor 1); for the
+// formats without one (m = -8d, -16d exactly) the factor is d and w = q - 8 or q - 16.
+struct q32_state {
+    float d, m;
+    uint2 q;
 };
 
 // d * (q - 8)
 struct fmt_q4_0 {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ4_0), VEC = 0 };
-    static inline float get_in_block(device const uchar* p, int j) {
-        device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)p;
-        return half_bits(b->d) * float(nibble(b->qs, j) - 8);
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ4_0), LANES = 4, CHUNKS = 1, CW = 8, VEC = 0 };
+    static inline float get(device const uchar* row, int i) {
+        device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)(row + (i / 32) * BYTES);
+        return half_bits(b->d) * float(nibble(b->qs, i % 32) - 8);
     }
-    template <typename X> static inline float dot_block(device const uchar* p, thread const X& x) {
-        device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)p;
-        const float2 r = q32_dot_sum<q4_values, X>(b->qs, 0u, x);
-        return half_bits(b->d) * (r.x - 8.0f * r.y);
+    typedef q32_state State;
+    static inline State state(device const uchar* blk, int li) {
+        device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)blk;
+        return State{half_bits(b->d), 0.0f, q32_lane_values(b->qs, 0u, li)};
     }
-    static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
-    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
-        return dot_block(row + b * BYTES, x);
+    static inline int xoff(int li, int k) { return 8 * li; }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        w[0] = bytes_u(s.q.x) - 8.0f;
+        w[1] = bytes_u(s.q.y) - 8.0f;
+        return s.d;
     }
 };
 
 // d * q + m
 struct fmt_q4_1 {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ4_1), VEC = 0 };
-    static inline float get_in_block(device const uchar* p, int j) {
-        device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)p;
-        return half_bits(b->d) * float(nibble(b->qs, j)) + half_bits(b->m);
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ4_1), LANES = 4, CHUNKS = 1, CW = 8, VEC = 0 };
+    static inline float get(device const uchar* row, int i) {
+        device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)(row + (i / 32) * BYTES);
+        return half_bits(b->d) * float(nibble(b->qs, i % 32)) + half_bits(b->m);
     }
-    template <typename X> static inline float dot_block(device const uchar* p, thread const X& x) {
-        device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)p;
-        const float2 r = q32_dot_sum<q4_values, X>(b->qs, 0u, x);
-        return half_bits(b->d) * r.x + half_bits(b->m) * r.y;
+    typedef q32_state State;
+    static inline State state(device const uchar* blk, int li) {
+        device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)blk;
+        return State{half_bits(b->d), half_bits(b->m), q32_lane_values(b->qs, 0u, li)};
     }
-    static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
-    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
-        return dot_block(row + b * BYTES, x);
+    static inline int xoff(int li, int k) { return 8 * li; }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        w[0] = s.d * bytes_u(s.q.x) + s.m;
+        w[1] = s.d * bytes_u(s.q.y) + s.m;
+        return 1.0f;
     }
 };
 
 // d * (q - 16)
 struct fmt_q5_0 {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ5_0), VEC = 0 };
-    static inline float get_in_block(device const uchar* p, int j) {
-        device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)p;
-        return half_bits(b->d) * float(q5_values::value(nibble(b->qs, j), qh_bits(b->qh), j) - 16);
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ5_0), LANES = 4, CHUNKS = 1, CW = 8, VEC = 0 };
+    static inline float get(device const uchar* row, int i) {
+        device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)(row + (i / 32) * BYTES);
+        const int j = i % 32;
+        return half_bits(b->d) * float((nibble(b->qs, j) | int(((qh_bits(b->qh) >> j) & 1) << 4)) - 16);
     }
-    template <typename X> static inline float dot_block(device const uchar* p, thread const X& x) {
-        device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)p;
-        const float2 r = q32_dot_sum<q5_values, X>(b->qs, qh_bits(b->qh), x);
-        return half_bits(b->d) * (r.x - 16.0f * r.y);
+    typedef q32_state State;
+    static inline State state(device const uchar* blk, int li) {
+        device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)blk;
+        return State{half_bits(b->d), 0.0f, q32_lane_values(b->qs, load_u32(b->qh), li)};
     }
-    static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
-    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
-        return dot_block(row + b * BYTES, x);
+    static inline int xoff(int li, int k) { return 8 * li; }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        w[0] = bytes_u(s.q.x) - 16.0f;
+        w[1] = bytes_u(s.q.y) - 16.0f;
+        return s.d;
     }
 };
 
 // d * q + m
 struct fmt_q5_1 {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ5_1), VEC = 0 };
-    static inline float get_in_block(device const uchar* p, int j) {
-        device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)p;
-        return half_bits(b->d) * float(q5_values::value(nibble(b->qs, j), qh_bits(b->qh), j)) + half_bits(b->m);
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ5_1), LANES = 4, CHUNKS = 1, CW = 8, VEC = 0 };
+    static inline float get(device const uchar* row, int i) {
+        device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)(row + (i / 32) * BYTES);
+        const int j = i % 32;
+        return half_bits(b->d) * float(nibble(b->qs, j) | int(((qh_bits(b->qh) >> j) & 1) << 4)) + half_bits(b->m);
     }
-    template <typename X> static inline float dot_block(device const uchar* p, thread const X& x) {
-        device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)p;
-        const float2 r = q32_dot_sum<q5_values, X>(b->qs, qh_bits(b->qh), x);
-        return half_bits(b->d) * r.x + half_bits(b->m) * r.y;
+    typedef q32_state State;
+    static inline State state(device const uchar* blk, int li) {
+        device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)blk;
+        return State{half_bits(b->d), half_bits(b->m), q32_lane_values(b->qs, load_u32(b->qh), li)};
     }
-    static inline float get(device const uchar* row, int i) { return get_in_block(row + (i / 32) * BYTES, i % 32); }
-    template <typename X> static inline float dot(device const uchar* row, int b, thread const X& x) {
-        return dot_block(row + b * BYTES, x);
+    static inline int xoff(int li, int k) { return 8 * li; }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        w[0] = s.d * bytes_u(s.q.x) + s.m;
+        w[1] = s.d * bytes_u(s.q.y) + s.m;
+        return 1.0f;
     }
 };
 
 
-// ---- K-quants: super-blocks of 256 elements; a unit is a 32-element sub-block (8 per block),
-// so the lanes of a matvec share a super-block instead of one lane taking all of it.
+// ---- K-quants: super-blocks of 256 elements, eight lanes to a block (a simdgroup takes four
+// blocks at a time), each lane four runs of 8 elements. Every run lies inside one scale group,
+// so a run's dot takes one scale (and min).
 
 // Scale and min of sub-block j of Q4_K/Q5_K: 6 bits each, packed in 12 bytes (GGML's
 // get_scale_min_k4).
@@ -204,10 +241,39 @@ inline int2 k4_scale_min(device const uchar* s, int j) {
     return int2(int((s[j + 4] & 15) | ((s[j - 4] >> 6) << 4)), int((s[j + 4] >> 4) | ((s[j] >> 6) << 4)));
 }
 
-// (d * sc) * q - dmin * m, q in 0..15: sub-block 2c in the low nibbles of qs[32c ..], 2c + 1 in
-// the high nibbles.
+// Q4_K and Q5_K: bytes qs[32c ..] hold sub-block 2c in their low nibbles and 2c + 1 in their
+// high ones. Lane li = 2c + h reads qs[32c + 16h .. + 15]: runs 0 and 1 are elements 16h ..
+// 16h + 15 of sub-block 2c (low nibbles), runs 2 and 3 the same of sub-block 2c + 1 (high).
+inline int k4_xoff(int li, int k) { return 64 * (li >> 1) + 16 * (li & 1) + 8 * (k & 1) + 32 * (k >> 1); }
+
+// The lane's two sub-blocks' d * scale and dmin * min.
+struct k4_state {
+    device const uchar* qs;  // the lane's 16 qs bytes
+    device const uchar* qh;  // Q5_K: qh[16h ..], the lane's elements' fifth bits
+    float4 sm;               // (d * sc, dmin * m) of sub-block 2c, then of 2c + 1
+    int sub;                 // 2c
+};
+inline k4_state k4_make(ushort d, ushort dmin, device const uchar* scales, device const uchar* qs,
+                        device const uchar* qh, int li) {
+    const int c = li >> 1, h = li & 1;
+    const float fd = half_bits(d), fm = half_bits(dmin);
+    const int2 a = k4_scale_min(scales, 2 * c), b = k4_scale_min(scales, 2 * c + 1);
+    return k4_state{qs + 32 * c + 16 * h, qh + 16 * h, float4(fd * float(a.x), fm * float(a.y), fd * float(b.x), fm * float(b.y)), 2 * c};
+}
+// Run k's 4-bit values, as bytes.
+inline uint2 k4_nibbles(thread const k4_state& s, int k) {
+    return field2(load_u64(s.qs + 8 * (k & 1)), uint(k >> 1) * 4, 0x0F0F0F0Fu);
+}
+inline float k4_weights(thread const k4_state& s, int k, uint2 q, thread float4* w) {
+    const float2 sm = (k >> 1) ? s.sm.zw : s.sm.xy;
+    w[0] = sm.x * bytes_u(q.x) - sm.y;
+    w[1] = sm.x * bytes_u(q.y) - sm.y;
+    return 1.0f;
+}
+
+// (d * sc) * q - dmin * m, q in 0..15.
 struct fmt_q4_k {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ4_K), VEC = 0 };
+    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ4_K), LANES = 8, CHUNKS = 4, CW = 8, VEC = 0 };
     static inline float get(device const uchar* row, int i) {
         device const metallic::BlockQ4_K* b = (device const metallic::BlockQ4_K*)(row + (i / 256) * BYTES);
         const int e = i % 256, s = e / 32, l = e % 32;
@@ -215,24 +281,20 @@ struct fmt_q4_k {
         const int q = (s & 1) ? (b->qs[32 * (s / 2) + l] >> 4) : (b->qs[32 * (s / 2) + l] & 15);
         return half_bits(b->d) * float(sm.x) * float(q) - half_bits(b->dmin) * float(sm.y);
     }
-    template <typename X> static inline float dot(device const uchar* row, int u, thread const X& x) {
-        device const metallic::BlockQ4_K* b = (device const metallic::BlockQ4_K*)(row + (u / 8) * BYTES);
-        const int s = u % 8;
-        const int2 sm = k4_scale_min(b->scales, s);
-        device const uchar* qs = b->qs + 32 * (s / 2);
-        const int shift = (s & 1) * 4;
-        float sq = 0.0f, sx = 0.0f;
-        for (int l = 0; l < 32; ++l) {
-            sq += float((qs[l] >> shift) & 15) * x.s(l);
-            sx += x.s(l);
-        }
-        return half_bits(b->d) * float(sm.x) * sq - half_bits(b->dmin) * float(sm.y) * sx;
+    typedef k4_state State;
+    static inline State state(device const uchar* blk, int li) {
+        device const metallic::BlockQ4_K* b = (device const metallic::BlockQ4_K*)blk;
+        return k4_make(b->d, b->dmin, b->scales, b->qs, b->qs, li);
+    }
+    static inline int xoff(int li, int k) { return k4_xoff(li, k); }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        return k4_weights(s, k, k4_nibbles(s, k), w);
     }
 };
 
 // Q4_K plus bit 4 of element l of sub-block s in bit s of qh[l].
 struct fmt_q5_k {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ5_K), VEC = 0 };
+    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ5_K), LANES = 8, CHUNKS = 4, CW = 8, VEC = 0 };
     static inline float get(device const uchar* row, int i) {
         device const metallic::BlockQ5_K* b = (device const metallic::BlockQ5_K*)(row + (i / 256) * BYTES);
         const int e = i % 256, s = e / 32, l = e % 32;
@@ -241,55 +303,31 @@ struct fmt_q5_k {
         const int q = lo | (((b->qh[l] >> s) & 1) << 4);
         return half_bits(b->d) * float(sm.x) * float(q) - half_bits(b->dmin) * float(sm.y);
     }
-    template <typename X> static inline float dot(device const uchar* row, int u, thread const X& x) {
-        device const metallic::BlockQ5_K* b = (device const metallic::BlockQ5_K*)(row + (u / 8) * BYTES);
-        const int s = u % 8;
-        const int2 sm = k4_scale_min(b->scales, s);
-        device const uchar* qs = b->qs + 32 * (s / 2);
-        const int shift = (s & 1) * 4;
-        float sq = 0.0f, sx = 0.0f;
-        for (int l = 0; l < 32; ++l) {
-            const int q = ((qs[l] >> shift) & 15) | (((b->qh[l] >> s) & 1) << 4);
-            sq += float(q) * x.s(l);
-            sx += x.s(l);
-        }
-        return half_bits(b->d) * float(sm.x) * sq - half_bits(b->dmin) * float(sm.y) * sx;
+    typedef k4_state State;
+    static inline State state(device const uchar* blk, int li) {
+        device const metallic::BlockQ5_K* b = (device const metallic::BlockQ5_K*)blk;
+        return k4_make(b->d, b->dmin, b->scales, b->qs, b->qh, li);
+    }
+    static inline int xoff(int li, int k) { return k4_xoff(li, k); }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        const uint bit = uint(s.sub + (k >> 1));  // the run's sub-block
+        const uint2 h = field2(load_u64(s.qh + 8 * (k & 1)), bit, 0x01010101u);
+        const uint2 lo = k4_nibbles(s, k);
+        return k4_weights(s, k, uint2(lo.x | (h.x << 4), lo.y | (h.y << 4)), w);
     }
 };
 
-// (d * scales[i / 16]) * (q - 32), q in 0..63: in half h of 128 elements, element 32k + l takes
-// its low 4 bits from ql[64h + 32(k & 1) + l] (low nibble for k < 2, else high) and bits 4..5
-// from qh[32h + l] >> 2k.
-inline int q6_k_value(device const metallic::BlockQ6_K* b, int e) {
-    const int h = e / 128, k = (e % 128) / 32, l = e % 32;
-    const uchar lq = b->ql[64 * h + 32 * (k & 1) + l];
-    const int lo = k < 2 ? (lq & 15) : (lq >> 4);
-    return (lo | (((b->qh[32 * h + l] >> (2 * k)) & 3) << 4)) - 32;
-}
-
-struct fmt_q6_k {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ6_K), VEC = 0 };
-    static inline float get(device const uchar* row, int i) {
-        device const metallic::BlockQ6_K* b = (device const metallic::BlockQ6_K*)(row + (i / 256) * BYTES);
-        const int e = i % 256;
-        return half_bits(b->d) * float(b->scales[e / 16]) * float(q6_k_value(b, e));
-    }
-    template <typename X> static inline float dot(device const uchar* row, int u, thread const X& x) {
-        device const metallic::BlockQ6_K* b = (device const metallic::BlockQ6_K*)(row + (u / 8) * BYTES);
-        const int e0 = (u % 8) * 32;
-        float s0 = 0.0f, s1 = 0.0f;  // the unit's two 16-element scale groups
-        for (int l = 0; l < 16; ++l) {
-            s0 += float(q6_k_value(b, e0 + l)) * x.s(l);
-            s1 += float(q6_k_value(b, e0 + 16 + l)) * x.s(16 + l);
-        }
-        return half_bits(b->d) * (float(b->scales[e0 / 16]) * s0 + float(b->scales[e0 / 16 + 1]) * s1);
-    }
-};
+// Q2_K, Q3_K and Q6_K: in half h of 128 elements, element 128h + 32k + l takes its bits from
+// byte l of a 32-byte run of the half (shifted by 2k for the 2-bit fields), with a scale per
+// 16 elements. Lane li = 4h + g takes l = 8g .. 8g + 7 of each k: run k is elements
+// 128h + 32k + 8g .. + 7, one scale group (8h + 2k + g / 2).
+inline int k16_xoff(int li, int k) { return 128 * (li >> 2) + 32 * k + 8 * (li & 3); }
+inline int k16_group(int li, int k) { return 8 * (li >> 2) + 2 * k + ((li & 3) >> 1); }
 
 // (d * (scales[i] & 15)) * q - dmin * (scales[i] >> 4) for sub-block i = e / 16 of 16 elements,
 // q in 0..3: element e = 128h + 32k + l is bits 2k..2k + 1 of qs[32h + l].
 struct fmt_q2_k {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ2_K), VEC = 0 };
+    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ2_K), LANES = 8, CHUNKS = 4, CW = 8, VEC = 0 };
     static inline float value(device const metallic::BlockQ2_K* b, int e) {
         const int q = (b->qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
         const uchar sc = b->scales[e / 16];
@@ -298,23 +336,24 @@ struct fmt_q2_k {
     static inline float get(device const uchar* row, int i) {
         return value((device const metallic::BlockQ2_K*)(row + (i / 256) * BYTES), i % 256);
     }
-    template <typename X> static inline float dot(device const uchar* row, int u, thread const X& x) {
-        device const metallic::BlockQ2_K* b = (device const metallic::BlockQ2_K*)(row + (u / 8) * BYTES);
-        const int e0 = (u % 8) * 32;
-        device const uchar* qs = b->qs + 32 * (e0 / 128);
-        const int shift = 2 * ((e0 % 128) / 32);
-        float s = 0.0f;
-        for (int half_unit = 0; half_unit < 2; ++half_unit) {  // two sub-blocks of 16, own scales
-            const uchar sc = b->scales[e0 / 16 + half_unit];
-            float sq = 0.0f, sx = 0.0f;
-            for (int l = 16 * half_unit; l < 16 * half_unit + 16; ++l) {
-                const float xl = x.s(l);
-                sq += float((qs[l] >> shift) & 3) * xl;
-                sx += xl;
-            }
-            s += half_bits(b->d) * float(sc & 15) * sq - half_bits(b->dmin) * float(sc >> 4) * sx;
-        }
-        return s;
+    struct State {
+        float d, dmin;
+        uint2 q;           // the lane's 8 qs bytes: run k is bits 2k..2k + 1 of each
+        device const uchar* sc;  // scales
+        int li;
+    };
+    static inline State state(device const uchar* blk, int li) {
+        device const metallic::BlockQ2_K* b = (device const metallic::BlockQ2_K*)blk;
+        return State{half_bits(b->d), half_bits(b->dmin), load_u64(b->qs + 32 * (li >> 2) + 8 * (li & 3)), b->scales, li};
+    }
+    static inline int xoff(int li, int k) { return k16_xoff(li, k); }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        const uchar sc = s.sc[k16_group(s.li, k)];
+        const float a = s.d * float(sc & 15), m = s.dmin * float(sc >> 4);
+        const uint2 q = field2(s.q, uint(2 * k), 0x03030303u);
+        w[0] = a * bytes_u(q.x) - m;
+        w[1] = a * bytes_u(q.y) - m;
+        return 1.0f;
     }
 };
 
@@ -329,7 +368,7 @@ inline int q3_k_scale(device const uchar* s, int i) {
 }
 
 struct fmt_q3_k {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ3_K), VEC = 0 };
+    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ3_K), LANES = 8, CHUNKS = 4, CW = 8, VEC = 0 };
     static inline int code(device const metallic::BlockQ3_K* b, int e) {
         const int q = (b->qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
         return q - (((b->hmask[e % 32] >> (e / 32)) & 1) ? 0 : 4);
@@ -339,14 +378,64 @@ struct fmt_q3_k {
         const int e = i % 256;
         return half_bits(b->d) * float(q3_k_scale(b->scales, e / 16)) * float(code(b, e));
     }
-    template <typename X> static inline float dot(device const uchar* row, int u, thread const X& x) {
-        device const metallic::BlockQ3_K* b = (device const metallic::BlockQ3_K*)(row + (u / 8) * BYTES);
-        const int e0 = (u % 8) * 32;
-        float s0 = 0.0f, s1 = 0.0f;  // the unit's two 16-element scale groups
-        for (int l = 0; l < 16; ++l) {
-            s0 += float(code(b, e0 + l)) * x.s(l);
-            s1 += float(code(b, e0 + 16 + l)) * x.s(16 + l);
-        }
-        return half_bits(b->d) * (float(q3_k_scale(b->scales, e0 / 16)) * s0 + float(q3_k_scale(b->scales, e0 / 16 + 1)) * s1);
+    struct State {
+        float d;
+        uint2 q;   // the lane's 8 qs bytes
+        uint2 hm;  // its 8 hmask bytes: run k's high bits are bit 4h + k
+        device const uchar* sc;
+        int li;
+    };
+    static inline State state(device const uchar* blk, int li) {
+        device const metallic::BlockQ3_K* b = (device const metallic::BlockQ3_K*)blk;
+        return State{half_bits(b->d), load_u64(b->qs + 32 * (li >> 2) + 8 * (li & 3)), load_u64(b->hmask + 8 * (li & 3)),
+                     b->scales, li};
+    }
+    static inline int xoff(int li, int k) { return k16_xoff(li, k); }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        const uint2 q = field2(s.q, uint(2 * k), 0x03030303u);
+        const uint2 h = field2(s.hm, uint(4 * (s.li >> 2) + k), 0x01010101u);
+        w[0] = bytes_u(q.x | (h.x << 2)) - 4.0f;  // q - 4 without the high bit, q with it
+        w[1] = bytes_u(q.y | (h.y << 2)) - 4.0f;
+        return s.d * float(q3_k_scale(s.sc, k16_group(s.li, k)));
+    }
+};
+
+// (d * scales[i / 16]) * (q - 32), q in 0..63: in half h of 128 elements, element 32k + l takes
+// its low 4 bits from ql[64h + 32(k & 1) + l] (low nibble for k < 2, else high) and bits 4..5
+// from qh[32h + l] >> 2k.
+inline int q6_k_value(device const metallic::BlockQ6_K* b, int e) {
+    const int h = e / 128, k = (e % 128) / 32, l = e % 32;
+    const uchar lq = b->ql[64 * h + 32 * (k & 1) + l];
+    const int lo = k < 2 ? (lq & 15) : (lq >> 4);
+    return (lo | (((b->qh[32 * h + l] >> (2 * k)) & 3) << 4)) - 32;
+}
+
+struct fmt_q6_k {
+    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ6_K), LANES = 8, CHUNKS = 4, CW = 8, VEC = 0 };
+    static inline float get(device const uchar* row, int i) {
+        device const metallic::BlockQ6_K* b = (device const metallic::BlockQ6_K*)(row + (i / 256) * BYTES);
+        const int e = i % 256;
+        return half_bits(b->d) * float(b->scales[e / 16]) * float(q6_k_value(b, e));
+    }
+    struct State {
+        float d;
+        uint2 qh;               // the lane's 8 qh bytes: run k's bits 4..5 are bits 2k..2k + 1
+        device const uchar* ql; // ql[64h + 8g]: runs 0 and 2 read 8 bytes here, 1 and 3 at + 32
+        device const char* sc;
+        int li;
+    };
+    static inline State state(device const uchar* blk, int li) {
+        device const metallic::BlockQ6_K* b = (device const metallic::BlockQ6_K*)blk;
+        const int h = li >> 2, g = li & 3;
+        return State{half_bits(b->d), load_u64(b->qh + 32 * h + 8 * g), b->ql + 64 * h + 8 * g,
+                     (device const char*)b->scales, li};
+    }
+    static inline int xoff(int li, int k) { return k16_xoff(li, k); }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        const uint2 lo = field2(load_u64(s.ql + 32 * (k & 1)), uint(4 * (k >> 1)), 0x0F0F0F0Fu);
+        const uint2 hi = field2(s.qh, uint(2 * k), 0x03030303u);
+        w[0] = bytes_u(lo.x | (hi.x << 4)) - 32.0f;
+        w[1] = bytes_u(lo.y | (hi.y << 4)) - 32.0f;
+        return s.d * float(s.sc[k16_group(s.li, k)]);
     }
 };

@@ -1,13 +1,24 @@
-// Matrix-vector products for decode, any weight format F (formats.h):
+// Matrix-vector products for decode, any weight format F (formats.h), for up to MATVEC_TOKENS
+// tokens at once:
 //     out[t][r] = dot(W[r], x[t]) (+ bias[r]) (+ out[t][r])
 //
-// One simdgroup per NR consecutive rows (NR = MATVEC_NR of args.h, which the host's grid assumes),
-// several simdgroups per threadgroup, grid.y = tokens.
-// Lanes take the format's units in turn (unit b goes to lane b % 32): a unit is one 16-byte load
-// for the float formats and a 32-element block or sub-block for the quantized ones, dotted with
-// the matching x. Every lane accumulates its NR partial sums; one simd_sum per row folds them at
-// the end. The epilogue adds the bias and the residual (out += ...), so a projection into the
-// residual stream needs no separate add.
+// Geometry (args.h; the host launches with it): MATVEC_SIMDGROUPS simdgroups per threadgroup,
+// one simdgroup per MATVEC_NR consecutive rows (matvec_glu: MATVEC_GLU_NR rows of gate and as
+// many of up), grid.y = groups of MATVEC_TOKENS tokens. Every weight is read once per group of
+// tokens, so a step's decode rows share the reads of the matrices.
+//
+// Inside a simdgroup, the format decides how lanes share a row (formats.h): LANES lanes to a
+// block, each lane taking CHUNKS runs of CW consecutive elements, so a lane reads x in runs of
+// float4 and a group of lanes reads contiguous x. A lane decodes its part of a block once per
+// row (State: scales), then each run's weights once, and dots them with every token's x run
+// (read once for all NR rows). Every lane accumulates NR sums per token; one simd_sum per row
+// and token folds them at the end. The epilogue adds the bias and the residual (out += ...), so
+// a projection into the residual stream needs no separate add.
+//
+// Exactness across batching: a token's arithmetic (which lane adds which products in which
+// order, the simd_sum, the norm) depends only on the token's own x and the weights, never on
+// how many tokens share the dispatch or where the token sits among them: the engine relies on
+// a token dispatched with others giving bit for bit what it gives alone.
 //
 // Kernels:
 //   matvec       one matrix
@@ -15,17 +26,18 @@
 //   matvec_glu   gate and up together, out = act(x G) * (x U): the feed-forward's first half
 //
 // Function constants:
-//   MATVEC_NORM (2)  x is RMSNorm's input: each simdgroup computes 1/rms(x) itself (one pass
-//                    over x, which the dot products then read again from cache), reads
-//                    x * norm_w through the x_normed view and scales the finished sums. This
-//                    removes the norm's own dispatch, a one-threadgroup kernel that would hold
-//                    up the whole GPU between two wide ones.
+//   MATVEC_NORM (2)  x is RMSNorm's input: each threadgroup computes every token's 1/rms(x)
+//                    once (its threads split the row, one barrier), reads x * norm_w and
+//                    scales the finished sums. This removes the norm's own dispatch, a
+//                    one-threadgroup-per-row kernel that would hold up the whole GPU between
+//                    two wide ones.
 //   MATVEC_EPS (3)   the norm's epsilon
 //   MATVEC_GELU (1)  matvec_glu's activation: GELU-tanh, else SiLU
 //
-// If x rows are not 16-byte aligned (LINEAR_X_VEC4 unset), or the matrix has a tail shorter
-// than a block (float formats only: the quantized ones come in whole blocks), the elements
-// outside whole aligned blocks go through F::get one at a time.
+// x is read as float4 when its rows are 16-byte aligned (LINEAR_X_VEC4), else element by
+// element into the same registers (the same arithmetic). The float formats' rows go through
+// F::get one element at a time past the last whole block, and entirely when rows are not
+// 16-byte aligned for their wide loads; the quantized formats come in whole blocks.
 #pragma once
 
 #include <metal_stdlib>
@@ -39,90 +51,144 @@ constant bool MATVEC_GELU [[function_constant(1)]];
 constant bool MATVEC_NORM [[function_constant(2)]];
 constant float MATVEC_EPS [[function_constant(3)]];
 
-// 1 / rms(x[0 .. cols)), on every lane of the simdgroup.
-inline float inv_rms(device const float* x, int cols, float eps, uint lane) {
-    float ss = 0.0f;
-    for (int i = int(lane); i < cols; i += 32) ss += x[i] * x[i];
-    return rsqrt(simd_sum(ss) / float(cols) + eps);
+// The NR rows a simdgroup dots. Rows past a matrix's end repeat its last row (valid memory);
+// their sums are never stored.
+template <int NR>
+struct RowSet {
+    device const uchar* p[NR];
+};
+
+template <int NR>
+inline RowSet<NR> row_set(device const uchar* w, uint64_t row_bytes, int row0, int rows) {
+    RowSet<NR> s;
+    for (int r = 0; r < NR; ++r) s.p[r] = w + uint64_t(min(row0 + r, rows - 1)) * row_bytes;
+    return s;
 }
 
-// Rows 0 .. nr - 1 of W (row_bytes apart) dotted with the input view x; every lane gets the NR
-// simdgroup-wide sums in sums[].
-template <typename F, int NR, typename X>
-inline void matvec_dots(device const uchar* w, uint64_t row_bytes, int nr, int cols, bool x_aligned,
-                        thread const X& x, uint lane, thread float* sums) {
-    float acc[NR];
-    for (int r = 0; r < NR; ++r) acc[r] = 0.0f;
+// The tokens a threadgroup reads: n rows of x, stride floats apart.
+struct MatvecInput {
+    device const float* x;
+    device const float* norm_w;  // read with MATVEC_NORM
+    uint64_t stride;
+    int n;     // 1 .. MATVEC_TOKENS
+    int cols;
+    bool vec4;  // LINEAR_X_VEC4: rows of x and norm_w 16-byte aligned
+};
 
-    // Whole units with vector loads of x need x rows 16-byte aligned (the host binds x at
-    // 16-byte aligned offsets) and, for the float formats, rows of W too (the matrix start is:
-    // the host refuses a float matrix that is not 16-byte aligned in the file). Quantized blocks
-    // are read piecewise: no alignment needed.
-    const bool aligned = x_aligned && (int(F::VEC) == 0 || row_bytes % 16 == 0);
-    const int nb = aligned ? cols / int(F::BLOCK) : 0;
-    for (int b = int(lane); b < nb; b += 32) {
-        const X xb = x.at(b * int(F::BLOCK));
-        for (int r = 0; r < NR; ++r)
-            if (r < nr) acc[r] += F::dot(w + r * row_bytes, b, xb);
-    }
-    for (int i = nb * int(F::BLOCK) + int(lane); i < cols; i += 32) {
-        const float xi = x.s(i);
-        for (int r = 0; r < NR; ++r)
-            if (r < nr) acc[r] += F::get(w + r * row_bytes, i) * xi;
-    }
-    for (int r = 0; r < NR; ++r) sums[r] = simd_sum(acc[r]);
+inline MatvecInput matvec_input(device const float* x, device const float* norm_w, uint64_t stride, int n_tokens,
+                                int cols, int flags, uint group) {
+    const int t0 = int(group) * MATVEC_TOKENS;
+    return MatvecInput{x + uint64_t(t0) * stride, norm_w, stride, min(int(MATVEC_TOKENS), n_tokens - t0), cols,
+                       (flags & LINEAR_X_VEC4) != 0};
 }
 
-// The same for two matrices (gate and up) of one format, sharing the reads of x.
-template <typename F, int NR, typename X>
-inline void matvec_dots2(device const uchar* wa, device const uchar* wb, uint64_t row_bytes, int nr, int cols,
-                         bool x_aligned, thread const X& x, uint lane, thread float* sa, thread float* sb) {
-    float aa[NR], ab[NR];
-    for (int r = 0; r < NR; ++r) aa[r] = ab[r] = 0.0f;
-    const bool aligned = x_aligned && (int(F::VEC) == 0 || row_bytes % 16 == 0);
-    const int nb = aligned ? cols / int(F::BLOCK) : 0;
-    for (int b = int(lane); b < nb; b += 32) {
-        const X xb = x.at(b * int(F::BLOCK));
-        for (int r = 0; r < NR; ++r)
-            if (r < nr) {
-                aa[r] += F::dot(wa + r * row_bytes, b, xb);
-                ab[r] += F::dot(wb + r * row_bytes, b, xb);
-            }
+inline float4 load_x4(device const float* p, bool vec4) {
+    if (vec4) return *(device const float4*)p;
+    return float4(p[0], p[1], p[2], p[3]);
+}
+
+// 1 / rms of each token's row into scale[t], on every thread: the threadgroup's threads split
+// the row, simd_sum folds each simdgroup's lanes, and every thread adds the simdgroups' sums in
+// simdgroup order. part holds MATVEC_SIMDGROUPS * MATVEC_TOKENS floats. Called by every thread
+// of the threadgroup (a barrier).
+inline void matvec_inv_rms(thread const MatvecInput& in, uint tid, uint lane, uint sg, uint nsg, threadgroup float* part,
+                           thread float* scale) {
+    for (int t = 0; t < MATVEC_TOKENS; ++t) {
+        if (t == in.n) break;
+        device const float* xt = in.x + uint64_t(t) * in.stride;
+        float ss = 0.0f;
+        for (int i = int(tid); i < in.cols; i += int(32 * nsg)) ss += xt[i] * xt[i];
+        ss = simd_sum(ss);
+        if (lane == 0) part[sg * MATVEC_TOKENS + t] = ss;
     }
-    for (int i = nb * int(F::BLOCK) + int(lane); i < cols; i += 32) {
-        const float xi = x.s(i);
-        for (int r = 0; r < NR; ++r)
-            if (r < nr) {
-                aa[r] += F::get(wa + r * row_bytes, i) * xi;
-                ab[r] += F::get(wb + r * row_bytes, i) * xi;
-            }
-    }
-    for (int r = 0; r < NR; ++r) {
-        sa[r] = simd_sum(aa[r]);
-        sb[r] = simd_sum(ab[r]);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    for (int t = 0; t < MATVEC_TOKENS; ++t) {
+        if (t == in.n) break;
+        float ss = 0.0f;
+        for (uint g = 0; g < nsg; ++g) ss += part[g * MATVEC_TOKENS + t];
+        scale[t] = rsqrt(ss / float(in.cols) + MATVEC_EPS);
     }
 }
 
-// Dots of W's rows with x, or with RMSNorm(x) * norm_w when MATVEC_NORM.
+// The NR rows of w dotted with each token's x (times norm_w with MATVEC_NORM): after the call
+// every lane holds the sums in acc[t * NR + r] for t < in.n.
 template <typename F, int NR>
-inline void matvec_rows(device const uchar* w, uint64_t row_bytes, int nr, int cols, bool x_aligned,
-                        device const float* x, device const float* norm_w, uint lane, thread float* sums) {
-    if (MATVEC_NORM) {
-        const float scale = inv_rms(x, cols, MATVEC_EPS, lane);
-        const x_normed xv{x, norm_w};
-        matvec_dots<F, NR, x_normed>(w, row_bytes, nr, cols, x_aligned, xv, lane, sums);
-        for (int r = 0; r < NR; ++r) sums[r] *= scale;
-    } else {
-        const x_plain xv{x};
-        matvec_dots<F, NR, x_plain>(w, row_bytes, nr, cols, x_aligned, xv, lane, sums);
+inline void matvec_dots(thread const RowSet<NR>& w, uint64_t row_bytes, thread const MatvecInput& in, uint lane,
+                        thread float* acc) {
+    constexpr int NV = int(F::CW) / 4;  // float4s per run
+    for (int i = 0; i < MATVEC_TOKENS * NR; ++i) acc[i] = 0.0f;
+    const int li = int(lane) % int(F::LANES);
+    // The float formats' wide loads need 16-byte aligned rows (the matrix start is: the host
+    // refuses a float matrix that is not 16-byte aligned in the file).
+    const int nb = (int(F::VEC) == 0 || row_bytes % 16 == 0) ? in.cols / int(F::BLOCK) : 0;
+    for (int b = int(lane) / int(F::LANES); b < nb; b += 32 / int(F::LANES)) {
+        typename F::State st[NR];
+        for (int r = 0; r < NR; ++r) st[r] = F::state(w.p[r] + uint64_t(b) * uint64_t(F::BYTES), li);
+        for (int k = 0; k < int(F::CHUNKS); ++k) {
+            float4 wv[NR][NV];
+            float f[NR];
+            for (int r = 0; r < NR; ++r) f[r] = F::chunk(st[r], k, wv[r]);
+            const int xo = b * int(F::BLOCK) + F::xoff(li, k);
+            float4 nw[NV];  // the norm weights of the run, shared by the tokens
+            for (int j = 0; j < NV; ++j) nw[j] = MATVEC_NORM ? load_x4(in.norm_w + xo + 4 * j, in.vec4) : float4(1.0f);
+            for (int t = 0; t < MATVEC_TOKENS; ++t) {
+                if (t == in.n) break;
+                device const float* xt = in.x + uint64_t(t) * in.stride + xo;
+                float4 xv[NV];
+                for (int j = 0; j < NV; ++j) {
+                    xv[j] = load_x4(xt + 4 * j, in.vec4);
+                    if (MATVEC_NORM) xv[j] *= nw[j];
+                }
+                for (int r = 0; r < NR; ++r) {
+                    float s = dot(wv[r][0], xv[0]);
+                    for (int j = 1; j < NV; ++j) s += dot(wv[r][j], xv[j]);
+                    acc[t * NR + r] += f[r] * s;
+                }
+            }
+        }
+    }
+    for (int i = nb * int(F::BLOCK) + int(lane); i < in.cols; i += 32) {
+        float wi[NR];
+        for (int r = 0; r < NR; ++r) wi[r] = F::get(w.p[r], i);
+        const float nwi = MATVEC_NORM ? in.norm_w[i] : 1.0f;
+        for (int t = 0; t < MATVEC_TOKENS; ++t) {
+            if (t == in.n) break;
+            const float xi = in.x[uint64_t(t) * in.stride + uint64_t(i)] * nwi;
+            for (int r = 0; r < NR; ++r) acc[t * NR + r] += wi[r] * xi;
+        }
+    }
+    for (int t = 0; t < MATVEC_TOKENS; ++t) {
+        if (t == in.n) break;
+        for (int r = 0; r < NR; ++r) acc[t * NR + r] = simd_sum(acc[t * NR + r]);
     }
 }
 
-// The epilogue of row r: + bias, + what out holds (residual), store.
-inline void linear_store(device float* out, device const float* bias, int r, int flags, float s) {
-    if (flags & LINEAR_BIAS) s += bias[r];
-    if (flags & LINEAR_ACCUMULATE) s += out[r];
-    out[r] = s;
+// The simdgroup's sums as the finished dot products: times 1/rms with the norm fused.
+template <int NR>
+inline void matvec_scale(thread float* acc, int n, thread const float* scale) {
+    if (!MATVEC_NORM) return;
+    for (int t = 0; t < MATVEC_TOKENS; ++t) {
+        if (t == n) break;
+        for (int r = 0; r < NR; ++r) acc[t * NR + r] *= scale[t];
+    }
+}
+
+// The epilogue of rows row0 .. row0 + nr - 1 for every token: + bias, + what out holds
+// (residual), store. The stores are spread over the lanes (all of them hold every sum).
+template <int NR>
+inline void matvec_store(device float* out, uint64_t out_stride, device const float* bias, int flags, int row0, int nr,
+                         int n, thread const float* acc, uint lane) {
+    for (int t = 0; t < MATVEC_TOKENS; ++t) {
+        if (t == n) break;
+        for (int r = 0; r < NR; ++r) {
+            if (r >= nr || int(lane) != (t * NR + r) % 32) continue;
+            device float* o = out + uint64_t(t) * out_stride + uint64_t(row0 + r);
+            float s = acc[t * NR + r];
+            if (flags & LINEAR_BIAS) s += bias[row0 + r];
+            if (flags & LINEAR_ACCUMULATE) s += *o;
+            *o = s;
+        }
+    }
 }
 
 template <typename F, int NR>
@@ -133,25 +199,29 @@ kernel void matvec(constant LinearArgs& args [[buffer(0)]],
                    device const float* bias [[buffer(4)]],
                    device const float* norm_w [[buffer(5)]],
                    uint2 tgpig [[threadgroup_position_in_grid]],
+                   uint tid [[thread_index_in_threadgroup]],
                    uint lane [[thread_index_in_simdgroup]],
                    uint sg [[simdgroup_index_in_threadgroup]],
                    uint nsg [[simdgroups_per_threadgroup]]) {
     static_assert(NR == MATVEC_NR, "matvec: the host launches MATVEC_NR rows per simdgroup (args.h)");
+    threadgroup float part[MATVEC_SIMDGROUPS * MATVEC_TOKENS];
+    const MatvecInput in = matvec_input(x, norm_w, args.x_stride, args.n_tokens, args.cols, args.flags, tgpig.y);
+    float scale[MATVEC_TOKENS];
+    if (MATVEC_NORM) matvec_inv_rms(in, tid, lane, sg, nsg, part, scale);  // before any thread returns
     const int row0 = int((tgpig.x * nsg + sg) * NR);
     if (row0 >= args.rows) return;  // uniform across the simdgroup
-    const int nr = min(NR, args.rows - row0);
-    x += tgpig.y * args.x_stride;
-    out += tgpig.y * args.out_stride;
 
-    float sums[NR];
-    matvec_rows<F, NR>(w + uint64_t(row0) * args.row_bytes, args.row_bytes, nr, args.cols,
-                       (args.flags & LINEAR_X_VEC4) != 0, x, norm_w, lane, sums);
-    for (int r = 0; r < NR; ++r)
-        if (lane == 0 && r < nr) linear_store(out, bias, row0 + r, args.flags, sums[r]);
+    const RowSet<NR> rs = row_set<NR>(w, args.row_bytes, row0, args.rows);
+    float acc[MATVEC_TOKENS * NR];
+    matvec_dots<F, NR>(rs, args.row_bytes, in, lane, acc);
+    matvec_scale<NR>(acc, in.n, scale);
+    matvec_store<NR>(out + uint64_t(tgpig.y) * MATVEC_TOKENS * args.out_stride, args.out_stride, bias, args.flags, row0,
+                     min(NR, args.rows - row0), in.n, acc, lane);
 }
 
-// Threadgroups first_tg[j] .. first_tg[j + 1] - 1 work on job j. Unused jobs' weights are bound
-// to some weight buffer and their out and bias to job 0's out; none of them is read.
+// Threadgroups first_tg[j] .. first_tg[j + 1] - 1 (in x) work on job j. Unused jobs' weights are
+// bound to some weight buffer and their out and bias to job 0's out; none of them is read. x has
+// rows of cols floats, job j's out rows of rows[j].
 template <typename F, int NR>
 kernel void matvec_jobs(constant LinearJobsArgs& args [[buffer(0)]],
                         device const uchar* w0 [[buffer(1)]],
@@ -165,31 +235,38 @@ kernel void matvec_jobs(constant LinearJobsArgs& args [[buffer(0)]],
                         device const float* bias1 [[buffer(9)]],
                         device const float* bias2 [[buffer(10)]],
                         device const float* norm_w [[buffer(11)]],
-                        uint tg [[threadgroup_position_in_grid]],
+                        uint2 tgpig [[threadgroup_position_in_grid]],
+                        uint tid [[thread_index_in_threadgroup]],
                         uint lane [[thread_index_in_simdgroup]],
                         uint sg [[simdgroup_index_in_threadgroup]],
                         uint nsg [[simdgroups_per_threadgroup]]) {
     static_assert(NR == MATVEC_NR, "matvec_jobs: the host launches MATVEC_NR rows per simdgroup (args.h)");
-    const int job = int(tg) >= args.first_tg[2] ? 2 : (int(tg) >= args.first_tg[1] ? 1 : 0);
+    threadgroup float part[MATVEC_SIMDGROUPS * MATVEC_TOKENS];
+    const int tg = int(tgpig.x);
+    const int job = tg >= args.first_tg[2] ? 2 : (tg >= args.first_tg[1] ? 1 : 0);
+    const MatvecInput in =
+        matvec_input(x, norm_w, uint64_t(args.cols), args.n_tokens, args.cols, args.flags[job], tgpig.y);
+    float scale[MATVEC_TOKENS];
+    if (MATVEC_NORM) matvec_inv_rms(in, tid, lane, sg, nsg, part, scale);
     const int rows = args.rows[job];
-    const int row0 = int((int(tg) - args.first_tg[job]) * int(nsg) + int(sg)) * NR;
+    const int row0 = ((tg - args.first_tg[job]) * int(nsg) + int(sg)) * NR;
     if (row0 >= rows) return;  // uniform across the simdgroup
-    const int nr = min(NR, rows - row0);
     device const uchar* w = job == 0 ? w0 : (job == 1 ? w1 : w2);
     device float* out = job == 0 ? out0 : (job == 1 ? out1 : out2);
     device const float* bias = job == 0 ? bias0 : (job == 1 ? bias1 : bias2);
 
-    float sums[NR];
-    matvec_rows<F, NR>(w + uint64_t(row0) * args.row_bytes, args.row_bytes, nr, args.cols,
-                       (args.flags[0] & LINEAR_X_VEC4) != 0, x, norm_w, lane, sums);
-    for (int r = 0; r < NR; ++r)
-        if (lane == 0 && r < nr) linear_store(out, bias, row0 + r, args.flags[job], sums[r]);
+    const RowSet<NR> rs = row_set<NR>(w, args.row_bytes, row0, rows);
+    float acc[MATVEC_TOKENS * NR];
+    matvec_dots<F, NR>(rs, args.row_bytes, in, lane, acc);
+    matvec_scale<NR>(acc, in.n, scale);
+    matvec_store<NR>(out + uint64_t(tgpig.y) * MATVEC_TOKENS * uint64_t(rows), uint64_t(rows), bias, args.flags[job],
+                     row0, min(NR, rows - row0), in.n, acc, lane);
 }
 
 // out[t][r] = act(dot(G[r], x[t])) * dot(U[r], x[t]), gate G and up U in the same format and
 // shape (args describe one of them). Saves the glu dispatch and the round trip of the up
-// projection through memory.
-template <typename F, int NR>
+// projection through memory. A simdgroup dots GNR rows of each: 2 * GNR rows of matvec_dots.
+template <typename F, int GNR>
 kernel void matvec_glu(constant LinearArgs& args [[buffer(0)]],
                        device const uchar* wg [[buffer(1)]],
                        device const uchar* wu [[buffer(2)]],
@@ -197,31 +274,35 @@ kernel void matvec_glu(constant LinearArgs& args [[buffer(0)]],
                        device float* out [[buffer(4)]],
                        device const float* norm_w [[buffer(5)]],
                        uint2 tgpig [[threadgroup_position_in_grid]],
+                       uint tid [[thread_index_in_threadgroup]],
                        uint lane [[thread_index_in_simdgroup]],
                        uint sg [[simdgroup_index_in_threadgroup]],
                        uint nsg [[simdgroups_per_threadgroup]]) {
-    static_assert(NR == MATVEC_NR, "matvec_glu: the host launches MATVEC_NR rows per simdgroup (args.h)");
-    const int row0 = int((tgpig.x * nsg + sg) * NR);
+    static_assert(GNR == MATVEC_GLU_NR, "matvec_glu: the host launches MATVEC_GLU_NR rows per simdgroup (args.h)");
+    threadgroup float part[MATVEC_SIMDGROUPS * MATVEC_TOKENS];
+    const MatvecInput in = matvec_input(x, norm_w, args.x_stride, args.n_tokens, args.cols, args.flags, tgpig.y);
+    float scale[MATVEC_TOKENS];
+    if (MATVEC_NORM) matvec_inv_rms(in, tid, lane, sg, nsg, part, scale);
+    const int row0 = int((tgpig.x * nsg + sg) * GNR);
     if (row0 >= args.rows) return;  // uniform across the simdgroup
-    const int nr = min(NR, args.rows - row0);
-    x += tgpig.y * args.x_stride;
-    out += tgpig.y * args.out_stride;
-    const uint64_t first = uint64_t(row0) * args.row_bytes;
-    const bool x_aligned = (args.flags & LINEAR_X_VEC4) != 0;
 
-    float g[NR], u[NR];
-    if (MATVEC_NORM) {
-        const float scale = inv_rms(x, args.cols, MATVEC_EPS, lane);
-        const x_normed xv{x, norm_w};
-        matvec_dots2<F, NR, x_normed>(wg + first, wu + first, args.row_bytes, nr, args.cols, x_aligned, xv, lane, g, u);
-        for (int r = 0; r < NR; ++r) {
-            g[r] *= scale;
-            u[r] *= scale;
-        }
-    } else {
-        const x_plain xv{x};
-        matvec_dots2<F, NR, x_plain>(wg + first, wu + first, args.row_bytes, nr, args.cols, x_aligned, xv, lane, g, u);
+    const RowSet<GNR> g = row_set<GNR>(wg, args.row_bytes, row0, args.rows);
+    const RowSet<GNR> u = row_set<GNR>(wu, args.row_bytes, row0, args.rows);
+    RowSet<2 * GNR> both;
+    for (int r = 0; r < GNR; ++r) {
+        both.p[r] = g.p[r];
+        both.p[GNR + r] = u.p[r];
     }
-    for (int r = 0; r < NR; ++r)
-        if (lane == 0 && r < nr) out[row0 + r] = gate_act(g[r], MATVEC_GELU) * u[r];
+    float acc[MATVEC_TOKENS * 2 * GNR];
+    matvec_dots<F, 2 * GNR>(both, args.row_bytes, in, lane, acc);
+    matvec_scale<2 * GNR>(acc, in.n, scale);
+    const int nr = min(GNR, args.rows - row0);
+    device float* o = out + uint64_t(tgpig.y) * MATVEC_TOKENS * args.out_stride;
+    for (int t = 0; t < MATVEC_TOKENS; ++t) {
+        if (t == in.n) break;
+        for (int r = 0; r < GNR; ++r)
+            if (r < nr && int(lane) == (t * GNR + r) % 32)
+                o[uint64_t(t) * args.out_stride + uint64_t(row0 + r)] =
+                    gate_act(acc[t * 2 * GNR + r], MATVEC_GELU) * acc[t * 2 * GNR + GNR + r];
+    }
 }

@@ -3,8 +3,20 @@
 import numpy as np
 import pytest
 
-from metal_sim_helpers import rmsnorm
+from metal_sim_helpers import args, ceil_div, core, rmsnorm
 from op_cases import nmse
+from test_metal_ops import (  # the formats and launch shapes of the backend's kernels
+    FLOAT_FORMATS,
+    FORMATS,
+    GLU_ROWS,
+    K_QUANTS,
+    MATVEC_ROWS,
+    MATVEC_THREADS,
+    MATVEC_TOKENS,
+    X_VEC4,
+    encode,
+    matvec_constants,
+)
 
 rng = np.random.default_rng(1234)
 
@@ -24,3 +36,136 @@ def test_rmsnorm(n, d, tg, wtype):
     )
     got = rmsnorm(x, w, eps, tg)
     assert nmse(got, ref) < 1e-6
+
+
+# ---- decode matvecs (metal/matvec.h): the lane layouts of formats.h and several tokens at once
+
+
+def _linear_args(rows, cols, n, flags, row_bytes, vec4):
+    flags |= X_VEC4 if vec4 and cols % 4 == 0 else 0
+    return args("iiiiQQQ", rows, cols, n, flags, row_bytes, cols, rows)
+
+
+def _matvec(kind, fmt, ws, x, norm=None, vec4=True, bias=None, flags=0, out=None):
+    """Runs matvec / matvec_jobs / matvec_glu over all rows of x in one dispatch, as the backend
+    launches them; returns the outputs (one per matrix, matvec_glu's one)."""
+    n, cols = x.shape
+    nw, eps = norm if norm is not None else (x, None)
+    consts = matvec_constants(norm_eps=eps)
+    tok_groups = ceil_div(n, MATVEC_TOKENS)
+    if kind == "matvec":
+        (raw,) = ws
+        rows = raw.shape[0]
+        o = out if out is not None else np.full((n, rows), np.nan, np.float32)
+        a = _linear_args(rows, cols, n, flags, raw.shape[1], vec4)
+        b = bias if bias is not None else o
+        core.sim_dispatch(
+            f"matvec_{fmt}", [a, raw, x, o, b, nw], [ceil_div(rows, MATVEC_ROWS), tok_groups],
+            [MATVEC_THREADS], constants=consts,
+        )
+        return [o]
+    if kind == "glu":
+        g_raw, u_raw = ws
+        rows = g_raw.shape[0]
+        o = np.full((n, rows), np.nan, np.float32)
+        a = _linear_args(rows, cols, n, 0, g_raw.shape[1], vec4)
+        core.sim_dispatch(
+            f"matvec_glu_{fmt}", [a, g_raw, u_raw, x, o, nw], [ceil_div(rows, GLU_ROWS), tok_groups],
+            [MATVEC_THREADS], constants=consts,
+        )
+        return [o]
+    rows = [w.shape[0] for w in ws]
+    outs = [np.full((n, r), np.nan, np.float32) for r in rows]
+    groups = [ceil_div(r, MATVEC_ROWS) for r in rows]
+    first = np.concatenate([[0], np.cumsum(groups)]).tolist()
+    first += [first[-1]] * (4 - len(first))
+    pad = lambda v, fill: v + [fill] * (3 - len(v))  # noqa: E731
+    v4 = X_VEC4 if vec4 and cols % 4 == 0 else 0
+    a = args("ii3i3i4iiiQ", cols, len(ws), *pad(rows, 0), *pad([v4] * len(ws), 0), *first, n, 0,
+             ws[0].shape[1])
+    bufs = [a, *pad(list(ws), ws[0]), x, *pad(outs, outs[0]), *pad(outs, outs[0]), nw]
+    core.sim_dispatch(
+        f"matvec_jobs_{fmt}", bufs, [sum(groups), tok_groups], [MATVEC_THREADS], constants=consts
+    )
+    return outs
+
+
+def _cols_for(fmt):
+    """Widths that leave lanes of the last step idle: 640 (Gemma 3 270M) is 20 blocks of 32
+    for 8 per step; 1280 is 5 K-quant blocks for 4 per step; the float ones leave tails."""
+    if fmt in K_QUANTS:
+        return [256, 1280]
+    if fmt in FLOAT_FORMATS:
+        return [640, 300, 37]  # 300: f16/bf16 blocks of 8 and a tail of 4; 37: no aligned rows
+    return [640, 32, 288]
+
+
+def _ref_act(gd):
+    with np.errstate(over="ignore"):
+        return gd / (1 + np.exp(-gd))
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("kind", ["matvec", "jobs", "glu"])
+def test_matvec_tokens_match_each_token_alone(fmt, kind):
+    """T tokens in one dispatch give, bit for bit, what each gives alone (the engine's batched
+    decode is exact only so), for T up to MATVEC_TOKENS and past it (a second grid row), with
+    and without the fused norm and with x read as float4 or not; and match NumPy."""
+    for cols in _cols_for(fmt):
+        rows = {"matvec": [37], "jobs": [21, 6, 13], "glu": [13, 13]}[kind]
+        enc = [encode(rng.standard_normal((r, cols)), fmt) for r in rows]
+        ws = [e[0] for e in enc]
+        for norm in (False, True):
+            n = MATVEC_TOKENS + 3
+            x = (2 * rng.standard_normal((n, cols))).astype(np.float32)
+            nw = (1 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
+            h = x.astype(np.float64)
+            if norm:
+                h = h / np.sqrt(np.mean(h**2, axis=1, keepdims=True) + 1e-6) * nw
+            nm = (nw, 1e-6) if norm else None
+            for vec4 in (True, False):
+                got = _matvec(kind, fmt, ws, x, nm, vec4)
+                refs = [h @ e[1].T for e in enc]
+                if kind == "glu":
+                    refs = [_ref_act(refs[0]) * refs[1]]
+                for g, r in zip(got, refs, strict=True):
+                    assert nmse(g, r) < (1e-6 if kind == "glu" else 1e-10), (cols, norm, vec4)
+                # every token alone, the ones of the second token group included
+                for t in range(n) if vec4 else (0, n - 1):
+                    alone = _matvec(kind, fmt, ws, x[t : t + 1].copy(), nm, vec4)
+                    for g, a in zip(got, alone, strict=True):
+                        np.testing.assert_array_equal(g[t], a[0], err_msg=f"{cols} {norm} {vec4} {t}")
+                # every count of tokens up to a group: its rows as in the full dispatch
+                for t_count in range(2, MATVEC_TOKENS + 1) if vec4 else ():
+                    part = _matvec(kind, fmt, ws, x[:t_count].copy(), nm, vec4)
+                    for p, g in zip(part, got, strict=True):
+                        np.testing.assert_array_equal(p, g[:t_count], err_msg=f"{cols} {norm} {t_count}")
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q5_1", "q4_k", "q6_k", "f16"])
+def test_matvec_misaligned_x(fmt):
+    """x rows that do not start 16-byte aligned (no LINEAR_X_VEC4): every value is read one at
+    a time into the same registers, giving what the float4 reads give, bit for bit."""
+    cols = 256 if fmt in K_QUANTS else 96
+    raw, ref = encode(rng.standard_normal((19, cols)), fmt)
+    buf = rng.standard_normal(3 * cols + 1).astype(np.float32)
+    x_off = buf[1:].reshape(3, cols)  # 4 bytes past an aligned start
+    assert x_off.ctypes.data % 16 != 0
+    x_al = x_off.copy()
+    (got,) = _matvec("matvec", fmt, [raw], x_off, vec4=False)
+    (want,) = _matvec("matvec", fmt, [raw], x_al, vec4=True)
+    np.testing.assert_array_equal(got, want)
+    assert nmse(got, x_al.astype(np.float64) @ ref.T) < 1e-10
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_k", "bf16"])
+def test_matvec_tokens_epilogue(fmt):
+    """Bias and residual for several tokens: each token's row of out gets its own residual."""
+    cols, rows, n = 256, 23, MATVEC_TOKENS + 1
+    raw, ref = encode(rng.standard_normal((rows, cols)), fmt)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    resid = rng.standard_normal((n, rows)).astype(np.float32)
+    out = resid.copy()
+    _matvec("matvec", fmt, [raw], x, bias=bias, flags=3, out=out)
+    assert nmse(out, x.astype(np.float64) @ ref.T + bias + resid) < 1e-10

@@ -26,8 +26,11 @@ from op_cases import (
 rng = np.random.default_rng(4321)
 
 
-MATVEC_THREADS = 128  # 4 simdgroups, as the backend launches the matvec family
-MATVEC_ROWS = 4 * kernel_shape("MATVEC_NR")  # rows per threadgroup
+MATVEC_SIMDGROUPS = kernel_shape("MATVEC_SIMDGROUPS")
+MATVEC_THREADS = 32 * MATVEC_SIMDGROUPS  # as the backend launches the matvec family
+MATVEC_ROWS = MATVEC_SIMDGROUPS * kernel_shape("MATVEC_NR")  # rows per threadgroup
+GLU_ROWS = MATVEC_SIMDGROUPS * kernel_shape("MATVEC_GLU_NR")  # matvec_glu's
+MATVEC_TOKENS = kernel_shape("MATVEC_TOKENS")  # tokens per threadgroup (grid.y)
 GEMM_TILE, GEMM_THREADS = kernel_shape("GEMM_TILE"), kernel_shape("GEMM_THREADS")
 
 # Kernel suffix -> GGML type, for every format the CPU backend reads: the Metal backend takes the
@@ -97,7 +100,7 @@ def run_linear(kind, fmt, w_raw, x, out, bias, flags, vec4=True):
         core.sim_dispatch(
             f"matvec_{fmt}",
             bufs,
-            [ceil_div(rows, MATVEC_ROWS), n],
+            [ceil_div(rows, MATVEC_ROWS), ceil_div(n, MATVEC_TOKENS)],
             [MATVEC_THREADS],
             constants=matvec_constants(),
         )
@@ -159,7 +162,7 @@ def test_matvec_jobs(fmt, n_jobs):
     first += [first[-1]] * (4 - len(first))
     pad = lambda v, fill: v + [fill] * (3 - len(v))  # noqa: E731
     vflags = [f | X_VEC4 for f in flags]
-    a = args("ii3i3i4iQ", cols, n_jobs, *pad(rows, 0), *pad(vflags, 0), *first, ws[0][0].shape[1])
+    a = args("ii3i3i4iiiQ", cols, n_jobs, *pad(rows, 0), *pad(vflags, 0), *first, 1, 0, ws[0][0].shape[1])
     bufs = [
         a,
         *pad([w[0] for w in ws], ws[0][0]),
@@ -169,7 +172,7 @@ def test_matvec_jobs(fmt, n_jobs):
         x,
     ]
     core.sim_dispatch(
-        f"matvec_jobs_{fmt}", bufs, [sum(groups)], [MATVEC_THREADS], constants=matvec_constants()
+        f"matvec_jobs_{fmt}", bufs, [sum(groups), 1], [MATVEC_THREADS], constants=matvec_constants()
     )
     for out, want in zip(outs, refs, strict=True):
         assert nmse(out, want) < 1e-10
@@ -202,11 +205,11 @@ def test_matvec_family_with_fused_rmsnorm(fmt):
     outs = [np.full((1, 21), np.nan, np.float32), np.full((1, 9), np.nan, np.float32)]
     g0, g1 = ceil_div(21, MATVEC_ROWS), ceil_div(9, MATVEC_ROWS)
     v4 = X_VEC4 if cols % 4 == 0 else 0
-    a = args("ii3i3i4iQ", cols, 2, 21, 9, 0, v4, v4, 0, 0, g0, g0 + g1, g0 + g1, g_raw.shape[1])
+    a = args("ii3i3i4iiiQ", cols, 2, 21, 9, 0, v4, v4, 0, 0, g0, g0 + g1, g0 + g1, 1, 0, g_raw.shape[1])
     core.sim_dispatch(
         f"matvec_jobs_{fmt}",
         [a, g_raw, v_raw, g_raw, x, outs[0], outs[1], outs[0], outs[0], outs[0], outs[0], nw],
-        [g0 + g1],
+        [g0 + g1, 1],
         [MATVEC_THREADS],
         constants=c,
     )
@@ -217,7 +220,7 @@ def test_matvec_family_with_fused_rmsnorm(fmt):
     core.sim_dispatch(
         f"matvec_glu_{fmt}",
         [linear_args(21, cols, 1, 0, g_raw.shape[1]), g_raw, u_raw, x, out, nw],
-        [ceil_div(21, MATVEC_ROWS), 1],
+        [ceil_div(21, GLU_ROWS), 1],
         [MATVEC_THREADS],
         constants=c,
     )
@@ -310,7 +313,7 @@ def test_matvec_glu(fmt, gelu):
         core.sim_dispatch(
             f"matvec_glu_{fmt}",
             [a, g_raw, u_raw, x, out, x],
-            [ceil_div(rows, MATVEC_ROWS), 1],
+            [ceil_div(rows, GLU_ROWS), 1],
             [MATVEC_THREADS],
             constants=matvec_constants(gelu),
         )

@@ -49,8 +49,7 @@ std::string format_suffix(uint32_t type) {
 }
 
 // Launch shapes the kernels leave to the host (they read simdgroups_per_threadgroup); the ones
-// a kernel is written for (MATVEC_NR, GEMM_TILE, GEMM_THREADS, MAX_HEAD_DIM) are in args.h.
-constexpr uint32_t kMatvecSimdgroups = 4;  // 128 threads: 4 * MATVEC_NR rows per threadgroup
+// a kernel is written for (MATVEC_*, GEMM_TILE, GEMM_THREADS, MAX_HEAD_DIM) are in args.h.
 constexpr uint32_t kAttentionSimdgroups = 4;
 constexpr int kAttentionSplitLen = 128;  // positions per threadgroup of split decode attention
 constexpr uint32_t kElementwiseThreads = 256;
@@ -152,9 +151,10 @@ public:
 
     // The matmul family splits its rows: the first decode_rows(n) are one token each (a decode,
     // or a batched step's decode rows, Backend::set_single_rows) and run the matrix-vector
-    // kernels exactly as a lone decode does, the norm fused in where it can be; the rest
-    // (prompt chunks) run the GEMM. A sequence's result never depends on what it was batched
-    // with.
+    // kernels, all of them in one dispatch per matrix (the kernels read each weight once per
+    // MATVEC_TOKENS tokens), the norm fused in where it can be; the rest (prompt chunks) run
+    // the GEMM. A sequence's result never depends on what it was batched with: the matvecs'
+    // arithmetic for a token is the same whatever tokens share its dispatch (matvec.h).
     void set_single_rows(int n) override { single_rows_ = n; }
 
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
@@ -353,7 +353,7 @@ private:
                 f.matvec_jobs[fused] = dev_->pipeline("matvec_jobs_" + sfx, c);
                 f.matvec_glu[fused] = dev_->pipeline("matvec_glu_" + sfx, c);
                 for (const auto* p : {&f.matvec[fused], &f.matvec_jobs[fused], &f.matvec_glu[fused]})
-                    require_threads(**p, 32 * kMatvecSimdgroups);
+                    require_threads(**p, 32 * MATVEC_SIMDGROUPS);
             }
         });
         rmsnorm_ = dev_->pipeline("rmsnorm_f32");
@@ -470,28 +470,31 @@ private:
         return a;
     }
 
-    static uint32_t matvec_groups(const Matrix& w) {
-        return ceil_div(w.rows, kMatvecSimdgroups * MATVEC_NR);
+    // Threadgroups of a matvec dispatch: x covers the rows (MATVEC_SIMDGROUPS simdgroups of
+    // rows_per_simdgroup rows each), y the tokens (MATVEC_TOKENS each).
+    static uint32_t matvec_groups(const Matrix& w, int rows_per_simdgroup = MATVEC_NR) {
+        return ceil_div(w.rows, int64_t(MATVEC_SIMDGROUPS) * rows_per_simdgroup);
     }
+    static uint32_t token_groups(int tokens) { return ceil_div(tokens, MATVEC_TOKENS); }
 
-    // `rows` tokens (rows of x) through every job, each token as a lone decode computes it: one
-    // token's jobs of one format and width (q, k, v) in one matvec_jobs dispatch, else one
-    // matvec per job with a grid row per token. norm_w: RMSNorm fused in (x is its input).
+    // `rows` tokens (rows of x) through every job: the jobs of one format and width (q, k, v)
+    // in one matvec_jobs dispatch, else one matvec per job. norm_w: RMSNorm fused in (x is its
+    // input). Every dispatch reads its matrices once per group of MATVEC_TOKENS tokens.
     void encode_matvecs(gpu::Encoder& e, const float* x, const float* norm_w, const Jobs& jobs, int rows) {
-        if (rows == 1 && can_share_dispatch(x, jobs)) {
-            encode_matvec_jobs(e, x, norm_w, jobs);
+        if (can_share_dispatch(x, jobs)) {
+            encode_matvec_jobs(e, x, norm_w, jobs, rows);
             return;
         }
         for (const MatmulJob& j : jobs) {
             const LinearArgs a = linear_args(j, rows, x, norm_w);
             use_pipeline(e, *format(*j.w).matvec[norm_w ? 1 : 0]);
             e.set_args(0, a);
-            bind_weight(e, 1, *j.w, j.w->nbytes);
+            bind_weight(e, 1, *j.w, j.w->nbytes * token_groups(rows));
             bind(e, 2, x);
             bind(e, 3, j.out);
             bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
             bind(e, 5, norm_w ? norm_w : x);      // read only with the norm fused
-            e.dispatch_threadgroups({matvec_groups(*j.w), uint32_t(rows), 1}, {32 * kMatvecSimdgroups, 1, 1});
+            e.dispatch_threadgroups({matvec_groups(*j.w), token_groups(rows), 1}, {32 * MATVEC_SIMDGROUPS, 1, 1});
             count_work(double(j.w->rows) * double(j.w->cols) * rows);
         }
     }
@@ -504,11 +507,12 @@ private:
         return true;
     }
 
-    void encode_matvec_jobs(gpu::Encoder& e, const float* in, const float* norm_w, const Jobs& jobs) {
+    void encode_matvec_jobs(gpu::Encoder& e, const float* in, const float* norm_w, const Jobs& jobs, int rows) {
         const Matrix& w0 = *jobs.begin()->w;
         LinearJobsArgs a{};
         a.cols = int32_t(w0.cols);
         a.n_jobs = int32_t(jobs.size());
+        a.n_tokens = rows;
         a.row_bytes = w0.row_bytes;
         int i = 0;
         uint32_t groups = 0;
@@ -524,7 +528,7 @@ private:
         e.set_args(0, a);
         i = 0;
         for (const MatmulJob& j : jobs) {
-            bind_weight(e, 1 + i, *j.w, j.w->nbytes);
+            bind_weight(e, 1 + i, *j.w, j.w->nbytes * token_groups(rows));
             bind(e, 5 + i, j.out);
             bind(e, 8 + i, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
             ++i;
@@ -537,8 +541,8 @@ private:
         }
         bind(e, 4, in);
         bind(e, 11, norm_w ? norm_w : in);  // read only with the norm fused
-        e.dispatch_threadgroups({groups, 1, 1}, {32 * kMatvecSimdgroups, 1, 1});
-        for (const MatmulJob& j : jobs) count_work(double(j.w->rows) * double(j.w->cols));
+        e.dispatch_threadgroups({groups, token_groups(rows), 1}, {32 * MATVEC_SIMDGROUPS, 1, 1});
+        for (const MatmulJob& j : jobs) count_work(double(j.w->rows) * double(j.w->cols) * rows);
     }
 
     bool can_fuse_glu(const Matrix& gate, const Matrix& up, Activation act) const {
@@ -558,12 +562,13 @@ private:
         a.flags = x_vec4(x, gate.cols, norm_w);
         use_pipeline(e, *format(gate).matvec_glu[norm_w ? 1 : 0]);  // the model's activation
         e.set_args(0, a);
-        bind_weight(e, 1, gate, gate.nbytes);
-        bind_weight(e, 2, up, up.nbytes);
+        bind_weight(e, 1, gate, gate.nbytes * token_groups(rows));
+        bind_weight(e, 2, up, up.nbytes * token_groups(rows));
         bind(e, 3, x);
         bind(e, 4, g);
         bind(e, 5, norm_w ? norm_w : x);  // read only with the norm fused
-        e.dispatch_threadgroups({matvec_groups(gate), uint32_t(rows), 1}, {32 * kMatvecSimdgroups, 1, 1});
+        e.dispatch_threadgroups({matvec_groups(gate, MATVEC_GLU_NR), token_groups(rows), 1},
+                                {32 * MATVEC_SIMDGROUPS, 1, 1});
         count_work(2.0 * double(gate.rows) * double(gate.cols) * rows);
     }
 
