@@ -60,8 +60,11 @@ def _matvec(kind, fmt, ws, x, norm=None, vec4=True, bias=None, flags=0, out=None
         a = _linear_args(rows, cols, n, flags, raw.shape[1], vec4)
         b = bias if bias is not None else o
         core.sim_dispatch(
-            f"matvec_{fmt}", [a, raw, x, o, b, nw], [ceil_div(rows, MATVEC_ROWS), tok_groups],
-            [MATVEC_THREADS], constants=consts,
+            f"matvec_{fmt}",
+            [a, raw, x, o, b, nw],
+            [ceil_div(rows, MATVEC_ROWS), tok_groups],
+            [MATVEC_THREADS],
+            constants=consts,
         )
         return [o]
     if kind == "glu":
@@ -70,8 +73,11 @@ def _matvec(kind, fmt, ws, x, norm=None, vec4=True, bias=None, flags=0, out=None
         o = np.full((n, rows), np.nan, np.float32)
         a = _linear_args(rows, cols, n, 0, g_raw.shape[1], vec4)
         core.sim_dispatch(
-            f"matvec_glu_{fmt}", [a, g_raw, u_raw, x, o, nw], [ceil_div(rows, GLU_ROWS), tok_groups],
-            [MATVEC_THREADS], constants=consts,
+            f"matvec_glu_{fmt}",
+            [a, g_raw, u_raw, x, o, nw],
+            [ceil_div(rows, GLU_ROWS), tok_groups],
+            [MATVEC_THREADS],
+            constants=consts,
         )
         return [o]
     rows = [w.shape[0] for w in ws]
@@ -81,8 +87,17 @@ def _matvec(kind, fmt, ws, x, norm=None, vec4=True, bias=None, flags=0, out=None
     first += [first[-1]] * (4 - len(first))
     pad = lambda v, fill: v + [fill] * (3 - len(v))  # noqa: E731
     v4 = X_VEC4 if vec4 and cols % 4 == 0 else 0
-    a = args("ii3i3i4iiiQ", cols, len(ws), *pad(rows, 0), *pad([v4] * len(ws), 0), *first, n, 0,
-             ws[0].shape[1])
+    a = args(
+        "ii3i3i4iiiQ",
+        cols,
+        len(ws),
+        *pad(rows, 0),
+        *pad([v4] * len(ws), 0),
+        *first,
+        n,
+        0,
+        ws[0].shape[1],
+    )
     bufs = [a, *pad(list(ws), ws[0]), x, *pad(outs, outs[0]), *pad(outs, outs[0]), nw]
     core.sim_dispatch(
         f"matvec_jobs_{fmt}", bufs, [sum(groups), tok_groups], [MATVEC_THREADS], constants=consts
@@ -134,12 +149,16 @@ def test_matvec_tokens_match_each_token_alone(fmt, kind):
                 for t in range(n) if vec4 else (0, n - 1):
                     alone = _matvec(kind, fmt, ws, x[t : t + 1].copy(), nm, vec4)
                     for g, a in zip(got, alone, strict=True):
-                        np.testing.assert_array_equal(g[t], a[0], err_msg=f"{cols} {norm} {vec4} {t}")
+                        np.testing.assert_array_equal(
+                            g[t], a[0], err_msg=f"{cols} {norm} {vec4} {t}"
+                        )
                 # every count of tokens up to a group: its rows as in the full dispatch
                 for t_count in range(2, MATVEC_TOKENS + 1) if vec4 else ():
                     part = _matvec(kind, fmt, ws, x[:t_count].copy(), nm, vec4)
                     for p, g in zip(part, got, strict=True):
-                        np.testing.assert_array_equal(p, g[:t_count], err_msg=f"{cols} {norm} {t_count}")
+                        np.testing.assert_array_equal(
+                            p, g[:t_count], err_msg=f"{cols} {norm} {t_count}"
+                        )
 
 
 @pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q5_1", "q4_k", "q6_k", "f16"])

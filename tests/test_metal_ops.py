@@ -162,7 +162,9 @@ def test_matvec_jobs(fmt, n_jobs):
     first += [first[-1]] * (4 - len(first))
     pad = lambda v, fill: v + [fill] * (3 - len(v))  # noqa: E731
     vflags = [f | X_VEC4 for f in flags]
-    a = args("ii3i3i4iiiQ", cols, n_jobs, *pad(rows, 0), *pad(vflags, 0), *first, 1, 0, ws[0][0].shape[1])
+    a = args(
+        "ii3i3i4iiiQ", cols, n_jobs, *pad(rows, 0), *pad(vflags, 0), *first, 1, 0, ws[0][0].shape[1]
+    )
     bufs = [
         a,
         *pad([w[0] for w in ws], ws[0][0]),
@@ -205,7 +207,9 @@ def test_matvec_family_with_fused_rmsnorm(fmt):
     outs = [np.full((1, 21), np.nan, np.float32), np.full((1, 9), np.nan, np.float32)]
     g0, g1 = ceil_div(21, MATVEC_ROWS), ceil_div(9, MATVEC_ROWS)
     v4 = X_VEC4 if cols % 4 == 0 else 0
-    a = args("ii3i3i4iiiQ", cols, 2, 21, 9, 0, v4, v4, 0, 0, g0, g0 + g1, g0 + g1, 1, 0, g_raw.shape[1])
+    a = args(
+        "ii3i3i4iiiQ", cols, 2, 21, 9, 0, v4, v4, 0, 0, g0, g0 + g1, g0 + g1, 1, 0, g_raw.shape[1]
+    )
     core.sim_dispatch(
         f"matvec_jobs_{fmt}",
         [a, g_raw, v_raw, g_raw, x, outs[0], outs[1], outs[0], outs[0], outs[0], outs[0], nw],
