@@ -41,6 +41,8 @@ def _script(n_vocab: int, seed: int) -> list[list[tuple[int, list[int]]]]:
         [(2, toks(1)), (0, toks(3)), (1, toks(1))],
         [(1, toks(1))],
         [(0, toks(1)), (1, toks(1)), (2, toks(1))],
+        # two prompt chunks, one short enough for Metal's matvecs (8 tokens) and one not
+        [(2, toks(10)), (0, toks(6)), (1, toks(1))],
     ]
 
 
@@ -85,6 +87,29 @@ def test_metal_sim_step_equals_each_sequence_alone(arch: str, variant: str) -> N
     ):
         for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(g, w, err_msg=f"step {step}")
+
+
+def _q_kernels(model: metallic.Model, ids: list[int]) -> str:
+    events: list[dict] = []
+    model.trace(ids, events.append)
+    model.reset()
+    return next(e for e in events if e["op"] == "q")["kernels"]
+
+
+def test_metal_short_prompt_is_computed_as_decode_steps() -> None:
+    """On Metal a prompt chunk of up to 8 tokens takes the matvec kernels (one read of every
+    weight, as a decode), longer ones the GEMM; so a short prompt's logits are, bit for bit,
+    those of decoding its tokens one at a time, and a step computes such a chunk as the
+    sequence alone would (the script's last step)."""
+    path, _ = tiny_gguf("qwen2", "Q8_0", "gqa2-untied")
+    m = _load(path, "metal-sim")
+    ids = [int(t) for t in np.random.default_rng(3).integers(0, m.n_vocab, 9)]
+    assert _q_kernels(m, ids[:8]).startswith("matvec")
+    assert _q_kernels(m, ids).startswith("gemm")
+    short = m.prefill(ids[:8]).copy()
+    m.reset()
+    steps = [m.decode(t).copy() for t in ids[:8]]
+    np.testing.assert_array_equal(short, steps[-1])
 
 
 def test_quantized_step_equals_alone(smollm2_path: Path) -> None:

@@ -107,7 +107,7 @@ def test_planted_kernel_bug_is_reported(
     status, out = doctor(capsys, "--backend", "metal-sim")
     assert status == 1  # the report is printed, and the status says the test failed
     got = lines(out)
-    assert got["self_test"].startswith("failed at the prefill of 8 tokens: nmse "), got
+    assert got["self_test"].startswith("failed at the prefill of 9 tokens: nmse "), got
     assert got["environment"] == "METALLIC_SIM_SKIP_KERNEL=gemm_f16"
     status, out = doctor(capsys, "--backend", "metal-sim", "--json")
     assert status == 1 and json.loads(out)["self_test"]["passed"] is False

@@ -52,8 +52,8 @@ def test_every_format_the_core_reads_is_covered() -> None:
 # the GEMM only in the prefill, attention in both.
 PLANTED = [
     ("matvec_q8_0", "at decode step 1 of 3"),
-    ("gemm_q4_k", "at the prefill of 8 tokens"),
-    ("attention", "at the prefill of 8 tokens"),
+    ("gemm_q4_k", "at the prefill of 9 tokens"),
+    ("attention", "at the prefill of 9 tokens"),
 ]
 
 

@@ -89,6 +89,8 @@ public:
         });
     }
 
+    // Two tokens or more go through the panel GEMM: only decode steps are single rows.
+    int max_single_segment() const override { return kPanelBatch - 1; }
     void set_single_rows(int n) override { single_rows_ = n; }
 
     // The first single_rows_ rows are decode steps of their sequences: each is computed with the

@@ -43,10 +43,14 @@ public:
     }
     // Waits for all work the ops queued; results are readable by the host afterwards.
     virtual void sync() {}
-    // The next forward pass's first n rows are decode steps, one token of each of n sequences
-    // (a batched step, engine.h); the rest are prompt chunks. A backend whose several-row
-    // products compute differently from its one-token ones (the CPU's) computes these rows as
-    // a decode alone would, so batching never changes a sequence's result.
+    // Segments of at most this many tokens (decode steps, short prompt chunks) are computed
+    // token by token with the backend's one-token (matrix-vector) kernels, which read each
+    // weight once for all such rows of a pass; longer segments go through its GEMM. The engine
+    // puts the short segments first and says how many rows they make (set_single_rows).
+    virtual int max_single_segment() const { return 1; }
+    // The next forward pass's first n rows belong to short segments (max_single_segment): the
+    // backend computes each of them as that segment alone would, and the rest (long prompt
+    // chunks) with its several-row products, so batching never changes a sequence's result.
     virtual void set_single_rows(int n) { (void)n; }
     // Counters of a GPU backend (command buffers, waits, dispatches, ...); empty on the CPU.
     virtual std::map<std::string, uint64_t> stats() const { return {}; }

@@ -214,12 +214,16 @@ void Engine::step(const std::vector<Segment>& segs, float* out) {
     if (total > opt_.max_batch)
         throw BadRequest("a step of " + std::to_string(total) + " tokens is more than max_batch " +
                          std::to_string(opt_.max_batch));
-    // Decode steps first: the backend computes those rows as a decode alone would.
+    // Decode steps first (their logits are computed together), then the other short segments:
+    // the backend computes all their rows with its one-token kernels, as each sequence alone
+    // would be (Backend::max_single_segment); then the longer prompt chunks.
+    const int short_max = backend_->max_single_segment();
+    auto pass_of = [&](const Segment& s) { return s.n == 1 ? 0 : s.n <= short_max ? 1 : 2; };
     std::vector<Segment> order;
     std::vector<int> rows;
-    for (int pass = 0; pass < 2; ++pass)
+    for (int pass = 0; pass < 3; ++pass)
         for (size_t i = 0; i < segs.size(); ++i)
-            if ((segs[i].n == 1) == (pass == 0)) {
+            if (pass_of(segs[i]) == pass) {
                 order.push_back(segs[i]);
                 rows.push_back(int(i));
             }

@@ -100,7 +100,7 @@ private:
     // One forward pass over the segments' tokens (rows in segment order). The logits go to
     // all_logits (one segment: every row), to seg_logits (a row per segment, after its last
     // token), or else to logits_ (one segment: its last token).
-    // In a step the one-token segments come first (Backend::set_single_rows), and segment i's
+    // In a step the short segments come first (Backend::max_single_segment), and segment i's
     // logits go to row out_rows[i] of seg_logits.
     // With pick_token (one segment, last-token logits), the backend's argmax writes the next
     // token there and its status to pick_status, and the pass does not wait for the GPU.

@@ -60,10 +60,14 @@ void Engine::forward(const Segment* segs, int n_segs, float* all_logits, float* 
         ids = step_ids_.data();
     }
 
-    int single = 0;  // leading one-token segments: decode steps of a batched step
-    if (seg_logits)
-        while (single < n_segs && segs[single].n == 1) ++single;
-    B.set_single_rows(single);
+    // step() orders the segments: one-token ones (decode steps), then the other short ones,
+    // then the rest. The rows of the leading short segments (a lone prefill short enough is
+    // one) are the backend's single rows, which its one-token kernels compute.
+    int singles = 0;  // leading one-token segments
+    while (singles < n_segs && segs[singles].n == 1) ++singles;
+    int single_rows = 0;
+    for (int i = 0; i < n_segs && segs[i].n <= B.max_single_segment(); ++i) single_rows += segs[i].n;
+    B.set_single_rows(single_rows);
 
     // Tracing: one sequence per pass (step() refuses). ev() describes a traced op: its output
     // (rows x cols at out, the first of them `first` rows into the pass), the width of its
@@ -214,7 +218,7 @@ void Engine::forward(const Segment* segs, int n_segs, float* all_logits, float* 
 
     // Output head. All rows (prefill_all) go through logits_, logit_rows_ rows at a time (a GPU
     // writes its own buffers, not the caller's); a last token takes the fused norm + matrix-
-    // vector path. In a step, the one-token segments' rows (0 .. single-1) go together, and
+    // vector path. In a step, the one-token segments' rows (0 .. singles-1) go together, and
     // each prompt chunk's last row alone: every sequence's logits as it would get them alone.
     const int64_t V = c.n_vocab;
     const float cap = c.final_logit_softcap;
@@ -250,8 +254,8 @@ void Engine::forward(const Segment* segs, int n_segs, float* all_logits, float* 
                 std::copy(logits_.data() + r * V, logits_.data() + (r + 1) * V,
                           seg_logits + int64_t(out_rows[seg + r]) * V);
         };
-        for (int r0 = 0; r0 < single; r0 += logit_rows_) emit(r0, std::min(logit_rows_, single - r0), r0);
-        for (int i = single, row = single; i < n_segs; ++i) {
+        for (int r0 = 0; r0 < singles; r0 += logit_rows_) emit(r0, std::min(logit_rows_, singles - r0), r0);
+        for (int i = singles, row = singles; i < n_segs; ++i) {
             row += segs[i].n;
             emit(row - 1, 1, i);
         }

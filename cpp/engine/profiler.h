@@ -35,6 +35,7 @@ public:
         Timer _(this, "sync");
         inner_->sync();
     }
+    int max_single_segment() const override { return inner_->max_single_segment(); }
     void set_single_rows(int n) override { inner_->set_single_rows(n); }
     std::map<std::string, uint64_t> stats() const override { return inner_->stats(); }
     void reset_stats() override { inner_->reset_stats(); }

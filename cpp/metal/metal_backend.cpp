@@ -149,12 +149,15 @@ public:
         e.dispatch_threadgroups({uint32_t(n), 1, 1}, {rmsnorm_threads(d), 1, 1});
     }
 
-    // The matmul family splits its rows: the first decode_rows(n) are one token each (a decode,
-    // or a batched step's decode rows, Backend::set_single_rows) and run the matrix-vector
-    // kernels, all of them in one dispatch per matrix (the kernels read each weight once per
-    // MATVEC_TOKENS tokens), the norm fused in where it can be; the rest (prompt chunks) run
-    // the GEMM. A sequence's result never depends on what it was batched with: the matvecs'
-    // arithmetic for a token is the same whatever tokens share its dispatch (matvec.h).
+    // The matmul family splits its rows: the first decode_rows(n) belong to segments of at most
+    // MATVEC_TOKENS tokens (decodes, a batched step's decode rows and short prompt chunks,
+    // Backend::set_single_rows) and run the matrix-vector kernels, all of them in one dispatch
+    // per matrix (the kernels read each weight once per MATVEC_TOKENS tokens: a short prompt
+    // costs one read of the weights, as a decode does), the norm fused in where it can be; the
+    // rest (longer prompt chunks) run the GEMM. A sequence's result never depends on what it was
+    // batched with: the matvecs' arithmetic for a token is the same whatever tokens share its
+    // dispatch (matvec.h), and so is the GEMM's.
+    int max_single_segment() const override { return MATVEC_TOKENS; }
     void set_single_rows(int n) override { single_rows_ = n; }
 
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
@@ -411,7 +414,7 @@ private:
         }
     };
 
-    // How many of a pass's first n rows are decode rows (a lone decode is one).
+    // How many of a pass's first n rows take the matvecs (a lone decode is one).
     int decode_rows(int n) const { return n == 1 ? 1 : std::min(n, single_rows_); }
 
     bool can_fuse_norm(const float* x, float eps, int d, int64_t cols) const {

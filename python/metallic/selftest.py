@@ -5,7 +5,7 @@ backend, whose logits must agree.
 heads of 64, n_ff 256, a vocabulary of 64) with one layer per weight format asked for (layer i
 in types[i % n]; the token embedding in the first, the output head in the last), loads it twice
 the way `metallic.load` does (model.engine_for), on `backend` and on `cpu`, and compares a
-prefill of 8 tokens (every row's logits: the GEMM kernels) and 3 decode steps (the matvec
+prefill of 9 tokens (every row's logits: the GEMM kernels) and 3 decode steps (the matvec
 kernels). Every dispatch of a decode step is on that path: embedding, the fused norm + q/k/v,
 RoPE with the cache write, attention, the output projection, the fused norm + gate/up + GLU,
 the down projection, the output head. A kernel that is wrong, writes nothing or does not build
@@ -56,7 +56,9 @@ DEFAULT_TYPES: tuple[GGMLQuantizationType, ...] = (Q.F16, Q.Q8_0, Q.Q4_K)
 # 1.9.
 NMSE_BOUND = 5e-3
 
-N_PREFILL = 8
+# One more than the prompt chunks Metal computes with the decode kernels (MATVEC_TOKENS, args.h):
+# the prefill takes the GEMM kernels.
+N_PREFILL = 9
 N_DECODE = 3
 
 _SHAPE = dict(n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=256, n_vocab=64)
