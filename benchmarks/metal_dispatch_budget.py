@@ -44,8 +44,8 @@ def counted_from_config(ftype: str) -> dict[str, int]:
     embed_row = int(s.hidden * bytes_per)
     return {
         "dispatches": 1 + 6 * s.n_layers + 1,
-        "command_buffers": 1,
-        "waits": 1,
+        "command_buffers": 2,  # the first 16 dispatches committed early
+        "syncs": 1,
         "buffer_allocations": 0,
         "weight_binds": 7 * s.n_layers + 2,
         "declared_weight_bytes": weights + embed_row,

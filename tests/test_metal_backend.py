@@ -288,7 +288,8 @@ def test_real_gemma3_q4_k_m_decode_matches_cpu() -> None:
         got = m.decode(tok).copy()
         want = cpu.decode(tok).copy()
         s = m.gpu_stats()
-        assert (s["command_buffers"], s["waits"], s["buffer_allocations"]) == (1, 1, 0)
+        # the first layers go to the GPU early, the rest at the sync
+        assert (s["command_buffers"], s["syncs"], s["buffer_allocations"]) == (2, 1, 0)
         assert s["weight_rebinds"] == 1  # the tied embedding: one row, then the output head
         # per layer at most: q, k, v (formats differ in some layers), qk-norm + RoPE + KV write,
         # attention, o, post-norm + add, norm + gate-up-GLU, down, post-norm + add
@@ -315,8 +316,9 @@ def test_real_smollm2_q4_1_decode_matches_cpu() -> None:
         got = m.decode(tok).copy()
         want = cpu.decode(tok).copy()
         s = m.gpu_stats()
-        counts = (s["command_buffers"], s["waits"], s["buffer_allocations"], s["weight_rebinds"])
-        assert counts == (1, 1, 0, 1)
+        # the first layers go to the GPU early, the rest at the sync
+        counts = (s["command_buffers"], s["syncs"], s["buffer_allocations"], s["weight_rebinds"])
+        assert counts == (2, 1, 0, 1)
         # measured 1.6e-4, 7.2e-5, 1.1e-4, 6.6e-5, 2.1e-4; bound 10x the largest
         assert float(np.mean((got - want) ** 2) / np.mean(want**2)) < 2e-3
         top2 = np.sort(want)[-2:]

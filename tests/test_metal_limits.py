@@ -1,5 +1,6 @@
 """The Metal backend against the device's limits (on the simulator, whose limits the tests set):
-long passes split into several command buffers, the recommended working set, the largest buffer.
+long passes split into several command buffers, the first part of a pass committed early, the
+recommended working set, the largest buffer.
 """
 
 from __future__ import annotations
@@ -24,23 +25,45 @@ def test_a_long_pass_is_split_into_command_buffers(
     small_gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = list(range(1, 41))
+    monkeypatch.setenv("METALLIC_GPU_EARLY_COMMIT", "0")
     whole, stats = _prefill(small_gguf, ids)
-    assert stats["command_buffers"] == stats["waits"] == 1
+    assert stats["command_buffers"] == stats["waits"] == stats["syncs"] == 1
     # A threshold below one layer's work: a command buffer every op or two.
     monkeypatch.setenv("METALLIC_GPU_COMMIT_WORK", "100000")
     split, stats = _prefill(small_gguf, ids)
     assert stats["command_buffers"] > 10
     assert stats["waits"] == stats["command_buffers"]  # sync() waits for every one
+    assert stats["syncs"] == 1  # ... in one go
     np.testing.assert_array_equal(split, whole)
 
 
-def test_decode_stays_one_command_buffer(small_gguf: Path) -> None:
+# kEarlyCommitDispatches in cpp/metal/metal_backend.cpp
+EARLY_COMMIT_DISPATCHES = 16
+
+
+def test_the_first_part_of_a_pass_is_committed_early(
+    small_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first command buffer after a sync goes to the GPU once it holds 16 dispatches, so the
+    GPU starts while the host encodes the rest; the rest is one more command buffer, the host
+    waits once, and the logits are those of one command buffer."""
+    ids = list(range(1, 41))
+    early, stats = _prefill(small_gguf, ids)
+    assert stats["dispatches"] > EARLY_COMMIT_DISPATCHES
+    assert (stats["command_buffers"], stats["syncs"]) == (2, 1)
+    monkeypatch.setenv("METALLIC_GPU_EARLY_COMMIT", "0")
+    whole, stats = _prefill(small_gguf, ids)
+    assert (stats["command_buffers"], stats["syncs"]) == (1, 1)
+    np.testing.assert_array_equal(early, whole)
+    # A pass of fewer dispatches (this model's decode step) stays one command buffer.
+    monkeypatch.delenv("METALLIC_GPU_EARLY_COMMIT")
     model = metallic.load(small_gguf, backend="metal-sim", n_ctx=64)
     model.prefill(list(range(1, 30)))
     model.reset_gpu_stats()
     model.decode(5)
     stats = model.gpu_stats()
-    assert stats["command_buffers"] == stats["waits"] == 1
+    assert stats["dispatches"] <= EARLY_COMMIT_DISPATCHES
+    assert stats["command_buffers"] == stats["waits"] == stats["syncs"] == 1
 
 
 def test_past_the_recommended_working_set_warns(

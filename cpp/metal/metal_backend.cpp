@@ -8,8 +8,10 @@
 //   partials     split decode attention's per-split (max, sum, accumulator)
 //
 // Every op only encodes: the first op of a forward pass opens a command buffer, sync() (called
-// by the engine before it reads logits) commits it and waits. A decode step is therefore one
-// command buffer and one wait. A long prompt's pass is cut into several command buffers,
+// by the engine before it reads logits) commits what is open and waits. The first command
+// buffer after a sync is committed early, once it holds kEarlyCommitDispatches dispatches, so
+// that the GPU runs the first layers while the host encodes the rest: a decode step is two
+// command buffers and one sync. A long prompt's pass is cut into more command buffers,
 // committed as they fill (see kCommitWork), all on one queue, which runs them in order.
 #include "metal/metal_backend.h"
 
@@ -58,6 +60,12 @@ constexpr uint32_t kElementwiseThreads = 256;
 // (the GPU watchdog), which a long prompt of a large model in one would risk, and the GPU
 // starts on the first part while the host encodes the rest. A decode step stays far below.
 constexpr double kCommitWork = 1e11;
+// The first command buffer after a sync is committed once it holds this many dispatches: about
+// a tenth of a decode token of a 24-layer model (146 dispatches), which keeps the GPU busy while
+// the host encodes the other nine tenths (encoding a dispatch costs the host a few
+// microseconds, running one the GPU as much or more). llama.cpp commits the first part of its
+// graph early in the same way. A pass of fewer dispatches stays one command buffer.
+constexpr uint64_t kEarlyCommitDispatches = 16;
 
 uint32_t ceil_div(int64_t a, int64_t b) { return uint32_t((a + b - 1) / b); }
 
@@ -71,6 +79,8 @@ public:
         // The tests lower the commit threshold to split short prompts (results must not change).
         if (const char* env = std::getenv("METALLIC_GPU_COMMIT_WORK"))
             if (const double v = std::atof(env); v > 0) commit_work_ = v;
+        // ... and set when the first command buffer goes early (0: never).
+        if (const char* env = std::getenv("METALLIC_GPU_EARLY_COMMIT")) early_dispatches_ = std::strtoull(env, nullptr, 10);
         make_pipelines(file, w);
 
         ids_ = dev_->new_buffer(sizeof(int32_t) * size_t(opt_.max_batch));
@@ -94,6 +104,8 @@ public:
 
     void sync() override {
         if (cb_) commit();
+        if (in_flight_.empty()) return;
+        ++syncs_;  // the host blocks once, however many command buffers the pass took
         for (auto& cb : in_flight_) cb->wait();
         in_flight_.clear();
     }
@@ -101,7 +113,8 @@ public:
     std::map<std::string, uint64_t> stats() const override {
         const gpu::Stats& s = dev_->stats();
         return {{"command_buffers", s.command_buffers}, {"waits", s.waits},
-                {"dispatches", s.dispatches},           {"buffer_allocations", s.buffer_allocations},
+                {"syncs", syncs_},                      {"dispatches", s.dispatches},
+                {"buffer_allocations", s.buffer_allocations},
                 {"buffers_wrapped", s.buffers_wrapped}, {"weight_binds", s.weight_binds},
                 {"declared_weight_bytes", s.declared_weight_bytes}, {"weight_rebinds", s.weight_rebinds},
                 {"kv_bytes", kv_bytes_},                {"gpu_ns", s.gpu_nanoseconds},
@@ -112,6 +125,7 @@ public:
     void reset_stats() override {
         dev_->reset_stats();
         kv_bytes_ = 0;
+        syncs_ = 0;
     }
 
     // rope, store_kv and add exist only inside the fused steps (see below).
@@ -582,10 +596,13 @@ private:
     void use_pipeline(gpu::Encoder& e, const gpu::Pipeline& p) {
         if (kernel_log_) kernel_log_->push_back(p.name());
         e.set_pipeline(p);
+        ++cb_dispatches_;
     }
 
+    // Commits happen here, before an op encodes: an op's dispatches share one command buffer.
     gpu::Encoder& encoder() {
-        if (cb_ && cb_work_ > commit_work_) commit();  // between two ops: never inside one
+        const bool early = in_flight_.empty() && early_dispatches_ > 0 && cb_dispatches_ >= early_dispatches_;
+        if (cb_ && (cb_work_ > commit_work_ || early)) commit();
         if (!cb_) {
             cb_ = dev_->command_buffer();
             enc_ = &cb_->encoder();
@@ -599,6 +616,7 @@ private:
         cb_->commit();
         in_flight_.push_back(std::move(cb_));
         cb_work_ = 0;
+        cb_dispatches_ = 0;
     }
 
     // Work of the ops encoded into the open command buffer, in multiply-adds (matmuls and
@@ -661,6 +679,9 @@ private:
     gpu::Encoder* enc_ = nullptr;
     std::vector<std::unique_ptr<gpu::CommandBuffer>> in_flight_;  // committed, not yet waited for
     double cb_work_ = 0;  // multiply-adds encoded into cb_
+    uint64_t cb_dispatches_ = 0;  // dispatches encoded into cb_
+    uint64_t early_dispatches_ = kEarlyCommitDispatches;
+    uint64_t syncs_ = 0;  // sync() calls that waited for work (stats: "syncs")
     int single_rows_ = 0;  // a step's decode rows (set_single_rows)
     double commit_work_ = kCommitWork;
     std::vector<std::string>* kernel_log_ = nullptr;  // tracing: where dispatched kernels are named
