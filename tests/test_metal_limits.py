@@ -90,3 +90,23 @@ def test_a_cache_larger_than_a_buffer_is_refused(
     monkeypatch.setenv("METALLIC_SIM_MAX_BUFFER_LENGTH", str(1 << 20))
     with pytest.raises(RequestError, match="largest buffer"):
         metallic.load(small_gguf, backend="metal-sim", n_ctx=256, n_seq=64)
+
+
+def test_independent_products_run_between_the_same_barriers(
+    small_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder is concurrent: a barrier before every dispatch but the first, except between
+    products of one input by several matrices (a prompt's q, k and v GEMMs, its gate and up
+    GEMMs: 3 per layer). The simulator runs the dispatches between two barriers last to first,
+    so the logits' agreement with the CPU elsewhere shows no barrier is missing."""
+    monkeypatch.setenv("METALLIC_GPU_EARLY_COMMIT", "0")
+    model = metallic.load(small_gguf, backend="metal-sim", n_ctx=64)
+    model.reset_gpu_stats()
+    model.prefill(list(range(1, 41)))
+    s = model.gpu_stats()
+    assert s["command_buffers"] == 1
+    assert s["dispatches"] - 1 - s["barriers"] == 3 * model.config.n_layer
+    model.reset_gpu_stats()
+    model.decode(5)  # the fused decode kernels: one dispatch per product already
+    s = model.gpu_stats()
+    assert s["barriers"] == s["dispatches"] - 1

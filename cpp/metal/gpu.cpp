@@ -18,6 +18,11 @@ void Encoder::dispatch_threadgroups(Size3 groups, Size3 threads) {
     do_dispatch(groups, threads);
 }
 
+void Encoder::barrier() {
+    ++stats_->barriers;
+    do_barrier();
+}
+
 void CommandBuffer::commit() {
     ++stats_->command_buffers;
     do_commit();

@@ -27,6 +27,7 @@ struct Stats {
     uint64_t command_buffers = 0;     // committed
     uint64_t waits = 0;               // CPU blocked on a command buffer
     uint64_t dispatches = 0;
+    uint64_t barriers = 0;            // Encoder::barrier calls
     uint64_t buffer_allocations = 0;  // new device memory (wrapping host memory is not counted)
     uint64_t buffers_wrapped = 0;     // no-copy buffers over existing host memory
     uint64_t weight_binds = 0;        // set_weight calls
@@ -80,6 +81,10 @@ struct Size3 {
 };
 
 // The compute encoder of a command buffer. Bindings persist across dispatches, as in Metal.
+// Dispatches are concurrent (Metal's MTLDispatchTypeConcurrent): between two barriers they may
+// run in any order or overlap, so a dispatch that reads or writes what an earlier one wrote (or
+// writes what it reads) needs a barrier() between them. The simulator runs the dispatches
+// between two barriers last to first, so a missing barrier gives wrong results in the tests.
 class Encoder {
 public:
     virtual ~Encoder() = default;
@@ -94,6 +99,9 @@ public:
     // Length of the kernel's [[threadgroup(index)]] argument.
     void set_threadgroup_memory(int index, size_t bytes) { do_set_threadgroup_memory(index, bytes); }
     void dispatch_threadgroups(Size3 groups, Size3 threads);
+    // Every dispatch after it sees the device-memory writes of every dispatch before it (Metal:
+    // memoryBarrierWithScope:MTLBarrierScopeBuffers).
+    void barrier();
 
 protected:
     explicit Encoder(Stats* stats, std::set<std::pair<const void*, size_t>>* bound)
@@ -103,14 +111,15 @@ protected:
     virtual void do_set_bytes(int index, const void* data, size_t n) = 0;
     virtual void do_set_threadgroup_memory(int index, size_t bytes) = 0;
     virtual void do_dispatch(Size3 groups, Size3 threads) = 0;
+    virtual void do_barrier() = 0;
 
 private:
     Stats* stats_;
     std::set<std::pair<const void*, size_t>>* bound_;
 };
 
-// One command buffer with one compute encoder (dispatches in order, each seeing the previous
-// ones' writes: Metal's serial dispatch type).
+// One command buffer with one compute encoder (concurrent dispatches, ordered by barriers).
+// Command buffers of one queue run in commit order, each seeing the writes of the ones before.
 class CommandBuffer {
 public:
     virtual ~CommandBuffer() = default;

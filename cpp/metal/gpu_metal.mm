@@ -17,8 +17,9 @@
 //                 (cpp/metal/flatten_msl.py) compiled with newLibraryWithSource:options:error:,
 //                 one library per .metal file
 //   pipelines     newFunctionWithName:constantValues:error: + newComputePipelineStateWithFunction:
-//   command bufs  [queue commandBuffer], one computeCommandEncoder (serial dispatch: each
-//                 dispatch sees the previous one's writes), endEncoding + commit,
+//   command bufs  [queue commandBuffer], one computeCommandEncoderWithDispatchType:
+//                 MTLDispatchTypeConcurrent (dispatches may overlap; the backend orders dependent
+//                 ones with memoryBarrierWithScope:MTLBarrierScopeBuffers), endEncoding + commit,
 //                 waitUntilCompleted and a status check; an encoder not ended (an error between
 //                 encoding and commit) is ended when the command buffer goes, since Metal
 //                 asserts on an encoder released while still encoding
@@ -82,6 +83,7 @@ protected:
     void do_dispatch(Size3 g, Size3 t) override {
         [enc dispatchThreadgroups:MTLSizeMake(g.x, g.y, g.z) threadsPerThreadgroup:MTLSizeMake(t.x, t.y, t.z)];
     }
+    void do_barrier() override { [enc memoryBarrierWithScope:MTLBarrierScopeBuffers]; }
 };
 
 class MetalCommandBuffer final : public CommandBuffer {
@@ -90,7 +92,8 @@ public:
         : CommandBuffer(stats) {
         @autoreleasepool {
             cb_ = [queue commandBuffer];
-            enc_ = std::make_unique<MetalEncoder>(stats, bound, [cb_ computeCommandEncoder]);
+            enc_ = std::make_unique<MetalEncoder>(
+                stats, bound, [cb_ computeCommandEncoderWithDispatchType:MTLDispatchTypeConcurrent]);
         }
     }
 

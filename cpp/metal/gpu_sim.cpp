@@ -2,9 +2,12 @@
 //
 // Command buffers record: each dispatch keeps its pipeline, its bound pointers (buffer contents
 // + offset), a copy of its set_bytes data, its grid and its threadgroup memory lengths. commit()
-// runs the recorded dispatches in order; wait() then has nothing left to do. Recording first
+// runs the recorded dispatches, those between two barriers last to first (Metal may run them in
+// any order: reversing every pair makes a missing barrier between dependent dispatches give
+// wrong results in the tests); wait() then has nothing left to do. Recording first
 // and running later keeps Metal's semantics: a host read between encoding and wait() would see
 // stale data here just as on the GPU, and set_bytes captures the value at encode time.
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -62,6 +65,7 @@ public:
     SimEncoder(Stats* s, std::set<std::pair<const void*, size_t>>* bound) : Encoder(s, bound) {}
 
     std::vector<Recorded> recorded;
+    std::vector<size_t> barriers;  // recorded.size() at each barrier
     std::vector<uint8_t> arena;
 
 protected:
@@ -95,6 +99,7 @@ protected:
         r.tg_mem = tg_mem_;
         recorded.push_back(std::move(r));
     }
+    void do_barrier() override { barriers.push_back(recorded.size()); }
 
 private:
     static void check(int index) {
@@ -118,7 +123,8 @@ protected:
         const auto t0 = std::chrono::steady_clock::now();
         msim::Device& dev = msim::Device::shared();
         msim::DispatchDesc d;
-        for (const Recorded& r : enc_.recorded) {
+        for (const size_t i : order()) {
+            const Recorded& r = enc_.recorded[i];
             if (!skip_->empty() && r.pipeline->name().rfind(*skip_, 0) == 0) continue;
             d.pipeline = &r.pipeline->sim();
             d.buffers.assign(size_t(r.n_bindings), nullptr);
@@ -136,6 +142,18 @@ protected:
         seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
     double do_gpu_seconds() const override { return seconds_; }
+    // The recorded dispatches in the order they run: each group between two barriers reversed.
+    std::vector<size_t> order() const {
+        std::vector<size_t> out;
+        std::vector<size_t> cuts = enc_.barriers;
+        cuts.push_back(enc_.recorded.size());
+        size_t begin = 0;
+        for (const size_t end : cuts) {
+            for (size_t i = end; i > begin; --i) out.push_back(i - 1);
+            begin = std::max(begin, end);
+        }
+        return out;
+    }
     void do_wait() override {
         if (!committed_) throw std::logic_error("gpu: wait on a command buffer that was not committed");
     }

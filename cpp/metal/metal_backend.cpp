@@ -114,6 +114,7 @@ public:
         const gpu::Stats& s = dev_->stats();
         return {{"command_buffers", s.command_buffers}, {"waits", s.waits},
                 {"syncs", syncs_},                      {"dispatches", s.dispatches},
+                {"barriers", s.barriers},
                 {"buffer_allocations", s.buffer_allocations},
                 {"buffers_wrapped", s.buffers_wrapped}, {"weight_binds", s.weight_binds},
                 {"declared_weight_bytes", s.declared_weight_bytes}, {"weight_rebinds", s.weight_rebinds},
@@ -177,8 +178,14 @@ public:
     void matmul(const float* in, int n, std::initializer_list<MatmulJob> jobs) override {
         const Jobs js(jobs);
         const int s = decode_rows(n);
-        if (s) encode_matvecs(encoder(), in, nullptr, js, s);
-        if (n > s) encode_gemms(encoder(), in + int64_t(s) * js.cols(), n - s, js.shifted(s));
+        if (s) {
+            const Independent group(*this);
+            encode_matvecs(encoder(), in, nullptr, js, s);
+        }
+        if (n > s) {
+            const Independent group(*this);
+            encode_gemms(encoder(), in + int64_t(s) * js.cols(), n - s, js.shifted(s));
+        }
     }
 
     // Fused for decode: the norm is computed inside the matvecs (MATVEC_NORM), which read
@@ -189,14 +196,17 @@ public:
         const int s = decode_rows(n);
         if (s) {
             if (can_fuse_norm(x, eps, d, js.cols())) {
+                const Independent group(*this);
                 encode_matvecs(encoder(), x, w, js, s);
             } else {
                 rmsnorm(x, w, out, s, d, eps);
+                const Independent group(*this);
                 encode_matvecs(encoder(), out, nullptr, js, s);
             }
         }
         if (n > s) {
             rmsnorm(x + int64_t(s) * d, w, out + int64_t(s) * d, n - s, d, eps);
+            const Independent group(*this);
             encode_gemms(encoder(), out + int64_t(s) * d, n - s, js.shifted(s));
         }
     }
@@ -444,10 +454,13 @@ private:
             return;
         }
         const MatmulJob pair[2] = {{&gate, g}, {&up, u}};
-        if (decode)
-            encode_matvecs(encoder(), h, nullptr, Jobs(pair, 2), n);
-        else
-            encode_gemms(encoder(), h, n, Jobs(pair, 2));
+        {
+            const Independent group(*this);
+            if (decode)
+                encode_matvecs(encoder(), h, nullptr, Jobs(pair, 2), n);
+            else
+                encode_gemms(encoder(), h, n, Jobs(pair, 2));
+        }
         glu(g, u, int64_t(n) * gate.rows, act);
     }
 
@@ -595,9 +608,26 @@ private:
     // kernels each op ran (log_kernels; off, it costs one test of a pointer).
     void use_pipeline(gpu::Encoder& e, const gpu::Pipeline& p) {
         if (kernel_log_) kernel_log_->push_back(p.name());
+        // The encoder is concurrent (gpu.h): a barrier before every dispatch but its command
+        // buffer's first, except between the dispatches of an Independent group.
+        if (cb_dispatches_ > 0 && group_ != Group::Running) e.barrier();
+        if (group_ == Group::Open) group_ = Group::Running;
         e.set_pipeline(p);
         ++cb_dispatches_;
     }
+
+    // While one lives, the dispatches encoded neither read nor write what another of them
+    // writes (the products of one input by several matrices into separate outputs: q, k and v;
+    // gate and up), so they go without barriers between them and may overlap on the GPU. The
+    // first still waits for what came before.
+    enum class Group { None, Open, Running };
+    struct Independent {
+        explicit Independent(MetalBackend& b) : b_(b) { b_.group_ = Group::Open; }
+        ~Independent() { b_.group_ = Group::None; }
+        Independent(const Independent&) = delete;
+        Independent& operator=(const Independent&) = delete;
+        MetalBackend& b_;
+    };
 
     // Commits happen here, before an op encodes: an op's dispatches share one command buffer.
     gpu::Encoder& encoder() {
@@ -680,6 +710,7 @@ private:
     std::vector<std::unique_ptr<gpu::CommandBuffer>> in_flight_;  // committed, not yet waited for
     double cb_work_ = 0;  // multiply-adds encoded into cb_
     uint64_t cb_dispatches_ = 0;  // dispatches encoded into cb_
+    Group group_ = Group::None;   // Independent
     uint64_t early_dispatches_ = kEarlyCommitDispatches;
     uint64_t syncs_ = 0;  // sync() calls that waited for work (stats: "syncs")
     int single_rows_ = 0;  // a step's decode rows (set_single_rows)
