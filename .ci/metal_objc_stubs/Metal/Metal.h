@@ -15,6 +15,13 @@ typedef enum : NSUInteger {
     MTLCommandBufferStatusError = 5,
 } MTLCommandBufferStatus;
 
+typedef enum : NSUInteger { MTLDispatchTypeSerial = 0, MTLDispatchTypeConcurrent = 1 } MTLDispatchType;
+typedef enum : NSUInteger {
+    MTLBarrierScopeBuffers = 1 << 0,
+    MTLBarrierScopeTextures = 1 << 1,
+    MTLBarrierScopeRenderTargets = 1 << 2,
+} MTLBarrierScope;
+
 @protocol MTLBuffer
 - (void *)contents;
 @property (readonly) NSUInteger length;
@@ -58,10 +65,12 @@ typedef enum : NSInteger {
 - (void)setBytes:(const void *)bytes length:(NSUInteger)length atIndex:(NSUInteger)index;
 - (void)setThreadgroupMemoryLength:(NSUInteger)length atIndex:(NSUInteger)index;
 - (void)dispatchThreadgroups:(MTLSize)threadgroupsPerGrid threadsPerThreadgroup:(MTLSize)threadsPerThreadgroup;
+- (void)memoryBarrierWithScope:(MTLBarrierScope)scope;
 @end
 
 @protocol MTLCommandBuffer
 - (id<MTLComputeCommandEncoder>)computeCommandEncoder;
+- (id<MTLComputeCommandEncoder>)computeCommandEncoderWithDispatchType:(MTLDispatchType)dispatchType;
 - (void)commit;
 - (void)waitUntilCompleted;
 @property (readonly) MTLCommandBufferStatus status;
