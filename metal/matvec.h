@@ -93,14 +93,17 @@ inline float4 load_x4(device const float* p, bool vec4) {
 // of the threadgroup (a barrier).
 inline void matvec_inv_rms(thread const MatvecInput& in, uint tid, uint lane, uint sg, uint nsg, threadgroup float* part,
                            thread float* scale) {
+    float mine = 0.0f;
     for (int t = 0; t < MATVEC_TOKENS; ++t) {
         if (t == in.n) break;
         device const float* xt = in.x + uint64_t(t) * in.stride;
         float ss = 0.0f;
         for (int i = int(tid); i < in.cols; i += int(32 * nsg)) ss += xt[i] * xt[i];
         ss = simd_sum(ss);
-        if (lane == 0) part[sg * MATVEC_TOKENS + t] = ss;
+        if (int(lane) == t) mine = ss;
     }
+    // Lane t stores token t's sum: one instruction, not one single-lane store per token.
+    if (int(lane) < in.n) part[sg * MATVEC_TOKENS + lane] = mine;
     threadgroup_barrier(mem_flags::mem_threadgroup);
     for (int t = 0; t < MATVEC_TOKENS; ++t) {
         if (t == in.n) break;
@@ -110,40 +113,88 @@ inline void matvec_inv_rms(thread const MatvecInput& in, uint tid, uint lane, ui
     }
 }
 
+// Block b of the rows in slots 0 .. nrow - 1 of w (nrow the same on every lane: the loops
+// stay uniform) dotted with each token's x (times norm_w with MATVEC_NORM), lane li's part of
+// it, added to acc[t * NR + slot].
+template <typename F, int NR>
+inline void matvec_block(thread const RowSet<NR>& w, int nrow, int b, int li, thread const MatvecInput& in,
+                         thread float* acc) {
+    constexpr int NV = int(F::CW) / 4;  // float4s per run
+    typename F::State st[NR];
+    for (int r = 0; r < NR; ++r) {
+        if (r == nrow) break;
+        st[r] = F::state(w.p[r] + uint64_t(b) * uint64_t(F::BYTES), li);
+    }
+    for (int k = 0; k < int(F::CHUNKS); ++k) {
+        float4 wv[NR][NV];
+        float f[NR];
+        for (int r = 0; r < NR; ++r) {
+            if (r == nrow) break;
+            f[r] = F::chunk(st[r], k, wv[r]);
+        }
+        const int xo = b * int(F::BLOCK) + F::xoff(li, k);
+        float4 nw[NV];  // the norm weights of the run, shared by the tokens
+        for (int j = 0; j < NV; ++j) nw[j] = MATVEC_NORM ? load_x4(in.norm_w + xo + 4 * j, in.vec4) : float4(1.0f);
+        for (int t = 0; t < MATVEC_TOKENS; ++t) {
+            if (t == in.n) break;
+            device const float* xt = in.x + uint64_t(t) * in.stride + xo;
+            float4 xv[NV];
+            for (int j = 0; j < NV; ++j) {
+                xv[j] = load_x4(xt + 4 * j, in.vec4);
+                if (MATVEC_NORM) xv[j] *= nw[j];
+            }
+            for (int r = 0; r < NR; ++r) {
+                if (r == nrow) break;
+                float s = dot(wv[r][0], xv[0]);
+                for (int j = 1; j < NV; ++j) s += dot(wv[r][j], xv[j]);
+                acc[t * NR + r] += f[r] * s;
+            }
+        }
+    }
+}
+
 // The NR rows of w dotted with each token's x (times norm_w with MATVEC_NORM): after the call
 // every lane holds the sums in acc[t * NR + r] for t < in.n.
+//
+// A step of the simdgroup takes S = 32 / LANES consecutive blocks, every lane group one block
+// of all NR rows (x read once for them). When the row's nb blocks are not a multiple of S, the
+// last step has only R = nb % S blocks: R groups would work and the other lanes idle (K = 896
+// in Q8_0 is 28 blocks, 3.5 steps of 8). That step instead splits the groups into G sets of R
+// (G the largest power of two with G * R <= S that divides NR): set s takes rows s, s + G, ...
+// of the R blocks, so G * R groups work, each on NR / G rows, and the step takes 1 / G of the
+// instructions. Which lane adds what depends on K, never on the tokens.
 template <typename F, int NR>
 inline void matvec_dots(thread const RowSet<NR>& w, uint64_t row_bytes, thread const MatvecInput& in, uint lane,
                         thread float* acc) {
-    constexpr int NV = int(F::CW) / 4;  // float4s per run
+    constexpr int S = 32 / int(F::LANES);  // blocks per step
     for (int i = 0; i < MATVEC_TOKENS * NR; ++i) acc[i] = 0.0f;
     const int li = int(lane) % int(F::LANES);
+    const int grp = int(lane) / int(F::LANES);
     // The float formats' wide loads need 16-byte aligned rows (the matrix start is: the host
     // refuses a float matrix that is not 16-byte aligned in the file).
     const int nb = (int(F::VEC) == 0 || row_bytes % 16 == 0) ? in.cols / int(F::BLOCK) : 0;
-    for (int b = int(lane) / int(F::LANES); b < nb; b += 32 / int(F::LANES)) {
-        typename F::State st[NR];
-        for (int r = 0; r < NR; ++r) st[r] = F::state(w.p[r] + uint64_t(b) * uint64_t(F::BYTES), li);
-        for (int k = 0; k < int(F::CHUNKS); ++k) {
-            float4 wv[NR][NV];
-            float f[NR];
-            for (int r = 0; r < NR; ++r) f[r] = F::chunk(st[r], k, wv[r]);
-            const int xo = b * int(F::BLOCK) + F::xoff(li, k);
-            float4 nw[NV];  // the norm weights of the run, shared by the tokens
-            for (int j = 0; j < NV; ++j) nw[j] = MATVEC_NORM ? load_x4(in.norm_w + xo + 4 * j, in.vec4) : float4(1.0f);
+    const int nfull = nb - nb % S;
+    for (int b = grp; b < nfull; b += S) matvec_block<F, NR>(w, NR, b, li, in, acc);
+    const int R = nb - nfull;
+    if (R > 0) {
+        int G = 1;
+        while (2 * G * R <= S && NR % (2 * G) == 0) G *= 2;
+        const int set = grp / R;
+        if (set < G) {
+            RowSet<NR> sw;  // slot j: row set + G * j (slots past NR / G unused)
+            for (int j = 0; j < NR; ++j) {
+                sw.p[j] = w.p[0];
+                for (int r = 1; r < NR; ++r)
+                    if (r == set + G * j) sw.p[j] = w.p[r];
+            }
+            float sacc[MATVEC_TOKENS * NR];
+            for (int i = 0; i < MATVEC_TOKENS * NR; ++i) sacc[i] = 0.0f;
+            matvec_block<F, NR>(sw, NR / G, nfull + grp % R, li, in, sacc);
             for (int t = 0; t < MATVEC_TOKENS; ++t) {
                 if (t == in.n) break;
-                device const float* xt = in.x + uint64_t(t) * in.stride + xo;
-                float4 xv[NV];
-                for (int j = 0; j < NV; ++j) {
-                    xv[j] = load_x4(xt + 4 * j, in.vec4);
-                    if (MATVEC_NORM) xv[j] *= nw[j];
-                }
-                for (int r = 0; r < NR; ++r) {
-                    float s = dot(wv[r][0], xv[0]);
-                    for (int j = 1; j < NV; ++j) s += dot(wv[r][j], xv[j]);
-                    acc[t * NR + r] += f[r] * s;
-                }
+                for (int r = 0; r < NR; ++r)
+                    for (int j = 0; j < NR; ++j)
+                        if (r == set + G * j) acc[t * NR + r] += sacc[t * NR + j];
             }
         }
     }
@@ -174,20 +225,23 @@ inline void matvec_scale(thread float* acc, int n, thread const float* scale) {
 }
 
 // The epilogue of rows row0 .. row0 + nr - 1 for every token: + bias, + what out holds
-// (residual), store. The stores are spread over the lanes (all of them hold every sum).
+// (residual), store. Every lane holds every sum after simd_sum, so lane l takes sum l (token
+// l / NR, row l % NR) and the sums go out in one store instruction of up to 32 lanes, not one
+// single-lane store per row and token.
 template <int NR>
 inline void matvec_store(device float* out, uint64_t out_stride, device const float* bias, int flags, int row0, int nr,
                          int n, thread const float* acc, uint lane) {
-    for (int t = 0; t < MATVEC_TOKENS; ++t) {
-        if (t == n) break;
-        for (int r = 0; r < NR; ++r) {
-            if (r >= nr || int(lane) != (t * NR + r) % 32) continue;
-            device float* o = out + uint64_t(t) * out_stride + uint64_t(row0 + r);
-            float s = acc[t * NR + r];
-            if (flags & LINEAR_BIAS) s += bias[row0 + r];
-            if (flags & LINEAR_ACCUMULATE) s += *o;
-            *o = s;
-        }
+    for (int i0 = 0; i0 < MATVEC_TOKENS * NR; i0 += 32) {
+        const int i = i0 + int(lane);
+        float s = acc[0];
+        for (int q = 1; q < MATVEC_TOKENS * NR; ++q)
+            if (q == i) s = acc[q];
+        const int t = i / NR, r = i % NR;
+        if (t >= n || r >= nr) continue;
+        device float* o = out + uint64_t(t) * out_stride + uint64_t(row0 + r);
+        if (flags & LINEAR_BIAS) s += bias[row0 + r];
+        if (flags & LINEAR_ACCUMULATE) s += *o;
+        *o = s;
     }
 }
 
@@ -296,13 +350,19 @@ kernel void matvec_glu(constant LinearArgs& args [[buffer(0)]],
     float acc[MATVEC_TOKENS * 2 * GNR];
     matvec_dots<F, 2 * GNR>(both, args.row_bytes, in, lane, acc);
     matvec_scale<2 * GNR>(acc, in.n, scale);
+    // As matvec_store: lane l takes token l / GNR, row l % GNR, one store instruction.
     const int nr = min(GNR, args.rows - row0);
     device float* o = out + uint64_t(tgpig.y) * MATVEC_TOKENS * args.out_stride;
-    for (int t = 0; t < MATVEC_TOKENS; ++t) {
-        if (t == in.n) break;
-        for (int r = 0; r < GNR; ++r)
-            if (r < nr && int(lane) == (t * GNR + r) % 32)
-                o[uint64_t(t) * args.out_stride + uint64_t(row0 + r)] =
-                    gate_act(acc[t * 2 * GNR + r], MATVEC_GELU) * acc[t * 2 * GNR + GNR + r];
+    for (int i0 = 0; i0 < MATVEC_TOKENS * GNR; i0 += 32) {
+        const int i = i0 + int(lane);
+        const int t = i / GNR, r = i % GNR;
+        float gs = acc[0], us = acc[GNR];
+        for (int q = 1; q < MATVEC_TOKENS * GNR; ++q)
+            if (q == i) {
+                gs = acc[(q / GNR) * 2 * GNR + q % GNR];
+                us = acc[(q / GNR) * 2 * GNR + GNR + q % GNR];
+            }
+        if (t >= in.n || r >= nr) continue;
+        o[uint64_t(t) * args.out_stride + uint64_t(row0 + r)] = gate_act(gs, MATVEC_GELU) * us;
     }
 }

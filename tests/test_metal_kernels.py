@@ -161,6 +161,38 @@ def test_matvec_tokens_match_each_token_alone(fmt, kind):
                         )
 
 
+# Blocks per simdgroup step (32 lanes / lanes per block, formats.h) and elements per block.
+_STEP = {"f32": (32, 4), "f16": (32, 8), "bf16": (32, 8)}
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q5_1", "q4_k", "q6_k", "f16", "f32"])
+@pytest.mark.parametrize("kind", ["matvec", "glu"])
+def test_matvec_partial_last_step(fmt, kind):
+    """Rows whose blocks leave the last step partial (R = blocks % step from 1 to step - 1):
+    that step splits the lane groups into sets taking different rows (matvec.h, matvec_dots;
+    G = 4, 2 and 1 sets all occur). Every row's sum must still take every block once: checked
+    against NumPy, with and without the norm, and a token alone against the dispatch."""
+    step, block = _STEP.get(fmt, (4, 256) if fmt in K_QUANTS else (8, 32))
+    tails = range(1, step) if step <= 8 else (1, 3, 5, 8, 13, 16, 17, 31)
+    for r in tails:
+        cols = (step + r) * block
+        nrows = {"matvec": [21], "glu": [11, 11]}[kind]
+        enc = [encode(rng.standard_normal((n, cols)), fmt) for n in nrows]
+        x = rng.standard_normal((3, cols)).astype(np.float32)
+        nw = (1 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
+        for norm in (False, True):
+            h = x.astype(np.float64)
+            if norm:
+                h = h / np.sqrt(np.mean(h**2, axis=1, keepdims=True) + 1e-6) * nw
+            nm = (nw, 1e-6) if norm else None
+            (got,) = _matvec(kind, fmt, [e[0] for e in enc], x, nm)
+            refs = [h @ e[1].T for e in enc]
+            ref = _ref_act(refs[0]) * refs[1] if kind == "glu" else refs[0]
+            assert nmse(got, ref) < (1e-6 if kind == "glu" else 1e-10), (cols, norm)
+            (alone,) = _matvec(kind, fmt, [e[0] for e in enc], x[2:].copy(), nm)
+            np.testing.assert_array_equal(got[2], alone[0], err_msg=f"{cols} {norm}")
+
+
 @pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q5_1", "q4_k", "q6_k", "f16"])
 def test_matvec_misaligned_x(fmt):
     """x rows that do not start 16-byte aligned (no LINEAR_X_VEC4): every value is read one at
