@@ -20,10 +20,13 @@ enum KernelShape : int32_t {
     MATVEC_SIMDGROUPS = 4,  // matvec*: simdgroups per threadgroup (the fused norm's threadgroup memory
                             // has room for this many)
     MATVEC_TOKENS = 8,      // matvec*: tokens per threadgroup, grid.y = ceil(tokens / MATVEC_TOKENS)
-    GEMM_TILE = 32,      // gemm_*: a threadgroup computes a GEMM_TILE (tokens) x GEMM_TILE (rows) tile
-    GEMM_THREADS = 128,  // gemm_*: threads per threadgroup, 4 simdgroups of one 16x16 quarter each
+    GEMM_ROWS = 64,      // gemm_*: a threadgroup computes GEMM_TOKENS tokens x GEMM_ROWS rows of out,
+    GEMM_TOKENS = 32,    // grid = (ceil(rows / GEMM_ROWS), ceil(tokens / GEMM_TOKENS))
+    GEMM_THREADS = 128,  // gemm_*: threads per threadgroup, 4 simdgroups of 16 tokens x 32 rows each
     MAX_HEAD_DIM = 256,  // largest head size of rope_store_kv_* (a thread per dimension) and of
-                         // attention* (MAX_HEAD_DIM / 32 dimensions per lane)
+                         // attention* (8 dimensions per lane, at most 32 lanes per cache row)
+    ATTN_ROWS = 8,       // attention, attention_split: query rows (token, head) of one kv head
+                         // per threadgroup; each K/V row a threadgroup loads serves all of them
 };
 
 // out[row] = x[row] / rms(x[row]) * w, one threadgroup per row.
@@ -87,7 +90,7 @@ struct RopeKvArgs {
     float eps;
 };
 
-// Causal attention of query rows at positions pos0.. over one layer's cache; grid (heads, tokens).
+// Causal attention of query rows at positions pos0.. over one layer's cache (grids: attention.metal).
 struct AttentionArgs {
     int32_t n_heads;
     int32_t n_kv_heads;
@@ -96,7 +99,9 @@ struct AttentionArgs {
     int32_t pos0;
     int32_t window;  // 0: full attention
     float scale;
-    int32_t split_len;  // attention_split/merge: positions per split of the window
+    int32_t split_len;  // attention_split/merge: positions per split; splits start at multiples
+                        // of it (absolute positions), the first at the window's start / split_len
+    int32_t n_tokens;   // query tokens (rows per kv head: n_tokens * n_heads / n_kv_heads)
 };
 
 // Element-wise ops over count values: glu (g = act(g) * u), softcap.

@@ -1,17 +1,23 @@
 // Attention instantiations by KV-cache type; the kernels are in attention.h.
-// Host: attention:       grid = (heads, tokens), threadgroup = 32 * nsg threads,
-//                        [[threadgroup(0)]] = (2 + head_dim) * nsg floats
-//       attention_split: grid = (heads, splits), the same threadgroup; partial holds
-//                        heads * splits * (head_dim + 2) floats
+// Host: attention:       grid = (n_kv_heads * blocks, 1), blocks = ceil(n_tokens * n_heads /
+//                        n_kv_heads / ATTN_ROWS), threadgroup = 32 * nsg threads,
+//                        [[threadgroup(0)]] = (nsg - 1) * ATTN_ROWS * (2 + 8 * nl) floats,
+//                        nl = attn_lanes_per_row(head_dim)
+//       attention_split: grid = (n_kv_heads * blocks, splits), the same threadgroup; partial
+//                        holds heads * splits * (head_dim + 2) floats (one token)
 //       attention_merge: grid = heads, threadgroup >= 32 threads
+//       attention_tile:  grid = (n_kv_heads * ceil(n_tokens * n_heads / n_kv_heads / (8 * nsg)), 1),
+//                        threadgroup = 32 * nsg threads, function constant 0 = head_dim / 8,
+//                        [[threadgroup(0)]] = 16 * attn_tile_stride(head_dim) + 128 * nsg floats
 #include "attention.h"
 
-template [[host_name("attention_f16")]] [[kernel]] decltype(attention<half>) attention<half>;
-template [[host_name("attention_f32")]] [[kernel]] decltype(attention<float>) attention<float>;
-template [[host_name("attention_split_f16")]] [[kernel]] decltype(attention_split<half>) attention_split<half>;
-template [[host_name("attention_split_f32")]] [[kernel]] decltype(attention_split<float>) attention_split<float>;
+template [[host_name("attention_f16")]] [[kernel]] decltype(attention<half, false>) attention<half, false>;
+template [[host_name("attention_f32")]] [[kernel]] decltype(attention<float, false>) attention<float, false>;
+template [[host_name("attention_split_f16")]] [[kernel]] decltype(attention<half, true>) attention<half, true>;
+template [[host_name("attention_split_f32")]] [[kernel]] decltype(attention<float, true>) attention<float, true>;
 
-// out[h] = the splits' partials merged: sum_s acc_s exp(M_s - M) / sum_s L_s exp(M_s - M).
+// out[h] = the splits' partials merged: sum_s acc_s exp(M_s - M) / sum_s L_s exp(M_s - M). The
+// splits are those attention_split wrote: start / split_len .. pos / split_len.
 kernel void attention_merge(constant AttentionArgs& args [[buffer(0)]],
                             device const float* partial [[buffer(1)]],
                             device float* out [[buffer(2)]],
@@ -20,7 +26,7 @@ kernel void attention_merge(constant AttentionArgs& args [[buffer(0)]],
                             uint ntg [[threads_per_threadgroup]]) {
     const int hd = args.head_dim;
     const int2 win = attn_window(args, 0);
-    const int n_splits = (win.y + 1 - win.x + args.split_len - 1) / args.split_len;
+    const int n_splits = win.y / args.split_len - win.x / args.split_len + 1;
     device const float* part = partial + uint64_t(h) * uint64_t(n_splits) * uint64_t(hd + 2);
     float M = ATTN_NEG_BIG;
     for (int s = 0; s < n_splits; ++s) M = max(M, part[s * (hd + 2)]);
@@ -32,3 +38,6 @@ kernel void attention_merge(constant AttentionArgs& args [[buffer(0)]],
         out[uint64_t(h) * uint64_t(hd) + uint64_t(d)] = o / L;
     }
 }
+
+template [[host_name("attention_tile_f16")]] [[kernel]] decltype(attention_tile<half>) attention_tile<half>;
+template [[host_name("attention_tile_f32")]] [[kernel]] decltype(attention_tile<float>) attention_tile<float>;

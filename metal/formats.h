@@ -439,3 +439,151 @@ struct fmt_q6_k {
         return s.d * float(s.sc[k16_group(s.li, k)]);
     }
 };
+
+// ---- The prefill GEMM's weight runs (gemm.h): gemm_run<F>::get8(row, k, v) writes elements
+// k .. k + 7 of a row to v[0 .. 1]. k is a multiple of 8 and the run lies inside the row; the
+// float formats' rows must be 16-byte aligned (their vector loads). Every quantized format's
+// block is a multiple of 16 elements with one scale (and min) per 16 or more, so a run lies in
+// one block and one scale group: the scale is decoded once per run, not once per element as
+// F::get does, and each weight comes out as F::get computes it (the same products in the same
+// order), so a float tile holds exactly get()'s values. Four threads share a 32-element step of
+// a row (gemm.h): like the matvecs' lanes, their runs are consecutive bytes of the row.
+template <typename F> struct gemm_run;
+
+template <> struct gemm_run<fmt_f32> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const float4* p = (device const float4*)(row + 4 * k);
+        v[0] = p[0];
+        v[1] = p[1];
+    }
+};
+
+template <> struct gemm_run<fmt_f16> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const half4* p = (device const half4*)(row + 2 * k);
+        v[0] = float4(p[0]);
+        v[1] = float4(p[1]);
+    }
+};
+
+template <> struct gemm_run<fmt_bf16> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const ushort4* p = (device const ushort4*)(row + 2 * k);
+        v[0] = bf16x4(p[0]);
+        v[1] = bf16x4(p[1]);
+    }
+};
+
+template <> struct gemm_run<fmt_q8_0> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)(row + (k / 32) * fmt_q8_0::BYTES);
+        const float d = half_bits(b->d);
+        const uint2 q = load_u64((device const uchar*)b->qs + k % 32);
+        v[0] = d * bytes_s(q.x);
+        v[1] = d * bytes_s(q.y);
+    }
+};
+
+// d * (q - off), d * q + m, a * q - m: the run's 8 values q as bytes.
+inline void run8_offset(float d, uint2 q, float off, thread float4* v) {
+    v[0] = d * (bytes_u(q.x) - off);
+    v[1] = d * (bytes_u(q.y) - off);
+}
+inline void run8_add_min(float d, float m, uint2 q, thread float4* v) {
+    v[0] = d * bytes_u(q.x) + m;
+    v[1] = d * bytes_u(q.y) + m;
+}
+inline void run8_sub_min(float a, float m, uint2 q, thread float4* v) {
+    v[0] = a * bytes_u(q.x) - m;
+    v[1] = a * bytes_u(q.y) - m;
+}
+
+// The 32-element 4- and 5-bit formats: run k % 32 = 8li is the matvec lane li's (formats.h
+// q32_lane_values).
+template <> struct gemm_run<fmt_q4_0> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)(row + (k / 32) * fmt_q4_0::BYTES);
+        run8_offset(half_bits(b->d), q32_lane_values(b->qs, 0u, (k % 32) / 8), 8.0f, v);
+    }
+};
+
+template <> struct gemm_run<fmt_q4_1> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)(row + (k / 32) * fmt_q4_1::BYTES);
+        run8_add_min(half_bits(b->d), half_bits(b->m), q32_lane_values(b->qs, 0u, (k % 32) / 8), v);
+    }
+};
+
+template <> struct gemm_run<fmt_q5_0> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)(row + (k / 32) * fmt_q5_0::BYTES);
+        run8_offset(half_bits(b->d), q32_lane_values(b->qs, load_u32(b->qh), (k % 32) / 8), 16.0f, v);
+    }
+};
+
+template <> struct gemm_run<fmt_q5_1> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)(row + (k / 32) * fmt_q5_1::BYTES);
+        run8_add_min(half_bits(b->d), half_bits(b->m), q32_lane_values(b->qs, load_u32(b->qh), (k % 32) / 8),
+                     v);
+    }
+};
+
+// Q4_K, Q5_K: the run is elements l0 .. l0 + 7 (l0 = k % 32) of sub-block j = (k % 256) / 32,
+// nibble j & 1 of qs[32 (j / 2) + l0 ..] (Q5_K: bit j of qh[l0 ..] on top).
+template <> struct gemm_run<fmt_q4_k> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const metallic::BlockQ4_K* b = (device const metallic::BlockQ4_K*)(row + (k / 256) * fmt_q4_k::BYTES);
+        const int j = (k % 256) / 32, l0 = k % 32;
+        const int2 sm = k4_scale_min(b->scales, j);
+        const uint2 q = field2(load_u64(b->qs + 32 * (j / 2) + l0), uint(4 * (j & 1)), 0x0F0F0F0Fu);
+        run8_sub_min(half_bits(b->d) * float(sm.x), half_bits(b->dmin) * float(sm.y), q, v);
+    }
+};
+
+template <> struct gemm_run<fmt_q5_k> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const metallic::BlockQ5_K* b = (device const metallic::BlockQ5_K*)(row + (k / 256) * fmt_q5_k::BYTES);
+        const int j = (k % 256) / 32, l0 = k % 32;
+        const int2 sm = k4_scale_min(b->scales, j);
+        const uint2 lo = field2(load_u64(b->qs + 32 * (j / 2) + l0), uint(4 * (j & 1)), 0x0F0F0F0Fu);
+        const uint2 hi = field2(load_u64(b->qh + l0), uint(j), 0x01010101u);
+        run8_sub_min(half_bits(b->d) * float(sm.x), half_bits(b->dmin) * float(sm.y),
+                     uint2(lo.x | (hi.x << 4), lo.y | (hi.y << 4)), v);
+    }
+};
+
+// Q2_K, Q3_K, Q6_K: element e = k % 256 = 128h + 32kq + l0 takes its bits from bytes l0 .. l0 + 7
+// of the half's 32-byte runs; one scale per 16 elements, e / 16.
+template <> struct gemm_run<fmt_q2_k> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const metallic::BlockQ2_K* b = (device const metallic::BlockQ2_K*)(row + (k / 256) * fmt_q2_k::BYTES);
+        const int e = k % 256;
+        const uchar sc = b->scales[e / 16];
+        const uint2 q = field2(load_u64(b->qs + 32 * (e / 128) + e % 32), uint(2 * ((e % 128) / 32)), 0x03030303u);
+        run8_sub_min(half_bits(b->d) * float(sc & 15), half_bits(b->dmin) * float(sc >> 4), q, v);
+    }
+};
+
+template <> struct gemm_run<fmt_q3_k> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const metallic::BlockQ3_K* b = (device const metallic::BlockQ3_K*)(row + (k / 256) * fmt_q3_k::BYTES);
+        const int e = k % 256, l0 = e % 32;
+        const uint2 q = field2(load_u64(b->qs + 32 * (e / 128) + l0), uint(2 * ((e % 128) / 32)), 0x03030303u);
+        const uint2 h = field2(load_u64(b->hmask + l0), uint(e / 32), 0x01010101u);
+        // q - 4 without the high bit, q with it
+        run8_offset(half_bits(b->d) * float(q3_k_scale(b->scales, e / 16)), uint2(q.x | (h.x << 2), q.y | (h.y << 2)),
+                    4.0f, v);
+    }
+};
+
+template <> struct gemm_run<fmt_q6_k> {
+    static inline void get8(device const uchar* row, int k, thread float4* v) {
+        device const metallic::BlockQ6_K* b = (device const metallic::BlockQ6_K*)(row + (k / 256) * fmt_q6_k::BYTES);
+        const int e = k % 256, h = e / 128, kq = (e % 128) / 32, l0 = e % 32;
+        const uint2 lo = field2(load_u64(b->ql + 64 * h + 32 * (kq & 1) + l0), uint(4 * (kq >> 1)), 0x0F0F0F0Fu);
+        const uint2 hi = field2(load_u64(b->qh + 32 * h + l0), uint(2 * kq), 0x03030303u);
+        run8_offset(half_bits(b->d) * float(b->scales[e / 16]), uint2(lo.x | (hi.x << 4), lo.y | (hi.y << 4)), 32.0f,
+                    v);
+    }
+};

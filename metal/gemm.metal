@@ -1,5 +1,5 @@
 // Matrix-matrix (prefill) instantiations, one per weight format; the kernel is in gemm.h.
-// Host: GEMM_THREADS threads per threadgroup, grid = (ceil(rows / GEMM_TILE), ceil(tokens / GEMM_TILE))
+// Host: GEMM_THREADS threads per threadgroup, grid = (ceil(rows / GEMM_ROWS), ceil(tokens / GEMM_TOKENS))
 // (args.h).
 #include "gemm.h"
 

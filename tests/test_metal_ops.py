@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 
+from metal_attention_helpers import attention as run_attention
 from metal_sim_helpers import args, ceil_div, core, kernel_shape
 from op_cases import (
     ATTENTION_CASES,
@@ -31,7 +32,8 @@ MATVEC_THREADS = 32 * MATVEC_SIMDGROUPS  # as the backend launches the matvec fa
 MATVEC_ROWS = MATVEC_SIMDGROUPS * kernel_shape("MATVEC_NR")  # rows per threadgroup
 GLU_ROWS = MATVEC_SIMDGROUPS * kernel_shape("MATVEC_GLU_NR")  # matvec_glu's
 MATVEC_TOKENS = kernel_shape("MATVEC_TOKENS")  # tokens per threadgroup (grid.y)
-GEMM_TILE, GEMM_THREADS = kernel_shape("GEMM_TILE"), kernel_shape("GEMM_THREADS")
+GEMM_ROWS, GEMM_TOKENS = kernel_shape("GEMM_ROWS"), kernel_shape("GEMM_TOKENS")
+GEMM_THREADS = kernel_shape("GEMM_THREADS")
 
 # Kernel suffix -> GGML type, for every format the CPU backend reads: the Metal backend takes the
 # same weights (cpp/metal/metal_backend.cpp names kernels by the lower-case type name), so each
@@ -105,7 +107,7 @@ def run_linear(kind, fmt, w_raw, x, out, bias, flags, vec4=True):
             constants=matvec_constants(),
         )
     else:
-        grid = [ceil_div(rows, GEMM_TILE), ceil_div(n, GEMM_TILE)]
+        grid = [ceil_div(rows, GEMM_ROWS), ceil_div(n, GEMM_TOKENS)]
         core.sim_dispatch(f"gemm_{fmt}", bufs, grid, [GEMM_THREADS])
 
 
@@ -381,17 +383,7 @@ def test_attention(kv, n_heads, n_kv, hd, n_ctx, pos0, n, window):
     kc = rng.standard_normal((n_kv, n_ctx, hd)).astype(kv)
     vc = rng.standard_normal((n_kv, n_ctx, hd)).astype(kv)
     scale = 1.0 / np.sqrt(hd)
-    out = np.full((n, n_heads * hd), np.nan, np.float32)
-    nsg = 4
-    name = "attention_f16" if kv == np.float16 else "attention_f32"
-    a = args("iiiiiifi", n_heads, n_kv, hd, n_ctx, pos0, window, scale, 0)
-    core.sim_dispatch(
-        name,
-        [a, q, kc, vc, out],
-        [n_heads, n],
-        [32 * nsg],
-        tg_mem=[ceil_div((2 + hd) * nsg * 4, 16) * 16],
-    )
+    out = run_attention(q, kc, vc, n_heads, pos0, window, scale, split_len=0)
     ref = attention_ref(q, kc, vc, n_heads, n_kv, hd, pos0, window, scale)
     assert nmse(out, ref) < 5e-4
     assert nmse(out, ref) < 1e-10
@@ -413,20 +405,7 @@ def test_attention_split_and_merge(kv, n_heads, n_kv, hd, pos0, window, split_le
     kc = rng.standard_normal((n_kv, n_ctx, hd)).astype(kv)
     vc = rng.standard_normal((n_kv, n_ctx, hd)).astype(kv)
     scale = 1.0 / np.sqrt(hd)
-    start = max(0, pos0 - window + 1) if window > 0 else 0
-    splits = ceil_div(pos0 - start + 1, split_len)
-    partial = np.full(n_heads * splits * (hd + 2), np.nan, np.float32)
-    out = np.full((1, n_heads * hd), np.nan, np.float32)
-    a = args("iiiiiifi", n_heads, n_kv, hd, n_ctx, pos0, window, scale, split_len)
-    name = "attention_split_f16" if kv == np.float16 else "attention_split_f32"
-    core.sim_dispatch(
-        name,
-        [a, q, kc, vc, partial],
-        [n_heads, splits],
-        [128],
-        tg_mem=[ceil_div((2 + hd) * 4 * 4, 16) * 16],
-    )
-    core.sim_dispatch("attention_merge", [a, partial, out], [n_heads], [ceil_div(hd, 32) * 32])
+    out = run_attention(q, kc, vc, n_heads, pos0, window, scale, split_len=split_len)
     ref = attention_ref(q, kc, vc, n_heads, n_kv, hd, pos0, window, scale)
     assert nmse(out, ref) < 1e-10
 

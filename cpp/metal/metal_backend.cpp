@@ -51,9 +51,16 @@ std::string format_suffix(uint32_t type) {
 }
 
 // Launch shapes the kernels leave to the host (they read simdgroups_per_threadgroup); the ones
-// a kernel is written for (MATVEC_*, GEMM_TILE, GEMM_THREADS, MAX_HEAD_DIM) are in args.h.
+// a kernel is written for (MATVEC_*, GEMM_ROWS, GEMM_TOKENS, GEMM_THREADS, ATTN_ROWS,
+// MAX_HEAD_DIM) are in args.h.
 constexpr uint32_t kAttentionSimdgroups = 4;
-constexpr int kAttentionSplitLen = 128;  // positions per threadgroup of split decode attention
+// Split decode attention: decode (one token) whose window has kAttentionSplitMin positions or
+// more is split over threadgroups of split_len positions, split_len = kAttentionSplitLen times
+// the least factor that keeps the splits at most kAttentionMaxSplits (each threadgroup then
+// takes all query heads of one kv head: Qwen2.5's 2 kv heads give 2 threadgroups per split).
+constexpr int kAttentionSplitLen = 64;
+constexpr int kAttentionSplitMin = 256;
+constexpr int kAttentionMaxSplits = 64;
 constexpr uint32_t kElementwiseThreads = 256;
 // A command buffer is committed once it holds this many multiply-adds (about 80 ms on an M1's
 // 2.6 TFLOPS; a projection, never measured): macOS ends a command buffer that runs for seconds
@@ -256,13 +263,26 @@ public:
         a.pos0 = pos0;
         a.window = window;
         a.scale = cfg_.attn_scale > 0 ? cfg_.attn_scale : 1.0f / std::sqrt(float(cfg_.head_dim));
-        const size_t shared = size_t(2 + cfg_.head_dim) * kAttentionSimdgroups * sizeof(float);
-        const int len = pos0 - (window > 0 ? std::max(0, pos0 - window + 1) : 0) + 1;  // decode's window
-        if (n == 1 && len >= 2 * kAttentionSplitLen) {
-            // Long-context decode: n_head threadgroups alone would leave most of a GPU idle, so
-            // the window is split over threadgroups and the partials merged in a second pass.
-            a.split_len = kAttentionSplitLen;
-            const uint32_t splits = ceil_div(len, kAttentionSplitLen);
+        a.n_tokens = n;
+        // Threadgroups of ATTN_ROWS query rows of one kv head (metal/attention.h).
+        const uint32_t blocks = ceil_div(int64_t(n) * (cfg_.n_head / cfg_.n_head_kv), ATTN_ROWS);
+        const uint32_t tgs = uint32_t(cfg_.n_head_kv) * blocks;
+        // Threadgroup memory: (nsg - 1) * ATTN_ROWS * (2 + 8 * lanes per cache row) floats,
+        // lanes per row the least power of two with 8 * lanes >= head_dim (attn_lanes_per_row).
+        uint32_t lanes = 1;
+        while (lanes < 32 && 8 * lanes < uint32_t(cfg_.head_dim)) lanes *= 2;
+        const size_t shared = std::max<size_t>(
+            16, size_t(kAttentionSimdgroups - 1) * ATTN_ROWS * size_t(2 + 8 * lanes) * sizeof(float));
+        const int first = window > 0 ? std::max(0, pos0 - window + 1) : 0;  // decode's window
+        const int len = pos0 - first + 1;
+        if (n == 1 && len >= kAttentionSplitMin) {
+            // Long-context decode: a threadgroup per kv head alone would leave most of a GPU
+            // idle, so the window is split over threadgroups and the partials merged in a second
+            // pass. Splits start at multiples of split_len; at most ceil(n_ctx / kAttentionSplitLen)
+            // of them (the partial buffer's size).
+            a.split_len =
+                kAttentionSplitLen * int(ceil_div(len, int64_t(kAttentionSplitLen) * kAttentionMaxSplits));
+            const uint32_t splits = uint32_t(pos0 / a.split_len - first / a.split_len + 1);
             use_pipeline(e, *attention_split_);
             e.set_args(0, a);
             bind(e, 1, q);
@@ -270,12 +290,31 @@ public:
             e.set_buffer(3, *v_cache_, cache_offset(cache));
             e.set_buffer(4, *attn_partial_, 0);
             e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
-            e.dispatch_threadgroups({uint32_t(cfg_.n_head), splits, 1}, {32 * kAttentionSimdgroups, 1, 1});
+            e.dispatch_threadgroups({tgs, splits, 1}, {32 * kAttentionSimdgroups, 1, 1});
             use_pipeline(e, *attention_merge_);
             e.set_args(0, a);
             e.set_buffer(1, *attn_partial_, 0);
             bind(e, 2, out);
             e.dispatch_threadgroups({uint32_t(cfg_.n_head), 1, 1}, {ceil_div(cfg_.head_dim, 32) * 32, 1, 1});
+        } else if (n > MATVEC_TOKENS && cfg_.head_dim % 8 == 0) {
+            // Prompt chunks that take the GEMM: 8 * nsg query rows per threadgroup, K/V tiles
+            // through threadgroup memory, QK^T and PV as 8x8 simdgroup matrices (attention_tile,
+            // metal/attention.h). Shorter chunks take attention, whose rows are bit for bit
+            // those of decode steps (as their matvecs are: a short prompt equals its decodes).
+            const uint32_t rows = 8 * kAttentionSimdgroups;
+            const uint32_t tile_tgs =
+                uint32_t(cfg_.n_head_kv) * ceil_div(int64_t(n) * (cfg_.n_head / cfg_.n_head_kv), rows);
+            use_pipeline(e, *attention_tile_);
+            e.set_args(0, a);
+            bind(e, 1, q);
+            e.set_buffer(2, *k_cache_, cache_offset(cache));
+            e.set_buffer(3, *v_cache_, cache_offset(cache));
+            bind(e, 4, out);
+            // K and V tiles of 8 rows of stride head_dim padded to 8 mod 32 (attn_tile_stride),
+            // and an 8x8 scratch and diagonal per simdgroup.
+            const int stride = cfg_.head_dim + ((8 - cfg_.head_dim % 32) + 32) % 32;
+            e.set_threadgroup_memory(0, size_t(16 * stride + 128 * kAttentionSimdgroups) * sizeof(float));
+            e.dispatch_threadgroups({tile_tgs, 1, 1}, {32 * kAttentionSimdgroups, 1, 1});
         } else {
             use_pipeline(e, *attention_);
             e.set_args(0, a);
@@ -284,9 +323,11 @@ public:
             e.set_buffer(3, *v_cache_, cache_offset(cache));
             bind(e, 4, out);
             e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
-            e.dispatch_threadgroups({uint32_t(cfg_.n_head), uint32_t(n), 1}, {32 * kAttentionSimdgroups, 1, 1});
+            e.dispatch_threadgroups({tgs, 1, 1}, {32 * kAttentionSimdgroups, 1, 1});
         }
-        // Cache rows read: every query row reads its window of one kv head per query head.
+        // Cache rows read, as declared: each query token's window of every kv head (a
+        // threadgroup reads the windows of its rows once for all of them, the query heads of a
+        // GQA group included).
         for (int t = 0; t < n; ++t) {
             const int pos = pos0 + t, start = window > 0 ? std::max(0, pos - window + 1) : 0;
             kv_bytes_ += 2 * uint64_t(pos - start + 1) * uint64_t(cfg_.n_head_kv) * uint64_t(cfg_.head_dim) *
@@ -394,6 +435,11 @@ private:
         attention_ = dev_->pipeline(opt_.kv_f32 ? "attention_f32" : "attention_f16");
         attention_split_ = dev_->pipeline(opt_.kv_f32 ? "attention_split_f32" : "attention_split_f16");
         attention_merge_ = dev_->pipeline("attention_merge");
+        if (cfg_.head_dim % 8 == 0) {  // else prompt chunks take attention (attention_tile needs it)
+            attention_tile_ = dev_->pipeline(opt_.kv_f32 ? "attention_tile_f32" : "attention_tile_f16",
+                                             {{0, gpu::Constant::of_int(cfg_.head_dim / 8)}});
+            require_threads(*attention_tile_, 32 * kAttentionSimdgroups);
+        }
         require_threads(*attention_split_, 32 * kAttentionSimdgroups);
         require_threads(*attention_, 32 * kAttentionSimdgroups);
         glu_silu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(false)}});
@@ -469,12 +515,16 @@ private:
             const Matrix& w = *j.w;
             LinearArgs a = linear_args(j, n, in, nullptr);
             use_pipeline(e, *format(w).gemm);
+            // The gemm kernels declare their threadgroup memory (up to 27 KiB) and take no
+            // [[threadgroup]] argument: drop a length an earlier dispatch (attention) left on
+            // the encoder, which the simulator would count against the 32 KiB as well.
+            e.set_threadgroup_memory(0, 0);
             e.set_args(0, a);
             bind_weight(e, 1, w, w.nbytes);
             bind(e, 2, in);
             bind(e, 3, j.out);
             bind(e, 4, j.bias ? j.bias : j.out);  // bound either way; read only with LINEAR_BIAS
-            e.dispatch_threadgroups({ceil_div(w.rows, GEMM_TILE), ceil_div(n, GEMM_TILE), 1}, {GEMM_THREADS, 1, 1});
+            e.dispatch_threadgroups({ceil_div(w.rows, GEMM_ROWS), ceil_div(n, GEMM_TOKENS), 1}, {GEMM_THREADS, 1, 1});
             count_work(double(w.rows) * double(w.cols) * n);
         }
     }
@@ -703,6 +753,7 @@ private:
 
     std::map<uint32_t, FormatPipelines> formats_;
     std::unique_ptr<gpu::Pipeline> rmsnorm_, rmsnorm_add_, rope_store_kv_, attention_, attention_split_, attention_merge_,
+        attention_tile_,
         glu_silu_, glu_gelu_, softcap_, argmax_;
 
     std::unique_ptr<gpu::CommandBuffer> cb_;
