@@ -105,8 +105,8 @@ def test_independent_products_run_between_the_same_barriers(
     model.prefill(list(range(1, 41)))
     s = model.gpu_stats()
     assert s["command_buffers"] == 1
-    assert s["dispatches"] - 1 - s["barriers"] == 3 * model.config.n_layer
+    assert s["dispatches"] - 1 - s["encoder_barriers"] == 3 * model.config.n_layer
     model.reset_gpu_stats()
     model.decode(5)  # the fused decode kernels: one dispatch per product already
     s = model.gpu_stats()
-    assert s["barriers"] == s["dispatches"] - 1
+    assert s["encoder_barriers"] == s["dispatches"] - 1

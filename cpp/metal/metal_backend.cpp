@@ -121,7 +121,7 @@ public:
         const gpu::Stats& s = dev_->stats();
         return {{"command_buffers", s.command_buffers}, {"waits", s.waits},
                 {"syncs", syncs_},                      {"dispatches", s.dispatches},
-                {"barriers", s.barriers},
+                {"encoder_barriers", s.barriers},
                 {"buffer_allocations", s.buffer_allocations},
                 {"buffers_wrapped", s.buffers_wrapped}, {"weight_binds", s.weight_binds},
                 {"declared_weight_bytes", s.declared_weight_bytes}, {"weight_rebinds", s.weight_rebinds},
