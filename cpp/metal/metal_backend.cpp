@@ -515,10 +515,6 @@ private:
             const Matrix& w = *j.w;
             LinearArgs a = linear_args(j, n, in, nullptr);
             use_pipeline(e, *format(w).gemm);
-            // The gemm kernels declare their threadgroup memory (up to 27 KiB) and take no
-            // [[threadgroup]] argument: drop a length an earlier dispatch (attention) left on
-            // the encoder, which the simulator would count against the 32 KiB as well.
-            e.set_threadgroup_memory(0, 0);
             e.set_args(0, a);
             bind_weight(e, 1, w, w.nbytes);
             bind(e, 2, in);

@@ -1,24 +1,8 @@
 // The simulator's runtime: worker pool, fibers, rendezvous for barriers and simd collectives,
-// threadgroup memory, kernel registry. See sim_device.h for the model.
+// threadgroup memory, kernel registry. See sim_device.h for the model; the types shared with the
+// memory-traffic counting (sim_traffic.cpp) are in sim_worker.h.
 
-// macOS: fibers switch with ucontext there, and <ucontext.h> #errors unless _XOPEN_SOURCE is
-// defined; without it ucontext_t also lacks the machine-context storage getcontext writes
-// (__mcontext_data). It changes that struct, so it comes before any header, system or not.
-// _XOPEN_SOURCE implies _POSIX_C_SOURCE, which hides the Darwin extensions used below
-// (MAP_ANONYMOUS, MAP_NORESERVE, getpagesize); _DARWIN_C_SOURCE brings them back.
-#if defined(__APPLE__)
-#ifndef _XOPEN_SOURCE
-#define _XOPEN_SOURCE 700
-#endif
-#ifndef _DARWIN_C_SOURCE
-#define _DARWIN_C_SOURCE 1
-#endif
-#endif
-
-#include "metal/sim/sim_device.h"
-
-#include <sys/mman.h>
-#include <unistd.h>
+#include "metal/sim/sim_worker.h"  // first: it defines feature macros for the system headers
 
 #include <algorithm>
 #include <atomic>
@@ -31,23 +15,6 @@
 #include <stdexcept>
 #include <thread>
 #include <unordered_map>
-
-#if defined(METALLIC_SIM_ASAN)
-#include <sanitizer/asan_interface.h>
-#include <sanitizer/common_interface_defs.h>
-#endif
-
-#if !(defined(__x86_64__) && defined(__linux__)) || defined(METALLIC_SIM_UCONTEXT)
-#define MSIM_UCONTEXT 1
-#include <ucontext.h>
-#endif
-
-// With the assembly switch, a fiber that blocks switches straight to the next ready fiber
-// instead of through the scheduler: half the switches. (ASan's fiber annotations and ucontext
-// keep the simpler path through the scheduler.)
-#if !defined(MSIM_UCONTEXT) && !defined(METALLIC_SIM_ASAN)
-#define MSIM_DIRECT_SWITCH 1
-#endif
 
 namespace msim {
 
@@ -86,248 +53,17 @@ msim_switch:
 
 namespace {
 
-// Fibers' stacks: kernels keep small local arrays and simdgroup matrices (256 B each) there.
-// Pages are committed only when touched, so the size is cheap; a guard page catches overflow.
-#if defined(METALLIC_SIM_ASAN)
-constexpr size_t kStackSize = 1024 * 1024;
-#else
-constexpr size_t kStackSize = 256 * 1024;
-#endif
-// Red zone around every threadgroup allocation: filled with the poison, checked afterwards.
-constexpr size_t kRedZone = 64;
-constexpr unsigned char kPoison = 0xFF;  // NaN as float and half, -1 as integers
-
-enum class State : uint8_t { Ready, Blocked, Done };
-enum class Wait : uint8_t { None, Barrier, Simd };
-
-struct Fiber {
-    void* sp = nullptr;
-    char* stack = nullptr;  // lowest usable address
-#ifdef MSIM_UCONTEXT
-    ucontext_t ctx;
-#endif
-#if defined(METALLIC_SIM_ASAN)
-    void* fake_stack = nullptr;
-#endif
-    State state = State::Ready;
-    Wait wait = Wait::None;
-    uint32_t index = 0;
-    int next_decl = 0;  // which `threadgroup T x;` declaration this thread reaches next
-    ThreadArgs args{};
-    // Memory-traffic counting (touched only while it is on).
-    bool count_paused = false;
-    struct Pending {  // accesses being combined: one 16-byte window, one kind, one width
-        uintptr_t base = 0;
-        uintptr_t site = 0;
-        uint32_t mask = 0;  // bytes of the window accessed; 0: slot free
-        uint32_t age = 0;   // when the slot was opened (the oldest is flushed first)
-        uint8_t width = 0;
-        bool store = false;
-    };
-    // A few windows at once per address space: the CPU compiler interleaves a lane's accesses
-    // to different arrays (a block of weights, the input vector) that each combine.
-    static constexpr int kPending = 4;
-    Pending pend[2][kPending];  // device, threadgroup
-    uint32_t pend_clock = 0;
-};
-
-// One lane access after combining, for the per-threadgroup analysis.
-struct Access {
-    uintptr_t site;  // return address of the instrumentation call: one static instruction
-    uintptr_t addr;
-    uint32_t seq;    // emission order
-    uint32_t k;      // this lane's k-th execution of the site
-    uint16_t sg;
-    uint8_t lane;
-    uint8_t size;
-    uint8_t space;   // 0 device, 1 threadgroup
-    bool store;
-};
-
-// A bound buffer as the counting classifies addresses.
-struct Range {
-    uintptr_t lo;
-    size_t len;
-    bool constant;
-};
-
-struct SimdGroup {
-    int n_lanes = 0;
-    int arrived = 0;
-    const char* what = nullptr;
-    const char* file = nullptr;
-    int line = 0;
-    CollectiveFn fn = nullptr;
-    Slot in[kSimdWidth];
-    Slot out[kSimdWidth];
-};
-
-struct TgBlock {
-    size_t offset, size;
-    const char* file;  // declaration site, or null for a [[threadgroup(n)]] argument
-    int line;
-    int index;
-};
-
-struct Dispatch {
-    const DispatchDesc* d;
-    const KernelInfo* k;
-    uint64_t n_groups;
-    uint32_t n_threads;
-    LaunchFn launch;  // the kernel's plain launcher, or its counting build's
-    std::atomic<uint64_t> next{0};
-    bool count = false;  // measure memory traffic
-    std::vector<Range> ranges;
-};
-
 bool same_site(const char* f1, int l1, const char* f2, int l2) {
     return l1 == l2 && (f1 == f2 || std::strcmp(f1, f2) == 0);
 }
 
 }  // namespace
 
-// One OS thread's simulation state; a threadgroup runs entirely inside one Worker.
-struct Worker {
-    std::vector<Fiber> fibers;  // reused across threadgroups and dispatches
-    void* sched_sp = nullptr;
-#ifdef MSIM_UCONTEXT
-    ucontext_t sched_ctx;
-#endif
-#if defined(METALLIC_SIM_ASAN)
-    void* sched_fake_stack = nullptr;
-    const void* sched_bottom = nullptr;
-    size_t sched_size = 0;
-#endif
-    Fiber* cur = nullptr;
-
-    // The running threadgroup.
-    const Dispatch* disp = nullptr;
-    uint32_t group[3] = {0, 0, 0};
-    uint32_t n_threads = 0;
-    uint32_t live = 0;      // fibers not done
-    bool reverse = false;   // run order of this threadgroup
-    int bar_arrived = 0;
-    const char* bar_file = nullptr;
-    int bar_line = 0;
-    SimdGroup sg[kMaxThreadsPerThreadgroup / kSimdWidth];
-
-    // Threadgroup memory: one arena, reused; blocks separated by poisoned red zones.
-    unsigned char* arena = nullptr;
-    size_t arena_cap = 0, arena_used = 0, tg_bytes = 0;
-    std::vector<TgBlock> blocks;  // [[threadgroup(n)]] arguments first, then declarations
-    size_t n_arg_blocks = 0;
-    std::vector<void*> tg_ptrs;
-
-    uint64_t threadgroups_run = 0;
-
-    // Memory-traffic counting: this dispatch's figures, the combined accesses of the running
-    // threadgroup, the device lines of the dispatch (for its distinct-line count).
-    Traffic t;
-    std::vector<Access> accesses;
-    std::vector<uintptr_t> lines;
-    std::vector<uintptr_t> scratch;
-
-    Worker() {
-        arena_cap = kMaxThreadgroupMemory + 64 * kRedZone + 4096;
-        arena = static_cast<unsigned char*>(std::aligned_alloc(64, arena_cap));
-    }
-    ~Worker() {
-        for (Fiber& f : fibers)
-            if (f.stack) munmap(f.stack - getpagesize(), kStackSize + getpagesize());
-        std::free(arena);
-    }
-
-    void ensure_fibers(uint32_t n) {
-        while (fibers.size() < n) fibers.emplace_back();
-        for (uint32_t i = 0; i < n; ++i) {
-            Fiber& f = fibers[i];
-            if (f.stack) continue;
-            const size_t page = size_t(getpagesize());
-            int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
-#ifdef MAP_STACK
-            flags |= MAP_STACK;  // Linux and the BSDs; macOS has no such flag
-#endif
-            void* m = mmap(nullptr, kStackSize + page, PROT_READ | PROT_WRITE, flags, -1, 0);
-            if (m == MAP_FAILED) throw std::runtime_error("metal-sim: cannot map a fiber stack");
-            mprotect(m, page, PROT_NONE);  // guard page below the stack
-            f.stack = static_cast<char*>(m) + page;
-        }
-    }
-
-    void* alloc_block(size_t size, size_t align, const char* file, int line, int index) {
-        size_t off = (arena_used + kRedZone + align - 1) / align * align;
-        off = (off + 15) / 16 * 16;
-        tg_bytes += (size + 15) / 16 * 16;
-        if (tg_bytes > kMaxThreadgroupMemory)
-            fail(file ? file : disp->k->file, file ? line : disp->k->line,
-                 "threadgroup memory of %zu bytes exceeds the %zu-byte limit of Apple GPUs", tg_bytes,
-                 kMaxThreadgroupMemory);
-        if (off + size + kRedZone > arena_cap) fail(file, line, "threadgroup arena exhausted");
-        // Poison the block and the red zones on both sides.
-#if defined(METALLIC_SIM_ASAN)
-        ASAN_UNPOISON_MEMORY_REGION(arena + arena_used, off + size + kRedZone - arena_used);
-#endif
-        std::memset(arena + arena_used, kPoison, off + size + kRedZone - arena_used);
-#if defined(METALLIC_SIM_ASAN)
-        ASAN_POISON_MEMORY_REGION(arena + arena_used, off - arena_used);
-        ASAN_POISON_MEMORY_REGION(arena + off + size, kRedZone);
-#endif
-        blocks.push_back({off, size, file, line, index});
-        arena_used = off + size;
-        return arena + off;
-    }
-
-    // A red zone that no longer holds the poison was written out of bounds.
-    void check_red_zones() {
-#if defined(METALLIC_SIM_ASAN)
-        ASAN_UNPOISON_MEMORY_REGION(arena, arena_cap);
-#endif
-        size_t prev_end = 0;
-        for (size_t b = 0; b < blocks.size(); ++b) {
-            const TgBlock& blk = blocks[b];
-            const size_t lo = b == 0 ? 0 : prev_end;
-            for (size_t i = lo; i < blk.offset; ++i)
-                if (arena[i] != kPoison) report_oob(blk, long(i) - long(blk.offset));
-            const size_t end = blk.offset + blk.size;
-            for (size_t i = end; i < end + kRedZone; ++i)
-                if (arena[i] != kPoison) report_oob(blk, long(i - blk.offset));
-            prev_end = end + kRedZone;
-        }
-    }
-
-    [[noreturn]] void report_oob(const TgBlock& blk, long byte) {
-        if (blk.file)
-            fail(blk.file, blk.line,
-                 "threadgroup memory written out of bounds: byte %ld of the %zu-byte threadgroup variable declared "
-                 "here (kernel %s)",
-                 byte, blk.size, disp->k->name);
-        fail(disp->k->file, disp->k->line,
-             "threadgroup memory written out of bounds: byte %ld of the %zu-byte [[threadgroup(%d)]] argument "
-             "(kernel %s)",
-             byte, blk.size, blk.index, disp->k->name);
-    }
-
-    void run_group(uint64_t linear);
-    void count(uintptr_t a, size_t n, bool store, uintptr_t site);
-    void count_piece(Fiber& f, int space, uintptr_t a, size_t n, size_t width, bool store, uintptr_t site);
-    void flush(Fiber& f, Fiber::Pending& p, int space);
-    void flush_all(Fiber& f);
-    void flush_through(Fiber& f, int space, uint32_t age);
-    void emit(Fiber& f, int space, uintptr_t a, size_t n, bool store, uintptr_t site);
-    void analyze_group();
-#ifdef MSIM_DIRECT_SWITCH  // only direct fiber-to-fiber switches look for the next ready one
-    Fiber* next_ready(const Fiber& f);
-#endif
-    void resume(Fiber& f);
-    void yield(Fiber& f);
-    [[noreturn]] void deadlock();
-};
-
 // initial-exec: these are read on every collective; the general TLS model costs a call each time.
-__attribute__((tls_model("initial-exec"))) thread_local Worker* t_worker = nullptr;
+__attribute__((tls_model("initial-exec"))) __thread Worker* t_worker = nullptr;
 // Whether this OS thread runs a dispatch that counts memory traffic: the only thing the
 // instrumented loads and stores look at when counting is off.
-__attribute__((tls_model("initial-exec"))) thread_local bool t_count = false;
+__attribute__((tls_model("initial-exec"))) __thread bool t_count = false;
 
 namespace {
 
@@ -430,8 +166,11 @@ void Worker::run_group(uint64_t linear) {
     arena_used = 0;
     tg_bytes = 0;
     blocks.clear();
-    tg_ptrs.assign(d.tg_mem.size(), nullptr);
-    for (size_t i = 0; i < d.tg_mem.size(); ++i)
+    // Only the kernel's own [[threadgroup(n)]] arguments: lengths left on the encoder for other
+    // indices by earlier dispatches are not this kernel's memory (as on Metal).
+    const size_t n_tg = size_t(disp->k->n_tg);
+    tg_ptrs.assign(n_tg, nullptr);
+    for (size_t i = 0; i < n_tg; ++i)
         if (d.tg_mem[i]) tg_ptrs[i] = alloc_block(d.tg_mem[i], 16, nullptr, 0, int(i));
     n_arg_blocks = blocks.size();
 
@@ -633,360 +372,6 @@ void* tg_decl(size_t size, size_t align, const char* file, int line) {
     return w.alloc_block(size, align, file, line, -1);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Memory-traffic counting. Every load and store of the kernels calls one of the __tsan_* hooks
-// below (the kernels are compiled with GCC's ThreadSanitizer instrumentation, and these
-// definitions take the place of libtsan). A hook returns at once unless this thread runs a
-// dispatch that counts; then the address is classified (threadgroup arena, a bound buffer, or
-// anything else: fiber stacks, the launcher's arguments, which are not counted).
-//
-// The CPU compiler splits vector copies into scalar accesses (a float4 read may reach us as four
-// 4-byte reads) and the GPU compiler combines adjacent scalar accesses of a thread into vector
-// ones, so a lane's accesses of one kind and width inside one 16-byte window are combined (up to
-// four windows open at once per lane, the oldest closed first), and
-// emitted as the naturally aligned power-of-two pieces (at most 16 bytes) that cover them: what
-// a GPU load or store of one thread can move. Each piece is one lane access, tagged with the
-// site of its first access.
-//
-// The lanes of a simdgroup run one after another here, not in lockstep, so instructions are
-// rebuilt after each threadgroup: the k-th execution of a site by each lane of a simdgroup is one
-// simdgroup-wide instruction. Device instructions count the 128-byte lines they touch against
-// the fewest their bytes would fit in; threadgroup instructions count bank conflicts (32 banks
-// of 4 bytes: an instruction takes as many cycles as the most distinct words it reads in one
-// bank, against ceil(words / 32)).
-
-void Worker::count(uintptr_t a, size_t n, bool store, uintptr_t site) {
-    Fiber& f = *cur;
-    if (f.count_paused || !n) return;
-    int space;
-    if (a - reinterpret_cast<uintptr_t>(arena) < arena_cap) {
-        space = 1;
-    } else {
-        space = -1;
-        for (const Range& r : disp->ranges)
-            if (a - r.lo < r.len) {
-                space = r.constant ? 2 : 0;
-                break;
-            }
-        if (space < 0) return;  // the stack, the launcher's arguments, ...
-        if (space == 2) {
-            if (!store) t.constant_bytes += n;
-            return;
-        }
-    }
-    // Split at 16-byte windows; each part is combined with the lane's pending accesses.
-    const size_t width = n;
-    while (n) {
-        const uintptr_t base = a & ~uintptr_t(15);
-        const size_t take = std::min<size_t>(n, base + 16 - a);
-        count_piece(f, space, a, take, width, store, site);
-        a += take;
-        n -= take;
-    }
-}
-
-void Worker::count_piece(Fiber& f, int space, uintptr_t a, size_t n, size_t width, bool store, uintptr_t site) {
-    Fiber::Pending* slots = f.pend[space];
-    const uintptr_t base = a & ~uintptr_t(15);
-    const uint32_t bits = ((n >= 32 ? 0u : (1u << n)) - 1u) << (a - base);
-    Fiber::Pending* use = nullptr;
-    for (int i = 0; i < Fiber::kPending; ++i) {
-        Fiber::Pending& p = slots[i];
-        if (!p.mask || p.base != base) continue;
-        if (p.store == store && p.width == width && !(p.mask & bits)) {
-            p.mask |= bits;
-            return;
-        }
-        // The same bytes again, or another kind or width: a new access. Older windows go
-        // first, so each site's executions keep their order.
-        flush_through(f, space, p.age);
-        use = &p;
-        break;
-    }
-    if (!use) {
-        for (int i = 0; i < Fiber::kPending && !use; ++i)
-            if (!slots[i].mask) use = &slots[i];
-    }
-    if (!use) {
-        use = &slots[0];
-        for (int i = 1; i < Fiber::kPending; ++i)
-            if (slots[i].age < use->age) use = &slots[i];
-        flush(f, *use, space);
-    }
-    use->base = base;
-    use->site = site;
-    use->mask = bits;
-    use->age = f.pend_clock++;
-    use->width = uint8_t(std::min<size_t>(width, 255));
-    use->store = store;
-}
-
-// Flushes the windows opened up to `age`, oldest first, so each lane's accesses keep their order.
-void Worker::flush_through(Fiber& f, int space, uint32_t age) {
-    for (;;) {
-        Fiber::Pending* oldest = nullptr;
-        for (Fiber::Pending& p : f.pend[space])
-            if (p.mask && p.age <= age && (!oldest || p.age < oldest->age)) oldest = &p;
-        if (!oldest) return;
-        flush(f, *oldest, space);
-    }
-}
-
-void Worker::flush_all(Fiber& f) {
-    flush_through(f, 0, ~0u);
-    flush_through(f, 1, ~0u);
-}
-
-void Worker::flush(Fiber& f, Fiber::Pending& p, int space) {
-    uint32_t m = p.mask;
-    p.mask = 0;
-    int off = 0;
-    while (m) {
-        while (!(m & 1u)) {
-            m >>= 1;
-            ++off;
-        }
-        int run = 0;
-        while (m & 1u) {
-            m >>= 1;
-            ++run;
-        }
-        // The run [off, off + run) as naturally aligned pieces of 1, 2, 4, 8 or 16 bytes.
-        while (run) {
-            int size = 16;
-            while (size > run || (off % size) != 0) size >>= 1;
-            emit(f, space, p.base + uintptr_t(off), size_t(size), p.store, p.site);
-            off += size;
-            run -= size;
-        }
-    }
-}
-
-void Worker::emit(Fiber& f, int space, uintptr_t a, size_t n, bool store, uintptr_t site) {
-    if (space == 0) {
-        (store ? t.stored_bytes : t.loaded_bytes) += n;
-        ++(store ? t.lane_stores : t.lane_loads);
-    } else {
-        (store ? t.tg_stored_bytes : t.tg_loaded_bytes) += n;
-    }
-    Access e;
-    e.site = site;
-    e.addr = a;
-    e.seq = uint32_t(accesses.size());
-    e.k = 0;
-    e.sg = uint16_t(f.index / kSimdWidth);
-    e.lane = uint8_t(f.index % kSimdWidth);
-    e.size = uint8_t(n);
-    e.space = uint8_t(space);
-    e.store = store;
-    accesses.push_back(e);
-}
-
-void Worker::analyze_group() {
-    std::vector<Access>& ev = accesses;
-    // Number each lane's executions of each site in program order ...
-    std::sort(ev.begin(), ev.end(), [](const Access& x, const Access& y) {
-        if (x.space != y.space) return x.space < y.space;
-        if (x.site != y.site) return x.site < y.site;
-        if (x.sg != y.sg) return x.sg < y.sg;
-        if (x.lane != y.lane) return x.lane < y.lane;
-        return x.seq < y.seq;
-    });
-    for (size_t i = 0; i < ev.size(); ++i) {
-        const bool same = i && ev[i].space == ev[i - 1].space && ev[i].site == ev[i - 1].site &&
-                          ev[i].sg == ev[i - 1].sg && ev[i].lane == ev[i - 1].lane;
-        ev[i].k = same ? ev[i - 1].k + 1 : 0;
-    }
-    // ... then the same execution of a site by the lanes of a simdgroup is one instruction.
-    std::sort(ev.begin(), ev.end(), [](const Access& x, const Access& y) {
-        if (x.space != y.space) return x.space < y.space;
-        if (x.site != y.site) return x.site < y.site;
-        if (x.sg != y.sg) return x.sg < y.sg;
-        if (x.k != y.k) return x.k < y.k;
-        return x.addr < y.addr;
-    });
-    const size_t lines_before = lines.size();
-    for (size_t i = 0; i < ev.size();) {
-        size_t j = i + 1;
-        while (j < ev.size() && ev[j].space == ev[i].space && ev[j].site == ev[i].site && ev[j].sg == ev[i].sg &&
-               ev[j].k == ev[i].k)
-            ++j;
-        uint32_t lanes = 0;
-        for (size_t q = i; q < j; ++q) lanes |= 1u << ev[q].lane;
-        t.lane_slots += kSimdWidth;
-        t.active_lanes += uint64_t(__builtin_popcount(lanes));
-        if (ev[i].space == 0) {
-            // Widest piece: lanes at different alignments may have split the same access.
-            int wmax = 0;
-            for (size_t q = i; q < j; ++q) wmax = std::max<int>(wmax, ev[q].size);
-            const int wi = std::min(Traffic::kWidths - 1, __builtin_ctz(unsigned(wmax)));
-            if (ev[i].store) {
-                ++t.store_instructions;
-                ++t.store_width[wi];
-            } else {
-                ++t.load_instructions;
-                ++t.load_width[wi];
-            }
-            // Sorted by address: distinct lines and the union of the bytes in one pass.
-            uint64_t touched = 0, bytes = 0;
-            uintptr_t last_line = ~uintptr_t(0), covered = 0;
-            for (size_t q = i; q < j; ++q) {
-                const uintptr_t lo = ev[q].addr, hi = lo + ev[q].size;
-                for (uintptr_t l = lo >> 7; l <= (hi - 1) >> 7; ++l)
-                    if (l != last_line && (last_line == ~uintptr_t(0) || l > last_line)) {
-                        ++touched;
-                        last_line = l;
-                        lines.push_back(l);
-                    }
-                if (hi > covered) {
-                    bytes += hi - std::max(lo, covered);
-                    covered = hi;
-                }
-            }
-            t.lines_touched += touched;
-            t.lines_min += (bytes + 127) / 128;
-        } else {
-            ++t.tg_instructions;
-            scratch.clear();
-            for (size_t q = i; q < j; ++q)
-                for (uintptr_t wd = ev[q].addr >> 2; wd <= (ev[q].addr + ev[q].size - 1) >> 2; ++wd)
-                    scratch.push_back(wd);
-            std::sort(scratch.begin(), scratch.end());
-            scratch.erase(std::unique(scratch.begin(), scratch.end()), scratch.end());
-            int per_bank[32] = {};
-            int cycles = 0;
-            for (uintptr_t wd : scratch) cycles = std::max(cycles, ++per_bank[wd & 31]);
-            const int fewest = int((scratch.size() + 31) / 32);
-            t.bank_conflicts += uint64_t(cycles - fewest);
-        }
-        i = j;
-    }
-    ev.clear();
-    // Keep the dispatch's line list short: this threadgroup's lines once each.
-    std::sort(lines.begin() + long(lines_before), lines.end());
-    lines.erase(std::unique(lines.begin() + long(lines_before), lines.end()), lines.end());
-}
-
-bool count_pause(bool pause) {
-    if (!t_count) return false;
-    Fiber& f = *t_worker->cur;
-    const bool was = f.count_paused;
-    f.count_paused = pause;
-    return was;
-}
-
-int count_lane() { return t_count ? int(t_worker->cur->index % kSimdWidth) : -1; }
-
-void count_access(const void* addr, size_t size, bool store, uintptr_t site) {
-    if (t_count) t_worker->count(reinterpret_cast<uintptr_t>(addr), size, store, site);
-}
-
-void Traffic::add(const Traffic& o) {
-    dispatches += o.dispatches;
-    threadgroups += o.threadgroups;
-    threads += o.threads;
-    loaded_bytes += o.loaded_bytes;
-    stored_bytes += o.stored_bytes;
-    lane_loads += o.lane_loads;
-    lane_stores += o.lane_stores;
-    load_instructions += o.load_instructions;
-    store_instructions += o.store_instructions;
-    for (int i = 0; i < kWidths; ++i) {
-        load_width[i] += o.load_width[i];
-        store_width[i] += o.store_width[i];
-    }
-    lines_touched += o.lines_touched;
-    lines_min += o.lines_min;
-    unique_bytes += o.unique_bytes;
-    constant_bytes += o.constant_bytes;
-    lane_slots += o.lane_slots;
-    active_lanes += o.active_lanes;
-    tg_loaded_bytes += o.tg_loaded_bytes;
-    tg_stored_bytes += o.tg_stored_bytes;
-    tg_instructions += o.tg_instructions;
-    bank_conflicts += o.bank_conflicts;
-    barriers += o.barriers;
-    simd_collectives += o.simd_collectives;
-}
-
-}  // namespace msim
-
-// The instrumentation's entry points (the subset GCC emits for these kernels; see the
-// METALLIC_SIM_COUNTING part of CMakeLists.txt). Hidden: they must not take the place of a real
-// libtsan's in a process that has one.
-#if defined(METALLIC_SIM_COUNTING)
-#define MSIM_HOOK extern "C" __attribute__((visibility("hidden"), noinline))
-namespace {
-inline void hook(const void* a, size_t n, bool store, void* ret) {
-    if (__builtin_expect(!msim::t_count, 1)) return;
-    msim::t_worker->count(reinterpret_cast<uintptr_t>(a), n, store, reinterpret_cast<uintptr_t>(ret));
-}
-}  // namespace
-MSIM_HOOK void __tsan_init() {}
-#define MSIM_RW(N)                                                                                    \
-    MSIM_HOOK void __tsan_read##N(void* a) { hook(a, N, false, __builtin_return_address(0)); }         \
-    MSIM_HOOK void __tsan_write##N(void* a) { hook(a, N, true, __builtin_return_address(0)); }         \
-    MSIM_HOOK void __tsan_unaligned_read##N(void* a) { hook(a, N, false, __builtin_return_address(0)); } \
-    MSIM_HOOK void __tsan_unaligned_write##N(void* a) { hook(a, N, true, __builtin_return_address(0)); } \
-    MSIM_HOOK void __tsan_volatile_read##N(void* a) { hook(a, N, false, __builtin_return_address(0)); } \
-    MSIM_HOOK void __tsan_volatile_write##N(void* a) { hook(a, N, true, __builtin_return_address(0)); }
-MSIM_RW(1)
-MSIM_RW(2)
-MSIM_RW(4)
-MSIM_RW(8)
-MSIM_RW(16)
-#undef MSIM_RW
-MSIM_HOOK void __tsan_read_range(void* a, unsigned long n) { hook(a, n, false, __builtin_return_address(0)); }
-MSIM_HOOK void __tsan_write_range(void* a, unsigned long n) { hook(a, n, true, __builtin_return_address(0)); }
-// Atomics (metal_compat.h's atomic_* use the __atomic builtins, which the instrumentation
-// replaces with these): the operation itself, counted as a load and a store.
-#define MSIM_ATOMIC(N, T)                                                                                   \
-    MSIM_HOOK T __tsan_atomic##N##_load(const volatile T* a, int) {                                          \
-        hook(const_cast<const T*>(a), sizeof(T), false, __builtin_return_address(0));                       \
-        return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                         \
-    }                                                                                                        \
-    MSIM_HOOK void __tsan_atomic##N##_store(volatile T* a, T v, int) {                                       \
-        hook(const_cast<const T*>(a), sizeof(T), true, __builtin_return_address(0));                        \
-        __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                            \
-    }                                                                                                        \
-    MSIM_HOOK T __tsan_atomic##N##_exchange(volatile T* a, T v, int) {                                       \
-        hook(const_cast<const T*>(a), sizeof(T), false, __builtin_return_address(0));                       \
-        hook(const_cast<const T*>(a), sizeof(T), true, __builtin_return_address(0));                        \
-        return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                  \
-    }                                                                                                        \
-    MSIM_HOOK T __tsan_atomic##N##_fetch_add(volatile T* a, T v, int) {                                      \
-        hook(const_cast<const T*>(a), sizeof(T), false, __builtin_return_address(0));                       \
-        hook(const_cast<const T*>(a), sizeof(T), true, __builtin_return_address(0));                        \
-        return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                   \
-    }                                                                                                        \
-    MSIM_HOOK int __tsan_atomic##N##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {          \
-        hook(const_cast<const T*>(a), sizeof(T), false, __builtin_return_address(0));                       \
-        hook(const_cast<const T*>(a), sizeof(T), true, __builtin_return_address(0));                        \
-        return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);              \
-    }                                                                                                        \
-    MSIM_HOOK int __tsan_atomic##N##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {            \
-        hook(const_cast<const T*>(a), sizeof(T), false, __builtin_return_address(0));                       \
-        hook(const_cast<const T*>(a), sizeof(T), true, __builtin_return_address(0));                        \
-        return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);               \
-    }                                                                                                        \
-    MSIM_HOOK T __tsan_atomic##N##_compare_exchange_val(volatile T* a, T c, T v, int, int) {                \
-        hook(const_cast<const T*>(a), sizeof(T), false, __builtin_return_address(0));                       \
-        hook(const_cast<const T*>(a), sizeof(T), true, __builtin_return_address(0));                        \
-        __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                    \
-        return c;                                                                                            \
-    }
-MSIM_ATOMIC(8, char)
-MSIM_ATOMIC(16, short)
-MSIM_ATOMIC(32, int)
-MSIM_ATOMIC(64, long long)
-#undef MSIM_ATOMIC
-MSIM_HOOK void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-MSIM_HOOK void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
-#undef MSIM_HOOK
-#endif
-
-namespace msim {
-
 namespace {
 __attribute__((tls_model("initial-exec"))) thread_local const Pipeline* t_pipeline = nullptr;
 
@@ -1047,97 +432,57 @@ std::vector<std::string> Device::kernel_names() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Worker pool. The calling thread works too; helpers wake per dispatch.
-struct Device::Impl {
-    std::mutex mu;
-    std::condition_variable cv_start, cv_done;
-    std::vector<std::thread> threads;
-    std::vector<Worker*> workers;  // [0] belongs to the calling thread
-    Dispatch* job = nullptr;
-    uint64_t generation = 0;
-    int busy = 0;
-    bool stop = false;
-    std::mutex dispatch_mu;  // one dispatch at a time
-    std::atomic<uint64_t> dispatches{0}, threadgroups{0}, threads_run{0};
+// Worker pool (Device::Impl, sim_worker.h).
+void Device::Impl::work(Worker& w, Dispatch& job_) {
+    t_worker = &w;
+    t_pipeline = job_.d->pipeline;
+    t_count = job_.count;
+    w.disp = &job_;
+    w.ensure_fibers(job_.n_threads);
+    uint64_t i;
+    while ((i = job_.next.fetch_add(1, std::memory_order_relaxed)) < job_.n_groups) w.run_group(i);
+    t_worker = nullptr;
+    t_pipeline = nullptr;
+    t_count = false;
+}
 
-    // Memory traffic (under traffic_mu: read by other threads while dispatches run).
-    std::atomic<bool> counting{false};
-    mutable std::mutex traffic_mu;
-    Traffic total;
-    std::map<std::string, Traffic> by_kernel;
-    std::vector<DispatchTraffic> log;
-
-    void work(Worker& w, Dispatch& job_) {
-        t_worker = &w;
-        t_pipeline = job_.d->pipeline;
-        t_count = job_.count;
-        w.disp = &job_;
-        w.ensure_fibers(job_.n_threads);
-        uint64_t i;
-        while ((i = job_.next.fetch_add(1, std::memory_order_relaxed)) < job_.n_groups) w.run_group(i);
-        t_worker = nullptr;
-        t_pipeline = nullptr;
-        t_count = false;
-    }
-
-    // After a counted dispatch: the workers' figures into the totals.
-    void gather(const Dispatch& job_) {
-        Traffic d;
-        std::vector<uintptr_t> lines;
-        for (Worker* w : workers) {
-            d.add(w->t);
-            lines.insert(lines.end(), w->lines.begin(), w->lines.end());
-            w->t = Traffic{};
-            w->lines.clear();
+void Device::Impl::helper(Worker* w) {
+    uint64_t seen = 0;
+    for (;;) {
+        Dispatch* j;
+        {
+            std::unique_lock<std::mutex> lk(mu);
+            cv_start.wait(lk, [&] { return stop || generation != seen; });
+            if (stop) return;
+            seen = generation;
+            j = job;
         }
-        std::sort(lines.begin(), lines.end());
-        d.unique_bytes = uint64_t(std::unique(lines.begin(), lines.end()) - lines.begin()) * 128;
-        d.dispatches = 1;
-        d.threadgroups = job_.n_groups;
-        d.threads = job_.n_groups * job_.n_threads;
-        std::lock_guard<std::mutex> lk(traffic_mu);
-        total.add(d);
-        by_kernel[job_.k->name].add(d);
-        if (log.size() < kMaxDispatchLog) log.push_back({job_.k->name, d});
-    }
-
-    void helper(Worker* w) {
-        uint64_t seen = 0;
-        for (;;) {
-            Dispatch* j;
-            {
-                std::unique_lock<std::mutex> lk(mu);
-                cv_start.wait(lk, [&] { return stop || generation != seen; });
-                if (stop) return;
-                seen = generation;
-                j = job;
-            }
-            work(*w, *j);
-            {
-                std::lock_guard<std::mutex> lk(mu);
-                if (--busy == 0) cv_done.notify_all();
-            }
-        }
-    }
-
-    void start(int n) {
-        shutdown();
-        stop = false;
-        for (int i = 0; i < n; ++i) workers.push_back(new Worker());
-        for (int i = 1; i < n; ++i) threads.emplace_back(&Impl::helper, this, workers[size_t(i)]);
-    }
-    void shutdown() {
+        work(*w, *j);
         {
             std::lock_guard<std::mutex> lk(mu);
-            stop = true;
+            if (--busy == 0) cv_done.notify_all();
         }
-        cv_start.notify_all();
-        for (auto& t : threads) t.join();
-        threads.clear();
-        for (Worker* w : workers) delete w;
-        workers.clear();
     }
-};
+}
+
+void Device::Impl::start(int n) {
+    shutdown();
+    stop = false;
+    for (int i = 0; i < n; ++i) workers.push_back(new Worker());
+    for (int i = 1; i < n; ++i) threads.emplace_back(&Impl::helper, this, workers[size_t(i)]);
+}
+
+void Device::Impl::shutdown() {
+    {
+        std::lock_guard<std::mutex> lk(mu);
+        stop = true;
+    }
+    cv_start.notify_all();
+    for (auto& t : threads) t.join();
+    threads.clear();
+    for (Worker* w : workers) delete w;
+    workers.clear();
+}
 
 Device& Device::shared() {
     static Device d;
@@ -1188,7 +533,8 @@ void Device::dispatch(const DispatchDesc& d) {
     if (int(d.tg_mem.size()) < k.n_tg)
         throw std::invalid_argument("metal-sim: " + std::string(k.name) + " needs threadgroup memory lengths");
     size_t tg_total = 0;
-    for (size_t len : d.tg_mem) {
+    for (size_t i = 0; i < size_t(k.n_tg); ++i) {  // the kernel's own arguments (run_group)
+        const size_t len = d.tg_mem[i];
         if (len % 16) throw std::invalid_argument("metal-sim: threadgroup memory lengths must be multiples of 16");
         tg_total += len;
     }
@@ -1230,46 +576,6 @@ void Device::dispatch(const DispatchDesc& d) {
     impl_->threadgroups.fetch_add(n_groups);
     impl_->threads_run.fetch_add(n_groups * n_threads);
     if (job.count) impl_->gather(job);
-}
-
-bool Device::counting_available() {
-#if defined(METALLIC_SIM_COUNTING)
-    return true;
-#else
-    return false;
-#endif
-}
-
-void Device::set_counting(bool on) {
-    if (on && !counting_available())
-        throw std::invalid_argument(
-            "metal-sim: this build cannot count memory traffic (it needs GCC's -fsanitize=thread instrumentation, "
-            "which the ASan build and other compilers do not get)");
-    impl_->counting = on;
-}
-
-bool Device::counting() const { return impl_->counting.load(); }
-
-Traffic Device::traffic() const {
-    std::lock_guard<std::mutex> lk(impl_->traffic_mu);
-    return impl_->total;
-}
-
-std::map<std::string, Traffic> Device::traffic_by_kernel() const {
-    std::lock_guard<std::mutex> lk(impl_->traffic_mu);
-    return impl_->by_kernel;
-}
-
-std::vector<DispatchTraffic> Device::dispatch_traffic() const {
-    std::lock_guard<std::mutex> lk(impl_->traffic_mu);
-    return impl_->log;
-}
-
-void Device::reset_traffic() {
-    std::lock_guard<std::mutex> lk(impl_->traffic_mu);
-    impl_->total = Traffic{};
-    impl_->by_kernel.clear();
-    impl_->log.clear();
 }
 
 Counters Device::counters() const {

@@ -63,7 +63,7 @@ void threadgroup_barrier(const char* file, int line);
 // The k-th `threadgroup T x;` declaration a thread executes gets the threadgroup's k-th block.
 void* tg_decl(size_t size, size_t align, const char* file, int line);
 
-// Memory-traffic counting (sim_device.cpp). The kernels' loads and stores reach it through
+// Memory-traffic counting (sim_traffic.cpp). The kernels' loads and stores reach it through
 // the compiler's instrumentation; these two are for the operations the simulator carries out
 // differently from the GPU (simdgroup_load/store: every lane copies the whole 8x8 matrix here,
 // each lane moves its own share on the GPU). count_pause(true) stops counting this lane's
