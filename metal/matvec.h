@@ -126,8 +126,9 @@ inline void matvec_block(thread const RowSet<NR>& w, int nrow, int b, int li, th
         st[r] = F::state(w.p[r] + uint64_t(b) * uint64_t(F::BYTES), li);
     }
     for (int k = 0; k < int(F::CHUNKS); ++k) {
-        float4 wv[NR][NV];
-        float f[NR];
+        // Zeroed: slots past nrow are never read, but GCC cannot see that (-Wmaybe-uninitialized).
+        float4 wv[NR][NV] = {};
+        float f[NR] = {};
         for (int r = 0; r < NR; ++r) {
             if (r == nrow) break;
             f[r] = F::chunk(st[r], k, wv[r]);
