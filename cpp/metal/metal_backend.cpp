@@ -275,6 +275,14 @@ public:
             16, size_t(kAttentionSimdgroups - 1) * ATTN_ROWS * size_t(2 + 8 * lanes) * sizeof(float));
         const int first = window > 0 ? std::max(0, pos0 - window + 1) : 0;  // decode's window
         const int len = pos0 - first + 1;
+        // Every attention kernel takes the args, q and the layer's K and V cache first.
+        auto begin = [&](const gpu::Pipeline& p) {
+            use_pipeline(e, p);
+            e.set_args(0, a);
+            bind(e, 1, q);
+            e.set_buffer(2, *k_cache_, cache_offset(cache));
+            e.set_buffer(3, *v_cache_, cache_offset(cache));
+        };
         if (n == 1 && len >= kAttentionSplitMin) {
             // Long-context decode: a threadgroup per kv head alone would leave most of a GPU
             // idle, so the window is split over threadgroups and the partials merged in a second
@@ -283,11 +291,7 @@ public:
             a.split_len =
                 kAttentionSplitLen * int(ceil_div(len, int64_t(kAttentionSplitLen) * kAttentionMaxSplits));
             const uint32_t splits = uint32_t(pos0 / a.split_len - first / a.split_len + 1);
-            use_pipeline(e, *attention_split_);
-            e.set_args(0, a);
-            bind(e, 1, q);
-            e.set_buffer(2, *k_cache_, cache_offset(cache));
-            e.set_buffer(3, *v_cache_, cache_offset(cache));
+            begin(*attention_split_);
             e.set_buffer(4, *attn_partial_, 0);
             e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
             e.dispatch_threadgroups({tgs, splits, 1}, {32 * kAttentionSimdgroups, 1, 1});
@@ -304,11 +308,7 @@ public:
             const uint32_t rows = 8 * kAttentionSimdgroups;
             const uint32_t tile_tgs =
                 uint32_t(cfg_.n_head_kv) * ceil_div(int64_t(n) * (cfg_.n_head / cfg_.n_head_kv), rows);
-            use_pipeline(e, *attention_tile_);
-            e.set_args(0, a);
-            bind(e, 1, q);
-            e.set_buffer(2, *k_cache_, cache_offset(cache));
-            e.set_buffer(3, *v_cache_, cache_offset(cache));
+            begin(*attention_tile_);
             bind(e, 4, out);
             // K and V tiles of 8 rows of stride head_dim padded to 8 mod 32 (attn_tile_stride),
             // and an 8x8 scratch and diagonal per simdgroup.
@@ -316,11 +316,7 @@ public:
             e.set_threadgroup_memory(0, size_t(16 * stride + 128 * kAttentionSimdgroups) * sizeof(float));
             e.dispatch_threadgroups({tile_tgs, 1, 1}, {32 * kAttentionSimdgroups, 1, 1});
         } else {
-            use_pipeline(e, *attention_);
-            e.set_args(0, a);
-            bind(e, 1, q);
-            e.set_buffer(2, *k_cache_, cache_offset(cache));
-            e.set_buffer(3, *v_cache_, cache_offset(cache));
+            begin(*attention_);
             bind(e, 4, out);
             e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
             e.dispatch_threadgroups({tgs, 1, 1}, {32 * kAttentionSimdgroups, 1, 1});
