@@ -20,6 +20,7 @@ import pytest
 from gguf import GGMLQuantizationType as QType
 from gguf import GGUFReader, TokenType
 
+from metallic import llama_peer
 from oracle import tiny_models as tm
 from oracle.converter import compare_gguf, converted_ggufs, gguf_summary
 from oracle.reference import dequantized_copy, greedy_continuation, reference_logits
@@ -331,7 +332,8 @@ def llama_cpp():
 
 def load_llama(llama_cpp, path):
     # F32 KV cache: llama.cpp's default F16 cache alone costs ~1e-3 of relative error.
-    return llama_cpp.Llama(
+    return llama_peer.load(
+        llama_cpp,
         model_path=str(path),
         n_ctx=64,
         logits_all=True,

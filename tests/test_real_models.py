@@ -35,6 +35,7 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp")
 
 import metallic  # noqa: E402
+from metallic import llama_peer  # noqa: E402
 from paths import cache_dir  # noqa: E402
 from real_models import gemma3_gguf, smollm2_gguf  # noqa: E402
 from real_parity import PROMPTS, log_softmax  # noqa: E402
@@ -60,7 +61,8 @@ def kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
 def case(request: pytest.FixtureRequest) -> tuple[Path, metallic.model.Model, object]:
     path = MODELS[request.param]()
     ours = metallic.load(path, n_ctx=POSITIONS + GREEDY + 8)
-    peer = llama_cpp.Llama(
+    peer = llama_peer.load(
+        llama_cpp,
         model_path=str(path),
         n_ctx=POSITIONS + GREEDY + 8,
         logits_all=True,

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import llama_peer
 from .model import BACKENDS
 from .system import peak_rss_bytes
 
@@ -99,7 +100,7 @@ class _LlamaCpp:
 
         self.L = L
         L.llama_backend_init()
-        mp = L.llama_model_default_params()
+        mp = llama_peer.model_params(L)  # safe on AMX CPUs (llama_peer.py)
         self.model = L.llama_model_load_from_file(model.encode(), mp)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {model}")
