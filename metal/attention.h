@@ -44,6 +44,19 @@
 //                      s0 = start / split_len, and writes its unnormalized partial (M, L, acc)
 //                      per row to partial[row][s]
 //   attention_merge    grid (heads): merges the splits' partials into out (attention.metal)
+//   attention_rope, attention_rope_split
+//                      attention and attention_split for up to MATVEC_TOKENS tokens with
+//                      rope_store_kv's work fused in (below): decode and short chunks skip a
+//                      dispatch per layer
+//
+// The fused variants. q and k arrive as the projections wrote them; every threadgroup computes
+// (qk-norm and) RoPE of its own query rows and of the chunk's new K rows of its kv head, and the
+// new V rows, into threadgroup memory with rope_element (rope.h, the arithmetic rope_store_kv
+// runs), and reads positions pos0 .. pos0 + n_tokens - 1 from there instead of the cache. One
+// threadgroup per kv head (the last block, the last split) also writes those rows to the cache
+// for later tokens; no threadgroup reads them from the cache in this dispatch, so there is no
+// race. The new rows are rounded to the cache's type before use, as the cache would round them:
+// the results are bit for bit those of rope_store_kv followed by attention (tested).
 //
 // "Minus infinity" is a large finite value: Metal compiles with fast math, which may assume
 // no infinities.
@@ -51,6 +64,7 @@
 
 #include <metal_stdlib>
 #include "args.h"
+#include "rope.h"
 
 using namespace metal;
 
@@ -84,6 +98,33 @@ inline float4 attn_load4(device const T* row, int d, int hd) {
                   d + 2 < hd ? float(row[d + 2]) : 0.0f, d + 3 < hd ? float(row[d + 3]) : 0.0f);
 }
 
+template <typename T>
+inline float4 attn_load4_tg(threadgroup const T* row, int d, int hd) {
+    if ((hd & 3) == 0) return d < hd ? float4(*(threadgroup const vec<T, 4>*)(row + d)) : float4(0.0f);
+    return float4(d < hd ? float(row[d]) : 0.0f, d + 1 < hd ? float(row[d + 1]) : 0.0f,
+                  d + 2 < hd ? float(row[d + 2]) : 0.0f, d + 3 < hd ? float(row[d + 3]) : 0.0f);
+}
+
+// attention_rope's threadgroup memory before the main loop, in floats from the start of the
+// shared buffer (after the loop the buffer holds the simdgroups' merge instead): the qk-norm's
+// sums of squares per 32 dimensions of each head it normalizes (ATTN_ROWS query rows, then
+// n_tokens K rows), the rotated query rows (float), then the new K and V rows (the cache's
+// type). Each region starts 16-byte aligned. The host sizes the buffer as the larger of this
+// and the merge (MetalBackend::attention).
+inline int attn_rope_chunks(int hd) { return (hd + 31) / 32; }
+inline int attn_align4(int n) { return (n + 3) & ~3; }
+inline int attn_rope_q_offset(int hd, int n) { return attn_align4((ATTN_ROWS + n) * attn_rope_chunks(hd)); }
+inline int attn_rope_k_offset(int hd, int n) { return attn_rope_q_offset(hd, n) + attn_align4(ATTN_ROWS * hd); }
+
+// The raw head a fused threadgroup rotates: query row r < nr (its row index in q), else new K row
+// t = r - nr of kv head kvh.
+inline device const float* attn_rope_src(constant AttentionArgs& args, device const float* q,
+                                         device const float* k, int kvh, int nr, int r, uint64_t q_row) {
+    if (r < nr) return q + q_row * uint64_t(args.head_dim);
+    const int t = r - nr;
+    return k + (uint64_t(t) * uint64_t(args.n_kv_heads) + uint64_t(kvh)) * uint64_t(args.head_dim);
+}
+
 inline void attn_store4(device float* row, int d, int hd, float4 x) {
     if ((hd & 3) == 0) {
         if (d < hd) *(device float4*)(row + d) = x;
@@ -97,18 +138,13 @@ inline void attn_store4(device float* row, int d, int hd, float4 x) {
 
 // SPLIT false: out[t][h] (normalized). SPLIT true: out is the partial buffer, row (t, h) split s
 // at ((t * n_heads + h) * splits + s) * (head_dim + 2): {M, L, acc[head_dim]}.
-template <typename KV, bool SPLIT>
-kernel void attention(constant AttentionArgs& args [[buffer(0)]],
-                      device const float* q [[buffer(1)]],
-                      device const KV* k_cache [[buffer(2)]],
-                      device const KV* v_cache [[buffer(3)]],
-                      device float* out [[buffer(4)]],
-                      threadgroup float* shared [[threadgroup(0)]],
-                      uint2 tgpig [[threadgroup_position_in_grid]],
-                      uint2 ntgs [[threadgroups_per_grid]],
-                      uint lane [[thread_index_in_simdgroup]],
-                      uint sg [[simdgroup_index_in_threadgroup]],
-                      uint nsg [[simdgroups_per_threadgroup]]) {
+// ROPE: the fused variant; rope, k, v, inv_freq, q_norm and k_norm are read only then.
+template <typename KV, bool SPLIT, bool ROPE>
+inline void attention_impl(constant AttentionArgs& args, device const float* q, device KV* k_cache,
+                           device KV* v_cache, device float* out, threadgroup float* shared,
+                           constant RopeKvArgs* rope, device const float* k, device const float* v,
+                           device const float* inv_freq, device const float* q_norm, device const float* k_norm,
+                           uint2 tgpig, uint2 ntgs, uint lane, uint sg, uint nsg) {
     const int hd = args.head_dim;
     const int group = args.n_heads / args.n_kv_heads;
     const int rows_per_kv = args.n_tokens * group;
@@ -123,6 +159,45 @@ kernel void attention(constant AttentionArgs& args [[buffer(0)]],
     const int d0 = 8 * (int(lane) % nl);  // and its dimensions d0 .. d0 + 7
 
     // The rows' queries (scaled), windows and softmax state. Rows past nr have empty windows.
+    threadgroup KV* k_new = (threadgroup KV*)(shared + attn_rope_k_offset(hd, args.n_tokens));
+    threadgroup KV* v_new = k_new + args.n_tokens * hd;
+    if (ROPE) {
+        // Fused: this threadgroup's query rows (r < nr) and the chunk's new K rows (nr + t) in
+        // threadgroup memory, rotated (qk-normed first if the model has it).
+        threadgroup float* sums = shared;
+        threadgroup float* q_rot = shared + attn_rope_q_offset(hd, args.n_tokens);
+        const int nch = attn_rope_chunks(hd), heads = nr + args.n_tokens;
+        const bool qk_norm = rope->qk_norm != 0;
+        if (qk_norm) {  // uniform
+            for (int job = int(sg); job < heads * nch; job += int(nsg)) {
+                const int r = job / nch, i = (job % nch) * 32 + int(lane);
+                device const float* x = attn_rope_src(args, q, k, kvh, nr, r, r < nr ? attn_row(args, kvh, r0 + r) : 0);
+                const float xi = i < hd ? x[i] : 0.0f;
+                const float ss = simd_sum(xi * xi);
+                if (lane == 0) sums[job] = ss;
+            }
+            threadgroup_barrier(mem_flags::mem_threadgroup);
+        }
+        for (int idx = int(sg) * 32 + int(lane); idx < heads * hd; idx += 32 * int(nsg)) {
+            const int r = idx / hd, i = idx % hd;
+            const bool is_q = r < nr;
+            const uint64_t q_row = is_q ? attn_row(args, kvh, r0 + r) : 0;
+            const int t = is_q ? int(q_row / uint64_t(args.n_heads)) : r - nr;
+            const float scale = qk_norm ? rope_norm_scale(sums + r * nch, nch, hd, rope->eps) : 1.0f;
+            const float val = rope_element(attn_rope_src(args, q, k, kvh, nr, r, q_row), i, rope->rope_dims,
+                                           args.pos0 + t, inv_freq, qk_norm, scale, is_q ? q_norm : k_norm);
+            if (is_q) {
+                q_rot[r * hd + i] = val;
+            } else {
+                const KV kr = KV(val);
+                const KV vr = KV(v[(uint64_t(t) * uint64_t(args.n_kv_heads) + uint64_t(kvh)) * uint64_t(hd) + uint64_t(i)]);
+                k_new[t * hd + i] = kr;
+                v_new[t * hd + i] = vr;
+            }
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+    }
+
     float4 qa[ATTN_ROWS], qb[ATTN_ROWS], acc_a[ATTN_ROWS], acc_b[ATTN_ROWS];
     float m[ATTN_ROWS], l[ATTN_ROWS];
     int lo[ATTN_ROWS], hi[ATTN_ROWS];
@@ -143,11 +218,19 @@ kernel void attention(constant AttentionArgs& args [[buffer(0)]],
             p_lo = min(p_lo, win.x);
             p_hi = max(p_hi, win.y);
             out_row[r] = uint64_t(t) * uint64_t(args.n_heads) + uint64_t(h);
-            device const float* qr = q + out_row[r] * uint64_t(hd);
-            qa[r] = attn_load4(qr, d0, hd) * args.scale;
-            qb[r] = attn_load4(qr, d0 + 4, hd) * args.scale;
+            if (ROPE) {
+                threadgroup const float* qr = shared + attn_rope_q_offset(hd, args.n_tokens) + r * hd;
+                qa[r] = attn_load4_tg(qr, d0, hd) * args.scale;
+                qb[r] = attn_load4_tg(qr, d0 + 4, hd) * args.scale;
+            } else {
+                device const float* qr = q + out_row[r] * uint64_t(hd);
+                qa[r] = attn_load4(qr, d0, hd) * args.scale;
+                qb[r] = attn_load4(qr, d0 + 4, hd) * args.scale;
+            }
         }
     }
+    // Fused: the rotated queries are in registers; the loop below reads only the new K and V
+    // rows of the prologue's threadgroup memory.
     if (SPLIT) {
         const int s = p_lo / args.split_len + int(tgpig.y);
         p_lo = max(p_lo, s * args.split_len);
@@ -163,7 +246,14 @@ kernel void attention(constant AttentionArgs& args [[buffer(0)]],
             const int p = k * ps + pg;
             const bool in = p >= p_lo && p <= p_hi;
             float4 ka = float4(0.0f), kb = float4(0.0f), va = float4(0.0f), vb = float4(0.0f);
-            if (in) {
+            if (in && ROPE && p >= args.pos0) {  // a new row: from threadgroup memory
+                threadgroup const KV* kp = k_new + (p - args.pos0) * hd;
+                threadgroup const KV* vp = v_new + (p - args.pos0) * hd;
+                ka = attn_load4_tg(kp, d0, hd);
+                kb = attn_load4_tg(kp, d0 + 4, hd);
+                va = attn_load4_tg(vp, d0, hd);
+                vb = attn_load4_tg(vp, d0 + 4, hd);
+            } else if (in) {
                 device const KV* kp = k_head + uint64_t(p) * uint64_t(hd);
                 device const KV* vp = v_head + uint64_t(p) * uint64_t(hd);
                 ka = attn_load4(kp, d0, hd);
@@ -201,6 +291,23 @@ kernel void attention(constant AttentionArgs& args [[buffer(0)]],
             acc_b[r] = acc_b[r] * c + b_o * c_o;
             m[r] = M;
         }
+    }
+
+    if (ROPE) {
+        // One threadgroup per kv head, its last block and split, writes the new rows to the cache,
+        // after its loop: a kernel that read them from the cache would see the old contents (the
+        // tests put NaN there), whichever threadgroup the simulator runs first.
+        if (int(tgpig.x) % blocks == blocks - 1 && tgpig.y == ntgs.y - 1) {
+            device KV* k_rows = k_cache + head + uint64_t(args.pos0) * uint64_t(hd);
+            device KV* v_rows = v_cache + head + uint64_t(args.pos0) * uint64_t(hd);
+            for (int idx = int(sg) * 32 + int(lane); idx < args.n_tokens * hd; idx += 32 * int(nsg)) {
+                k_rows[idx] = k_new[idx];
+                v_rows[idx] = v_new[idx];
+            }
+        }
+        // The merge below reuses the new rows' threadgroup memory, which other simdgroups may
+        // still be reading.
+        threadgroup_barrier(mem_flags::mem_threadgroup);
     }
 
     // Merge the simdgroups: 1 .. nsg - 1 hand their state to simdgroup 0 (lanes of position 0
@@ -260,6 +367,45 @@ kernel void attention(constant AttentionArgs& args [[buffer(0)]],
             attn_store4(o, d0 + 4, hd, b / L);
         }
     }
+}
+
+template <typename KV, bool SPLIT>
+kernel void attention(constant AttentionArgs& args [[buffer(0)]],
+                      device const float* q [[buffer(1)]],
+                      device KV* k_cache [[buffer(2)]],
+                      device KV* v_cache [[buffer(3)]],
+                      device float* out [[buffer(4)]],
+                      threadgroup float* shared [[threadgroup(0)]],
+                      uint2 tgpig [[threadgroup_position_in_grid]],
+                      uint2 ntgs [[threadgroups_per_grid]],
+                      uint lane [[thread_index_in_simdgroup]],
+                      uint sg [[simdgroup_index_in_threadgroup]],
+                      uint nsg [[simdgroups_per_threadgroup]]) {
+    attention_impl<KV, SPLIT, false>(args, q, k_cache, v_cache, out, shared, nullptr, nullptr, nullptr, nullptr,
+                                     nullptr, nullptr, tgpig, ntgs, lane, sg, nsg);
+}
+
+// Fused: q and k as projected (not yet rotated), v, and rope_store_kv's arguments and tables.
+template <typename KV, bool SPLIT>
+kernel void attention_rope(constant AttentionArgs& args [[buffer(0)]],
+                           device const float* q [[buffer(1)]],
+                           device KV* k_cache [[buffer(2)]],
+                           device KV* v_cache [[buffer(3)]],
+                           device float* out [[buffer(4)]],
+                           constant RopeKvArgs& rope [[buffer(5)]],
+                           device const float* k [[buffer(6)]],
+                           device const float* v [[buffer(7)]],
+                           device const float* inv_freq [[buffer(8)]],
+                           device const float* q_norm [[buffer(9)]],
+                           device const float* k_norm [[buffer(10)]],
+                           threadgroup float* shared [[threadgroup(0)]],
+                           uint2 tgpig [[threadgroup_position_in_grid]],
+                           uint2 ntgs [[threadgroups_per_grid]],
+                           uint lane [[thread_index_in_simdgroup]],
+                           uint sg [[simdgroup_index_in_threadgroup]],
+                           uint nsg [[simdgroups_per_threadgroup]]) {
+    attention_impl<KV, SPLIT, true>(args, q, k_cache, v_cache, out, shared, &rope, k, v, inv_freq, q_norm, k_norm,
+                                    tgpig, ntgs, lane, sg, nsg);
 }
 
 // ---- attention_tile: prompt chunks (n_tokens >= 2) with simdgroup matrices ----

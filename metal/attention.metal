@@ -5,6 +5,10 @@
 //                        nl = attn_lanes_per_row(head_dim)
 //       attention_split: grid = (n_kv_heads * blocks, splits), the same threadgroup; partial
 //                        holds heads * splits * (head_dim + 2) floats (one token)
+//   attention_rope(_split): as attention (attention_split), buffers 5-10 rope_store_kv's (args, k,
+//                        v, inv_freq, q_norm, k_norm), function constant 2 = NeoX pairs, and
+//                        [[threadgroup(0)]] the larger of the above and attn_rope_k_offset +
+//                        2 * n_tokens * head_dim of the cache's type (at most MATVEC_TOKENS tokens)
 //       attention_merge: grid = heads, threadgroup >= 32 threads
 //       attention_tile:  grid = (n_kv_heads * ceil(n_tokens * n_heads / n_kv_heads / (8 * nsg)), 1),
 //                        threadgroup = 32 * nsg threads, function constant 0 = head_dim / 8,
@@ -15,6 +19,10 @@ template [[host_name("attention_f16")]] [[kernel]] decltype(attention<half, fals
 template [[host_name("attention_f32")]] [[kernel]] decltype(attention<float, false>) attention<float, false>;
 template [[host_name("attention_split_f16")]] [[kernel]] decltype(attention<half, true>) attention<half, true>;
 template [[host_name("attention_split_f32")]] [[kernel]] decltype(attention<float, true>) attention<float, true>;
+template [[host_name("attention_rope_f16")]] [[kernel]] decltype(attention_rope<half, false>) attention_rope<half, false>;
+template [[host_name("attention_rope_f32")]] [[kernel]] decltype(attention_rope<float, false>) attention_rope<float, false>;
+template [[host_name("attention_rope_split_f16")]] [[kernel]] decltype(attention_rope<half, true>) attention_rope<half, true>;
+template [[host_name("attention_rope_split_f32")]] [[kernel]] decltype(attention_rope<float, true>) attention_rope<float, true>;
 
 // out[h] = the splits' partials merged: sum_s acc_s exp(M_s - M) / sum_s L_s exp(M_s - M). The
 // splits are those attention_split wrote: start / split_len .. pos / split_len.

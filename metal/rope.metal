@@ -8,21 +8,13 @@
 // originals, then (after a barrier: the rotation reads the partner dimension) writes it. For
 // qk-norm models (Qwen3, Gemma 3) the head is RMS-normalized first, in the same pass.
 //
-// The pair layout is a function constant (the model fixes it):
-//   ROPE_NEOX = false: pairs (2i, 2i + 1) (llama.cpp's "normal" style)
-//   ROPE_NEOX = true:  pairs (i, i + rope_dims / 2)
-// inv_freq[i] is the angular frequency of pair i, scaling already applied by the host. The
-// angle is position * inv_freq in float, as on the CPU; precise:: keeps sin/cos accurate at
-// large angles (fast:: loses digits there).
+// The rotation itself (and the pair layout, function constant ROPE_NEOX) is rope_element in
+// rope.h, which attention_rope shares.
 //
 // The grid is 2-D and the threadgroups 1-D: a thread's index is tpitg.x. Every position or
 // size attribute of a kernel is uint2, since MSL wants them all of one width (.ci/check_msl.py).
 #include <metal_stdlib>
-#include "args.h"
-
-using namespace metal;
-
-constant bool ROPE_NEOX [[function_constant(0)]];
+#include "rope.h"
 
 template <typename KV>
 kernel void rope_store_kv(constant RopeKvArgs& args [[buffer(0)]],
@@ -48,35 +40,21 @@ kernel void rope_store_kv(constant RopeKvArgs& args [[buffer(0)]],
     device float* x = is_q ? q + (uint64_t(t) * uint64_t(args.n_heads) + head) * uint64_t(hd)
                            : k + (uint64_t(t) * uint64_t(args.n_kv_heads) + kvh) * uint64_t(hd);
 
-    // qk-norm: x = x / rms(x) * norm_w over the head, one factor per threadgroup.
+    // qk-norm: x = x / rms(x) * norm_w over the head, one factor per threadgroup; simdgroup s
+    // sums the squares of dimensions 32s .. 32s + 31 (the threadgroup is ceil(head_dim / 32)
+    // simdgroups), as attention_rope's chunks.
     float scale = 1.0f;
     if (args.qk_norm) {  // uniform: the whole grid does it or none
         const float xi = int(i) < hd ? x[i] : 0.0f;
         const float ss = simd_sum(xi * xi);
         if (lane == 0) partial[sg] = ss;
         threadgroup_barrier(mem_flags::mem_threadgroup);
-        float total = 0.0f;
-        for (uint s = 0; s < nsg; ++s) total += partial[s];
-        scale = rsqrt(total / float(hd) + args.eps);
+        scale = rope_norm_scale(partial, int(nsg), hd, args.eps);
     }
     device const float* nw = is_q ? q_norm : k_norm;
-
-    float val = 0.0f;
-    if (int(i) < hd) {
-        val = args.qk_norm ? x[i] * scale * nw[i] : x[i];
-        const int half_dims = args.rope_dims / 2;
-        if (int(i) < args.rope_dims) {
-            // Pair p = (a, b) rotates to (a c - b s, a s + b c).
-            const bool first = ROPE_NEOX ? int(i) < half_dims : (i & 1) == 0;
-            const int p = ROPE_NEOX ? (first ? int(i) : int(i) - half_dims) : int(i) / 2;
-            const int partner = ROPE_NEOX ? (first ? int(i) + half_dims : int(i) - half_dims)
-                                          : (first ? int(i) + 1 : int(i) - 1);
-            const float theta = float(args.pos0 + int(t)) * inv_freq[p];
-            const float c = precise::cos(theta), s = precise::sin(theta);
-            const float other = args.qk_norm ? x[partner] * scale * nw[partner] : x[partner];
-            val = first ? val * c - other * s : other * s + val * c;
-        }
-    }
+    const float val = int(i) < hd ? rope_element(x, int(i), args.rope_dims, args.pos0 + int(t), inv_freq,
+                                                 args.qk_norm != 0, scale, nw)
+                                  : 0.0f;
     threadgroup_barrier(mem_flags::mem_device);  // every read of x before any write
     if (int(i) < hd) {
         x[i] = val;

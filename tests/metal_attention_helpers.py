@@ -32,6 +32,79 @@ def host_uses_tile(n, hd):
     return n > MATVEC_TOKENS and hd % 8 == 0
 
 
+def _merge_bytes(hd, nsg):
+    """attention's threadgroup memory: the simdgroups' merge."""
+    lanes = 1  # lanes per cache row (attn_lanes_per_row)
+    while lanes < 32 and 8 * lanes < hd:
+        lanes *= 2
+    return max(16, (nsg - 1) * ATTN_ROWS * (2 + 8 * lanes) * 4)
+
+
+def rope_store_kv(
+    q, k, v, kc, vc, pos0, rope_dims, inv_freq, neox, q_norm=None, k_norm=None, eps=1e-6
+):
+    """rope_store_kv_* in place on q and k, writing the chunk's K and V rows into kc, vc."""
+    n_kv, n_ctx, hd = kc.shape
+    n, n_heads = q.shape[0], q.shape[1] // hd
+    a = args("iiiiiiif", n_heads, n_kv, hd, rope_dims, n_ctx, pos0, int(q_norm is not None), eps)
+    name = "rope_store_kv_f16" if kc.dtype == np.float16 else "rope_store_kv_f32"
+    qw = inv_freq if q_norm is None else q_norm
+    kw = inv_freq if k_norm is None else k_norm
+    core.sim_dispatch(
+        name,
+        [a, q, k, v, kc, vc, inv_freq, qw, kw],
+        [n, n_heads + n_kv],
+        [ceil_div(hd, 32) * 32],
+        constants={2: neox},
+    )
+
+
+def attention_rope(
+    q, k, v, kc, vc, pos0, window, scale, rope_dims, inv_freq, neox, q_norm=None, k_norm=None,
+    eps=1e-6, split_len=None, nsg=SIMDGROUPS,
+):  # fmt: skip
+    """out (n, n_heads * head_dim) of attention_rope(_split) (+ attention_merge): rope_store_kv's
+    work and attention in one dispatch, on q and k as projected; writes the new K and V rows into
+    kc, vc. split_len None: as the backend decides."""
+    n = q.shape[0]
+    n_kv, n_ctx, hd = kc.shape
+    n_heads = q.shape[1] // hd
+    assert n <= MATVEC_TOKENS
+    if split_len is None:
+        split_len = host_split_len(n, pos0, window)
+    chunks, align4 = ceil_div(hd, 32), lambda f: (f + 3) // 4 * 4
+    k_offset = align4((ATTN_ROWS + n) * chunks) + align4(ATTN_ROWS * hd)
+    prologue = k_offset * 4 + 2 * n * hd * kc.itemsize
+    tg_mem = [ceil_div(max(_merge_bytes(hd, nsg), prologue), 16) * 16]
+    assert tg_mem[0] <= 32768
+    a = args("iiiiiifii", n_heads, n_kv, hd, n_ctx, pos0, window, scale, split_len, n)
+    r = args("iiiiiiif", n_heads, n_kv, hd, rope_dims, n_ctx, pos0, int(q_norm is not None), eps)
+    qw = inv_freq if q_norm is None else q_norm
+    kw = inv_freq if k_norm is None else k_norm
+    suffix = "f16" if kc.dtype == np.float16 else "f32"
+    blocks = ceil_div(n * (n_heads // n_kv), ATTN_ROWS)
+    out = np.full((n, n_heads * hd), np.nan, np.float32)
+    rope_bufs = [r, k, v, inv_freq, qw, kw]
+    if split_len == 0:
+        bufs = [a, q, kc, vc, out, *rope_bufs]
+        core.sim_dispatch(
+            f"attention_rope_{suffix}", bufs, [n_kv * blocks], [32 * nsg], tg_mem=tg_mem,
+            constants={2: neox},
+        )  # fmt: skip
+        return out
+    assert n == 1
+    start = max(0, pos0 - window + 1) if window > 0 else 0
+    splits = pos0 // split_len - start // split_len + 1
+    partial = np.full(n_heads * splits * (hd + 2), np.nan, np.float32)
+    bufs = [a, q, kc, vc, partial, *rope_bufs]
+    grid = [n_kv * blocks, splits]
+    core.sim_dispatch(
+        f"attention_rope_split_{suffix}", bufs, grid, [32 * nsg], tg_mem=tg_mem, constants={2: neox}
+    )
+    core.sim_dispatch("attention_merge", [a, partial, out], [n_heads], [ceil_div(hd, 32) * 32])
+    return out
+
+
 def attention(q, kc, vc, n_heads, pos0, window, scale, split_len=None, tile=None, nsg=SIMDGROUPS):
     """out (n, n_heads * head_dim) of the attention kernels over the cache kc, vc
     ([n_kv][n_ctx][head_dim], float16 or float32). split_len None: as the backend decides; 0: not
@@ -58,10 +131,7 @@ def attention(q, kc, vc, n_heads, pos0, window, scale, split_len=None, tile=None
         )
         return out
     blocks = ceil_div(n * (n_heads // n_kv), ATTN_ROWS)
-    lanes = 1  # lanes per cache row (attn_lanes_per_row)
-    while lanes < 32 and 8 * lanes < hd:
-        lanes *= 2
-    tg_mem = [max(16, ceil_div((nsg - 1) * ATTN_ROWS * (2 + 8 * lanes) * 4, 16) * 16)]
+    tg_mem = [ceil_div(_merge_bytes(hd, nsg), 16) * 16]
     out = np.full((n, n_heads * hd), np.nan, np.float32)
     a = args("iiiiiifii", n_heads, n_kv, hd, n_ctx, pos0, window, scale, split_len, n)
     if split_len == 0:

@@ -142,7 +142,8 @@ def test_long_context_decode_splits_attention() -> None:
         m.reset_gpu_stats()
         got = m.decode(t).copy()
         assert_close(got, cpu.decode(t), "F16", "long-context decode", 2e-9)
-        assert m.gpu_stats()["dispatches"] == 1 + 7 * m.config.n_layer + 1  # + 1 merge per layer
+        # + 1 merge per layer (RoPE and the KV write are in the split kernel)
+        assert m.gpu_stats()["dispatches"] == 1 + 6 * m.config.n_layer + 1
 
 
 def test_weights_in_windows_when_the_file_exceeds_the_largest_buffer(
@@ -175,6 +176,37 @@ def test_prefill_equals_decode_steps() -> None:
     np.testing.assert_allclose(batched, single, rtol=0, atol=1e-5 * np.abs(single).max())
 
 
+@pytest.mark.parametrize(
+    ("arch", "variant"),
+    [
+        ("qwen2", "gqa2-untied"),
+        ("llama", "mha-tied"),
+        ("qwen3", "gqa2-hd24"),
+        ("gemma3", "swa-hd32"),
+    ],
+)
+def test_fused_rope_attention_computes_the_same_floats(
+    arch: str, variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decode steps and short chunks run RoPE, the cache write and attention in one kernel
+    (attention_rope); METALLIC_GPU_FUSE_ROPE=0 runs rope_store_kv and attention instead. Both
+    pair layouts, qk-norm and a sliding window shorter than the context: bit for bit the same
+    logits, through a prompt (the GEMM path, unfused either way), short chunks and decode steps
+    that cross the window."""
+    path, _ = tiny_gguf(arch, "Q8_0", variant)
+    ids = prompt(300, n=12, seed=12)  # the smallest vocabulary of the variants
+
+    def run() -> np.ndarray:
+        m = load(path, n_ctx=64)
+        rows = [m.prefill(ids[:9]).copy(), m.prefill(ids[9:12]).copy()]  # long, then short chunk
+        rows += [m.decode(t).copy() for t in (5, 9, 2, 7, 11, 3, 8, 4, 6, 10)]
+        return np.stack(rows)
+
+    fused = run()
+    monkeypatch.setenv("METALLIC_GPU_FUSE_ROPE", "0")
+    np.testing.assert_array_equal(fused, run())
+
+
 # ---- counters -------------------------------------------------------------------------------
 
 
@@ -197,9 +229,9 @@ def test_decode_counters(variant: str, tied: bool) -> None:
         assert s["waits"] == 1
         assert s["buffer_allocations"] == 0
         assert s["buffers_wrapped"] == 0
-        # embed, 6 per layer (norm + q-k-v, rope + KV write, attention, o, norm + gate-up-glu,
+        # embed, 5 per layer (norm + q-k-v, rope + KV write + attention, o, norm + gate-up-glu,
         # down), and the output head with the final norm
-        assert s["dispatches"] == 1 + 6 * L + 1
+        assert s["dispatches"] == 1 + 5 * L + 1
         # every matrix bound once, plus the embedding table for its one row; a tied output
         # head is that same table again
         assert s["weight_binds"] == _n_matrices(m) + 1

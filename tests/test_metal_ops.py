@@ -286,7 +286,7 @@ def test_rope_store_kv(kv, neox, n, n_heads, n_kv, head_dim, rope_dims, pos0):
         [a, q, k, v, kc, vc, inv_freq, inv_freq, inv_freq],
         [n, n_heads + n_kv],
         [ceil_div(head_dim, 32) * 32],
-        constants={0: neox},
+        constants={2: neox},
     )
     assert nmse(q, q_ref) < 1e-6
     assert nmse(k, k_ref) < 1e-6
@@ -353,7 +353,7 @@ def test_rope_store_kv_with_qk_norm(neox, n, n_heads, n_kv, head_dim, rope_dims)
         [a, q, k, v, kc, vc, inv_freq, qw, kw],
         [n, n_heads + n_kv],
         [ceil_div(head_dim, 32) * 32],
-        constants={0: neox},
+        constants={2: neox},
     )
     assert nmse(q, q_ref) < 1e-6
     assert nmse(k, k_ref) < 1e-6

@@ -109,6 +109,14 @@ public:
         rope(k, n, n_kv_heads, pos0, inv_freq);
         store_kv(cache, k, v, n, pos0);
     }
+    // rope_store_kv, then attention of its n tokens into out. A backend that fuses the two may
+    // leave q and k unrotated (they are read by nothing after).
+    virtual void rope_attention(int cache, float* q, int n_heads, float* k, int n_kv_heads, const float* v, int n,
+                                int pos0, const float* inv_freq, const float* q_norm, const float* k_norm,
+                                int head_dim, float eps, int window, float* out) {
+        rope_store_kv(cache, q, n_heads, k, n_kv_heads, v, n, pos0, inv_freq, q_norm, k_norm, head_dim, eps);
+        attention(cache, q, n, pos0, window, out);
+    }
     // out = rmsnorm(x) * w (n rows of d), then the jobs over out. A backend that fuses the norm
     // into the matrix products may leave out unwritten.
     virtual void rmsnorm_matmul(const float* x, const float* w, float eps, float* out, int n, int d,

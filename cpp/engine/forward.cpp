@@ -148,33 +148,32 @@ void Engine::forward(const Segment* segs, int n_segs, float* all_logits, float* 
             const float* v = v_.data() + row * kvd;
             float* out = attn_out_.data() + row * qd;
             if (!obs) {
-                B.rope_store_kv(cache, q, c.n_head, k, c.n_head_kv, v, m, pos0, freqs, q_norm, k_norm, hd, c.rms_eps);
-            } else {
-                if (c.qk_norm) {  // each head a row of head_dim
-                    observe(ev(l, "q_norm", "rmsnorm", q, m, qd, qd),
-                            [&] { B.rmsnorm(q, q_norm, q, m * c.n_head, hd, c.rms_eps); });
-                    observe(ev(l, "k_norm", "rmsnorm", k, m, kvd, kvd),
-                            [&] { B.rmsnorm(k, k_norm, k, m * c.n_head_kv, hd, c.rms_eps); });
-                }
-                if (B.has_unfused_ops()) {
-                    observe(ev(l, "rope_q", "rope", q, m, qd, qd), [&] { B.rope(q, m, c.n_head, pos0, freqs); });
-                    observe(ev(l, "rope_k", "rope+store_kv", k, m, kvd, kvd), [&] {
-                        B.rope(k, m, c.n_head_kv, pos0, freqs);
-                        B.store_kv(cache, k, v, m, pos0);
-                    });
-                } else {  // one fused step for both: its time is rope_q's
-                    observe(ev(l, "rope_q", "rope_store_kv", q, m, qd, qd), [&] {
-                        B.rope_store_kv(cache, q, c.n_head, k, c.n_head_kv, v, m, pos0, freqs, nullptr, nullptr, hd,
-                                        c.rms_eps);
-                    });
-                    observe(ev(l, "rope_k", "rope_store_kv (rope_q's)", k, m, kvd, kvd), [] {});
-                }
+                B.rope_attention(cache, q, c.n_head, k, c.n_head_kv, v, m, pos0, freqs, q_norm, k_norm, hd, c.rms_eps,
+                                 window, out);
+                continue;
             }
-            auto attend = [&] { B.attention(cache, q, m, pos0, window, out); };
-            if (!obs)
-                attend();
-            else
-                observe(ev(l, "attention", "attention", out, m, qd, qd), attend);
+            // Traced: each step observed alone.
+            if (c.qk_norm) {  // each head a row of head_dim
+                observe(ev(l, "q_norm", "rmsnorm", q, m, qd, qd),
+                        [&] { B.rmsnorm(q, q_norm, q, m * c.n_head, hd, c.rms_eps); });
+                observe(ev(l, "k_norm", "rmsnorm", k, m, kvd, kvd),
+                        [&] { B.rmsnorm(k, k_norm, k, m * c.n_head_kv, hd, c.rms_eps); });
+            }
+            if (B.has_unfused_ops()) {
+                observe(ev(l, "rope_q", "rope", q, m, qd, qd), [&] { B.rope(q, m, c.n_head, pos0, freqs); });
+                observe(ev(l, "rope_k", "rope+store_kv", k, m, kvd, kvd), [&] {
+                    B.rope(k, m, c.n_head_kv, pos0, freqs);
+                    B.store_kv(cache, k, v, m, pos0);
+                });
+            } else {  // one fused step for both: its time is rope_q's
+                observe(ev(l, "rope_q", "rope_store_kv", q, m, qd, qd), [&] {
+                    B.rope_store_kv(cache, q, c.n_head, k, c.n_head_kv, v, m, pos0, freqs, nullptr, nullptr, hd,
+                                    c.rms_eps);
+                });
+                observe(ev(l, "rope_k", "rope_store_kv (rope_q's)", k, m, kvd, kvd), [] {});
+            }
+            observe(ev(l, "attention", "attention", out, m, qd, qd),
+                    [&] { B.attention(cache, q, m, pos0, window, out); });
         }
         if (!obs) {
             if (c.post_norms) {

@@ -88,6 +88,8 @@ public:
             if (const double v = std::atof(env); v > 0) commit_work_ = v;
         // ... and set when the first command buffer goes early (0: never).
         if (const char* env = std::getenv("METALLIC_GPU_EARLY_COMMIT")) early_dispatches_ = std::strtoull(env, nullptr, 10);
+        // ... and compare the fused RoPE + attention with the two dispatches (=0; the same floats).
+        if (const char* env = std::getenv("METALLIC_GPU_FUSE_ROPE")) fuse_rope_ = std::strcmp(env, "0") != 0;
         make_pipelines(file, w);
 
         ids_ = dev_->new_buffer(sizeof(int32_t) * size_t(opt_.max_batch));
@@ -254,6 +256,33 @@ public:
     void add(float*, const float*, int64_t) override { unreachable("add"); }
 
     void attention(int cache, const float* q, int n, int pos0, int window, float* out) override {
+        encode_attention(cache, q, n, pos0, window, out, nullptr);
+    }
+
+    // Decode steps and short chunks: rope_store_kv's work inside the attention kernel
+    // (attention_rope, metal/attention.h), one dispatch fewer per layer; the same floats.
+    void rope_attention(int cache, float* q, int n_heads, float* k, int n_kv_heads, const float* v, int n, int pos0,
+                        const float* inv_freq, const float* q_norm, const float* k_norm, int head_dim, float eps,
+                        int window, float* out) override {
+        if (n > MATVEC_TOKENS || !fuse_rope_) {
+            Backend::rope_attention(cache, q, n_heads, k, n_kv_heads, v, n, pos0, inv_freq, q_norm, k_norm, head_dim,
+                                    eps, window, out);
+            return;
+        }
+        const FusedRope rope{RopeKvArgs{n_heads, n_kv_heads, head_dim, cfg_.rope_dims, opt_.n_ctx, pos0,
+                                        q_norm ? 1 : 0, eps},
+                             k, v, inv_freq, q_norm, k_norm};
+        encode_attention(cache, q, n, pos0, window, out, &rope);
+        kv_bytes_ += 2 * uint64_t(n) * uint64_t(n_kv_heads) * uint64_t(head_dim) * kv_elem_bytes_;  // the write
+    }
+
+    // What attention_rope reads beside attention's bindings.
+    struct FusedRope {
+        RopeKvArgs args;
+        const float *k, *v, *inv_freq, *q_norm, *k_norm;
+    };
+
+    void encode_attention(int cache, const float* q, int n, int pos0, int window, float* out, const FusedRope* rope) {
         gpu::Encoder& e = encoder();
         AttentionArgs a{};
         a.n_heads = cfg_.n_head;
@@ -271,17 +300,31 @@ public:
         // lanes per row the least power of two with 8 * lanes >= head_dim (attn_lanes_per_row).
         uint32_t lanes = 1;
         while (lanes < 32 && 8 * lanes < uint32_t(cfg_.head_dim)) lanes *= 2;
-        const size_t shared = std::max<size_t>(
+        size_t shared = std::max<size_t>(
             16, size_t(kAttentionSimdgroups - 1) * ATTN_ROWS * size_t(2 + 8 * lanes) * sizeof(float));
+        if (rope) {  // the prologue's sums, rotated queries and new K and V rows (attn_rope_k_offset)
+            const size_t hd = size_t(cfg_.head_dim), chunks = (hd + 31) / 32;
+            auto align4 = [](size_t floats) { return (floats + 3) & ~size_t(3); };
+            const size_t k_offset = align4((ATTN_ROWS + size_t(n)) * chunks) + align4(ATTN_ROWS * hd);
+            shared = std::max(shared, k_offset * sizeof(float) + 2 * size_t(n) * hd * kv_elem_bytes_);
+        }
         const int first = window > 0 ? std::max(0, pos0 - window + 1) : 0;  // decode's window
         const int len = pos0 - first + 1;
         // Every attention kernel takes the args, q and the layer's K and V cache first.
+        // (the fused kernels then rope_store_kv's at 5 .. 10).
         auto begin = [&](const gpu::Pipeline& p) {
             use_pipeline(e, p);
             e.set_args(0, a);
             bind(e, 1, q);
             e.set_buffer(2, *k_cache_, cache_offset(cache));
             e.set_buffer(3, *v_cache_, cache_offset(cache));
+            if (!rope) return;
+            e.set_args(5, rope->args);
+            bind(e, 6, rope->k);
+            bind(e, 7, rope->v);
+            bind(e, 8, rope->inv_freq);
+            bind(e, 9, rope->q_norm ? rope->q_norm : rope->inv_freq);  // read only with qk-norm
+            bind(e, 10, rope->k_norm ? rope->k_norm : rope->inv_freq);
         };
         if (n == 1 && len >= kAttentionSplitMin) {
             // Long-context decode: a threadgroup per kv head alone would leave most of a GPU
@@ -291,7 +334,7 @@ public:
             a.split_len =
                 kAttentionSplitLen * int(ceil_div(len, int64_t(kAttentionSplitLen) * kAttentionMaxSplits));
             const uint32_t splits = uint32_t(pos0 / a.split_len - first / a.split_len + 1);
-            begin(*attention_split_);
+            begin(rope ? *attention_rope_split_ : *attention_split_);
             e.set_buffer(4, *attn_partial_, 0);
             e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
             e.dispatch_threadgroups({tgs, splits, 1}, {32 * kAttentionSimdgroups, 1, 1});
@@ -316,7 +359,7 @@ public:
             e.set_threadgroup_memory(0, size_t(16 * stride + 128 * kAttentionSimdgroups) * sizeof(float));
             e.dispatch_threadgroups({tile_tgs, 1, 1}, {32 * kAttentionSimdgroups, 1, 1});
         } else {
-            begin(*attention_);
+            begin(rope ? *attention_rope_ : *attention_);
             bind(e, 4, out);
             e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
             e.dispatch_threadgroups({tgs, 1, 1}, {32 * kAttentionSimdgroups, 1, 1});
@@ -425,12 +468,17 @@ private:
         if (cfg_.head_dim > MAX_HEAD_DIM)
             throw Unsupported("the Metal backend supports head sizes up to " + std::to_string(MAX_HEAD_DIM) +
                               ", this model has " + std::to_string(cfg_.head_dim));
-        const gpu::Constants neox = {{0, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}};
+        const gpu::Constants neox = {{2, gpu::Constant::of_bool(cfg_.rope_style == RopeStyle::Neox)}};  // rope.h
         rope_store_kv_ = dev_->pipeline(opt_.kv_f32 ? "rope_store_kv_f32" : "rope_store_kv_f16", neox);
         require_threads(*rope_store_kv_, MAX_HEAD_DIM);
         attention_ = dev_->pipeline(opt_.kv_f32 ? "attention_f32" : "attention_f16");
         attention_split_ = dev_->pipeline(opt_.kv_f32 ? "attention_split_f32" : "attention_split_f16");
         attention_merge_ = dev_->pipeline("attention_merge");
+        attention_rope_ = dev_->pipeline(opt_.kv_f32 ? "attention_rope_f32" : "attention_rope_f16", neox);
+        attention_rope_split_ =
+            dev_->pipeline(opt_.kv_f32 ? "attention_rope_split_f32" : "attention_rope_split_f16", neox);
+        require_threads(*attention_rope_, 32 * kAttentionSimdgroups);
+        require_threads(*attention_rope_split_, 32 * kAttentionSimdgroups);
         if (cfg_.head_dim % 8 == 0) {  // else prompt chunks take attention (attention_tile needs it)
             attention_tile_ = dev_->pipeline(opt_.kv_f32 ? "attention_tile_f32" : "attention_tile_f16",
                                              {{0, gpu::Constant::of_int(cfg_.head_dim / 8)}});
@@ -745,8 +793,7 @@ private:
 
     std::map<uint32_t, FormatPipelines> formats_;
     std::unique_ptr<gpu::Pipeline> rmsnorm_, rmsnorm_add_, rope_store_kv_, attention_, attention_split_, attention_merge_,
-        attention_tile_,
-        glu_silu_, glu_gelu_, softcap_, argmax_;
+        attention_rope_, attention_rope_split_, attention_tile_, glu_silu_, glu_gelu_, softcap_, argmax_;
 
     std::unique_ptr<gpu::CommandBuffer> cb_;
     gpu::Encoder* enc_ = nullptr;
@@ -755,6 +802,7 @@ private:
     uint64_t cb_dispatches_ = 0;  // dispatches encoded into cb_
     Group group_ = Group::None;   // Independent
     uint64_t early_dispatches_ = kEarlyCommitDispatches;
+    bool fuse_rope_ = true;  // rope_attention fused for short segments (METALLIC_GPU_FUSE_ROPE)
     uint64_t syncs_ = 0;  // sync() calls that waited for work (stats: "syncs")
     int single_rows_ = 0;  // a step's decode rows (set_single_rows)
     double commit_work_ = kCommitWork;
