@@ -364,17 +364,18 @@ NB_MODULE(_core, m) {
              },
              nb::arg("id"), nb::arg("seq") = 0, nb::rv_policy::reference_internal)
         .def("decode_greedy",
-             [](Engine& e, int32_t first, int n, int seq) {
+             [](Engine& e, int32_t first, int n, int seq, int n_next) {
                  std::vector<int32_t> tokens(size_t(std::max(n, 0))), status(tokens.size());
                  {
                      nb::gil_scoped_release release;
-                     e.decode_greedy(first, n, tokens.data(), status.data(), seq);
+                     e.decode_greedy(first, n, tokens.data(), status.data(), seq, n_next);
                  }
                  return std::make_pair(tokens, status);
              },
-             nb::arg("first"), nb::arg("n"), nb::arg("seq") = 0,
+             nb::arg("first"), nb::arg("n"), nb::arg("seq") = 0, nb::arg("n_next") = 0,
              "GPU-resident greedy decoding (engine.h): n passes from token `first`, each next token "
-             "picked by the backend; returns (tokens, statuses) as two lists.")
+             "picked by the backend; returns (tokens, statuses) as two lists. n_next > 0 queues the "
+             "next burst of n_next passes before waiting, for a call that continues from tokens[-1].")
         .def("trace",
              [](Engine& e, Ids ids, nb::callable fn, int seq) {
                  PyObserver observer(std::move(fn));  // released with the GIL held, after the pass

@@ -47,12 +47,92 @@ def test_resident_tokens_equal_the_one_token_path(arch, variant, backend, monkey
     assert len(got) == 20
     assert res.n_past == one.n_past and res.cached_tokens == one.cached_tokens
     if backend == "metal-sim":
-        # The prompt, then 19 decode passes: the host waits once each, or once per burst of 8
-        # (a burst is two command buffers: its first 16 dispatches go to the GPU early).
+        # The prompt, then 19 decode passes: the host waits once each, or once per burst of 8.
+        # The first burst is two command buffers (its first 16 dispatches go to the GPU early);
+        # every later one was queued while the one before it ran: one command buffer.
         assert one.gpu_stats()["syncs"] == 20
         stats = res.gpu_stats()
-        assert stats["syncs"] == 1 + math.ceil(19 / 8)
-        assert 2 * math.ceil(19 / 8) < stats["command_buffers"] <= 2 * stats["syncs"]
+        bursts = math.ceil(19 / 8)
+        assert stats["syncs"] == 1 + bursts
+        assert stats["command_buffers"] == _prompt_command_buffers(path) + 2 + (bursts - 1)
+
+
+def _prompt_command_buffers(path: Path) -> int:
+    model = metallic.load(path, backend="metal-sim", n_ctx=64)
+    model.reset_gpu_stats()
+    model.prefill(PROMPT)
+    return model.gpu_stats()["command_buffers"]
+
+
+def _one_token_path(path: Path, n: int) -> list[int]:
+    """n greedy tokens after PROMPT, one decode() per token."""
+    model = metallic.load(path, backend="metal-sim", n_ctx=64)
+    logits = model.prefill(PROMPT)
+    tokens = []
+    for _ in range(n):
+        tokens.append(int(np.argmax(logits)))
+        logits = model.decode(tokens[-1])
+    return tokens
+
+
+def test_each_burst_queues_the_next_one_command_buffer_and_one_wait_per_burst():
+    """Engine::decode_greedy with n_next: the call queues the next burst before it waits, and
+    the call that continues it finds it running. Past the first call, a burst of 8 tokens costs
+    one command buffer and one host wait, and the tokens are the one-token path's."""
+    arch, variant = ARCHS[0]
+    path, _ = tiny_gguf(arch, "F16", variant)
+    want = _one_token_path(path, 33)
+    model = metallic.load(path, backend="metal-sim", n_ctx=64)
+    model.prefill(PROMPT)
+    engine = model._engine
+    got = [want[0]]
+    for k in range(4):
+        model.reset_gpu_stats()
+        tokens, status = engine.decode_greedy(got[-1], 8, n_next=8 if k < 3 else 0)
+        s = model.gpu_stats()
+        assert status == [0] * 8
+        got += tokens
+        assert model.n_past == len(PROMPT) + 8 * (k + 1)  # a queued burst is not counted
+        assert s["syncs"] == 1
+        # k = 0: this burst (its first dispatches early) and the queued one; then the next
+        # queued one only, and in the last call none
+        assert s["command_buffers"] == (3 if k == 0 else 1 if k < 3 else 0)
+    assert got == want
+
+
+def test_a_queued_burst_nobody_continues_is_discarded():
+    """Any other call (another first token, a prompt, a truncation) waits for the queued burst
+    and drops it: the cache and the logits are as if it had never been queued."""
+    arch, variant = ARCHS[1]
+    path, _ = tiny_gguf(arch, "F16", variant)
+
+    def run(queue: bool) -> list[np.ndarray]:
+        model = metallic.load(path, backend="metal-sim", n_ctx=64)
+        engine = model._engine
+        model.prefill(PROMPT)
+        out = []
+        # Each call queues a burst shaped like the next call, which then differs in one thing.
+        tokens, _ = engine.decode_greedy(3, 4, n_next=4 if queue else 0)
+        out.append(np.array(tokens))
+        tokens, _ = engine.decode_greedy(7, 4, n_next=5 if queue else 0)  # not tokens[-1]
+        out.append(np.array(tokens))
+        assert model.n_past == len(PROMPT) + 8
+        out.append(model.prefill([2, 9]).copy())
+        tokens, _ = engine.decode_greedy(int(np.argmax(out[-1])), 5, n_next=5 if queue else 0)
+        out.append(np.array(tokens))
+        model._truncate(len(PROMPT) + 11)
+        out.append(model.decode(4).copy())
+        assert model.n_past == len(PROMPT) + 12
+        tokens, _ = engine.decode_greedy(6, 3, n_next=3 if queue else 0)
+        out.append(np.array(tokens))
+        tokens, _ = engine.decode_greedy(tokens[-1], 3, seq=0, n_next=3 if queue else 0)
+        out.append(np.array(tokens))  # this one continues
+        assert model.n_past == len(PROMPT) + 18
+        del model, engine  # a queued burst at the end: the engine waits for it
+        return out
+
+    for a, b in zip(run(True), run(False), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

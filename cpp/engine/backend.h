@@ -43,6 +43,11 @@ public:
     }
     // Waits for all work the ops queued; results are readable by the host afterwards.
     virtual void sync() {}
+    // Hands the work queued so far to the device without waiting, and returns a ticket for it;
+    // wait_for(ticket) waits for that work (and what was queued before it) only, so later work
+    // may still run. Synchronous backends return 0 and never wait.
+    virtual uint64_t flush() { return 0; }
+    virtual void wait_for(uint64_t ticket) { (void)ticket; }
     // Segments of at most this many tokens (decode steps, short prompt chunks) are computed
     // token by token with the backend's one-token (matrix-vector) kernels, which read each
     // weight once for all such rows of a pass; longer segments go through its GEMM. The engine

@@ -139,14 +139,22 @@ Engine::Engine(const std::string& path, const ModelConfig& cfg, const std::vecto
     size_t total = 0;
     for (size_t s : sizes) total += round_up(s);
     static_assert(sizeof(int32_t) == sizeof(float));
-    const size_t resident = round_up(kMaxResident + 1) + round_up(kMaxResident);
+    const size_t resident = round_up(1 + 2 * kMaxResident) + round_up(2 * kMaxResident);
     float* mem = backend_->activations(total + resident);
     for (size_t i = 0; i < std::size(sizes); ++i) {
         *spans[i] = Span{mem, sizes[i]};
         mem += round_up(sizes[i]);
     }
     resident_tokens_ = reinterpret_cast<int32_t*>(mem);
-    resident_status_ = reinterpret_cast<int32_t*>(mem + round_up(kMaxResident + 1));
+    resident_status_ = reinterpret_cast<int32_t*>(mem + round_up(1 + 2 * kMaxResident));
+}
+
+Engine::~Engine() {
+    try {
+        const std::lock_guard<std::mutex> lock(mu_);
+        if (backend_) backend_->sync();
+    } catch (...) {  // a destructor must not throw; the device reported an error nobody can act on
+    }
 }
 
 void Engine::check_ids(const int32_t* ids, int n) const {
@@ -169,6 +177,7 @@ void Engine::check_room(int seq, int n) const {
 
 const float* Engine::prefill(const int32_t* ids, int n, float* all_logits, int seq) {
     const std::lock_guard<std::mutex> lock = hold();
+    settle();
     check_room(seq, n);
     check_ids(ids, n);
     for (int done = 0; done < n;) {
@@ -179,26 +188,61 @@ const float* Engine::prefill(const int32_t* ids, int n, float* all_logits, int s
     return logits_.data();
 }
 
-void Engine::decode_greedy(int32_t first, int n, int32_t* tokens, int32_t* status, int seq) {
+void Engine::decode_greedy(int32_t first, int n, int32_t* tokens, int32_t* status, int seq, int n_next) {
     const std::lock_guard<std::mutex> lock = hold();
     if (n < 1 || n > kMaxResident)
         throw BadRequest("decode_greedy runs 1 to " + std::to_string(kMaxResident) + " tokens, not " + std::to_string(n));
+    if (n_next < 0 || n_next > kMaxResident)
+        throw BadRequest("decode_greedy queues 0 to " + std::to_string(kMaxResident) + " next tokens, not " +
+                         std::to_string(n_next));
     if (observer_) throw BadRequest("GPU-resident decoding cannot be traced: trace with decode()");
-    check_room(seq, n);
-    check_ids(&first, 1);
-    // No pass is queued (every call ends with a wait), so the host may write the first id.
-    resident_tokens_[0] = first;
-    for (int i = 0; i < n; ++i) {
-        const Segment s{seq, resident_tokens_ + i, 1};
-        forward(&s, 1, nullptr, nullptr, nullptr, resident_tokens_ + i + 1, resident_status_ + i);
+    int region = 0;
+    uint64_t ticket = 0;
+    if (queued_.n > 0 && queued_.seq == seq && queued_.n == n && queued_.first == first) {
+        // The queued burst is this call's: its passes join the sequence.
+        n_past_[size_t(seq)] += n;
+        region = queued_.region;
+        ticket = queued_.ticket;
+        queued_ = {};
+    } else {
+        settle();
+        check_room(seq, n);
+        check_ids(&first, 1);
+        resident_tokens_[0] = first;  // nothing queued reads it now
+        encode_burst(seq, resident_tokens_, n, region);
+        ticket = backend_->flush();
     }
-    backend_->sync();
-    std::copy(resident_tokens_ + 1, resident_tokens_ + 1 + n, tokens);
-    std::copy(resident_status_, resident_status_ + n, status);
+    if (n_next > 0 && int64_t(n_past_[size_t(seq)]) + n_next <= opt_.n_ctx) {
+        // Queued behind this burst, from its last pick, into the other region; hidden from
+        // n_past until a call continues it.
+        const int next = 1 - region;
+        encode_burst(seq, burst_tokens(region) + n - 1, n_next, next);
+        queued_ = {seq, n_next, next, backend_->flush(), -1};
+        n_past_[size_t(seq)] -= n_next;
+    }
+    backend_->wait_for(ticket);
+    std::copy(burst_tokens(region), burst_tokens(region) + n, tokens);
+    std::copy(burst_status(region), burst_status(region) + n, status);
+    if (queued_.n > 0) queued_.first = tokens[n - 1];
+}
+
+void Engine::encode_burst(int seq, const int32_t* in, int n, int region) {
+    int32_t* picks = burst_tokens(region);
+    for (int i = 0; i < n; ++i) {
+        const Segment s{seq, i == 0 ? in : picks + i - 1, 1};
+        forward(&s, 1, nullptr, nullptr, nullptr, picks + i, burst_status(region) + i);
+    }
+}
+
+void Engine::settle() {
+    if (queued_.n == 0) return;
+    backend_->wait_for(queued_.ticket);
+    queued_ = {};
 }
 
 void Engine::step(const std::vector<Segment>& segs, float* out) {
     const std::lock_guard<std::mutex> lock = hold();
+    settle();
     if (segs.empty()) throw BadRequest("a step needs at least one sequence");
     if (observer_)
         throw BadRequest("a batched step cannot be traced: tracing runs one sequence at a time (prefill, decode)");
@@ -269,6 +313,7 @@ std::lock_guard<std::mutex> Engine::hold() const {
 
 void Engine::set_observer(Observer* observer) {
     const std::lock_guard<std::mutex> lock = hold();
+    settle();
     observer_ = observer;
     kernels_.clear();
     backend_->log_kernels(observer ? &kernels_ : nullptr);
@@ -276,6 +321,7 @@ void Engine::set_observer(Observer* observer) {
 
 void Engine::truncate(int n_keep, int seq) {
     const std::lock_guard<std::mutex> lock = hold();
+    settle();
     const int past = n_past(seq);
     if (n_keep < 0 || n_keep > past)
         throw BadRequest("cannot keep " + std::to_string(n_keep) + " of " + std::to_string(past) + " cached tokens");

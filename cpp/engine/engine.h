@@ -50,6 +50,8 @@ class Engine {
 public:
     Engine(const std::string& path, const ModelConfig& cfg, const std::vector<TensorDesc>& tensors,
            const EngineOptions& opt);
+    // Waits for queued GPU work: it reads the mapped file and the backend's buffers.
+    ~Engine();
 
     // Runs n tokens of sequence seq at its positions n_past(seq) .. +n-1 and appends them to its
     // cache. Returns the logits of the last token (n_vocab floats, valid until the next call).
@@ -70,8 +72,14 @@ public:
     // Backend::argmax); from the first bad status on, the tokens mean nothing. The n inputs
     // (first, tokens[0 .. n-2]) are appended to the cache: a caller that stops at tokens[j]
     // truncates the n - 1 - j inputs after it. n is at most kMaxResident.
+    //
+    // n_next > 0 also queues the following burst, n_next passes from tokens[n - 1], before the
+    // wait, so the GPU runs it while the caller streams this one (the host never leaves the GPU
+    // idle between bursts). A call that continues it (the same seq, n = n_next and first =
+    // tokens[n - 1]) only waits for it, and may queue the next; any other call first waits for
+    // it and discards it. Until continued, its positions are not in n_past.
     static constexpr int kMaxResident = 64;
-    void decode_greedy(int32_t first, int n, int32_t* tokens, int32_t* status, int seq = 0);
+    void decode_greedy(int32_t first, int n, int32_t* tokens, int32_t* status, int seq = 0, int n_next = 0);
 
     // Forgets the sequence's cached positions from n_keep on (0 restarts the conversation).
     void truncate(int n_keep, int seq = 0);
@@ -110,6 +118,12 @@ private:
     // One op of a traced pass: runs it, waits for it, times it and hands it to observer_.
     template <class Run> void observe(OpEvent e, const Run& run);
     void check_room(int seq, int n) const;
+    // GPU-resident decoding: n passes from *in, token i picked into burst_tokens(region)[i].
+    void encode_burst(int seq, const int32_t* in, int n, int region);
+    int32_t* burst_tokens(int region) const { return resident_tokens_ + 1 + region * kMaxResident; }
+    int32_t* burst_status(int region) const { return resident_status_ + region * kMaxResident; }
+    // Waits for the queued burst, if any, and discards it (callers hold mu_).
+    void settle();
 
     MappedFile file_;
     ModelConfig cfg_;
@@ -146,10 +160,18 @@ private:
     // returns.
     Span logits_;
     int logit_rows_ = 1;
-    // decode_greedy's tokens (kMaxResident + 1: the first, then one per pass) and statuses, in
-    // the activations so a GPU's kernels read and write them.
+    // decode_greedy's tokens (the host's first, then two regions of kMaxResident: a burst's
+    // picks and the queued next burst's) and statuses (two regions), in the activations so a
+    // GPU's kernels read and write them.
     int32_t* resident_tokens_ = nullptr;
     int32_t* resident_status_ = nullptr;
+    // The burst decode_greedy queued for its continuation (n == 0: none): its sequence, passes,
+    // region, backend ticket, and the token it starts from (the previous burst's last pick).
+    struct QueuedBurst {
+        int seq = 0, n = 0, region = 0;
+        uint64_t ticket = 0;
+        int32_t first = -1;
+    } queued_;
 };
 
 }  // namespace metallic

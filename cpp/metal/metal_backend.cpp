@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -111,12 +112,22 @@ public:
 
     float* activations(size_t count) override { return map_.make_activations(count); }
 
-    void sync() override {
+    void sync() override { wait_for(flush()); }
+
+    uint64_t flush() override {
         if (cb_) commit();
-        if (in_flight_.empty()) return;
-        ++syncs_;  // the host blocks once, however many command buffers the pass took
-        for (auto& cb : in_flight_) cb->wait();
-        in_flight_.clear();
+        return committed_;
+    }
+
+    // Command buffers on one queue complete in order: waiting for those up to the ticket leaves
+    // the later ones running (GPU-resident decoding queues the next burst before it waits).
+    void wait_for(uint64_t ticket) override {
+        if (in_flight_.empty() || in_flight_.front().first > ticket) return;
+        ++syncs_;  // the host blocks once, however many command buffers it waits for
+        while (!in_flight_.empty() && in_flight_.front().first <= ticket) {
+            in_flight_.front().second->wait();
+            in_flight_.pop_front();
+        }
     }
 
     std::map<std::string, uint64_t> stats() const override {
@@ -734,7 +745,7 @@ private:
     void commit() {
         enc_ = nullptr;
         cb_->commit();
-        in_flight_.push_back(std::move(cb_));
+        in_flight_.emplace_back(++committed_, std::move(cb_));
         cb_work_ = 0;
         cb_dispatches_ = 0;
     }
@@ -797,7 +808,9 @@ private:
 
     std::unique_ptr<gpu::CommandBuffer> cb_;
     gpu::Encoder* enc_ = nullptr;
-    std::vector<std::unique_ptr<gpu::CommandBuffer>> in_flight_;  // committed, not yet waited for
+    // Committed, not yet waited for, each with its number (committed_ counts them all).
+    std::deque<std::pair<uint64_t, std::unique_ptr<gpu::CommandBuffer>>> in_flight_;
+    uint64_t committed_ = 0;
     double cb_work_ = 0;  // multiply-adds encoded into cb_
     uint64_t cb_dispatches_ = 0;  // dispatches encoded into cb_
     Group group_ = Group::None;   // Independent

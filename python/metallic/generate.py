@@ -375,8 +375,14 @@ def _steps(
                     continue  # this token's pass already ran
                 te = time.perf_counter()
                 if resident:
+                    # This burst, and the next one queued behind it (the same rule, from where
+                    # this one ends) so the GPU works while these tokens are streamed.
                     n = min(RESIDENT_BURST, max_tokens - 1 - i, model.n_ctx - model.n_past)
-                    queued.extend(zip(*model._decode_greedy(tok, n), strict=True))
+                    n_next = min(
+                        RESIDENT_BURST, max_tokens - 1 - (i + n), model.n_ctx - model.n_past - n
+                    )
+                    burst = model._decode_greedy(tok, n, n_next=max(0, n_next))
+                    queued.extend(zip(*burst, strict=True))
                 else:
                     logits = model._decode(tok)
                 stats.engine_seconds += time.perf_counter() - te

@@ -401,14 +401,16 @@ class Model:
         finally:
             self._sync_cached()
 
-    def _decode_greedy(self, token: int, n: int) -> tuple[list[int], list[int]]:
+    def _decode_greedy(self, token: int, n: int, n_next: int = 0) -> tuple[list[int], list[int]]:
         """GPU-resident greedy decoding (Engine::decode_greedy): n passes from `token`, each
         next token picked on the backend; returns (tokens, statuses). The n inputs, `token` and
-        all but the last token returned, are now in the cache."""
+        all but the last token returned, are now in the cache. n_next > 0 queues the next burst
+        (n_next passes from the last token returned) before waiting: the call that continues
+        with exactly those arguments finds it running."""
         arr = self._ids([token])
         self._cached.append(int(arr[0]))
         try:
-            tokens, status = self._engine.decode_greedy(int(arr[0]), n)
+            tokens, status = self._engine.decode_greedy(int(arr[0]), n, n_next=n_next)
             self._cached.extend(tokens[:-1])
         finally:
             self._sync_cached()
