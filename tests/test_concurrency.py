@@ -101,10 +101,13 @@ def test_four_threads_generating_match_serial(model_path: Path) -> None:
     assert len(got) == 20 and not wrong
 
 
-def test_sixteen_threads_mixed_calls(model_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["cpu", "metal-sim"])
+def test_sixteen_threads_mixed_calls(model_path: Path, backend: str) -> None:
     """generate, held prefill/decode sequences, bare prefills, resets and truncates from 16
-    threads at once; every result that has a serial reference matches it exactly."""
-    model = metallic.load(model_path, backend="cpu", n_ctx=512, threads=2)
+    threads at once; every result that has a serial reference matches it exactly. On metal-sim
+    the greedy generations are GPU-resident; on both, some threads run a burst that queues the
+    next one and leave it unclaimed, for the next call from any thread to wait for and discard."""
+    model = metallic.load(model_path, backend=backend, n_ctx=512, threads=2)
     tok = model.tokenizer
     prompt_ids = {p: tok.encode(p) for p in PROMPTS}
     gen_ref = {p: greedy(model, p) for p in PROMPTS}
@@ -113,13 +116,22 @@ def test_sixteen_threads_mixed_calls(model_path: Path) -> None:
         model.reset()
         first = model.prefill(ids).copy()
         step_ref[p] = (first, model.decode(int(np.argmax(first))).copy())
+    burst_ref: dict[str, list[int]] = {}
+    for p, ids in prompt_ids.items():
+        model.reset()
+        burst_ref[p] = model._decode_greedy(int(np.argmax(model.prefill(ids))), 4)[0]
 
     def work(i: int) -> None:
         rng = np.random.default_rng(i)
         for _ in range(6):
             p = PROMPTS[int(rng.integers(len(PROMPTS)))]
-            kind = int(rng.integers(5))
-            if kind == 0:
+            kind = int(rng.integers(6))
+            if kind == 5:
+                with model.hold():
+                    model.reset()
+                    first = int(np.argmax(model.prefill(prompt_ids[p])))
+                    assert model._decode_greedy(first, 4, n_next=4)[0] == burst_ref[p]
+            elif kind == 0:
                 assert greedy(model, p) == gen_ref[p]
             elif kind == 1:
                 with model.hold():
