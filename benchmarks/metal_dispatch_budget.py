@@ -43,7 +43,9 @@ def counted_from_config(ftype: str) -> dict[str, int]:
     weights = int(s.n_layers * layer_params * bytes_per + s.vocab * s.hidden * bytes_per)
     embed_row = int(s.hidden * bytes_per)
     return {
-        "dispatches": 1 + 6 * s.n_layers + 1,
+        # embed; per layer norm + q-k-v, RoPE + KV write + attention, o, norm + gate-up, down;
+        # the final norm + output head
+        "dispatches": 1 + 5 * s.n_layers + 1,
         "command_buffers": 2,  # the first 16 dispatches committed early
         "syncs": 1,
         "buffer_allocations": 0,
