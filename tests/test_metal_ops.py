@@ -13,6 +13,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from metal_attention_helpers import attention as run_attention
+from metal_attention_helpers import rope_store_kv
 from metal_sim_helpers import args, ceil_div, core, kernel_shape
 from op_cases import (
     ATTENTION_CASES,
@@ -279,15 +280,7 @@ def test_rope_store_kv(kv, neox, n, n_heads, n_kv, head_dim, rope_dims, pos0):
     k_ref = rope_ref(k, n_kv, head_dim, rope_dims, pos0, inv_freq, neox)
     kc = np.zeros((n_kv, n_ctx, head_dim), kv)
     vc = np.zeros((n_kv, n_ctx, head_dim), kv)
-    name = "rope_store_kv_f16" if kv == np.float16 else "rope_store_kv_f32"
-    a = args("iiiiiiif", n_heads, n_kv, head_dim, rope_dims, n_ctx, pos0, 0, 0.0)
-    core.sim_dispatch(
-        name,
-        [a, q, k, v, kc, vc, inv_freq, inv_freq, inv_freq],
-        [n, n_heads + n_kv],
-        [ceil_div(head_dim, 32) * 32],
-        constants={2: neox},
-    )
+    rope_store_kv(q, k, v, kc, vc, pos0, rope_dims, inv_freq, neox)
     assert nmse(q, q_ref) < 1e-6
     assert nmse(k, k_ref) < 1e-6
     np.testing.assert_array_equal(
@@ -347,14 +340,7 @@ def test_rope_store_kv_with_qk_norm(neox, n, n_heads, n_kv, head_dim, rope_dims)
     k_ref = rope_ref(norm(k, n_kv, kw), n_kv, head_dim, rope_dims, pos0, inv_freq, neox)
     kc = np.zeros((n_kv, n_ctx, head_dim), np.float32)
     vc = np.zeros((n_kv, n_ctx, head_dim), np.float32)
-    a = args("iiiiiiif", n_heads, n_kv, head_dim, rope_dims, n_ctx, pos0, 1, eps)
-    core.sim_dispatch(
-        "rope_store_kv_f32",
-        [a, q, k, v, kc, vc, inv_freq, qw, kw],
-        [n, n_heads + n_kv],
-        [ceil_div(head_dim, 32) * 32],
-        constants={2: neox},
-    )
+    rope_store_kv(q, k, v, kc, vc, pos0, rope_dims, inv_freq, neox, qw, kw, eps)
     assert nmse(q, q_ref) < 1e-6
     assert nmse(k, k_ref) < 1e-6
     np.testing.assert_array_equal(
