@@ -100,6 +100,23 @@ def test_each_burst_queues_the_next_one_command_buffer_and_one_wait_per_burst():
     assert got == want
 
 
+def test_a_profiled_engine_waits_for_its_bursts():
+    """The profiling wrapper passes flush and wait_for through to the backend: a burst it did
+    not wait for would be read before the GPU wrote it (the simulator runs work at once, so the
+    backend's wait count is what shows it)."""
+    arch, variant = ARCHS[0]
+    path, _ = tiny_gguf(arch, "F16", variant)
+    want = _one_token_path(path, 9)
+    model = metallic.load(path, backend="metal-sim", n_ctx=64, profile=True)
+    model.prefill(PROMPT)
+    model.reset_gpu_stats()
+    tokens, _ = model._engine.decode_greedy(want[0], 4, n_next=4)
+    assert model.gpu_stats()["syncs"] == 1 and model.gpu_stats()["command_buffers"] >= 2
+    tokens += model._engine.decode_greedy(tokens[-1], 4)[0]
+    assert tokens == want[1:]
+    assert model.gpu_stats()["syncs"] == 2
+
+
 def test_a_queued_burst_nobody_continues_is_discarded():
     """Any other call (another first token, a prompt, a truncation) waits for the queued burst
     and drops it: the cache and the logits are as if it had never been queued."""

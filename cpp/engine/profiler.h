@@ -28,12 +28,19 @@ public:
     void reset() { times_.clear(); }
 
     // Everything passes through, fused steps included, so profiling does not change what a
-    // backend runs. On a GPU backend ops only encode: their times are encode times, and the
-    // GPU's work shows up under "sync".
+    // backend runs; rope_attention is the one exception: it runs as its two steps (Backend's
+    // default), timed apart, which compute the floats the fused kernel does (Metal's tests
+    // check it). On a GPU backend ops only encode: their times are encode times, and the GPU's
+    // work shows up under "sync".
     float* activations(size_t count) override { return inner_->activations(count); }
     void sync() override {
         Timer _(this, "sync");
         inner_->sync();
+    }
+    uint64_t flush() override { return inner_->flush(); }
+    void wait_for(uint64_t ticket) override {
+        Timer _(this, "sync");
+        inner_->wait_for(ticket);
     }
     int max_single_segment() const override { return inner_->max_single_segment(); }
     void set_single_rows(int n) override { inner_->set_single_rows(n); }
