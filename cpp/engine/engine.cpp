@@ -214,7 +214,8 @@ void Engine::decode_greedy(int32_t first, int n, int32_t* tokens, int32_t* statu
     }
     if (n_next > 0 && int64_t(n_past_[size_t(seq)]) + n_next <= opt_.n_ctx) {
         // Queued behind this burst, from its last pick, into the other region; hidden from
-        // n_past until a call continues it.
+        // n_past until a call continues it. (It writes the region the burst before read its
+        // first token from: one queue and tracked buffers order the two on a GPU.)
         const int next = 1 - region;
         encode_burst(seq, burst_tokens(region) + n - 1, n_next, next);
         queued_ = {seq, n_next, next, backend_->flush(), -1};
