@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.no_peer:
         port = free_port()
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--port", str(port)]
+        # llama_cpp.server, loading as llama_peer.py says (safe on AMX CPUs)
+        cmd = [sys.executable, "-m", "metallic.llama_peer", "--model", model, "--port", str(port)]
         cmd += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
         cmd += ["--n_ctx", str(args.ctx_size), "--cache", "true"]
         print(f"llama-cpp-python: {' '.join(cmd)}", file=sys.stderr)

@@ -11,6 +11,9 @@ turned off only on AMX CPUs: elsewhere the peer keeps its weight repacking, as i
 
 from __future__ import annotations
 
+import runpy
+import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -40,13 +43,34 @@ def model_params(L: Any) -> Any:  # noqa: N803 - the llama_cpp module, as llama-
     return _without_amx(L.llama_model_default_params())
 
 
-def load(L: Any, **kwargs: Any) -> Any:  # noqa: N803
-    """llama_cpp.Llama(**kwargs) with model_params' defaults: Llama takes its defaults from the
-    ctypes module llama_cpp.llama_cpp, so they are swapped there while it loads (one thread)."""
+def _use_safe_defaults(L: Any) -> Callable[[], None]:  # noqa: N803
+    """Makes llama_cpp.Llama take model_params' defaults (it reads them from the ctypes module
+    llama_cpp.llama_cpp); returns what undoes it."""
     low = L.llama_cpp
     original = low.llama_model_default_params
     low.llama_model_default_params = lambda: _without_amx(original())
+
+    def restore() -> None:
+        low.llama_model_default_params = original
+
+    return restore
+
+
+def load(L: Any, **kwargs: Any) -> Any:  # noqa: N803
+    """llama_cpp.Llama(**kwargs) with model_params' defaults (the swap lasts while it loads;
+    one thread)."""
+    restore = _use_safe_defaults(L)
     try:
         return L.Llama(**kwargs)
     finally:
-        low.llama_model_default_params = original
+        restore()
+
+
+if __name__ == "__main__":
+    # python -m metallic.llama_peer ARGS: llama-cpp-python's OpenAI server (llama_cpp.server,
+    # the bench extra) with these defaults, for benchmarks/bench_server.py.
+    import llama_cpp
+
+    _use_safe_defaults(llama_cpp)
+    sys.argv[0] = "llama_cpp.server"
+    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
