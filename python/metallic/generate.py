@@ -333,9 +333,11 @@ def _steps(
 
     history = list(ids)
     # GPU-resident decoding (Model.gpu_resident): for greedy settings the backend picks the
-    # next RESIDENT_BURST tokens itself, one wait for all; they queue here and are streamed one
-    # by one, through the same stop checks. A queued token's input has already run (the cache
-    # is len(queued) positions ahead of the one-token path), so stopping early truncates those.
+    # next RESIDENT_BURST tokens itself, one wait for all, with the burst after them already
+    # queued on the GPU; they queue here and are streamed one by one, through the same stop
+    # checks. A queued token's input has already run (the cache is len(queued) positions ahead
+    # of the one-token path), so stopping early truncates those (and the engine drops the
+    # burst it queued at its next call).
     s = sampler.settings
     resident = model.gpu_resident and s.greedy and not s.penalties_active and not model.profiling
     queued: deque[tuple[int, int]] = deque()
