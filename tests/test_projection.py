@@ -93,6 +93,7 @@ def test_report_lines():
     # per token: 2 dispatches x (500 kB / 150 GB/s = 3.33 us) + 2 x 5 us = 16.67 us
     assert "0.02 ms/token = 60000 tok/s" in text
     assert "memory roofline for M3 Pro (weights 1.8 MB / bandwidth): 0.01 ms/token" in text
+    assert "(the projection at 72.0% of it)" in text  # 12 us of 16.67 us
 
 
 def test_bench_metal_sim_prints_the_projection():

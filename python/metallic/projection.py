@@ -168,6 +168,7 @@ def format_report(
     t = tokens
     mb = 1e6
     lt, lm = traffic["lines_touched"], traffic["lines_min"]
+    roofline = roofline_seconds(weight_bytes, c)
     out = [
         f"metal-sim traffic per decoded token (measured by the simulator over {t} token"
         f"{'s' if t != 1 else ''}):",
@@ -188,7 +189,7 @@ def format_report(
         f"dispatch overhead {p.overhead_s / t * 1e3:.2f} ms ({DISPATCH_OVERHEAD_S * 1e6:g} us "
         f"each, assumed); {p.memory_bound} of {p.dispatches} dispatches memory-bound",
         f"  memory roofline for {c.name} (weights {weight_bytes / mb:.1f} MB / bandwidth): "
-        f"{roofline_seconds(weight_bytes, c) * 1e3:.2f} ms/token = "
-        f"{1 / roofline_seconds(weight_bytes, c):.0f} tok/s",
+        f"{roofline * 1e3:.2f} ms/token = {1 / roofline:.0f} tok/s (the projection at "
+        f"{roofline / (p.seconds / t) if p.seconds else 0:.1%} of it)",
     ]
     return out
