@@ -158,7 +158,6 @@ inline void attention_impl(constant AttentionArgs& args, device const float* q, 
     const int pg = int(lane) / nl;       // this lane's position in a step
     const int d0 = 8 * (int(lane) % nl);  // and its dimensions d0 .. d0 + 7
 
-    // The rows' queries (scaled), windows and softmax state. Rows past nr have empty windows.
     threadgroup KV* k_new = (threadgroup KV*)(shared + attn_rope_k_offset(hd, args.n_tokens));
     threadgroup KV* v_new = k_new + args.n_tokens * hd;
     if (ROPE) {
@@ -171,7 +170,8 @@ inline void attention_impl(constant AttentionArgs& args, device const float* q, 
         if (qk_norm) {  // uniform
             for (int job = int(sg); job < heads * nch; job += int(nsg)) {
                 const int r = job / nch, i = (job % nch) * 32 + int(lane);
-                device const float* x = attn_rope_src(args, q, k, kvh, nr, r, r < nr ? attn_row(args, kvh, r0 + r) : 0);
+                const uint64_t q_row = r < nr ? attn_row(args, kvh, r0 + r) : 0;
+                device const float* x = attn_rope_src(args, q, k, kvh, nr, r, q_row);
                 const float xi = i < hd ? x[i] : 0.0f;
                 const float ss = simd_sum(xi * xi);
                 if (lane == 0) sums[job] = ss;
@@ -190,7 +190,8 @@ inline void attention_impl(constant AttentionArgs& args, device const float* q, 
                 q_rot[r * hd + i] = val;
             } else {
                 const KV kr = KV(val);
-                const KV vr = KV(v[(uint64_t(t) * uint64_t(args.n_kv_heads) + uint64_t(kvh)) * uint64_t(hd) + uint64_t(i)]);
+                const uint64_t v_at = (uint64_t(t) * uint64_t(args.n_kv_heads) + uint64_t(kvh)) * uint64_t(hd);
+                const KV vr = KV(v[v_at + uint64_t(i)]);
                 k_new[t * hd + i] = kr;
                 v_new[t * hd + i] = vr;
             }
@@ -198,6 +199,7 @@ inline void attention_impl(constant AttentionArgs& args, device const float* q, 
         threadgroup_barrier(mem_flags::mem_threadgroup);
     }
 
+    // The rows' queries (scaled), windows and softmax state. Rows past nr have empty windows.
     float4 qa[ATTN_ROWS], qb[ATTN_ROWS], acc_a[ATTN_ROWS], acc_b[ATTN_ROWS];
     float m[ATTN_ROWS], l[ATTN_ROWS];
     int lo[ATTN_ROWS], hi[ATTN_ROWS];
