@@ -28,6 +28,7 @@
 #include "engine/assert.h"
 #include "engine/error.h"
 #include "engine/ggml_types.h"
+#include "metal/attention_plan.h"
 #include "metal/buffer_map.h"
 
 // Host views of the argument structs the kernels take (metal/args.h is shared with MSL).
@@ -53,15 +54,7 @@ std::string format_suffix(uint32_t type) {
 
 // Launch shapes the kernels leave to the host (they read simdgroups_per_threadgroup); the ones
 // a kernel is written for (MATVEC_*, GEMM_ROWS, GEMM_TOKENS, GEMM_THREADS, ATTN_ROWS,
-// MAX_HEAD_DIM) are in args.h.
-constexpr uint32_t kAttentionSimdgroups = 4;
-// Split decode attention: decode (one token) whose window has kAttentionSplitMin positions or
-// more is split over threadgroups of split_len positions, split_len = kAttentionSplitLen times
-// the least factor that keeps the splits at most kAttentionMaxSplits (each threadgroup then
-// takes all query heads of one kv head: Qwen2.5's 2 kv heads give 2 threadgroups per split).
-constexpr int kAttentionSplitLen = 64;
-constexpr int kAttentionSplitMin = 256;
-constexpr int kAttentionMaxSplits = 64;
+// MAX_HEAD_DIM) are in args.h, attention's in attention_plan.h.
 constexpr uint32_t kElementwiseThreads = 256;
 // A command buffer is committed once it holds this many multiply-adds (about 80 ms on an M1's
 // 2.6 TFLOPS; a projection, never measured): macOS ends a command buffer that runs for seconds
@@ -104,7 +97,7 @@ public:
                              " MiB: use a smaller context or fewer sequences");
         k_cache_ = dev_->new_buffer(kv_elems * kv_elem_bytes_);
         v_cache_ = dev_->new_buffer(kv_elems * kv_elem_bytes_);
-        const size_t max_splits = (size_t(opt_.n_ctx) + kAttentionSplitLen - 1) / kAttentionSplitLen;
+        const size_t max_splits = attention_max_splits(opt_.n_ctx);
         attn_partial_ = dev_->new_buffer(size_t(cfg_.n_head) * max_splits * size_t(cfg_.head_dim + 2) * sizeof(float));
     }
 
@@ -294,86 +287,39 @@ public:
     };
 
     void encode_attention(int cache, const float* q, int n, int pos0, int window, float* out, const FusedRope* rope) {
+        const AttentionPlan plan = plan_attention(cfg_, opt_.n_ctx, n, pos0, window, rope != nullptr, kv_elem_bytes_);
+        const bool split = plan.kernel == AttentionKernel::Split;
+        const gpu::Pipeline& p = plan.kernel == AttentionKernel::Tile ? *attention_tile_
+                                 : split ? (rope ? *attention_rope_split_ : *attention_split_)
+                                         : (rope ? *attention_rope_ : *attention_);
+        // Every attention kernel takes the args, q, the layer's K and V cache and its output
+        // (a split's partials) first; the fused ones then rope_store_kv's at 5 .. 10.
         gpu::Encoder& e = encoder();
-        AttentionArgs a{};
-        a.n_heads = cfg_.n_head;
-        a.n_kv_heads = cfg_.n_head_kv;
-        a.head_dim = cfg_.head_dim;
-        a.n_ctx = opt_.n_ctx;
-        a.pos0 = pos0;
-        a.window = window;
-        a.scale = cfg_.attn_scale > 0 ? cfg_.attn_scale : 1.0f / std::sqrt(float(cfg_.head_dim));
-        a.n_tokens = n;
-        // Threadgroups of ATTN_ROWS query rows of one kv head (metal/attention.h).
-        const uint32_t blocks = ceil_div(int64_t(n) * (cfg_.n_head / cfg_.n_head_kv), ATTN_ROWS);
-        const uint32_t tgs = uint32_t(cfg_.n_head_kv) * blocks;
-        // Threadgroup memory: (nsg - 1) * ATTN_ROWS * (2 + 8 * lanes per cache row) floats,
-        // lanes per row the least power of two with 8 * lanes >= head_dim (attn_lanes_per_row).
-        uint32_t lanes = 1;
-        while (lanes < 32 && 8 * lanes < uint32_t(cfg_.head_dim)) lanes *= 2;
-        size_t shared = std::max<size_t>(
-            16, size_t(kAttentionSimdgroups - 1) * ATTN_ROWS * size_t(2 + 8 * lanes) * sizeof(float));
-        if (rope) {  // the prologue's sums, rotated queries and new K and V rows (attn_rope_k_offset)
-            const size_t hd = size_t(cfg_.head_dim), chunks = (hd + 31) / 32;
-            auto align4 = [](size_t floats) { return (floats + 3) & ~size_t(3); };
-            const size_t k_offset = align4((ATTN_ROWS + size_t(n)) * chunks) + align4(ATTN_ROWS * hd);
-            shared = std::max(shared, k_offset * sizeof(float) + 2 * size_t(n) * hd * kv_elem_bytes_);
-        }
-        const int first = window > 0 ? std::max(0, pos0 - window + 1) : 0;  // decode's window
-        const int len = pos0 - first + 1;
-        // Every attention kernel takes the args, q and the layer's K and V cache first.
-        // (the fused kernels then rope_store_kv's at 5 .. 10).
-        auto begin = [&](const gpu::Pipeline& p) {
-            use_pipeline(e, p);
-            e.set_args(0, a);
-            bind(e, 1, q);
-            e.set_buffer(2, *k_cache_, cache_offset(cache));
-            e.set_buffer(3, *v_cache_, cache_offset(cache));
-            if (!rope) return;
+        use_pipeline(e, p);
+        e.set_args(0, plan.args);
+        bind(e, 1, q);
+        e.set_buffer(2, *k_cache_, cache_offset(cache));
+        e.set_buffer(3, *v_cache_, cache_offset(cache));
+        if (split)
+            e.set_buffer(4, *attn_partial_, 0);
+        else
+            bind(e, 4, out);
+        if (rope) {
             e.set_args(5, rope->args);
             bind(e, 6, rope->k);
             bind(e, 7, rope->v);
             bind(e, 8, rope->inv_freq);
             bind(e, 9, rope->q_norm ? rope->q_norm : rope->inv_freq);  // read only with qk-norm
             bind(e, 10, rope->k_norm ? rope->k_norm : rope->inv_freq);
-        };
-        if (n == 1 && len >= kAttentionSplitMin) {
-            // Long-context decode: a threadgroup per kv head alone would leave most of a GPU
-            // idle, so the window is split over threadgroups and the partials merged in a second
-            // pass. Splits start at multiples of split_len; at most ceil(n_ctx / kAttentionSplitLen)
-            // of them (the partial buffer's size).
-            a.split_len =
-                kAttentionSplitLen * int(ceil_div(len, int64_t(kAttentionSplitLen) * kAttentionMaxSplits));
-            const uint32_t splits = uint32_t(pos0 / a.split_len - first / a.split_len + 1);
-            begin(rope ? *attention_rope_split_ : *attention_split_);
-            e.set_buffer(4, *attn_partial_, 0);
-            e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
-            e.dispatch_threadgroups({tgs, splits, 1}, {32 * kAttentionSimdgroups, 1, 1});
+        }
+        e.set_threadgroup_memory(0, plan.tg_memory);
+        e.dispatch_threadgroups({plan.grid[0], plan.grid[1], 1}, {32 * kAttentionSimdgroups, 1, 1});
+        if (split) {  // the splits' partials merged into out
             use_pipeline(e, *attention_merge_);
-            e.set_args(0, a);
+            e.set_args(0, plan.args);
             e.set_buffer(1, *attn_partial_, 0);
             bind(e, 2, out);
             e.dispatch_threadgroups({uint32_t(cfg_.n_head), 1, 1}, {ceil_div(cfg_.head_dim, 32) * 32, 1, 1});
-        } else if (n > MATVEC_TOKENS && cfg_.head_dim % 8 == 0) {
-            // Prompt chunks that take the GEMM: 8 * nsg query rows per threadgroup, K/V tiles
-            // through threadgroup memory, QK^T and PV as 8x8 simdgroup matrices (attention_tile,
-            // metal/attention.h). Shorter chunks take attention, whose rows are bit for bit
-            // those of decode steps (as their matvecs are: a short prompt equals its decodes).
-            const uint32_t rows = 8 * kAttentionSimdgroups;
-            const uint32_t tile_tgs =
-                uint32_t(cfg_.n_head_kv) * ceil_div(int64_t(n) * (cfg_.n_head / cfg_.n_head_kv), rows);
-            begin(*attention_tile_);
-            bind(e, 4, out);
-            // K and V tiles of 8 rows of stride head_dim padded to 8 mod 32 (attn_tile_stride),
-            // and an 8x8 scratch and diagonal per simdgroup.
-            const int stride = cfg_.head_dim + ((8 - cfg_.head_dim % 32) + 32) % 32;
-            e.set_threadgroup_memory(0, size_t(16 * stride + 128 * kAttentionSimdgroups) * sizeof(float));
-            e.dispatch_threadgroups({tile_tgs, 1, 1}, {32 * kAttentionSimdgroups, 1, 1});
-        } else {
-            begin(rope ? *attention_rope_ : *attention_);
-            bind(e, 4, out);
-            e.set_threadgroup_memory(0, (shared + 15) & ~size_t(15));  // Metal wants multiples of 16
-            e.dispatch_threadgroups({tgs, 1, 1}, {32 * kAttentionSimdgroups, 1, 1});
         }
         // Cache rows read, as declared: each query token's window of every kv head (a
         // threadgroup reads the windows of its rows once for all of them, the query heads of a
