@@ -19,18 +19,10 @@ import pytest
 from gguf import GGUFReader
 
 import metallic
-from metallic import _core
+from metallic import _core, bench_info
 from metallic import bench as bench_module
-from metallic.bench import (
-    Result,
-    _model_facts,
-    bandwidth_lines,
-    bench_threads,
-    build_info,
-    format_header,
-    run_bench,
-    source_commit,
-)
+from metallic.bench import Result, _model_facts, bandwidth_lines, bench_threads, run_bench
+from metallic.bench_info import build_info, format_header, source_commit
 from metallic.system import logical_cpus
 from oracle.tiny_models import tiny_gguf
 
@@ -119,7 +111,7 @@ def test_bench_table_reports_the_bandwidth_fraction_and_what_ran() -> None:
 
 def _expected_commit() -> str | None:
     """HEAD when the tests run from a checkout (the package is then imported from it)."""
-    if Path(bench_module.__file__).resolve().parents[2] != REPO:
+    if Path(bench_info.__file__).resolve().parents[2] != REPO:
         return None
     out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True)
     return out.stdout.decode().strip() if out.returncode == 0 else None
@@ -133,16 +125,16 @@ def test_source_commit_only_from_the_package_checkout(
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
-    copy = tmp_path / "venv" / "site" / "python" / "metallic" / "bench.py"
+    copy = tmp_path / "venv" / "site" / "python" / "metallic" / "bench_info.py"
     copy.parent.mkdir(parents=True)
     copy.write_text("")
-    monkeypatch.setattr(bench_module, "__file__", str(copy))
+    monkeypatch.setattr(bench_info, "__file__", str(copy))
     assert source_commit() == {"git_commit": None, "git_dirty": None}
     # At the top of a work tree it is that tree's HEAD.
-    top = tmp_path / "python" / "metallic" / "bench.py"
+    top = tmp_path / "python" / "metallic" / "bench_info.py"
     top.parent.mkdir(parents=True)
     top.write_text("")
-    monkeypatch.setattr(bench_module, "__file__", str(top))
+    monkeypatch.setattr(bench_info, "__file__", str(top))
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     assert source_commit()["git_commit"] == head.strip()
 

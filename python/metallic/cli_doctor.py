@@ -96,8 +96,7 @@ def formats_arg(text: str) -> list[Any]:
 def report(backend: str = "metal", formats: list[Any] | None = None) -> dict[str, Any]:
     """Every line of `doctor`, in order. `backend`: where the self-test runs."""
     from . import __version__, _core
-    from .bench import cpu_model
-    from .system import logical_cpus
+    from .system import cpu_model, logical_cpus
 
     mac = sys.platform == "darwin"
     info: dict[str, Any] = {

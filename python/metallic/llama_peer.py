@@ -14,22 +14,14 @@ from __future__ import annotations
 import runpy
 import sys
 from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 from typing import Any
 
+from .system import cpu_flags
 
-@cache
+
 def cpu_has_amx() -> bool:
-    """Whether the CPU advertises AMX tiles (Linux: /proc/cpuinfo; elsewhere False)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return "amx_tile" in line.split()
-    return False
+    """Whether the CPU advertises AMX tiles (Linux; elsewhere False)."""
+    return "amx_tile" in cpu_flags()
 
 
 def _without_amx(p: Any) -> Any:
