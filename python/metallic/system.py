@@ -23,7 +23,21 @@ def peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # macOS reports bytes, Linux KiB
 
 
+def _cpuinfo(*keys: str) -> str | None:
+    """The first value of one of these keys in Linux's /proc/cpuinfo (None elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in keys and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
 def cpu_model() -> str | None:
+    """The CPU's marketing name (macOS: sysctl; Linux: /proc/cpuinfo), if the OS says."""
     if sys.platform == "darwin":
         try:
             out = subprocess.run(
@@ -36,26 +50,10 @@ def cpu_model() -> str | None:
                 return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Hardware") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+    return _cpuinfo("model name", "Hardware") or platform.processor() or None
 
 
 @cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as Linux lists them (/proc/cpuinfo); empty elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "flags":
-                    return frozenset(value.split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((_cpuinfo("flags") or "").split())
