@@ -345,17 +345,17 @@ def test_cancel_frees_the_slot_at_the_next_step(make, slots) -> None:
 
 def test_a_full_queue_refuses_and_close_cancels(make, slots) -> None:
     gated = GatedSlots(slots)
+    gated.gate.clear()
     sched = make(gated, max_queue=1)
     try:
-        # The slots fill while the scheduler runs, then the gate holds it. (A closed gate from
-        # the start raced: the scheduler admits what is queued before each step, so a request
-        # submitted after it entered its first step waited in the queue, seen on a loaded CI.)
-        running = [
-            sched.submit(Request(prompt(k), 200, GREEDY, stop_ids=[])) for k in range(N_SLOTS)
-        ]
-        wait_until(lambda: sched.slots_in_use == N_SLOTS, what="the slots to fill")
-        gated.gate.clear()
-        wait_until(lambda: gated.entered > gated.steps, what="the scheduler to reach the gate")
+        running = [sched.submit(Request(prompt(k), 50, GREEDY)) for k in range(N_SLOTS)]
+        # The scheduler admits what is queued before each step: a request submitted after it
+        # entered its first step (on a loaded machine) waits for the second one.
+        wait_until(lambda: gated.entered >= 1, what="the first step")
+        if sched.slots_in_use < N_SLOTS:
+            gated.let_one_step()
+            wait_until(lambda: gated.entered >= 2, what="the second step")
+        assert sched.slots_in_use == N_SLOTS
         waiting = sched.submit(Request(prompt(9), 5, GREEDY))
         assert sched.queue_depth == 1
         with pytest.raises(QueueFull) as e:
