@@ -12,15 +12,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from models import bench_model  # noqa: E402
-from real_models import gemma3_gguf, smollm2_gguf  # noqa: E402
+from models import benchmark_models  # noqa: E402
 
-MODELS = {
-    "qwen2.5-0.5b-shape-F16": lambda: bench_model("F16"),
-    "qwen2.5-0.5b-shape-Q8_0": lambda: bench_model("Q8_0"),
-    "smollm2-135m-Q4_1": smollm2_gguf,
-    "gemma3-270m-Q4_K_M": gemma3_gguf,
-}
+MODELS = benchmark_models()
 
 
 @pytest.fixture(scope="session", params=list(MODELS))

@@ -25,15 +25,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from metallic.projection import DEFAULT_CHIP, chip, roofline_seconds  # noqa: E402
-from models import bench_model  # noqa: E402
-from real_models import gemma3_gguf, smollm2_gguf  # noqa: E402
-
-MODELS = {
-    "Qwen2.5-0.5B F16": lambda: bench_model("F16"),
-    "Qwen2.5-0.5B Q8_0": lambda: bench_model("Q8_0"),
-    "SmolLM2-135M Q4_1": smollm2_gguf,
-    "Gemma 3 270M Q4_K_M": gemma3_gguf,
-}
+from models import benchmark_models  # noqa: E402
 
 
 def measure(path: Path, chip_name: str) -> dict:
@@ -94,15 +86,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--chip", default=DEFAULT_CHIP, help="the Apple chip to project onto")
     ap.add_argument("--json", type=Path, help="also keep each model's bench JSON in this directory")
     args = ap.parse_args(argv)
-    chip(args.chip)  # an unknown name fails here, before minutes of simulation
+    try:
+        chip(args.chip)  # an unknown name fails here, before minutes of simulation
+    except ValueError as e:
+        ap.error(str(e))
     results = {}
-    for name, make in MODELS.items():
+    for name, make in benchmark_models().items():
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         results[name] = measure(make(), args.chip)
         if args.json:
             args.json.mkdir(parents=True, exist_ok=True)
-            stem = name.lower().replace(" ", "-")
-            (args.json / f"{stem}.json").write_text(json.dumps(results[name], indent=1))
+            (args.json / f"{name}.json").write_text(json.dumps(results[name], indent=1))
     print("\n".join(rows(results, args.chip)))
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -116,6 +117,19 @@ def bench_model(ftype: str = "Q8_0") -> Path:
     if not path.exists():
         build_bench_model(path, ftype)
     return path
+
+
+def benchmark_models() -> dict[str, Callable[[], Path]]:
+    """DESIGN.md's four benchmark models by name, each a function giving its file (made or
+    fetched once, then cached)."""
+    from real_models import gemma3_gguf, smollm2_gguf
+
+    return {
+        "qwen2.5-0.5b-shape-F16": lambda: bench_model("F16"),
+        "qwen2.5-0.5b-shape-Q8_0": lambda: bench_model("Q8_0"),
+        "smollm2-135m-Q4_1": smollm2_gguf,
+        "gemma3-270m-Q4_K_M": gemma3_gguf,
+    }
 
 
 def main(argv: list[str]) -> int:
