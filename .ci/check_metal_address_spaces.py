@@ -18,6 +18,7 @@ Exit status 0 when every file type-checks; 77 when clang is missing (skip).
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,8 +52,14 @@ def main(argv):
         srcs = glob.glob(os.path.join(ROOT, "metal", "*.metal")) + glob.glob(
             os.path.join(ROOT, "metal", "*.h")
         )
-        # Headers the kernels share with the host (GGML block layouts).
-        srcs.append(os.path.join(ROOT, "cpp", "cpu", "formats", "blocks.h"))
+        # Headers the kernels share with the host (GGML block layouts, the sampler's pick):
+        # whatever a kernel source includes from outside metal/.
+        for src in list(srcs):
+            with open(src, encoding="utf-8") as f:
+                for inc in re.findall(r'^\s*#\s*include\s*"([^"]+)"', f.read(), re.M):
+                    path = os.path.normpath(os.path.join(os.path.dirname(src), inc))
+                    if os.path.dirname(path) != os.path.join(ROOT, "metal"):
+                        srcs.append(path)
         for src in set(srcs) | {os.path.abspath(f) for f in files}:
             rel = os.path.relpath(src, ROOT)
             dst = os.path.join(tmp, rel)

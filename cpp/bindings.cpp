@@ -20,6 +20,7 @@
 #include "cpu/thread_pool.h"
 #include "engine/engine.h"
 #include "engine/error.h"
+#include "engine/host_pick.h"
 #include "engine/ggml_types.h"
 #include "metal/gpu.h"
 
@@ -29,10 +30,17 @@ using namespace metallic;
 using LogitsView = nb::ndarray<nb::numpy, const float, nb::ndim<1>>;
 using FloatMatrix = nb::ndarray<nb::numpy, float, nb::ndim<2>>;
 using Ids = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using LogitsIn = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
 using Bytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Floats2D = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
 namespace {
+
+// The shared pick's settings from Python's values (the seed's 64 bits in two halves).
+PickSettings pick_settings(int top_k, float top_p, float min_p, float inv_temp, uint64_t seed, uint32_t counter) {
+    return {top_k, top_p, min_p, inv_temp, uint32_t(seed), uint32_t(seed >> 32), counter};
+}
 
 // The one place where C++ errors become Python exceptions (see engine/error.h and
 // python/metallic/errors.py for the four kinds).
@@ -363,19 +371,24 @@ NB_MODULE(_core, m) {
                  return LogitsView(p, {size_t(e.config().n_vocab)}, nb::handle());
              },
              nb::arg("id"), nb::arg("seq") = 0, nb::rv_policy::reference_internal)
-        .def("decode_greedy",
-             [](Engine& e, int32_t first, int n, int seq, int n_next) {
+        .def("decode_resident",
+             [](Engine& e, int32_t first, int n, int seq, int n_next, int top_k, float top_p, float min_p,
+                float inv_temp, uint64_t seed, uint32_t counter) {
                  std::vector<int32_t> tokens(size_t(std::max(n, 0))), status(tokens.size());
+                 const PickSettings pick = pick_settings(top_k, top_p, min_p, inv_temp, seed, counter);
                  {
                      nb::gil_scoped_release release;
-                     e.decode_greedy(first, n, tokens.data(), status.data(), seq, n_next);
+                     e.decode_resident(first, n, tokens.data(), status.data(), seq, n_next, top_k > 0 ? &pick : nullptr);
                  }
                  return std::make_pair(tokens, status);
              },
-             nb::arg("first"), nb::arg("n"), nb::arg("seq") = 0, nb::arg("n_next") = 0,
-             "GPU-resident greedy decoding (engine.h): n passes from token `first`, each next token "
-             "picked by the backend; returns (tokens, statuses) as two lists. n_next > 0 queues the "
-             "next burst of n_next passes before waiting, for a call that continues from tokens[-1].")
+             nb::arg("first"), nb::arg("n"), nb::arg("seq") = 0, nb::arg("n_next") = 0, nb::arg("top_k") = 0,
+             nb::arg("top_p") = 1.0f, nb::arg("min_p") = 0.0f, nb::arg("inv_temp") = 1.0f, nb::arg("seed") = 0,
+             nb::arg("counter") = 0,
+             "GPU-resident decoding (engine.h): n passes from token `first`, each next token picked by "
+             "the backend; returns (tokens, statuses) as two lists. top_k = 0 picks greedily, top_k > 0 "
+             "by the shared seeded rule (pick_token), pass i making draw counter + i. n_next > 0 queues "
+             "the next burst of n_next passes before waiting, for a call that continues from tokens[-1].")
         .def("trace",
              [](Engine& e, Ids ids, nb::callable fn, int seq) {
                  PyObserver observer(std::move(fn));  // released with the GIL held, after the pass
@@ -452,6 +465,23 @@ NB_MODULE(_core, m) {
 #else
     m.attr("sanitizers") = "";
 #endif
+    m.def(
+        "pick_token",
+        [](LogitsIn logits, int top_k, float top_p, float min_p, float inv_temp, uint64_t seed, uint32_t counter) {
+            const PickSettings pick = pick_settings(top_k, top_p, min_p, inv_temp, seed, counter);
+            check_pick(pick);
+            int32_t token = 0, status = 0;
+            {
+                nb::gil_scoped_release release;
+                status = pick_on_host(logits.data(), int64_t(logits.shape(0)), pick, &token);
+            }
+            return std::make_pair(token, status);
+        },
+        nb::arg("logits"), nb::arg("top_k"), nb::arg("top_p"), nb::arg("min_p"), nb::arg("inv_temp"), nb::arg("seed"),
+        nb::arg("counter"),
+        "The shared seeded top-k pick (cpp/engine/top_k_pick.h) from float32 logits: returns (token, "
+        "status), status 0 or 1 (a NaN), 2 (largest +inf), 3 (all -inf). Draw `counter` of stream "
+        "`seed`; the GPU-resident sampler makes the same picks.");
     m.def("kernel_isa", &cpu::kernel_isa);
     m.def("read_bandwidth",
           [](size_t bytes, int threads, int passes) {

@@ -1,4 +1,4 @@
-// The next token of GPU-resident greedy decoding (engine.h, decode_greedy): the index of the
+// The next token of GPU-resident greedy decoding (engine.h, decode_resident): the index of the
 // largest of n logits, the first of equal ones (numpy.argmax's rule, which the host's greedy
 // sampler follows), written where the next pass's embedding reads its token id. The host never
 // waits in between, so the kernel also reports what the host sampler would have refused:

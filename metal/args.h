@@ -9,6 +9,8 @@
 #include <cstdint>
 #endif
 
+#include "../cpp/engine/top_k_pick.h"
+
 // Launch geometry a kernel is written for and the host must launch it with. Enumerators, not
 // constexpr variables: MSL puts a program-scope variable in the constant address space (C++ has
 // none), while an enumerator reads the same in both languages and serves as an array size and
@@ -113,4 +115,10 @@ struct ElementwiseArgs {
 // argmax.metal: the index of the largest of n values.
 struct ArgmaxArgs {
     int32_t n;
+};
+
+// sample.metal: a seeded top-k pick from n values (the rule and its settings: top_k_pick.h).
+struct SampleArgs {
+    int32_t n;
+    metallic::PickSettings pick;
 };

@@ -65,6 +65,11 @@ def greedy(model: metallic.model.Model, prompt: str) -> list[int]:
     return [t.id for t in model.generate(prompt, max_tokens=N_GEN, temperature=0)]
 
 
+def seeded(model: metallic.model.Model, prompt: str) -> list[int]:
+    # llama.cpp's default sampler settings with a seed: the shared pick, GPU-resident on metal-sim.
+    return [t.id for t in model.generate(prompt, max_tokens=N_GEN, seed=7)]
+
+
 def test_two_threads_prefilling_one_model(model_path: Path) -> None:
     # The reproducer: unsynchronized prefills raced on n_past and the thread pool. Now each
     # prefill runs whole; the cache never holds more than n_ctx tokens, and a prefill that no
@@ -105,12 +110,13 @@ def test_four_threads_generating_match_serial(model_path: Path) -> None:
 def test_sixteen_threads_mixed_calls(model_path: Path, backend: str) -> None:
     """generate, held prefill/decode sequences, bare prefills, resets and truncates from 16
     threads at once; every result that has a serial reference matches it exactly. On metal-sim
-    the greedy generations are GPU-resident; on both, some threads run a burst that queues the
+    the greedy and seeded generations are GPU-resident; on both, some threads run a burst that queues the
     next one and leave it unclaimed, for the next call from any thread to wait for and discard."""
     model = metallic.load(model_path, backend=backend, n_ctx=512, threads=2)
     tok = model.tokenizer
     prompt_ids = {p: tok.encode(p) for p in PROMPTS}
     gen_ref = {p: greedy(model, p) for p in PROMPTS}
+    seeded_ref = {p: seeded(model, p) for p in PROMPTS}
     step_ref: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for p, ids in prompt_ids.items():
         model.reset()
@@ -119,7 +125,7 @@ def test_sixteen_threads_mixed_calls(model_path: Path, backend: str) -> None:
     burst_ref: dict[str, list[int]] = {}
     for p, ids in prompt_ids.items():
         model.reset()
-        burst_ref[p] = model._decode_greedy(int(np.argmax(model.prefill(ids))), 4)[0]
+        burst_ref[p] = model._decode_resident(int(np.argmax(model.prefill(ids))), 4)[0]
 
     def work(i: int) -> None:
         rng = np.random.default_rng(i)
@@ -130,9 +136,12 @@ def test_sixteen_threads_mixed_calls(model_path: Path, backend: str) -> None:
                 with model.hold():
                     model.reset()
                     first = int(np.argmax(model.prefill(prompt_ids[p])))
-                    assert model._decode_greedy(first, 4, n_next=4)[0] == burst_ref[p]
+                    assert model._decode_resident(first, 4, n_next=4)[0] == burst_ref[p]
             elif kind == 0:
-                assert greedy(model, p) == gen_ref[p]
+                if rng.integers(2):
+                    assert greedy(model, p) == gen_ref[p]
+                else:
+                    assert seeded(model, p) == seeded_ref[p]
             elif kind == 1:
                 with model.hold():
                     model.reset()

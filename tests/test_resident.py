@@ -1,4 +1,4 @@
-"""GPU-resident greedy decoding (Engine::decode_greedy, generate.py's RESIDENT_BURST): the
+"""GPU-resident greedy decoding (Engine::decode_resident, generate.py's RESIDENT_BURST): the
 backend picks each next token itself (metal/argmax.metal) and feeds it to the next pass, eight
 tokens per command buffer and per wait. It must give the tokens the one-token path gives (the
 host's greedy sampler on each token's logits), stop where it stops, and leave the cache as it
@@ -18,7 +18,7 @@ import pytest
 import metallic
 from metallic import _core
 from metallic.errors import ModelError, RequestError
-from metallic.sampling import Sampler, SamplerSettings, greedy_status_error
+from metallic.sampling import PICK_TOP_K_MAX, Sampler, SamplerSettings, greedy_status_error
 
 sys.path.insert(0, str(Path(__file__).parent))
 from oracle.tiny_models import VARIANTS, tiny_gguf  # noqa: E402
@@ -76,7 +76,7 @@ def _one_token_path(path: Path, n: int) -> list[int]:
 
 
 def test_each_burst_queues_the_next_one_command_buffer_and_one_wait_per_burst():
-    """Engine::decode_greedy with n_next: the call queues the next burst before it waits, and
+    """Engine::decode_resident with n_next: the call queues the next burst before it waits, and
     the call that continues it finds it running. Past the first call, a burst of 8 tokens costs
     one command buffer and one host wait, and the tokens are the one-token path's."""
     arch, variant = ARCHS[0]
@@ -88,7 +88,7 @@ def test_each_burst_queues_the_next_one_command_buffer_and_one_wait_per_burst():
     got = [want[0]]
     for k in range(4):
         model.reset_gpu_stats()
-        tokens, status = engine.decode_greedy(got[-1], 8, n_next=8 if k < 3 else 0)
+        tokens, status = engine.decode_resident(got[-1], 8, n_next=8 if k < 3 else 0)
         s = model.gpu_stats()
         assert status == [0] * 8
         got += tokens
@@ -110,9 +110,9 @@ def test_a_profiled_engine_waits_for_its_bursts():
     model = metallic.load(path, backend="metal-sim", n_ctx=64, profile=True)
     model.prefill(PROMPT)
     model.reset_gpu_stats()
-    tokens, _ = model._engine.decode_greedy(want[0], 4, n_next=4)
+    tokens, _ = model._engine.decode_resident(want[0], 4, n_next=4)
     assert model.gpu_stats()["syncs"] == 1 and model.gpu_stats()["command_buffers"] >= 2
-    tokens += model._engine.decode_greedy(tokens[-1], 4)[0]
+    tokens += model._engine.decode_resident(tokens[-1], 4)[0]
     assert tokens == want[1:]
     assert model.gpu_stats()["syncs"] == 2
 
@@ -129,20 +129,20 @@ def test_a_queued_burst_nobody_continues_is_discarded():
         model.prefill(PROMPT)
         out = []
         # Each call queues a burst shaped like the next call, which then differs in one thing.
-        tokens, _ = engine.decode_greedy(3, 4, n_next=4 if queue else 0)
+        tokens, _ = engine.decode_resident(3, 4, n_next=4 if queue else 0)
         out.append(np.array(tokens))
-        tokens, _ = engine.decode_greedy(7, 4, n_next=5 if queue else 0)  # not tokens[-1]
+        tokens, _ = engine.decode_resident(7, 4, n_next=5 if queue else 0)  # not tokens[-1]
         out.append(np.array(tokens))
         assert model.n_past == len(PROMPT) + 8
         out.append(model.prefill([2, 9]).copy())
-        tokens, _ = engine.decode_greedy(int(np.argmax(out[-1])), 5, n_next=5 if queue else 0)
+        tokens, _ = engine.decode_resident(int(np.argmax(out[-1])), 5, n_next=5 if queue else 0)
         out.append(np.array(tokens))
         model._truncate(len(PROMPT) + 11)
         out.append(model.decode(4).copy())
         assert model.n_past == len(PROMPT) + 12
-        tokens, _ = engine.decode_greedy(6, 3, n_next=3 if queue else 0)
+        tokens, _ = engine.decode_resident(6, 3, n_next=3 if queue else 0)
         out.append(np.array(tokens))
-        tokens, _ = engine.decode_greedy(tokens[-1], 3, seq=0, n_next=3 if queue else 0)
+        tokens, _ = engine.decode_resident(tokens[-1], 3, seq=0, n_next=3 if queue else 0)
         out.append(np.array(tokens))  # this one continues
         assert model.n_past == len(PROMPT) + 18
         del model, engine  # a queued burst at the end: the engine waits for it
@@ -198,32 +198,74 @@ def test_a_full_context_and_an_early_close(backend, monkeypatch):
         assert model.cached_tokens == PROMPT + want[:2]
 
 
-def test_sampling_and_penalties_take_the_host_path(monkeypatch):
+def test_settings_outside_the_shared_pick_take_the_host_path(monkeypatch):
     arch, variant = ARCHS[0]
     path, _ = tiny_gguf(arch, "F16", variant)
     monkeypatch.setenv("METALLIC_GPU_RESIDENT", "1")
     model = metallic.load(path, backend="metal-sim", n_ctx=64)
-    for kw in ({"temperature": 0.7, "seed": 3}, {"temperature": 0, "repeat_penalty": 1.3}):
+    for kw in (
+        {"temperature": 0.7, "seed": 3, "top_k": 0},  # top-k off: the whole vocabulary
+        {"temperature": 0.7, "seed": 3, "top_k": PICK_TOP_K_MAX + 1},
+        {"temperature": 0.7, "seed": 3, "presence_penalty": 0.5},
+        {"temperature": 0, "repeat_penalty": 1.3},
+    ):
         model.reset_gpu_stats()
         list(model.generate(PROMPT, max_tokens=9, **kw))
-        assert model.gpu_stats()["syncs"] == 9  # the prompt and 8 single decodes
+        assert model.gpu_stats()["syncs"] == 9, kw  # the prompt and 8 single decodes
 
 
-def test_decode_greedy_arguments(monkeypatch):
+# Sampled settings the shared pick covers: llama.cpp's defaults, a hot and narrow one, the
+# largest top-k with min-p alone, and a cold one.
+SAMPLED = [
+    {"seed": 11},
+    {"seed": 12, "temperature": 1.7, "top_k": 5, "top_p": 0.9, "min_p": 0.0},
+    {"seed": 2**70 + 5, "temperature": 1.0, "top_k": PICK_TOP_K_MAX, "top_p": 1.0, "min_p": 0.02},
+    {"seed": 14, "temperature": 0.2, "top_k": 40, "top_p": 0.5, "min_p": 0.0},
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("arch", "variant"), ARCHS, ids=[a for a, _ in ARCHS])
+def test_sampled_resident_tokens_equal_the_one_token_path(arch, variant, backend, monkeypatch):
+    """The backend samples each burst with the host sampler's rule and stream: the tokens of
+    every seeded setting are the one-token path's, and on metal-sim the waits are a burst's."""
+    path, _ = tiny_gguf(arch, "F16", variant)
+    for i, kw in enumerate(SAMPLED):
+        kw = {"temperature": 0.8, **kw}
+        monkeypatch.setenv("METALLIC_GPU_RESIDENT", "0")
+        one = metallic.load(path, backend=backend, n_ctx=64)
+        want = [t.id for t in one.generate(PROMPT, max_tokens=20, **kw) if t.id >= 0]
+        monkeypatch.setenv("METALLIC_GPU_RESIDENT", "1")
+        res = metallic.load(path, backend=backend, n_ctx=64)
+        res.reset_gpu_stats()
+        got = [t.id for t in res.generate(PROMPT, max_tokens=20, **kw) if t.id >= 0]
+        assert got == want, kw
+        assert res.n_past == one.n_past and res.cached_tokens == one.cached_tokens
+        if backend == "metal-sim" and i == 0 and len(got) == 20:
+            assert res.gpu_stats()["syncs"] == 1 + math.ceil(19 / 8)
+    # Different seeds give different streams (20 tokens of a tiny model's sampled output).
+    runs = {
+        tuple(t.id for t in res.generate(PROMPT, max_tokens=20, seed=s, temperature=1.5))
+        for s in range(4)
+    }
+    assert len(runs) > 1
+
+
+def test_decode_resident_arguments(monkeypatch):
     arch, variant = ARCHS[0]
     path, _ = tiny_gguf(arch, "F16", variant)
     model = metallic.load(path, backend="metal-sim", n_ctx=16)
     model.prefill(PROMPT)
     engine = model._engine
     for n in (0, -1, 65):
-        with pytest.raises(RequestError, match="decode_greedy runs 1 to 64 tokens"):
-            engine.decode_greedy(1, n)
+        with pytest.raises(RequestError, match="decode_resident runs 1 to 64 tokens"):
+            engine.decode_resident(1, n)
     with pytest.raises(RequestError, match="outside the vocabulary"):
-        engine.decode_greedy(model.n_vocab, 2)
+        engine.decode_resident(model.n_vocab, 2)
     with pytest.raises(metallic.errors.ContextError):
-        engine.decode_greedy(1, 16 - len(PROMPT) + 1)
+        engine.decode_resident(1, 16 - len(PROMPT) + 1)
     assert model.n_past == len(PROMPT)
-    tokens, status = engine.decode_greedy(1, 16 - len(PROMPT))
+    tokens, status = engine.decode_resident(1, 16 - len(PROMPT))
     assert status == [0] * len(tokens) and model.n_past == 16
 
 

@@ -11,6 +11,7 @@
 #include "cpu/panel_gemm.h"
 #include "cpu/thread_pool.h"
 #include "engine/assert.h"
+#include "engine/host_pick.h"
 #include "engine/error.h"
 #include "engine/ggml_types.h"
 
@@ -288,6 +289,9 @@ public:
         const float top = x[best];
         *status = nan ? 1 : top == INFINITY ? 2 : top == -INFINITY ? 3 : 0;
         *token = *status == 0 ? int32_t(best) : 0;
+    }
+    void sample(const float* x, int64_t n, const PickSettings& s, int32_t* token, int32_t* status) override {
+        *status = pick_on_host(x, n, s, token);
     }
     void softcap(float* x, int64_t count, float cap) override { METALLIC_ISA::softcap(x, count, cap); }
 

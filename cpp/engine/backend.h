@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "engine/config.h"
+#include "engine/top_k_pick.h"
 #include "engine/weights.h"
 #include "engine/zeroed_buffer.h"
 
@@ -93,12 +94,16 @@ public:
     virtual void add(float* x, const float* y, int64_t count) = 0;
     // x = cap * tanh(x / cap).
     virtual void softcap(float* x, int64_t count, float cap) = 0;
-    // The greedy pick of GPU-resident decoding (Engine::decode_greedy): *token = the index of the
+    // The greedy pick of GPU-resident decoding (Engine::decode_resident): *token = the index of the
     // largest of n values, the first of equal ones (numpy.argmax, as the host's greedy sampler),
     // and *status = 0; or *token = 0 (a valid id for the passes queued behind) and *status = 1
     // if a value is NaN, 2 if the largest is +inf, 3 if all are -inf, the cases the host sampler
     // refuses. token and status point into activations(); they are written when the op runs.
     virtual void argmax(const float* x, int64_t n, int32_t* token, int32_t* status) = 0;
+    // The sampled pick of GPU-resident decoding: *token picked from the n values by the shared
+    // seeded rule (top_k_pick.h, the host sampler's), statuses as argmax. The settings are
+    // copied when the op is queued.
+    virtual void sample(const float* x, int64_t n, const PickSettings& s, int32_t* token, int32_t* status) = 0;
 
     // ---- steps a backend may fuse; the defaults are the ops above in sequence ----
     // RoPE on q (n_heads heads) and k (n_kv_heads), then k and v into the cache. With

@@ -1,5 +1,7 @@
 #include "engine/engine.h"
 
+#include "engine/host_pick.h"
+
 #include <algorithm>
 #include <cmath>
 #include <iterator>
@@ -8,6 +10,7 @@
 #include "cpu/cpu_backend.h"
 #include "cpu/thread_pool.h"
 #include "engine/error.h"
+#include "engine/host_pick.h"
 #include "engine/profiler.h"
 #include "metal/gpu.h"
 #include "metal/metal_backend.h"
@@ -188,17 +191,25 @@ const float* Engine::prefill(const int32_t* ids, int n, float* all_logits, int s
     return logits_.data();
 }
 
-void Engine::decode_greedy(int32_t first, int n, int32_t* tokens, int32_t* status, int seq, int n_next) {
+static bool same_pick(const PickSettings& a, const PickSettings& b) {
+    return a.top_k == b.top_k && a.top_p == b.top_p && a.min_p == b.min_p && a.inv_temp == b.inv_temp &&
+           a.seed_lo == b.seed_lo && a.seed_hi == b.seed_hi && a.counter == b.counter;
+}
+
+void Engine::decode_resident(int32_t first, int n, int32_t* tokens, int32_t* status, int seq, int n_next,
+                             const PickSettings* pick) {
     const std::lock_guard<std::mutex> lock = hold();
     if (n < 1 || n > kMaxResident)
-        throw BadRequest("decode_greedy runs 1 to " + std::to_string(kMaxResident) + " tokens, not " + std::to_string(n));
+        throw BadRequest("decode_resident runs 1 to " + std::to_string(kMaxResident) + " tokens, not " + std::to_string(n));
     if (n_next < 0 || n_next > kMaxResident)
-        throw BadRequest("decode_greedy queues 0 to " + std::to_string(kMaxResident) + " next tokens, not " +
+        throw BadRequest("decode_resident queues 0 to " + std::to_string(kMaxResident) + " next tokens, not " +
                          std::to_string(n_next));
+    if (pick) check_pick(*pick);
     if (observer_) throw BadRequest("GPU-resident decoding cannot be traced: trace with decode()");
     int region = 0;
     uint64_t ticket = 0;
-    if (queued_.n > 0 && queued_.seq == seq && queued_.n == n && queued_.first == first) {
+    if (queued_.n > 0 && queued_.seq == seq && queued_.n == n && queued_.first == first &&
+        queued_.sampled == (pick != nullptr) && (!pick || same_pick(queued_.pick, *pick))) {
         // The queued burst is this call's: its passes join the sequence.
         n_past_[size_t(seq)] += n;
         region = queued_.region;
@@ -209,7 +220,7 @@ void Engine::decode_greedy(int32_t first, int n, int32_t* tokens, int32_t* statu
         check_room(seq, n);
         check_ids(&first, 1);
         resident_tokens_[0] = first;  // nothing queued reads it now
-        encode_burst(seq, resident_tokens_, n, region);
+        encode_burst(seq, resident_tokens_, n, region, pick);
         ticket = backend_->flush();
     }
     if (n_next > 0 && int64_t(n_past_[size_t(seq)]) + n_next <= opt_.n_ctx) {
@@ -217,8 +228,13 @@ void Engine::decode_greedy(int32_t first, int n, int32_t* tokens, int32_t* statu
         // n_past until a call continues it. (It writes the region the burst before read its
         // first token from: one queue and tracked buffers order the two on a GPU.)
         const int next = 1 - region;
-        encode_burst(seq, burst_tokens(region) + n - 1, n_next, next);
-        queued_ = {seq, n_next, next, backend_->flush(), -1};
+        PickSettings next_pick{};
+        if (pick) {
+            next_pick = *pick;
+            next_pick.counter = pick->counter + uint32_t(n);
+        }
+        encode_burst(seq, burst_tokens(region) + n - 1, n_next, next, pick ? &next_pick : nullptr);
+        queued_ = {seq, n_next, next, backend_->flush(), -1, pick != nullptr, next_pick};
         n_past_[size_t(seq)] -= n_next;
     }
     backend_->wait_for(ticket);
@@ -227,11 +243,16 @@ void Engine::decode_greedy(int32_t first, int n, int32_t* tokens, int32_t* statu
     if (queued_.n > 0) queued_.first = tokens[n - 1];
 }
 
-void Engine::encode_burst(int seq, const int32_t* in, int n, int region) {
+void Engine::encode_burst(int seq, const int32_t* in, int n, int region, const PickSettings* pick) {
     int32_t* picks = burst_tokens(region);
     for (int i = 0; i < n; ++i) {
         const Segment s{seq, i == 0 ? in : picks + i - 1, 1};
-        forward(&s, 1, nullptr, nullptr, nullptr, picks + i, burst_status(region) + i);
+        PickSettings draw{};
+        if (pick) {
+            draw = *pick;
+            draw.counter = pick->counter + uint32_t(i);
+        }
+        forward(&s, 1, nullptr, nullptr, nullptr, picks + i, burst_status(region) + i, pick ? &draw : nullptr);
     }
 }
 

@@ -64,22 +64,25 @@ public:
     // at most once, and all segments together hold at most max_batch tokens.
     void step(const std::vector<Segment>& segs, float* out);
 
-    // Greedy decoding with the host out of the loop: from token `first` at the sequence's next
-    // position, n forward passes in which the backend picks each next token itself (the argmax
-    // of the logits, as the host's greedy sampler would) and feeds it to the following pass,
-    // all queued before one wait (on Metal: one command buffer for n tokens). tokens[i] is the
-    // token chosen after pass i and status[i] 0, or what made its logits unusable (see
-    // Backend::argmax); from the first bad status on, the tokens mean nothing. The n inputs
-    // (first, tokens[0 .. n-2]) are appended to the cache: a caller that stops at tokens[j]
-    // truncates the n - 1 - j inputs after it. n is at most kMaxResident.
+    // Decoding with the host out of the loop: from token `first` at the sequence's next position,
+    // n forward passes in which the backend picks each next token itself and feeds it to the
+    // following pass, all queued before one wait (on Metal: one command buffer for n tokens).
+    // The pick is greedy (pick == nullptr: the argmax, as the host's greedy sampler) or the
+    // shared seeded top-k rule (top_k_pick.h, as the host's sampler), pass i making draw
+    // pick->counter + i. tokens[i] is the token chosen after pass i and status[i] 0, or what made
+    // its logits unusable (see Backend::argmax); from the first bad status on, the tokens mean
+    // nothing. The n inputs (first, tokens[0 .. n-2]) are appended to the cache: a caller that
+    // stops at tokens[j] truncates the n - 1 - j inputs after it. n is at most kMaxResident.
     //
-    // n_next > 0 also queues the following burst, n_next passes from tokens[n - 1], before the
-    // wait, so the GPU runs it while the caller streams this one (the host never leaves the GPU
-    // idle between bursts). A call that continues it (the same seq, n = n_next and first =
-    // tokens[n - 1]) only waits for it, and may queue the next; any other call first waits for
-    // it and discards it. Until continued, its positions are not in n_past.
+    // n_next > 0 also queues the following burst, n_next passes from tokens[n - 1] (draws from
+    // pick->counter + n on), before the wait, so the GPU runs it while the caller streams this
+    // one (the host never leaves the GPU idle between bursts). A call that continues it (the
+    // same seq, n = n_next, first = tokens[n - 1], the same pick settings and the counter where
+    // this burst's ended) only waits for it, and may queue the next; any other call first waits
+    // for it and discards it. Until continued, its positions are not in n_past.
     static constexpr int kMaxResident = 64;
-    void decode_greedy(int32_t first, int n, int32_t* tokens, int32_t* status, int seq = 0, int n_next = 0);
+    void decode_resident(int32_t first, int n, int32_t* tokens, int32_t* status, int seq = 0, int n_next = 0,
+                         const PickSettings* pick = nullptr);
 
     // Forgets the sequence's cached positions from n_keep on (0 restarts the conversation).
     void truncate(int n_keep, int seq = 0);
@@ -110,16 +113,19 @@ private:
     // token), or else to logits_ (one segment: its last token).
     // In a step the short segments come first (Backend::max_single_segment), and segment i's
     // logits go to row out_rows[i] of seg_logits.
-    // With pick_token (one segment, last-token logits), the backend's argmax writes the next
-    // token there and its status to pick_status, and the pass does not wait for the GPU.
+    // With pick_token (one segment, last-token logits), the backend's argmax (or with pick, its
+    // seeded sampler) writes the next token there and its status to pick_status, and the pass
+    // does not wait for the GPU.
     void forward(const Segment* segs, int n_segs, float* all_logits, float* seg_logits,
-                 const int* out_rows = nullptr, int32_t* pick_token = nullptr, int32_t* pick_status = nullptr);
+                 const int* out_rows = nullptr, int32_t* pick_token = nullptr, int32_t* pick_status = nullptr,
+                 const PickSettings* pick = nullptr);
     void check_ids(const int32_t* ids, int n) const;
     // One op of a traced pass: runs it, waits for it, times it and hands it to observer_.
     template <class Run> void observe(OpEvent e, const Run& run);
     void check_room(int seq, int n) const;
-    // GPU-resident decoding: n passes from *in, token i picked into burst_tokens(region)[i].
-    void encode_burst(int seq, const int32_t* in, int n, int region);
+    // GPU-resident decoding: n passes from *in, token i picked into burst_tokens(region)[i]
+    // (sampled when pick is given, with draws from pick->counter on).
+    void encode_burst(int seq, const int32_t* in, int n, int region, const PickSettings* pick);
     int32_t* burst_tokens(int region) const { return resident_tokens_ + 1 + region * kMaxResident; }
     int32_t* burst_status(int region) const { return resident_status_ + region * kMaxResident; }
     // Waits for the queued burst, if any, and discards it (callers hold mu_).
@@ -160,17 +166,20 @@ private:
     // returns.
     Span logits_;
     int logit_rows_ = 1;
-    // decode_greedy's tokens (the host's first, then two regions of kMaxResident: a burst's
+    // decode_resident's tokens (the host's first, then two regions of kMaxResident: a burst's
     // picks and the queued next burst's) and statuses (two regions), in the activations so a
     // GPU's kernels read and write them.
     int32_t* resident_tokens_ = nullptr;
     int32_t* resident_status_ = nullptr;
-    // The burst decode_greedy queued for its continuation (n == 0: none): its sequence, passes,
-    // region, backend ticket, and the token it starts from (the previous burst's last pick).
+    // The burst decode_resident queued for its continuation (n == 0: none): its sequence, passes,
+    // region, backend ticket, the token it starts from (the previous burst's last pick), and
+    // whether and how it samples (its first draw in pick.counter).
     struct QueuedBurst {
         int seq = 0, n = 0, region = 0;
         uint64_t ticket = 0;
         int32_t first = -1;
+        bool sampled = false;
+        PickSettings pick{};
     } queued_;
 };
 

@@ -42,7 +42,7 @@ template <class Run> void Engine::observe(OpEvent e, const Run& run) {
 }
 
 void Engine::forward(const Segment* segs, int n_segs, float* all_logits, float* seg_logits, const int* out_rows,
-                     int32_t* pick_token, int32_t* pick_status) {
+                     int32_t* pick_token, int32_t* pick_status, const PickSettings* pick) {
     Backend& B = *backend_;
     const ModelConfig& c = cfg_;
     const int d = c.n_embd, hd = c.head_dim;
@@ -273,8 +273,10 @@ void Engine::forward(const Segment* segs, int n_segs, float* all_logits, float* 
                 observe(ev(-1, "logit_softcap", "softcap", logits_.data(), 1, V, V, nullptr, n - 1),
                         [&] { B.softcap(logits_.data(), V, cap); });
         }
-        if (pick_token)
-            B.argmax(logits_.data(), V, pick_token, pick_status);  // the next pass reads it: no wait
+        if (pick_token && pick)  // the next pass reads it: no wait
+            B.sample(logits_.data(), V, *pick, pick_token, pick_status);
+        else if (pick_token)
+            B.argmax(logits_.data(), V, pick_token, pick_status);
         else
             B.sync();
     }

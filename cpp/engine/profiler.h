@@ -112,6 +112,10 @@ public:
         Timer _(this, "argmax");
         inner_->argmax(x, n, token, status);
     }
+    void sample(const float* x, int64_t n, const PickSettings& s, int32_t* token, int32_t* status) override {
+        Timer _(this, "sample");
+        inner_->sample(x, n, s, token, status);
+    }
     void softcap(float* x, int64_t count, float cap) override {
         Timer _(this, "softcap");
         inner_->softcap(x, count, cap);

@@ -30,6 +30,8 @@ from pathlib import Path
 INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"')
 PRAGMA_ONCE = re.compile(r"^\s*#\s*pragma\s+once\b")
 DIRECTIVE = re.compile(r"^\s*#\s*(ifdef|ifndef|if|elif|else|endif)\b\s*(.*)")
+# A .metal file with a line starting so must round exactly as the host (CMakeLists.txt, too).
+EXACT_MATH = "// metallic: exact math"
 RAW_DELIMITER = "msl"  # R"msl( ... )msl": the text must not contain )msl"
 
 
@@ -114,6 +116,7 @@ def header(sources: dict[str, str]) -> str:
         "struct Source {",
         "    const char* name;  // the .metal file",
         "    const char* text;  // its source, quoted includes inlined",
+        f"    bool exact_math;   // compile without fast math (a line `{EXACT_MATH}`)",
         "};",
         "",
         "inline constexpr Source kSources[] = {",
@@ -122,7 +125,8 @@ def header(sources: dict[str, str]) -> str:
     for name, text in sources.items():
         if close in text:
             raise FlattenError(f"{name} contains {close}, which would end the raw string")
-        lines.append(f'    {{"{name}", R"{RAW_DELIMITER}({text}{close}}},')
+        exact = "true" if any(ln.startswith(EXACT_MATH) for ln in text.splitlines()) else "false"
+        lines.append(f'    {{"{name}", R"{RAW_DELIMITER}({text}{close}, {exact}}},')
     lines += ["};", "", "}  // namespace metallic::embedded_msl", ""]
     return "\n".join(lines)
 

@@ -147,10 +147,14 @@ std::vector<id<MTLLibrary>> load_libraries(id<MTLDevice> device) {
     if (!(env && *env)) {
         MTLCompileOptions* options = [[MTLCompileOptions alloc] init];
         options.languageVersion = MTLLanguageVersion3_0;  // the -std=metal3.0 of the metallib build
+        // The -fno-fast-math of the metallib build, for the kernels that must round as the host.
+        MTLCompileOptions* exact = [[MTLCompileOptions alloc] init];
+        exact.languageVersion = MTLLanguageVersion3_0;
+        exact.fastMathEnabled = NO;
         for (const auto& source : embedded_msl::kSources) {
             NSError* error = nil;
             id<MTLLibrary> library = [device newLibraryWithSource:[NSString stringWithUTF8String:source.text]
-                                                          options:options
+                                                          options:source.exact_math ? exact : options
                                                             error:&error];
             if (!library)
                 throw std::runtime_error(std::string("metal: cannot compile the embedded ") + source.name + ": " +

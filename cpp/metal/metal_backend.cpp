@@ -382,6 +382,18 @@ public:
         e.dispatch_threadgroups({1, 1, 1}, {threads, 1, 1});
     }
 
+    void sample(const float* x, int64_t n, const PickSettings& s, int32_t* token, int32_t* status) override {
+        gpu::Encoder& e = encoder();
+        use_pipeline(e, *sample_);
+        e.set_args(0, SampleArgs{int32_t(n), s});
+        bind(e, 1, x);
+        bind(e, 2, token);
+        bind(e, 3, status);
+        // One threadgroup, as argmax: six passes over a few hundred KB of logits.
+        const uint32_t threads = std::clamp<uint32_t>(ceil_div(n, 32) * 32, 32, std::min<uint32_t>(1024, sample_->max_threads()));
+        e.dispatch_threadgroups({1, 1, 1}, {threads, 1, 1});
+    }
+
     void softcap(float* x, int64_t count, float cap) override {
         gpu::Encoder& e = encoder();
         use_pipeline(e, *softcap_);
@@ -447,6 +459,7 @@ private:
         glu_gelu_ = dev_->pipeline("glu", {{0, gpu::Constant::of_bool(true)}});
         softcap_ = dev_->pipeline("softcap");
         argmax_ = dev_->pipeline("argmax_f32");
+        sample_ = dev_->pipeline("sample_top_k_f32");
     }
 
     [[noreturn]] static void unreachable(const char* op) {
@@ -750,7 +763,8 @@ private:
 
     std::map<uint32_t, FormatPipelines> formats_;
     std::unique_ptr<gpu::Pipeline> rmsnorm_, rmsnorm_add_, rope_store_kv_, attention_, attention_split_, attention_merge_,
-        attention_rope_, attention_rope_split_, attention_tile_, glu_silu_, glu_gelu_, softcap_, argmax_;
+        attention_rope_, attention_rope_split_, attention_tile_, glu_silu_, glu_gelu_, softcap_, argmax_,
+        sample_;
 
     std::unique_ptr<gpu::CommandBuffer> cb_;
     gpu::Encoder* enc_ = nullptr;

@@ -332,14 +332,21 @@ def _steps(
     out = TextStream(model.tokenizer if _has_tokenizer(model) else None, stops)
 
     history = list(ids)
-    # GPU-resident decoding (Model.gpu_resident): for greedy settings the backend picks the
-    # next RESIDENT_BURST tokens itself, one wait for all, with the burst after them already
-    # queued on the GPU; they queue here and are streamed one by one, through the same stop
-    # checks. A queued token's input has already run (the cache is len(queued) positions ahead
-    # of the one-token path), so stopping early truncates those (and the engine drops the
-    # burst it queued at its next call).
+    # GPU-resident decoding (Model.gpu_resident): for greedy settings, and sampled ones the
+    # shared pick covers (Sampler.resident_pick), the backend picks the next RESIDENT_BURST
+    # tokens itself, one wait for all, with the burst after them already queued on the GPU;
+    # they queue here and are streamed one by one, through the same stop checks, each counted
+    # as one of the sampler's draws. A queued token's input has already run (the cache is
+    # len(queued) positions ahead of the one-token path), so stopping early truncates those
+    # (and the engine drops the burst it queued at its next call).
     s = sampler.settings
-    resident = model.gpu_resident and s.greedy and not s.penalties_active and not model.profiling
+    sampled = s.shared_pick
+    resident = (
+        model.gpu_resident
+        and (s.greedy or sampled)
+        and not s.penalties_active
+        and not model.profiling
+    )
     queued: deque[tuple[int, int]] = deque()
     t1 = time.perf_counter()
     stats.stop_reason = "length"
@@ -350,6 +357,8 @@ def _steps(
                 tok, status = queued.popleft()
                 if status:
                     raise greedy_status_error(status)
+                if sampled:
+                    sampler.draws += 1
             else:
                 tok = sampler.sample(logits, history)
             stats.sample_seconds += time.perf_counter() - ts
@@ -383,7 +392,9 @@ def _steps(
                     n_next = min(
                         RESIDENT_BURST, max_tokens - 1 - (i + n), model.n_ctx - model.n_past - n
                     )
-                    burst = model._decode_greedy(tok, n, n_next=max(0, n_next))
+                    burst = model._decode_resident(
+                        tok, n, n_next=max(0, n_next), pick=sampler.resident_pick()
+                    )
                     queued.extend(zip(*burst, strict=True))
                 else:
                     logits = model._decode(tok)

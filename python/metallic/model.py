@@ -401,16 +401,21 @@ class Model:
         finally:
             self._sync_cached()
 
-    def _decode_greedy(self, token: int, n: int, n_next: int = 0) -> tuple[list[int], list[int]]:
-        """GPU-resident greedy decoding (Engine::decode_greedy): n passes from `token`, each
-        next token picked on the backend; returns (tokens, statuses). The n inputs, `token` and
-        all but the last token returned, are now in the cache. n_next > 0 queues the next burst
-        (n_next passes from the last token returned) before waiting: the call that continues
-        with exactly those arguments finds it running."""
+    def _decode_resident(
+        self, token: int, n: int, n_next: int = 0, pick: dict[str, Any] | None = None
+    ) -> tuple[list[int], list[int]]:
+        """GPU-resident decoding (Engine::decode_resident): n passes from `token`, each next
+        token picked on the backend, greedily or with ``pick`` (Sampler.resident_pick: the shared
+        seeded rule, draws from pick["counter"] on); returns (tokens, statuses). The n inputs,
+        `token` and all but the last token returned, are now in the cache. n_next > 0 queues
+        the next burst (n_next passes from the last token returned) before waiting: the call
+        that continues with exactly those arguments (the counter n further) finds it running."""
         arr = self._ids([token])
         self._cached.append(int(arr[0]))
         try:
-            tokens, status = self._engine.decode_greedy(int(arr[0]), n, n_next=n_next)
+            tokens, status = self._engine.decode_resident(
+                int(arr[0]), n, n_next=n_next, **(pick or {})
+            )
             self._cached.extend(tokens[:-1])
         finally:
             self._sync_cached()
@@ -418,9 +423,10 @@ class Model:
 
     @property
     def gpu_resident(self) -> bool:
-        """Whether greedy generation lets the backend pick its tokens, several per wait
-        (GPU-resident decoding): on the Metal backends, unless METALLIC_GPU_RESIDENT=0;
-        METALLIC_GPU_RESIDENT=1 turns it on for the CPU backend too (the same tokens, no gain)."""
+        """Whether generation lets the backend pick its tokens, several per wait (GPU-resident
+        decoding; greedy, or sampled with settings the shared pick covers): on the Metal
+        backends, unless METALLIC_GPU_RESIDENT=0; METALLIC_GPU_RESIDENT=1 turns it on for the
+        CPU backend too (the same tokens, no gain)."""
         mode = os.environ.get("METALLIC_GPU_RESIDENT", "").strip()
         if mode in ("0", "1"):
             return mode == "1"

@@ -16,6 +16,13 @@ Penalties are bounded (``REPEAT_PENALTY_RANGE``, ``ADDITIVE_PENALTY_RANGE``) and
 no accepted value turns a finite logit into an infinity: an error about non-finite logits always
 means the model produced them.
 
+Seeded draws. Settings without penalties and with 1 <= top_k <= ``PICK_TOP_K_MAX`` (llama.cpp's
+defaults among them) sample through the engine's shared pick (cpp/engine/top_k_pick.h): the same
+chain in float32 with its own exp, and a counter-based random stream (draw c of a seed is a pure
+function of both), so the GPU can sample a whole burst of tokens itself (GPU-resident decoding)
+and pick exactly the tokens this sampler picks, token for token. Other settings draw from
+numpy's generator on the host.
+
 Cost matters because this runs once per generated token in Python: a vocabulary is up to 262,144
 entries, and a full sort of it takes milliseconds. So nothing here sorts or copies the whole
 vocabulary on the common paths. Penalties are computed for the few tokens of the history only,
@@ -31,11 +38,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _core
 from .errors import ModelError, RequestError
 
 __all__ = [
     "ADDITIVE_PENALTY_RANGE",
     "GREEDY_BELOW",
+    "PICK_TOP_K_MAX",
     "REPEAT_PENALTY_RANGE",
     "Sampler",
     "SamplerSettings",
@@ -49,6 +58,9 @@ GREEDY_BELOW = float(np.finfo(np.float32).tiny)
 # of even the largest finite float32 logits finite in float64 (see _penalty_updates).
 REPEAT_PENALTY_RANGE = (0.01, 100.0)
 ADDITIVE_PENALTY_RANGE = (-100.0, 100.0)
+# The largest top-k of the shared pick (the engine's PICK_TOP_K_MAX; larger ones draw on the host).
+PICK_TOP_K_MAX = 256
+_COUNTER = 2**32  # the shared pick's draw counter is 32 bits and wraps
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,12 @@ class SamplerSettings:
         return self.temperature < GREEDY_BELOW
 
     @property
+    def shared_pick(self) -> bool:
+        """Whether sampling goes through the engine's shared seeded pick (see the module notes),
+        which the GPU can run too."""
+        return not self.greedy and not self.penalties_active and 1 <= self.top_k <= PICK_TOP_K_MAX
+
+    @property
     def penalties_active(self) -> bool:
         return self.penalty_last_n != 0 and (
             self.repeat_penalty != 1.0
@@ -136,12 +154,41 @@ class Sampler:
         settings.validate()
         self.settings = settings
         self._rng = np.random.default_rng(settings.seed)
+        # The shared pick's stream: a 64-bit key from the seed (any integer, through numpy's
+        # SeedSequence), and how many draws it has made. GPU-resident decoding makes draws
+        # for the sampler and adds the ones it kept to ``draws``.
+        lo, hi = np.random.SeedSequence(settings.seed).generate_state(2, np.uint32)
+        self._key = int(lo) | int(hi) << 32
+        self.draws = 0
+
+    def resident_pick(self) -> dict[str, float | int] | None:
+        """The shared pick's arguments for the next draw (Model._decode_resident's ``pick``),
+        or None when these settings do not use it (greedy ones pick by argmax instead)."""
+        s = self.settings
+        if not s.shared_pick:
+            return None
+        inv = np.float32(1.0 / s.temperature)
+        return {
+            "top_k": s.top_k,
+            "top_p": float(np.float32(s.top_p)),
+            "min_p": float(np.float32(s.min_p)),
+            # A temperature past float32's range flattens the distribution: 1/T is then 0.
+            "inv_temp": float(inv) if inv >= np.finfo(np.float32).tiny else 0.0,
+            "seed": self._key,
+            "counter": self.draws % _COUNTER,
+        }
 
     def sample(self, logits: np.ndarray, history: Sequence[int] | np.ndarray = ()) -> int:
         """The next token id. ``logits`` is read only; ``history`` is the tokens so far (prompt
         included, as llama.cpp feeds the prompt to its penalty window)."""
         x = _check_logits(logits)
         s = self.settings
+        if x.dtype == np.float32 and (pick := self.resident_pick()) is not None:
+            tok, status = _core.pick_token(np.ascontiguousarray(x), **pick)
+            if status:
+                raise greedy_status_error(status)
+            self.draws += 1
+            return int(tok)
         ids, vals = _penalty_updates(x, history, s)
         if s.greedy:
             return _argmax_penalized(x, ids, vals)
@@ -241,16 +288,16 @@ def _check_max(top: float) -> None:
 
 
 def greedy_status_error(status: int) -> Exception:
-    """The error greedy sampling raises for logits with a NaN (status 1), a +inf maximum (2) or
-    only -inf (3): the statuses of the engine's own argmax (GPU-resident decoding), which must
-    fail where sampling on the host would."""
+    """The error sampling raises for logits with a NaN (status 1), a +inf maximum (2) or only
+    -inf (3): the statuses of the engine's own picks (its argmax and its shared pick, which
+    GPU-resident decoding runs), which must fail where sampling on the host would."""
     if status == 1:
         return ModelError("logits contain NaN (the model produced non-finite values)")
     if status == 2:
         return ModelError("logits contain +inf (the model produced non-finite values)")
     if status == 3:
         return RequestError("all logits are -inf: every token is masked, nothing can be sampled")
-    return ModelError(f"the engine reported an unknown status {status} for its greedy pick")
+    return ModelError(f"the engine reported an unknown status {status} for its token pick")
 
 
 def _penalty_updates(

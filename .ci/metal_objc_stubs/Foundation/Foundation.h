@@ -5,6 +5,8 @@
 typedef unsigned long NSUInteger;
 typedef long NSInteger;
 typedef signed char BOOL;
+#define YES __objc_yes  // as objc/objc.h
+#define NO __objc_no
 typedef double CFTimeInterval;  // CoreFoundation (CFDate.h), which Foundation includes
 #define nil ((id)0)
 #define NS_ASSUME_NONNULL_BEGIN

@@ -44,6 +44,7 @@ typedef enum : NSInteger {
 
 @interface MTLCompileOptions : NSObject
 @property (readwrite, nonatomic) MTLLanguageVersion languageVersion;
+@property (readwrite, nonatomic) BOOL fastMathEnabled;  // deprecated in macOS 15 for mathMode
 @end
 
 @interface MTLFunctionConstantValues : NSObject
