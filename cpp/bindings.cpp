@@ -21,6 +21,7 @@
 #include "engine/engine.h"
 #include "engine/error.h"
 #include "engine/host_pick.h"
+#include "metal/weight_layout.h"
 #include "engine/ggml_types.h"
 #include "metal/gpu.h"
 
@@ -116,6 +117,26 @@ nb::ndarray<nb::numpy, float, nb::ndim<1>> kernel_dequant(uint32_t type, Bytes w
     nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
     f.dequant_row(w.data(), out, n);
     return nb::ndarray<nb::numpy, float, nb::ndim<1>>(out, {size_t(n)}, owner);
+}
+
+// The Metal backend's layout of a weight matrix (metal/weight_layout.h), from its file bytes.
+nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>> gpu_weight_layout(uint32_t type, Bytes w, int64_t rows, int64_t cols) {
+    const GgmlTypeInfo* t = ggml_type(type);
+    if (!t || !metal::repacked_for_gpu(type)) throw BadRequest("no GPU layout for type " + std::to_string(type));
+    if (rows <= 0 || cols <= 0 || cols % t->block || w.size() != size_t(rows) * size_t(cols / t->block) * t->block_bytes)
+        throw BadRequest("weight bytes do not match the shape");
+    Matrix m;
+    m.name = "test";
+    m.type = type;
+    m.rows = rows;
+    m.cols = cols;
+    m.data = w.data();
+    m.row_bytes = size_t(cols / t->block) * t->block_bytes;
+    m.nbytes = w.size();
+    uint8_t* out = new uint8_t[w.size()];
+    nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<uint8_t*>(p); });
+    metal::repack_for_gpu(m, out);
+    return nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>(out, {w.size()}, owner);
 }
 
 // Tracing (engine/trace.h): a Python callable called with a dict per op of the forward pass.
@@ -525,6 +546,8 @@ NB_MODULE(_core, m) {
           "Test hook: one format's one-token kernel (or, with batch, the batch product) over raw weight bytes.");
     m.def("kernel_dequant", &kernel_dequant, nb::arg("type"), nb::arg("data"), nb::arg("n"),
           "Test hook: one format's dequantization of raw bytes.");
+    m.def("gpu_weight_layout", &gpu_weight_layout, nb::arg("type"), nb::arg("data"), nb::arg("rows"), nb::arg("cols"),
+          "Test hook: a matrix's bytes as the Metal backend stores them (cpp/metal/weight_layout.h).");
 
 #ifdef METALLIC_METAL_SIM
     // ---- Metal simulator test hooks (see the section above) ----

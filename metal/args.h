@@ -77,6 +77,8 @@ struct EmbedArgs {
     int32_t cols;
     float scale;
     uint64_t row_bytes;
+    int32_t rows;  // the table's (formats.h, layout<F>: where a planar format's scales start)
+    int32_t pad;
 };
 
 // RoPE of q and k and their cache write in one dispatch: grid (tokens, n_heads + n_kv_heads),

@@ -16,7 +16,7 @@ kernel void embed(constant EmbedArgs& args [[buffer(0)]],
                   uint t [[threadgroup_position_in_grid]],
                   uint tid [[thread_position_in_threadgroup]],
                   uint ntg [[threads_per_threadgroup]]) {
-    device const uchar* row = table + uint64_t(ids[t]) * args.row_bytes;
+    const typename layout<F>::Row row = layout<F>::row(table, args.row_bytes, args.rows, ids[t]);
     device float* out = x + uint64_t(t) * uint64_t(args.cols);
-    for (int i = int(tid); i < args.cols; i += int(ntg)) out[i] = F::get(row, i) * args.scale;
+    for (int i = int(tid); i < args.cols; i += int(ntg)) out[i] = layout<F>::get(row, i) * args.scale;
 }

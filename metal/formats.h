@@ -62,8 +62,10 @@ struct fmt_f32 {
     }
 };
 
+// The 2-byte float formats take 4 elements (8 bytes) a lane, so that a simdgroup's loads of
+// weights (256 bytes) and of x (512) are contiguous.
 struct fmt_f16 {
-    enum { BLOCK = 8, BYTES = 16, LANES = 1, CHUNKS = 1, CW = 8, VEC = 1 };
+    enum { BLOCK = 4, BYTES = 8, LANES = 1, CHUNKS = 1, CW = 4, VEC = 1 };
     static inline float get(device const uchar* row, int i) { return float(((device const half*)row)[i]); }
     struct State {
         device const uchar* p;
@@ -72,7 +74,6 @@ struct fmt_f16 {
     static inline int xoff(int li, int k) { return 0; }
     static inline float chunk(thread const State& s, int k, thread float4* w) {
         w[0] = float4(*(device const half4*)s.p);
-        w[1] = float4(*(device const half4*)(s.p + 8));
         return 1.0f;
     }
 };
@@ -82,7 +83,7 @@ inline float bf16_bits(ushort bits) { return as_type<float>(uint(bits) << 16); }
 inline float4 bf16x4(ushort4 b) { return float4(bf16_bits(b.x), bf16_bits(b.y), bf16_bits(b.z), bf16_bits(b.w)); }
 
 struct fmt_bf16 {
-    enum { BLOCK = 8, BYTES = 16, LANES = 1, CHUNKS = 1, CW = 8, VEC = 1 };
+    enum { BLOCK = 4, BYTES = 8, LANES = 1, CHUNKS = 1, CW = 4, VEC = 1 };
     static inline float get(device const uchar* row, int i) { return bf16_bits(((device const ushort*)row)[i]); }
     struct State {
         device const uchar* p;
@@ -91,148 +92,146 @@ struct fmt_bf16 {
     static inline int xoff(int li, int k) { return 0; }
     static inline float chunk(thread const State& s, int k, thread float4* w) {
         w[0] = bf16x4(*(device const ushort4*)s.p);
-        w[1] = bf16x4(*(device const ushort4*)(s.p + 8));
         return 1.0f;
     }
 };
 
-// ---- The 32-element formats: four lanes to a block, lane li taking elements 8li .. 8li + 7.
 
-// d * q, q int8.
+// d * q, q int8. Stored planar on the GPU (layout<fmt_q8_0> below), so its functions take a
+// Q8Row, not GGUF's blocks.
+struct Q8Row {
+    device const uchar* q;  // the row's int8 quants, cols bytes
+    device const uchar* d;  // its half scales, one per 32 quants
+};
+
 struct fmt_q8_0 {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ8_0), LANES = 4, CHUNKS = 1, CW = 8, VEC = 0 };
-    static inline float get(device const uchar* row, int i) {
-        device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)(row + (i / 32) * BYTES);
-        return half_bits(b->d) * float(b->qs[i % 32]);
+    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ8_0), LANES = 8, CHUNKS = 1, CW = 4, VEC = 0 };
+    static inline float get(Q8Row row, int i) {
+        return half_bits(*(device const ushort*)(row.d + 2 * (i / 32))) * float(as_type<char>(row.q[i]));
     }
     struct State {
         float d;
-        uint2 q;  // the lane's 8 int8 values
+        uint q;  // the lane's 4 int8 values
     };
-    static inline State state(device const uchar* blk, int li) {
-        device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)blk;
-        return State{half_bits(b->d), load_u64((device const uchar*)b->qs + 8 * li)};
+    // Lane li's 4 quants of block b: one aligned 4-byte load, so the simdgroup's 32 lanes read
+    // 128 contiguous bytes of quants and 512 of x per instruction.
+    static inline State state(Q8Row row, int b, int li) {
+        return State{half_bits(*(device const ushort*)(row.d + 2 * b)), *(device const uint*)(row.q + 32 * b + 4 * li)};
     }
-    static inline int xoff(int li, int k) { return 8 * li; }
+    static inline int xoff(int li, int k) { return 4 * li; }
     static inline float chunk(thread const State& s, int k, thread float4* w) {
-        w[0] = bytes_s(s.q.x);
-        w[1] = bytes_s(s.q.y);
+        w[0] = bytes_s(s.q);
         return s.d;
     }
 };
 
+
 // The 4- and 5-bit ones: element j < 16 in the low nibble of qs[j], element j + 16 in the high
-// nibble; the 5-bit ones take bit 4 of element j from bit j of qh. Lanes 0 and 1 read the low
-// nibbles of qs[0 .. 15], lanes 2 and 3 the high nibbles of the same bytes.
-inline int nibble(device const uchar* qs, int j) { return j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4); }
-inline uint qh_bits(device const uchar* qh) {
-    return uint(qh[0]) | (uint(qh[1]) << 8) | (uint(qh[2]) << 16) | (uint(qh[3]) << 24);
+// nibble; the 5-bit ones take bit 4 of element j from bit j of qh. Stored planar on the GPU
+// (layout<F> below): a row's qs (16 bytes a block), then its qh (4), d (2) and m (2), each
+// plane the whole matrix's. Eight lanes to a block, lane li taking elements 4li .. 4li + 3:
+// for li < 4 the low nibbles of qs[4li ..], else the high nibbles of qs[4(li - 4) ..], and bits
+// 4li .. 4li + 3 of qh. A simdgroup's instruction reads 64 contiguous bytes of qs, 16 of qh, 8
+// of d (GGUF's 18- to 24-byte blocks are only 2-byte aligned).
+struct Q32Row {
+    device const uchar* qs;
+    device const uchar* qh;  // the 5-bit formats
+    device const uchar* d;
+    device const uchar* m;   // the formats with a min
+};
+
+// Element j of block b: its 4 or 5 bits.
+inline int q32_value(Q32Row row, int b, int j, bool five) {
+    device const uchar* qs = row.qs + 16 * b;
+    const int lo = j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4);
+    if (!five) return lo;
+    return lo | int(((*(device const uint*)(row.qh + 4 * b) >> j) & 1u) << 4);
 }
 
-// Lane li's 8 values of a 32-element block as bytes: nibbles of the 8 qs bytes the lane reads,
-// plus bit 4 from qh (0 for the 4-bit formats).
-inline uint2 q32_lane_values(device const uchar* qs, uint qh, int li) {
-    const uint2 q = load_u64(qs + 8 * (li & 1));
-    const uint shift = uint(li >> 1) * 4;
-    const uint hb = qh >> (8 * li);  // bits of elements 8li ..
-    return uint2(((q.x >> shift) & 0x0F0F0F0Fu) | bits_to_bytes4(hb),
-                 ((q.y >> shift) & 0x0F0F0F0Fu) | bits_to_bytes4(hb >> 4));
+// Lane li's 4 values of block b as the bytes of a word.
+inline uint q32_lane_word(Q32Row row, int b, int li, bool five) {
+    const uint q = (*(device const uint*)(row.qs + 16 * b + 4 * (li & 3)) >> (4 * (li >> 2))) & 0x0F0F0F0Fu;
+    if (!five) return q;
+    return q | bits_to_bytes4(*(device const uint*)(row.qh + 4 * b) >> (4 * li));
 }
 
-// The State of the 32-element formats with an offset: weights d * q + m, as d * (q + m / d)
-// would round differently, so the lane's 8 weights are decoded in full (factor 1); for the
-// formats without one (m = -8d, -16d exactly) the factor is d and w = q - 8 or q - 16.
+// Elements 8r .. 8r + 7 of block b (r = 0 .. 3) as bytes: the GEMM's run.
+inline uint2 q32_run_words(Q32Row row, int b, int r, bool five) {
+    const uint2 q = *(device const uint2*)(row.qs + 16 * b + 8 * (r & 1));
+    const uint shift = uint(r >> 1) * 4;
+    uint2 v = uint2((q.x >> shift) & 0x0F0F0F0Fu, (q.y >> shift) & 0x0F0F0F0Fu);
+    if (five) {
+        const uint hb = *(device const uint*)(row.qh + 4 * b) >> (8 * r);
+        v = uint2(v.x | bits_to_bytes4(hb), v.y | bits_to_bytes4(hb >> 4));
+    }
+    return v;
+}
+
+inline float q32_d(Q32Row row, int b) { return half_bits(*(device const ushort*)(row.d + 2 * b)); }
+inline float q32_m(Q32Row row, int b) { return half_bits(*(device const ushort*)(row.m + 2 * b)); }
+
+// The State of the 32-element formats with a min: weights d * q + m, as d * (q + m / d) would
+// round differently, so the lane's 4 weights are decoded in full (factor 1); for the formats
+// without one (m = -8d, -16d exactly) the factor is d and w = q - 8 or q - 16.
 struct q32_state {
     float d, m;
-    uint2 q;
+    uint q;
+};
+
+// What the four formats share: the planes (FIVE: qh, MIN: m) and the matvec lane's State.
+template <bool FIVE, bool MIN, int OFFSET>
+struct q32_format {
+    enum { BLOCK = 32, LANES = 8, CHUNKS = 1, CW = 4, VEC = 0 };
+    typedef q32_state State;
+    static inline State state(Q32Row row, int b, int li) {
+        return State{q32_d(row, b), MIN ? q32_m(row, b) : 0.0f, q32_lane_word(row, b, li, FIVE)};
+    }
+    static inline int xoff(int li, int k) { return 4 * li; }
+    static inline float chunk(thread const State& s, int k, thread float4* w) {
+        if (MIN) {
+            w[0] = s.d * bytes_u(s.q) + s.m;
+            return 1.0f;
+        }
+        w[0] = bytes_u(s.q) - float(OFFSET);
+        return s.d;
+    }
+    static inline float get(Q32Row row, int i) {
+        const int b = i / 32, q = q32_value(row, b, i % 32, FIVE);
+        if (MIN) return q32_d(row, b) * float(q) + q32_m(row, b);
+        return q32_d(row, b) * float(q - OFFSET);
+    }
 };
 
 // d * (q - 8)
-struct fmt_q4_0 {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ4_0), LANES = 4, CHUNKS = 1, CW = 8, VEC = 0 };
-    static inline float get(device const uchar* row, int i) {
-        device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)(row + (i / 32) * BYTES);
-        return half_bits(b->d) * float(nibble(b->qs, i % 32) - 8);
-    }
-    typedef q32_state State;
-    static inline State state(device const uchar* blk, int li) {
-        device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)blk;
-        return State{half_bits(b->d), 0.0f, q32_lane_values(b->qs, 0u, li)};
-    }
-    static inline int xoff(int li, int k) { return 8 * li; }
-    static inline float chunk(thread const State& s, int k, thread float4* w) {
-        w[0] = bytes_u(s.q.x) - 8.0f;
-        w[1] = bytes_u(s.q.y) - 8.0f;
-        return s.d;
-    }
+struct fmt_q4_0 : q32_format<false, false, 8> {
+    enum { BYTES = sizeof(metallic::BlockQ4_0) };
 };
-
 // d * q + m
-struct fmt_q4_1 {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ4_1), LANES = 4, CHUNKS = 1, CW = 8, VEC = 0 };
-    static inline float get(device const uchar* row, int i) {
-        device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)(row + (i / 32) * BYTES);
-        return half_bits(b->d) * float(nibble(b->qs, i % 32)) + half_bits(b->m);
-    }
-    typedef q32_state State;
-    static inline State state(device const uchar* blk, int li) {
-        device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)blk;
-        return State{half_bits(b->d), half_bits(b->m), q32_lane_values(b->qs, 0u, li)};
-    }
-    static inline int xoff(int li, int k) { return 8 * li; }
-    static inline float chunk(thread const State& s, int k, thread float4* w) {
-        w[0] = s.d * bytes_u(s.q.x) + s.m;
-        w[1] = s.d * bytes_u(s.q.y) + s.m;
-        return 1.0f;
-    }
+struct fmt_q4_1 : q32_format<false, true, 0> {
+    enum { BYTES = sizeof(metallic::BlockQ4_1) };
 };
-
 // d * (q - 16)
-struct fmt_q5_0 {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ5_0), LANES = 4, CHUNKS = 1, CW = 8, VEC = 0 };
-    static inline float get(device const uchar* row, int i) {
-        device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)(row + (i / 32) * BYTES);
-        const int j = i % 32;
-        return half_bits(b->d) * float((nibble(b->qs, j) | int(((qh_bits(b->qh) >> j) & 1) << 4)) - 16);
-    }
-    typedef q32_state State;
-    static inline State state(device const uchar* blk, int li) {
-        device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)blk;
-        return State{half_bits(b->d), 0.0f, q32_lane_values(b->qs, load_u32(b->qh), li)};
-    }
-    static inline int xoff(int li, int k) { return 8 * li; }
-    static inline float chunk(thread const State& s, int k, thread float4* w) {
-        w[0] = bytes_u(s.q.x) - 16.0f;
-        w[1] = bytes_u(s.q.y) - 16.0f;
-        return s.d;
-    }
+struct fmt_q5_0 : q32_format<true, false, 16> {
+    enum { BYTES = sizeof(metallic::BlockQ5_0) };
 };
-
 // d * q + m
-struct fmt_q5_1 {
-    enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ5_1), LANES = 4, CHUNKS = 1, CW = 8, VEC = 0 };
-    static inline float get(device const uchar* row, int i) {
-        device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)(row + (i / 32) * BYTES);
-        const int j = i % 32;
-        return half_bits(b->d) * float(nibble(b->qs, j) | int(((qh_bits(b->qh) >> j) & 1) << 4)) + half_bits(b->m);
-    }
-    typedef q32_state State;
-    static inline State state(device const uchar* blk, int li) {
-        device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)blk;
-        return State{half_bits(b->d), half_bits(b->m), q32_lane_values(b->qs, load_u32(b->qh), li)};
-    }
-    static inline int xoff(int li, int k) { return 8 * li; }
-    static inline float chunk(thread const State& s, int k, thread float4* w) {
-        w[0] = s.d * bytes_u(s.q.x) + s.m;
-        w[1] = s.d * bytes_u(s.q.y) + s.m;
-        return 1.0f;
-    }
+struct fmt_q5_1 : q32_format<true, true, 0> {
+    enum { BYTES = sizeof(metallic::BlockQ5_1) };
 };
 
 
-// ---- K-quants: super-blocks of 256 elements, eight lanes to a block (a simdgroup takes four
-// blocks at a time), each lane four runs of 8 elements. Every run lies inside one scale group,
-// so a run's dot takes one scale (and min).
+// ---- K-quants: super-blocks of 256 elements. Q4_K, Q5_K and Q6_K are stored planar on the GPU
+// (layout<F> below: the quants, high bits, scales and factors of every block, each a plane) and
+// read by all 32 lanes at once: lane li takes elements 4li .. 4li + 3 of each half (run c is
+// elements 128c + 4li ..), so an instruction reads 512 contiguous bytes of x and 64 of quants.
+// Q2_K and Q3_K keep GGUF's layout: eight lanes to a block, each lane four runs of 8 elements.
+// Every run lies inside one scale group, so a run's dot takes one scale (and min).
+struct KRow {
+    device const uchar* q;  // the low bits: Q4_K/Q5_K qs, Q6_K ql (128 bytes a block)
+    device const uchar* h;  // the high bits: Q5_K qh (32), Q6_K qh (64)
+    device const uchar* s;  // the scales: Q4_K/Q5_K 12 packed bytes, Q6_K 16 int8
+    device const uchar* d;  // the factors: Q4_K/Q5_K d and dmin, Q6_K d
+};
 
 // Scale and min of sub-block j of Q4_K/Q5_K: 6 bits each, packed in 12 bytes (GGML's
 // get_scale_min_k4).
@@ -242,82 +241,63 @@ inline int2 k4_scale_min(device const uchar* s, int j) {
 }
 
 // Q4_K and Q5_K: bytes qs[32c ..] hold sub-block 2c in their low nibbles and 2c + 1 in their
-// high ones. Lane li = 2c + h reads qs[32c + 16h .. + 15]: runs 0 and 1 are elements 16h ..
-// 16h + 15 of sub-block 2c (low nibbles), runs 2 and 3 the same of sub-block 2c + 1 (high).
-inline int k4_xoff(int li, int k) { return 64 * (li >> 1) + 16 * (li & 1) + 8 * (k & 1) + 32 * (k >> 1); }
-
-// The lane's two sub-blocks' d * scale and dmin * min.
+// high ones (Q5_K: bit j of qh[l] is bit 4 of element l of sub-block j). Lane li's run c is
+// sub-block j = 4c + li / 8, elements l = 4 (li % 8) ..: nibble j & 1 of qs[32 (j / 2) + l ..].
 struct k4_state {
-    device const uchar* qs;  // the lane's 16 qs bytes
-    device const uchar* qh;  // Q5_K: qh[16h ..], the lane's elements' fifth bits
-    float4 sm;               // (d * sc, dmin * m) of sub-block 2c, then of 2c + 1
-    int sub;                 // 2c
+    float2 sm[2];  // per run: (d * sc, dmin * m) of its sub-block
+    uint q[2];     // per run: the 4 (Q5_K: 5-bit) values as bytes
 };
-inline k4_state k4_make(ushort d, ushort dmin, device const uchar* scales, device const uchar* qs,
-                        device const uchar* qh, int li) {
-    const int c = li >> 1, h = li & 1;
-    const float fd = half_bits(d), fm = half_bits(dmin);
-    const int2 a = k4_scale_min(scales, 2 * c), b = k4_scale_min(scales, 2 * c + 1);
-    return k4_state{qs + 32 * c + 16 * h, qh + 16 * h, float4(fd * float(a.x), fm * float(a.y), fd * float(b.x), fm * float(b.y)), 2 * c};
-}
-// Run k's 4-bit values, as bytes.
-inline uint2 k4_nibbles(thread const k4_state& s, int k) {
-    return field2(load_u64(s.qs + 8 * (k & 1)), uint(k >> 1) * 4, 0x0F0F0F0Fu);
-}
-inline float k4_weights(thread const k4_state& s, int k, uint2 q, thread float4* w) {
-    const float2 sm = (k >> 1) ? s.sm.zw : s.sm.xy;
-    w[0] = sm.x * bytes_u(q.x) - sm.y;
-    w[1] = sm.x * bytes_u(q.y) - sm.y;
-    return 1.0f;
+template <bool FIVE>
+inline k4_state k4_make(KRow row, int b, int li) {
+    const float fd = half_bits(*(device const ushort*)(row.d + 4 * b));
+    const float fm = half_bits(*(device const ushort*)(row.d + 4 * b + 2));
+    device const uchar* qs = row.q + 128 * b;
+    const int l = 4 * (li & 7);
+    k4_state st;
+    for (int c = 0; c < 2; ++c) {
+        const int j = 4 * c + (li >> 3);
+        const int2 sm = k4_scale_min(row.s + 12 * b, j);
+        st.sm[c] = float2(fd * float(sm.x), fm * float(sm.y));
+        uint q = (*(device const uint*)(qs + 32 * (j >> 1) + l) >> (4 * (j & 1))) & 0x0F0F0F0Fu;
+        if (FIVE) q |= ((*(device const uint*)(row.h + 32 * b + l) >> j) & 0x01010101u) << 4;
+        st.q[c] = q;
+    }
+    return st;
 }
 
-// (d * sc) * q - dmin * m, q in 0..15.
-struct fmt_q4_k {
-    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ4_K), LANES = 8, CHUNKS = 4, CW = 8, VEC = 0 };
-    static inline float get(device const uchar* row, int i) {
-        device const metallic::BlockQ4_K* b = (device const metallic::BlockQ4_K*)(row + (i / 256) * BYTES);
-        const int e = i % 256, s = e / 32, l = e % 32;
-        const int2 sm = k4_scale_min(b->scales, s);
-        const int q = (s & 1) ? (b->qs[32 * (s / 2) + l] >> 4) : (b->qs[32 * (s / 2) + l] & 15);
-        return half_bits(b->d) * float(sm.x) * float(q) - half_bits(b->dmin) * float(sm.y);
-    }
+// Element e of block b (e = 32j + l, sub-block j), as the reference dequantizes it.
+template <bool FIVE>
+inline float k4_get(KRow row, int b, int e) {
+    const int j = e / 32, l = e % 32;
+    const int2 sm = k4_scale_min(row.s + 12 * b, j);
+    const uchar byte = row.q[128 * b + 32 * (j / 2) + l];
+    int q = (j & 1) ? (byte >> 4) : (byte & 15);
+    if (FIVE) q |= ((row.h[32 * b + l] >> j) & 1) << 4;
+    return half_bits(*(device const ushort*)(row.d + 4 * b)) * float(sm.x) * float(q) -
+           half_bits(*(device const ushort*)(row.d + 4 * b + 2)) * float(sm.y);
+}
+
+// (d * sc) * q - dmin * m, q in 0..15 (Q5_K: 0..31).
+template <bool FIVE>
+struct k4_format {
+    enum { BLOCK = 256, LANES = 32, CHUNKS = 2, CW = 4, VEC = 0 };
     typedef k4_state State;
-    static inline State state(device const uchar* blk, int li) {
-        device const metallic::BlockQ4_K* b = (device const metallic::BlockQ4_K*)blk;
-        return k4_make(b->d, b->dmin, b->scales, b->qs, b->qs, li);
-    }
-    static inline int xoff(int li, int k) { return k4_xoff(li, k); }
+    static inline State state(KRow row, int b, int li) { return k4_make<FIVE>(row, b, li); }
+    static inline int xoff(int li, int k) { return 128 * k + 4 * li; }
     static inline float chunk(thread const State& s, int k, thread float4* w) {
-        return k4_weights(s, k, k4_nibbles(s, k), w);
+        w[0] = s.sm[k].x * bytes_u(s.q[k]) - s.sm[k].y;
+        return 1.0f;
     }
+    static inline float get(KRow row, int i) { return k4_get<FIVE>(row, i / 256, i % 256); }
+};
+struct fmt_q4_k : k4_format<false> {
+    enum { BYTES = sizeof(metallic::BlockQ4_K) };
+};
+struct fmt_q5_k : k4_format<true> {
+    enum { BYTES = sizeof(metallic::BlockQ5_K) };
 };
 
-// Q4_K plus bit 4 of element l of sub-block s in bit s of qh[l].
-struct fmt_q5_k {
-    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ5_K), LANES = 8, CHUNKS = 4, CW = 8, VEC = 0 };
-    static inline float get(device const uchar* row, int i) {
-        device const metallic::BlockQ5_K* b = (device const metallic::BlockQ5_K*)(row + (i / 256) * BYTES);
-        const int e = i % 256, s = e / 32, l = e % 32;
-        const int2 sm = k4_scale_min(b->scales, s);
-        const int lo = (s & 1) ? (b->qs[32 * (s / 2) + l] >> 4) : (b->qs[32 * (s / 2) + l] & 15);
-        const int q = lo | (((b->qh[l] >> s) & 1) << 4);
-        return half_bits(b->d) * float(sm.x) * float(q) - half_bits(b->dmin) * float(sm.y);
-    }
-    typedef k4_state State;
-    static inline State state(device const uchar* blk, int li) {
-        device const metallic::BlockQ5_K* b = (device const metallic::BlockQ5_K*)blk;
-        return k4_make(b->d, b->dmin, b->scales, b->qs, b->qh, li);
-    }
-    static inline int xoff(int li, int k) { return k4_xoff(li, k); }
-    static inline float chunk(thread const State& s, int k, thread float4* w) {
-        const uint bit = uint(s.sub + (k >> 1));  // the run's sub-block
-        const uint2 h = field2(load_u64(s.qh + 8 * (k & 1)), bit, 0x01010101u);
-        const uint2 lo = k4_nibbles(s, k);
-        return k4_weights(s, k, uint2(lo.x | (h.x << 4), lo.y | (h.y << 4)), w);
-    }
-};
-
-// Q2_K, Q3_K and Q6_K: in half h of 128 elements, element 128h + 32k + l takes its bits from
+// Q2_K and Q3_K (GGUF layout): in half h of 128 elements, element 128h + 32k + l takes its bits from
 // byte l of a 32-byte run of the half (shifted by 2k for the 2-bit fields), with a scale per
 // 16 elements. Lane li = 4h + g takes l = 8g .. 8g + 7 of each k: run k is elements
 // 128h + 32k + 8g .. + 7, one scale group (8h + 2k + g / 2).
@@ -403,42 +383,114 @@ struct fmt_q3_k {
 // (d * scales[i / 16]) * (q - 32), q in 0..63: in half h of 128 elements, element 32k + l takes
 // its low 4 bits from ql[64h + 32(k & 1) + l] (low nibble for k < 2, else high) and bits 4..5
 // from qh[32h + l] >> 2k.
-inline int q6_k_value(device const metallic::BlockQ6_K* b, int e) {
+// Q6_K: element e = 128h + 32k + l of a block has its low 4 bits in nibble k / 2 of
+// ql[64h + 32 (k & 1) + l] and bits 4..5 in bits 2k..2k + 1 of qh[32h + l]; scale scales[e / 16].
+// Lane li's run c is elements 128c + 4li ..: k = li / 8, l = 4 (li % 8), scale group 8c + li / 4.
+inline int q6_k_value(KRow row, int b, int e) {
     const int h = e / 128, k = (e % 128) / 32, l = e % 32;
-    const uchar lq = b->ql[64 * h + 32 * (k & 1) + l];
+    const uchar lq = row.q[128 * b + 64 * h + 32 * (k & 1) + l];
     const int lo = k < 2 ? (lq & 15) : (lq >> 4);
-    return (lo | (((b->qh[32 * h + l] >> (2 * k)) & 3) << 4)) - 32;
+    return (lo | (((row.h[64 * b + 32 * h + l] >> (2 * k)) & 3) << 4)) - 32;
 }
+inline float q6_k_d(KRow row, int b) { return half_bits(*(device const ushort*)(row.d + 2 * b)); }
+inline float q6_k_scale(KRow row, int b, int g) { return float(as_type<char>(row.s[16 * b + g])); }
 
 struct fmt_q6_k {
-    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ6_K), LANES = 8, CHUNKS = 4, CW = 8, VEC = 0 };
-    static inline float get(device const uchar* row, int i) {
-        device const metallic::BlockQ6_K* b = (device const metallic::BlockQ6_K*)(row + (i / 256) * BYTES);
-        const int e = i % 256;
-        return half_bits(b->d) * float(b->scales[e / 16]) * float(q6_k_value(b, e));
+    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ6_K), LANES = 32, CHUNKS = 2, CW = 4, VEC = 0 };
+    static inline float get(KRow row, int i) {
+        const int b = i / 256, e = i % 256;
+        return q6_k_d(row, b) * q6_k_scale(row, b, e / 16) * float(q6_k_value(row, b, e));
     }
     struct State {
-        float d;
-        uint2 qh;               // the lane's 8 qh bytes: run k's bits 4..5 are bits 2k..2k + 1
-        device const uchar* ql; // ql[64h + 8g]: runs 0 and 2 read 8 bytes here, 1 and 3 at + 32
-        device const char* sc;
-        int li;
+        float f[2];  // per run: d * its scale
+        uint q[2];   // per run: the 4 6-bit values as bytes
     };
-    static inline State state(device const uchar* blk, int li) {
-        device const metallic::BlockQ6_K* b = (device const metallic::BlockQ6_K*)blk;
-        const int h = li >> 2, g = li & 3;
-        return State{half_bits(b->d), load_u64(b->qh + 32 * h + 8 * g), b->ql + 64 * h + 8 * g,
-                     (device const char*)b->scales, li};
+    static inline State state(KRow row, int b, int li) {
+        const int k = li >> 3, l = 4 * (li & 7);
+        const float d = q6_k_d(row, b);
+        State st;
+        for (int c = 0; c < 2; ++c) {
+            const uint lo = (*(device const uint*)(row.q + 128 * b + 64 * c + 32 * (k & 1) + l) >> (4 * (k >> 1))) &
+                            0x0F0F0F0Fu;
+            const uint hi = (*(device const uint*)(row.h + 64 * b + 32 * c + l) >> (2 * k)) & 0x03030303u;
+            st.q[c] = lo | (hi << 4);
+            st.f[c] = d * q6_k_scale(row, b, 8 * c + (li >> 2));
+        }
+        return st;
     }
-    static inline int xoff(int li, int k) { return k16_xoff(li, k); }
+    static inline int xoff(int li, int k) { return 128 * k + 4 * li; }
     static inline float chunk(thread const State& s, int k, thread float4* w) {
-        const uint2 lo = field2(load_u64(s.ql + 32 * (k & 1)), uint(4 * (k >> 1)), 0x0F0F0F0Fu);
-        const uint2 hi = field2(s.qh, uint(2 * k), 0x03030303u);
-        w[0] = bytes_u(lo.x | (hi.x << 4)) - 32.0f;
-        w[1] = bytes_u(lo.y | (hi.y << 4)) - 32.0f;
-        return s.d * float(s.sc[k16_group(s.li, k)]);
+        w[0] = bytes_u(s.q[k]) - 32.0f;
+        return s.f[k];
     }
 };
+
+// ---- Where a kernel finds row r of a matrix (w, rows, row_bytes apart in GGUF) and block b of
+// a row: layout<F>::row, ::state (the matvec lane's State of block b) and ::get (element i).
+// GGUF's own layout (the float formats, Q2_K, Q3_K): a row is its blocks back to back.
+template <typename F> struct layout {
+    typedef device const uchar* Row;
+    static inline Row row(device const uchar* w, uint64_t row_bytes, int rows, int r) {
+        return w + uint64_t(r) * row_bytes;
+    }
+    static inline typename F::State state(Row row, int b, int li) {
+        return F::state(row + uint64_t(b) * uint64_t(F::BYTES), li);
+    }
+    static inline float get(Row row, int i) { return F::get(row, i); }
+};
+
+// Q8_0 as the Metal backend stores it (cpp/metal/weight_layout.h repacks it at load): the
+// matrix's quants, rows x cols bytes, then its scales, rows x cols / 32 halves. The buffer has
+// GGUF's size, so row_bytes (34 per 32 elements) still describes the matrix. GGUF's 34-byte
+// blocks are only 2-byte aligned: a lane read its 8 quants in four 16-bit pieces, and a
+// simdgroup's loads split 128-byte lines. Planar, a lane's 8 quants are one aligned 8-byte load
+// and a simdgroup's step reads 256 contiguous bytes of quants, whole lines when cols is a
+// multiple of 128, and 16 contiguous bytes of scales.
+template <> struct layout<fmt_q8_0> {
+    typedef Q8Row Row;
+    static inline Row row(device const uchar* w, uint64_t row_bytes, int rows, int r) {
+        const uint64_t cols = row_bytes / uint64_t(fmt_q8_0::BYTES) * 32;
+        return Q8Row{w + uint64_t(r) * cols, w + uint64_t(rows) * cols + uint64_t(r) * (cols / 16)};
+    }
+    static inline fmt_q8_0::State state(Row row, int b, int li) { return fmt_q8_0::state(row, b, li); }
+    static inline float get(Row row, int i) { return fmt_q8_0::get(row, i); }
+};
+
+// The 32-element 4- and 5-bit formats planar (formats above): the planes in the order qs, qh,
+// d, m, each rows x blocks x its bytes per block, so the buffer again has GGUF's size.
+template <typename F, bool FIVE, bool MIN> struct q32_layout {
+    typedef Q32Row Row;
+    static inline Row row(device const uchar* w, uint64_t row_bytes, int rows, int r) {
+        const uint64_t nb = row_bytes / uint64_t(F::BYTES), n = uint64_t(rows) * nb, rb = uint64_t(r) * nb;
+        device const uchar* qh = w + 16 * n;
+        device const uchar* d = qh + (FIVE ? 4 * n : 0);
+        device const uchar* m = d + 2 * n;
+        return Q32Row{w + 16 * rb, qh + 4 * rb, d + 2 * rb, m + 2 * rb};
+    }
+    static inline typename F::State state(Row row, int b, int li) { return F::state(row, b, li); }
+    static inline float get(Row row, int i) { return F::get(row, i); }
+};
+template <> struct layout<fmt_q4_0> : q32_layout<fmt_q4_0, false, false> {};
+template <> struct layout<fmt_q4_1> : q32_layout<fmt_q4_1, false, true> {};
+template <> struct layout<fmt_q5_0> : q32_layout<fmt_q5_0, true, false> {};
+template <> struct layout<fmt_q5_1> : q32_layout<fmt_q5_1, true, true> {};
+
+// Q4_K, Q5_K and Q6_K planar: bytes per block of the planes q, h, s, d in that order.
+template <typename F, int QB, int HB, int SB, int DB> struct k_layout {
+    typedef KRow Row;
+    static inline Row row(device const uchar* w, uint64_t row_bytes, int rows, int r) {
+        const uint64_t nb = row_bytes / uint64_t(F::BYTES), n = uint64_t(rows) * nb, rb = uint64_t(r) * nb;
+        device const uchar* h = w + QB * n;
+        device const uchar* s = h + HB * n;
+        device const uchar* d = s + SB * n;
+        return KRow{w + QB * rb, h + HB * rb, s + SB * rb, d + DB * rb};
+    }
+    static inline typename F::State state(Row row, int b, int li) { return F::state(row, b, li); }
+    static inline float get(Row row, int i) { return F::get(row, i); }
+};
+template <> struct layout<fmt_q4_k> : k_layout<fmt_q4_k, 128, 0, 12, 4> {};
+template <> struct layout<fmt_q5_k> : k_layout<fmt_q5_k, 128, 32, 12, 4> {};
+template <> struct layout<fmt_q6_k> : k_layout<fmt_q6_k, 128, 64, 16, 2> {};
 
 // ---- The prefill GEMM's weight runs (gemm.h): gemm_run<F>::get8(row, k, v) writes elements
 // k .. k + 7 of a row to v[0 .. 1]. k is a multiple of 8 and the run lies inside the row; the
@@ -475,10 +527,9 @@ template <> struct gemm_run<fmt_bf16> {
 };
 
 template <> struct gemm_run<fmt_q8_0> {
-    static inline void get8(device const uchar* row, int k, thread float4* v) {
-        device const metallic::BlockQ8_0* b = (device const metallic::BlockQ8_0*)(row + (k / 32) * fmt_q8_0::BYTES);
-        const float d = half_bits(b->d);
-        const uint2 q = load_u64((device const uchar*)b->qs + k % 32);
+    static inline void get8(Q8Row row, int k, thread float4* v) {
+        const float d = half_bits(*(device const ushort*)(row.d + 2 * (k / 32)));
+        const uint2 q = *(device const uint2*)(row.q + k);
         v[0] = d * bytes_s(q.x);
         v[1] = d * bytes_s(q.y);
     }
@@ -498,57 +549,51 @@ inline void run8_sub_min(float a, float m, uint2 q, thread float4* v) {
     v[1] = a * bytes_u(q.y) - m;
 }
 
-// The 32-element 4- and 5-bit formats: run k % 32 = 8li is the matvec lane li's (formats.h
-// q32_lane_values).
+// The 32-element 4- and 5-bit formats: run r = (k % 32) / 8 of the block (q32_run_words).
 template <> struct gemm_run<fmt_q4_0> {
-    static inline void get8(device const uchar* row, int k, thread float4* v) {
-        device const metallic::BlockQ4_0* b = (device const metallic::BlockQ4_0*)(row + (k / 32) * fmt_q4_0::BYTES);
-        run8_offset(half_bits(b->d), q32_lane_values(b->qs, 0u, (k % 32) / 8), 8.0f, v);
+    static inline void get8(Q32Row row, int k, thread float4* v) {
+        run8_offset(q32_d(row, k / 32), q32_run_words(row, k / 32, (k % 32) / 8, false), 8.0f, v);
     }
 };
 
 template <> struct gemm_run<fmt_q4_1> {
-    static inline void get8(device const uchar* row, int k, thread float4* v) {
-        device const metallic::BlockQ4_1* b = (device const metallic::BlockQ4_1*)(row + (k / 32) * fmt_q4_1::BYTES);
-        run8_add_min(half_bits(b->d), half_bits(b->m), q32_lane_values(b->qs, 0u, (k % 32) / 8), v);
+    static inline void get8(Q32Row row, int k, thread float4* v) {
+        run8_add_min(q32_d(row, k / 32), q32_m(row, k / 32), q32_run_words(row, k / 32, (k % 32) / 8, false), v);
     }
 };
 
 template <> struct gemm_run<fmt_q5_0> {
-    static inline void get8(device const uchar* row, int k, thread float4* v) {
-        device const metallic::BlockQ5_0* b = (device const metallic::BlockQ5_0*)(row + (k / 32) * fmt_q5_0::BYTES);
-        run8_offset(half_bits(b->d), q32_lane_values(b->qs, load_u32(b->qh), (k % 32) / 8), 16.0f, v);
+    static inline void get8(Q32Row row, int k, thread float4* v) {
+        run8_offset(q32_d(row, k / 32), q32_run_words(row, k / 32, (k % 32) / 8, true), 16.0f, v);
     }
 };
 
 template <> struct gemm_run<fmt_q5_1> {
-    static inline void get8(device const uchar* row, int k, thread float4* v) {
-        device const metallic::BlockQ5_1* b = (device const metallic::BlockQ5_1*)(row + (k / 32) * fmt_q5_1::BYTES);
-        run8_add_min(half_bits(b->d), half_bits(b->m), q32_lane_values(b->qs, load_u32(b->qh), (k % 32) / 8),
-                     v);
+    static inline void get8(Q32Row row, int k, thread float4* v) {
+        run8_add_min(q32_d(row, k / 32), q32_m(row, k / 32), q32_run_words(row, k / 32, (k % 32) / 8, true), v);
     }
 };
 
 // Q4_K, Q5_K: the run is elements l0 .. l0 + 7 (l0 = k % 32) of sub-block j = (k % 256) / 32,
 // nibble j & 1 of qs[32 (j / 2) + l0 ..] (Q5_K: bit j of qh[l0 ..] on top).
 template <> struct gemm_run<fmt_q4_k> {
-    static inline void get8(device const uchar* row, int k, thread float4* v) {
-        device const metallic::BlockQ4_K* b = (device const metallic::BlockQ4_K*)(row + (k / 256) * fmt_q4_k::BYTES);
-        const int j = (k % 256) / 32, l0 = k % 32;
-        const int2 sm = k4_scale_min(b->scales, j);
-        const uint2 q = field2(load_u64(b->qs + 32 * (j / 2) + l0), uint(4 * (j & 1)), 0x0F0F0F0Fu);
-        run8_sub_min(half_bits(b->d) * float(sm.x), half_bits(b->dmin) * float(sm.y), q, v);
+    static inline void get8(KRow row, int k, thread float4* v) {
+        const int b = k / 256, j = (k % 256) / 32, l0 = k % 32;
+        const int2 sm = k4_scale_min(row.s + 12 * b, j);
+        const uint2 q = field2(*(device const uint2*)(row.q + 128 * b + 32 * (j / 2) + l0), uint(4 * (j & 1)), 0x0F0F0F0Fu);
+        run8_sub_min(half_bits(*(device const ushort*)(row.d + 4 * b)) * float(sm.x),
+                     half_bits(*(device const ushort*)(row.d + 4 * b + 2)) * float(sm.y), q, v);
     }
 };
 
 template <> struct gemm_run<fmt_q5_k> {
-    static inline void get8(device const uchar* row, int k, thread float4* v) {
-        device const metallic::BlockQ5_K* b = (device const metallic::BlockQ5_K*)(row + (k / 256) * fmt_q5_k::BYTES);
-        const int j = (k % 256) / 32, l0 = k % 32;
-        const int2 sm = k4_scale_min(b->scales, j);
-        const uint2 lo = field2(load_u64(b->qs + 32 * (j / 2) + l0), uint(4 * (j & 1)), 0x0F0F0F0Fu);
-        const uint2 hi = field2(load_u64(b->qh + l0), uint(j), 0x01010101u);
-        run8_sub_min(half_bits(b->d) * float(sm.x), half_bits(b->dmin) * float(sm.y),
+    static inline void get8(KRow row, int k, thread float4* v) {
+        const int b = k / 256, j = (k % 256) / 32, l0 = k % 32;
+        const int2 sm = k4_scale_min(row.s + 12 * b, j);
+        const uint2 lo = field2(*(device const uint2*)(row.q + 128 * b + 32 * (j / 2) + l0), uint(4 * (j & 1)), 0x0F0F0F0Fu);
+        const uint2 hi = field2(*(device const uint2*)(row.h + 32 * b + l0), uint(j), 0x01010101u);
+        run8_sub_min(half_bits(*(device const ushort*)(row.d + 4 * b)) * float(sm.x),
+                     half_bits(*(device const ushort*)(row.d + 4 * b + 2)) * float(sm.y),
                      uint2(lo.x | (hi.x << 4), lo.y | (hi.y << 4)), v);
     }
 };
@@ -578,12 +623,11 @@ template <> struct gemm_run<fmt_q3_k> {
 };
 
 template <> struct gemm_run<fmt_q6_k> {
-    static inline void get8(device const uchar* row, int k, thread float4* v) {
-        device const metallic::BlockQ6_K* b = (device const metallic::BlockQ6_K*)(row + (k / 256) * fmt_q6_k::BYTES);
-        const int e = k % 256, h = e / 128, kq = (e % 128) / 32, l0 = e % 32;
-        const uint2 lo = field2(load_u64(b->ql + 64 * h + 32 * (kq & 1) + l0), uint(4 * (kq >> 1)), 0x0F0F0F0Fu);
-        const uint2 hi = field2(load_u64(b->qh + 32 * h + l0), uint(2 * kq), 0x03030303u);
-        run8_offset(half_bits(b->d) * float(b->scales[e / 16]), uint2(lo.x | (hi.x << 4), lo.y | (hi.y << 4)), 32.0f,
-                    v);
+    static inline void get8(KRow row, int k, thread float4* v) {
+        const int b = k / 256, e = k % 256, h = e / 128, kq = (e % 128) / 32, l0 = e % 32;
+        const uint2 lo = field2(*(device const uint2*)(row.q + 128 * b + 64 * h + 32 * (kq & 1) + l0), uint(4 * (kq >> 1)),
+                                0x0F0F0F0Fu);
+        const uint2 hi = field2(*(device const uint2*)(row.h + 64 * b + 32 * h + l0), uint(2 * kq), 0x03030303u);
+        run8_offset(q6_k_d(row, b) * q6_k_scale(row, b, e / 16), uint2(lo.x | (hi.x << 4), lo.y | (hi.y << 4)), 32.0f, v);
     }
 };

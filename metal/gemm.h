@@ -108,12 +108,12 @@ inline void gemm_stage_w(constant LinearArgs& args, device const uchar* w, threa
     const int c = 8 * (int(tid) % 4), k = k0 + c;
     for (int i = 0; i < 2; ++i) {
         const int row = int(tid) / 4 + 32 * i;
-        device const uchar* p = w + uint64_t(min(r0 + row, args.rows - 1)) * args.row_bytes;
+        const typename layout<F>::Row p = layout<F>::row(w, args.row_bytes, args.rows, min(r0 + row, args.rows - 1));
         float4 v[2];
         if (whole) {
             gemm_run<F>::get8(p, k, v);
         } else {
-            for (int j = 0; j < 8; ++j) v[j / 4][j % 4] = k + j < args.cols ? F::get(p, k + j) : 0.0f;
+            for (int j = 0; j < 8; ++j) v[j / 4][j % 4] = k + j < args.cols ? layout<F>::get(p, k + j) : 0.0f;
         }
         threadgroup TW* d = ws + row * gemm_layout<TW>::LDW + c;
         *(threadgroup vec<TW, 4>*)d = vec<TW, 4>(v[0]);

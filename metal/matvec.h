@@ -51,17 +51,17 @@ constant bool MATVEC_GELU [[function_constant(1)]];
 constant bool MATVEC_NORM [[function_constant(2)]];
 constant float MATVEC_EPS [[function_constant(3)]];
 
-// The NR rows a simdgroup dots. Rows past a matrix's end repeat its last row (valid memory);
-// their sums are never stored.
-template <int NR>
+// The NR rows a simdgroup dots (formats.h, layout<F>). Rows past a matrix's end repeat its last
+// row (valid memory); their sums are never stored.
+template <typename F, int NR>
 struct RowSet {
-    device const uchar* p[NR];
+    typename layout<F>::Row p[NR];
 };
 
-template <int NR>
-inline RowSet<NR> row_set(device const uchar* w, uint64_t row_bytes, int row0, int rows) {
-    RowSet<NR> s;
-    for (int r = 0; r < NR; ++r) s.p[r] = w + uint64_t(min(row0 + r, rows - 1)) * row_bytes;
+template <typename F, int NR>
+inline RowSet<F, NR> row_set(device const uchar* w, uint64_t row_bytes, int row0, int rows) {
+    RowSet<F, NR> s;
+    for (int r = 0; r < NR; ++r) s.p[r] = layout<F>::row(w, row_bytes, rows, min(row0 + r, rows - 1));
     return s;
 }
 
@@ -117,13 +117,13 @@ inline void matvec_inv_rms(thread const MatvecInput& in, uint tid, uint lane, ui
 // stay uniform) dotted with each token's x (times norm_w with MATVEC_NORM), lane li's part of
 // it, added to acc[t * NR + slot].
 template <typename F, int NR>
-inline void matvec_block(thread const RowSet<NR>& w, int nrow, int b, int li, thread const MatvecInput& in,
+inline void matvec_block(thread const RowSet<F, NR>& w, int nrow, int b, int li, thread const MatvecInput& in,
                          thread float* acc) {
     constexpr int NV = int(F::CW) / 4;  // float4s per run
     typename F::State st[NR];
     for (int r = 0; r < NR; ++r) {
         if (r == nrow) break;
-        st[r] = F::state(w.p[r] + uint64_t(b) * uint64_t(F::BYTES), li);
+        st[r] = layout<F>::state(w.p[r], b, li);
     }
     for (int k = 0; k < int(F::CHUNKS); ++k) {
         // Zeroed: slots past nrow are never read, but GCC cannot see that (-Wmaybe-uninitialized).
@@ -165,7 +165,7 @@ inline void matvec_block(thread const RowSet<NR>& w, int nrow, int b, int li, th
 // of the R blocks, so G * R groups work, each on NR / G rows, and the step takes 1 / G of the
 // instructions. Which lane adds what depends on K, never on the tokens.
 template <typename F, int NR>
-inline void matvec_dots(thread const RowSet<NR>& w, uint64_t row_bytes, thread const MatvecInput& in, uint lane,
+inline void matvec_dots(thread const RowSet<F, NR>& w, uint64_t row_bytes, thread const MatvecInput& in, uint lane,
                         thread float* acc) {
     constexpr int S = 32 / int(F::LANES);  // blocks per step
     for (int i = 0; i < MATVEC_TOKENS * NR; ++i) acc[i] = 0.0f;
@@ -182,7 +182,7 @@ inline void matvec_dots(thread const RowSet<NR>& w, uint64_t row_bytes, thread c
         while (2 * G * R <= S && NR % (2 * G) == 0) G *= 2;
         const int set = grp / R;
         if (set < G) {
-            RowSet<NR> sw;  // slot j: row set + G * j (slots past NR / G unused)
+            RowSet<F, NR> sw;  // slot j: row set + G * j (slots past NR / G unused)
             for (int j = 0; j < NR; ++j) {
                 sw.p[j] = w.p[0];
                 for (int r = 1; r < NR; ++r)
@@ -201,7 +201,7 @@ inline void matvec_dots(thread const RowSet<NR>& w, uint64_t row_bytes, thread c
     }
     for (int i = nb * int(F::BLOCK) + int(lane); i < in.cols; i += 32) {
         float wi[NR];
-        for (int r = 0; r < NR; ++r) wi[r] = F::get(w.p[r], i);
+        for (int r = 0; r < NR; ++r) wi[r] = layout<F>::get(w.p[r], i);
         const float nwi = MATVEC_NORM ? in.norm_w[i] : 1.0f;
         for (int t = 0; t < MATVEC_TOKENS; ++t) {
             if (t == in.n) break;
@@ -266,7 +266,7 @@ kernel void matvec(constant LinearArgs& args [[buffer(0)]],
     const int row0 = int((tgpig.x * nsg + sg) * NR);
     if (row0 >= args.rows) return;  // uniform across the simdgroup
 
-    const RowSet<NR> rs = row_set<NR>(w, args.row_bytes, row0, args.rows);
+    const RowSet<F, NR> rs = row_set<F, NR>(w, args.row_bytes, row0, args.rows);
     float acc[MATVEC_TOKENS * NR];
     matvec_dots<F, NR>(rs, args.row_bytes, in, lane, acc);
     matvec_scale<NR>(acc, in.n, scale);
@@ -310,7 +310,7 @@ kernel void matvec_jobs(constant LinearJobsArgs& args [[buffer(0)]],
     device float* out = job == 0 ? out0 : (job == 1 ? out1 : out2);
     device const float* bias = job == 0 ? bias0 : (job == 1 ? bias1 : bias2);
 
-    const RowSet<NR> rs = row_set<NR>(w, args.row_bytes, row0, rows);
+    const RowSet<F, NR> rs = row_set<F, NR>(w, args.row_bytes, row0, rows);
     float acc[MATVEC_TOKENS * NR];
     matvec_dots<F, NR>(rs, args.row_bytes, in, lane, acc);
     matvec_scale<NR>(acc, in.n, scale);
@@ -341,9 +341,9 @@ kernel void matvec_glu(constant LinearArgs& args [[buffer(0)]],
     const int row0 = int((tgpig.x * nsg + sg) * GNR);
     if (row0 >= args.rows) return;  // uniform across the simdgroup
 
-    const RowSet<GNR> g = row_set<GNR>(wg, args.row_bytes, row0, args.rows);
-    const RowSet<GNR> u = row_set<GNR>(wu, args.row_bytes, row0, args.rows);
-    RowSet<2 * GNR> both;
+    const RowSet<F, GNR> g = row_set<F, GNR>(wg, args.row_bytes, row0, args.rows);
+    const RowSet<F, GNR> u = row_set<F, GNR>(wu, args.row_bytes, row0, args.rows);
+    RowSet<F, 2 * GNR> both;
     for (int r = 0; r < GNR; ++r) {
         both.p[r] = g.p[r];
         both.p[GNR + r] = u.p[r];

@@ -26,6 +26,34 @@ def args(fmt, *values):
     return np.frombuffer(bytearray(struct.pack("<" + fmt, *values)), dtype=np.uint8).copy()
 
 
+# The formats the Metal backend stores planar: block bytes and the (offset, size) of each field of
+# a GGUF block, in the order of the planes (quants, high bits, scale, min).
+PLANAR = {
+    "q8_0": (34, [(2, 32), (0, 2)]),
+    "q4_0": (18, [(2, 16), (0, 2)]),
+    "q4_1": (20, [(4, 16), (0, 2), (2, 2)]),
+    "q5_0": (22, [(6, 16), (2, 4), (0, 2)]),
+    "q5_1": (24, [(8, 16), (4, 4), (0, 2), (2, 2)]),
+    "q4_k": (144, [(16, 128), (4, 12), (0, 4)]),
+    "q5_k": (176, [(48, 128), (16, 32), (4, 12), (0, 4)]),
+    "q6_k": (210, [(0, 128), (128, 64), (192, 16), (208, 2)]),
+}
+
+
+def gpu_layout(raw, fmt):
+    """Rows of GGUF blocks ([rows, row_bytes] uint8) as the Metal backend stores them
+    (cpp/metal/weight_layout.h): the PLANAR formats as planes, each field of every block in
+    row order; the other formats as they are. Written here independently of the C++ repack,
+    which the model tests check (metal-sim against the CPU backend)."""
+    if fmt not in PLANAR:
+        return raw
+    size, fields = PLANAR[fmt]
+    rows, row_bytes = raw.shape
+    blocks = raw.reshape(-1, size)
+    planes = [blocks[:, off : off + n].reshape(-1) for off, n in fields]
+    return np.concatenate(planes).reshape(rows, row_bytes)
+
+
 def ceil_div(a, b):
     return (a + b - 1) // b
 

@@ -110,8 +110,9 @@ def test_four_threads_generating_match_serial(model_path: Path) -> None:
 def test_sixteen_threads_mixed_calls(model_path: Path, backend: str) -> None:
     """generate, held prefill/decode sequences, bare prefills, resets and truncates from 16
     threads at once; every result that has a serial reference matches it exactly. On metal-sim
-    the greedy and seeded generations are GPU-resident; on both, some threads run a burst that queues the
-    next one and leave it unclaimed, for the next call from any thread to wait for and discard."""
+    the greedy and seeded generations are GPU-resident; on both, some threads run a burst that
+    queues the next one and leave it unclaimed, for the next call from any thread to wait for
+    and discard."""
     model = metallic.load(model_path, backend=backend, n_ctx=512, threads=2)
     tok = model.tokenizer
     prompt_ids = {p: tok.encode(p) for p in PROMPTS}

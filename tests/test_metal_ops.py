@@ -14,7 +14,8 @@ from gguf import GGMLQuantizationType as Q
 
 from metal_attention_helpers import attention as run_attention
 from metal_attention_helpers import rope_store_kv
-from metal_sim_helpers import args, ceil_div, core, kernel_shape
+from metal_sim_helpers import PLANAR, args, ceil_div, core, gpu_layout, kernel_shape
+from metallic.errors import RequestError
 from op_cases import (
     ATTENTION_CASES,
     ELEMENTWISE_COUNTS,
@@ -69,8 +70,8 @@ def random_k_blocks(rows, cols, fmt):
     return raw.reshape(rows, -1)
 
 
-def encode(values, fmt):
-    """(raw bytes as [rows, row_bytes] uint8, the values the kernel must see as float64)."""
+def file_bytes(values, fmt):
+    """values in format fmt as a GGUF file holds them, [rows, row_bytes] uint8."""
     qtype = FORMATS[fmt]
     if fmt in K_QUANTS:
         raw = random_k_blocks(values.shape[0], values.shape[1], fmt)
@@ -78,9 +79,16 @@ def encode(values, fmt):
         raw = values.astype(np.float32)
     else:
         raw = gguf.quants.quantize(values.astype(np.float32), qtype)
-    raw = np.ascontiguousarray(raw).view(np.uint8).reshape(values.shape[0], -1)
+    return np.ascontiguousarray(raw).view(np.uint8).reshape(values.shape[0], -1)
+
+
+def encode(values, fmt):
+    """(raw bytes as [rows, row_bytes] uint8 in the GPU's layout, the values the kernel must see
+    as float64)."""
+    qtype = FORMATS[fmt]
+    raw = file_bytes(values, fmt)
     ref = gguf.quants.dequantize(raw, qtype) if qtype != Q.F32 else values.astype(np.float32)
-    return raw, ref.astype(np.float64)
+    return gpu_layout(raw, fmt), ref.astype(np.float64)
 
 
 X_VEC4 = 4  # LinearFlags (metal/args.h): rows of x 16-byte aligned, read as float4
@@ -258,9 +266,8 @@ def test_embed(fmt):
     ids = np.array([3, 0, 10, 3, 7], np.int32)
     out = np.full((len(ids), cols), np.nan, np.float32)
     scale = 1.5
-    core.sim_dispatch(
-        f"embed_{fmt}", [args("ifQ", cols, scale, raw.shape[1]), raw, ids, out], [len(ids)], [64]
-    )
+    a = args("ifQii", cols, scale, raw.shape[1], vocab, 0)
+    core.sim_dispatch(f"embed_{fmt}", [a, raw, ids, out], [len(ids)], [64])
     np.testing.assert_array_equal(out, (ref[ids] * scale).astype(np.float32))
 
 
@@ -420,3 +427,22 @@ def test_glu_softcap(count):
     out = g.copy()
     elementwise("softcap", [out], count, cap=2.5)
     assert nmse(out, 2.5 * np.tanh(gd / 2.5)) < 1e-6
+
+
+@pytest.mark.parametrize("fmt", sorted(PLANAR))
+def test_gpu_weight_layout_is_the_planar_one(fmt):
+    """The backend's repack at load (cpp/metal/weight_layout.cpp) gives the layout the kernels
+    are tested with here (metal_sim_helpers.gpu_layout, written separately): every field of
+    every block into its plane, rows in order, the file's size. A shape of several rows and
+    blocks, so that a plane or block order mix-up shows."""
+    rows, cols = 5, 3 * 256
+    raw = file_bytes(rng.standard_normal((rows, cols)), fmt)
+    got = core.gpu_weight_layout(int(FORMATS[fmt]), raw.reshape(-1), rows, cols)
+    np.testing.assert_array_equal(got, gpu_layout(raw, fmt).reshape(-1))
+    assert not np.array_equal(got, raw.reshape(-1))
+    # The quants plane leads: block 0's quants of row 0 are the first bytes.
+    size, fields = PLANAR[fmt]
+    off, n = fields[0]
+    np.testing.assert_array_equal(got[:n], raw[0, off : off + n])
+    with pytest.raises(RequestError):
+        core.gpu_weight_layout(int(FORMATS["q8_0"]), raw.reshape(-1)[:-1], rows, cols)

@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "engine/error.h"
+#include "metal/weight_layout.h"
 
 namespace metallic::metal {
 
@@ -15,6 +16,7 @@ BufferMap::BufferMap(gpu::Device& dev, const MappedFile& file, const Weights& w,
                      const std::vector<std::pair<const float*, size_t>>& host_tables)
     : dev_(dev) {
     wrap_weights(file, w);
+    repack_weights(w);
     copy_host_tables(w, host_tables);
 }
 
@@ -81,7 +83,20 @@ BufferRef BufferMap::resolve(const void* p) const {
     throw std::logic_error("metal: an op was given a pointer outside the backend's buffers");
 }
 
+void BufferMap::repack_weights(const Weights& w) {
+    for_each_matrix(w, [&](const Matrix& m) {
+        if (!repacked_for_gpu(m.type) || repacked_.count(m.data)) return;
+        std::unique_ptr<gpu::Buffer> b = dev_.new_buffer(m.nbytes);
+        repack_for_gpu(m, static_cast<uint8_t*>(b->contents()));
+        repacked_.emplace(m.data, std::move(b));
+    });
+}
+
 BufferRef BufferMap::weight(const Matrix& m) const {
+    if (!repacked_.empty()) {
+        auto it = repacked_.find(m.data);
+        if (it != repacked_.end()) return {it->second.get(), 0};
+    }
     const size_t off = size_t(m.data - weights_base_);
     const size_t i = off / window_step_;
     return {windows_[i].get(), off - i * window_step_};

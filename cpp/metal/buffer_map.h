@@ -1,7 +1,9 @@
 // Where everything the Metal backend's ops are given lives on the GPU, as (buffer, offset):
 //   weights      the mmap'd file wrapped in place (no copy): one buffer, or on a GPU whose
 //                maxBufferLength is smaller than the file, page-aligned windows that overlap
-//                by the largest tensor, so that every tensor lies wholly inside one of them
+//                by the largest tensor, so that every tensor lies wholly inside one of them;
+//                except the formats the GPU reads in a layout of its own (weight_layout.h),
+//                copied once into a buffer per tensor in that layout
 //   host tables  the small float vectors ops receive by pointer (norm weights, biases, RoPE
 //                frequency tables), copied once into one buffer
 //   activations  the engine's activation arrays, in one shared buffer the backend owns
@@ -57,12 +59,15 @@ public:
 
 private:
     void wrap_weights(const MappedFile& file, const Weights& w);
+    void repack_weights(const Weights& w);
     void copy_host_tables(const Weights& w, const std::vector<std::pair<const float*, size_t>>& host_tables);
 
     gpu::Device& dev_;
     const uint8_t* weights_base_ = nullptr;
     size_t window_step_ = 1;
     std::vector<std::unique_ptr<gpu::Buffer>> windows_;
+    // The repacked tensors, by their data in the file (a tied output shares the embedding's).
+    std::unordered_map<const uint8_t*, std::unique_ptr<gpu::Buffer>> repacked_;
     std::unique_ptr<gpu::Buffer> tables_;
     std::unordered_map<const float*, size_t> table_at_;
     std::unique_ptr<gpu::Buffer> act_;

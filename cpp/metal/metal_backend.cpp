@@ -154,7 +154,7 @@ public:
         const bool resident = map_.is_activation(ids);
         if (!resident) std::memcpy(ids_->contents(), ids, sizeof(int32_t) * size_t(n));
         gpu::Encoder& e = encoder();
-        EmbedArgs a{int32_t(table.cols), scale, uint64_t(table.row_bytes)};
+        EmbedArgs a{int32_t(table.cols), scale, uint64_t(table.row_bytes), int32_t(table.rows), 0};
         use_pipeline(e, *format(table).embed);
         e.set_args(0, a);
         bind_weight(e, 1, table, size_t(n) * table.row_bytes);  // reads n rows of the table
