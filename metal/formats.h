@@ -437,6 +437,10 @@ template <typename F> struct layout {
         return F::state(row + uint64_t(b) * uint64_t(F::BYTES), li);
     }
     static inline float get(Row row, int i) { return F::get(row, i); }
+    // The row from element `elements` on (the float formats: matvec.h's head).
+    static inline Row skip(Row row, int elements) {
+        return row + uint64_t(elements) * uint64_t(F::BYTES) / uint64_t(F::BLOCK);
+    }
 };
 
 // Q8_0 as the Metal backend stores it (cpp/metal/weight_layout.h repacks it at load): the
@@ -454,6 +458,7 @@ template <> struct layout<fmt_q8_0> {
     }
     static inline fmt_q8_0::State state(Row row, int b, int li) { return fmt_q8_0::state(row, b, li); }
     static inline float get(Row row, int i) { return fmt_q8_0::get(row, i); }
+    static inline Row skip(Row row, int) { return row; }  // never a head: not a float format
 };
 
 // The 32-element 4- and 5-bit formats planar (formats above): the planes in the order qs, qh,
@@ -469,6 +474,7 @@ template <typename F, bool FIVE, bool MIN> struct q32_layout {
     }
     static inline typename F::State state(Row row, int b, int li) { return F::state(row, b, li); }
     static inline float get(Row row, int i) { return F::get(row, i); }
+    static inline Row skip(Row row, int) { return row; }  // never a head: not a float format
 };
 template <> struct layout<fmt_q4_0> : q32_layout<fmt_q4_0, false, false> {};
 template <> struct layout<fmt_q4_1> : q32_layout<fmt_q4_1, false, true> {};
@@ -487,6 +493,7 @@ template <typename F, int QB, int HB, int SB, int DB> struct k_layout {
     }
     static inline typename F::State state(Row row, int b, int li) { return F::state(row, b, li); }
     static inline float get(Row row, int i) { return F::get(row, i); }
+    static inline Row skip(Row row, int) { return row; }  // never a head: not a float format
 };
 template <> struct layout<fmt_q4_k> : k_layout<fmt_q4_k, 128, 0, 12, 4> {};
 template <> struct layout<fmt_q5_k> : k_layout<fmt_q5_k, 128, 32, 12, 4> {};

@@ -73,13 +73,14 @@ struct MatvecInput {
     int n;     // 1 .. MATVEC_TOKENS
     int cols;
     bool vec4;  // LINEAR_X_VEC4: rows of x and norm_w 16-byte aligned
+    int head;   // LINEAR_HEAD_SHIFT: elements before the rows' first 128-byte-aligned weight
 };
 
 inline MatvecInput matvec_input(device const float* x, device const float* norm_w, uint64_t stride, int n_tokens,
                                 int cols, int flags, uint group) {
     const int t0 = int(group) * MATVEC_TOKENS;
     return MatvecInput{x + uint64_t(t0) * stride, norm_w, stride, min(int(MATVEC_TOKENS), n_tokens - t0), cols,
-                       (flags & LINEAR_X_VEC4) != 0};
+                       (flags & LINEAR_X_VEC4) != 0, (flags >> LINEAR_HEAD_SHIFT) & 255};
 }
 
 inline float4 load_x4(device const float* p, bool vec4) {
@@ -154,21 +155,51 @@ inline void matvec_block(thread const RowSet<F, NR>& w, int nrow, int b, int li,
     }
 }
 
+// Elements i0 .. i1 - 1 of the rows, one element a lane at a time (F::get): what whole blocks do
+// not cover.
+template <typename F, int NR>
+inline void matvec_elements(thread const RowSet<F, NR>& w, thread const MatvecInput& in, int i0, int i1, uint lane,
+                            thread float* acc) {
+    for (int i = i0 + int(lane); i < i1; i += 32) {
+        float wi[NR];
+        for (int r = 0; r < NR; ++r) wi[r] = layout<F>::get(w.p[r], i);
+        const float nwi = MATVEC_NORM ? in.norm_w[i] : 1.0f;
+        for (int t = 0; t < MATVEC_TOKENS; ++t) {
+            if (t == in.n) break;
+            const float xi = in.x[uint64_t(t) * in.stride + uint64_t(i)] * nwi;
+            for (int r = 0; r < NR; ++r) acc[t * NR + r] += wi[r] * xi;
+        }
+    }
+}
+
 // The NR rows of w dotted with each token's x (times norm_w with MATVEC_NORM): after the call
 // every lane holds the sums in acc[t * NR + r] for t < in.n.
 //
 // A step of the simdgroup takes S = 32 / LANES consecutive blocks, every lane group one block
 // of all NR rows (x read once for them). When the row's nb blocks are not a multiple of S, the
-// last step has only R = nb % S blocks: R groups would work and the other lanes idle (K = 896
-// in Q8_0 is 28 blocks, 3.5 steps of 8). That step instead splits the groups into G sets of R
+// last step has only R = nb % S blocks: R groups would work and the other lanes idle (K = 576
+// in Q8_0 is 18 blocks, 4.5 steps of 4). That step instead splits the groups into G sets of R
 // (G the largest power of two with G * R <= S that divides NR): set s takes rows s, s + G, ...
 // of the R blocks, so G * R groups work, each on NR / G rows, and the step takes 1 / G of the
 // instructions. Which lane adds what depends on K, never on the tokens.
+//
+// The float formats' rows start wherever the file put the matrix; with a head (in.head), the
+// blocks start at the rows' first 128-byte-aligned weight, so that each step's loads cover
+// whole lines, and the head's elements go one a lane with the row's tail.
 template <typename F, int NR>
-inline void matvec_dots(thread const RowSet<F, NR>& w, uint64_t row_bytes, thread const MatvecInput& in, uint lane,
+inline void matvec_dots(thread const RowSet<F, NR>& w0, uint64_t row_bytes, thread const MatvecInput& in0, uint lane,
                         thread float* acc) {
     constexpr int S = 32 / int(F::LANES);  // blocks per step
     for (int i = 0; i < MATVEC_TOKENS * NR; ++i) acc[i] = 0.0f;
+    const int head = int(F::VEC) ? in0.head : 0;
+    RowSet<F, NR> w = w0;
+    MatvecInput in = in0;
+    if (head > 0) {
+        for (int r = 0; r < NR; ++r) w.p[r] = layout<F>::skip(w0.p[r], head);
+        in.x += head;
+        in.norm_w += head;
+        in.cols -= head;
+    }
     const int li = int(lane) % int(F::LANES);
     const int grp = int(lane) / int(F::LANES);
     // The float formats' wide loads need 16-byte aligned rows (the matrix start is: the host
@@ -199,16 +230,8 @@ inline void matvec_dots(thread const RowSet<F, NR>& w, uint64_t row_bytes, threa
             }
         }
     }
-    for (int i = nb * int(F::BLOCK) + int(lane); i < in.cols; i += 32) {
-        float wi[NR];
-        for (int r = 0; r < NR; ++r) wi[r] = layout<F>::get(w.p[r], i);
-        const float nwi = MATVEC_NORM ? in.norm_w[i] : 1.0f;
-        for (int t = 0; t < MATVEC_TOKENS; ++t) {
-            if (t == in.n) break;
-            const float xi = in.x[uint64_t(t) * in.stride + uint64_t(i)] * nwi;
-            for (int r = 0; r < NR; ++r) acc[t * NR + r] += wi[r] * xi;
-        }
-    }
+    matvec_elements<F, NR>(w0, in0, 0, head, lane, acc);
+    matvec_elements<F, NR>(w0, in0, head + nb * int(F::BLOCK), in0.cols, lane, acc);
     for (int t = 0; t < MATVEC_TOKENS; ++t) {
         if (t == in.n) break;
         for (int r = 0; r < NR; ++r) acc[t * NR + r] = simd_sum(acc[t * NR + r]);

@@ -547,13 +547,26 @@ private:
         return ok ? LINEAR_X_VEC4 : 0;
     }
 
+    // LINEAR_HEAD_SHIFT's head of a float matrix: the elements of each row before its first
+    // 128-byte-aligned weight, when every row has the same alignment (rows a multiple of 128
+    // bytes) and the head keeps x's float4 alignment. The matrix lies where the file put it
+    // (32-byte alignment is GGUF's default); buffers start page-aligned.
+    int32_t head_flags(const Matrix& m) const {
+        const GgmlTypeInfo& t = *ggml_type(m.type);
+        if (t.block != 1 || m.row_bytes % 128) return 0;
+        const size_t delta = (128 - map_.weight(m).offset % 128) % 128;
+        if (delta % size_t(8 * t.block_bytes) || int64_t(delta) / t.block_bytes >= m.cols) return 0;
+        return int32_t(delta / size_t(t.block_bytes)) << LINEAR_HEAD_SHIFT;
+    }
+
     LinearArgs linear_args(const MatmulJob& j, int n, const float* x, const float* norm_w) const {
         const Matrix& w = *j.w;
         LinearArgs a{};
         a.rows = int32_t(w.rows);
         a.cols = int32_t(w.cols);
         a.n_tokens = n;
-        a.flags = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0) | x_vec4(x, w.cols, norm_w);
+        a.flags = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0) | x_vec4(x, w.cols, norm_w) |
+                  head_flags(w);
         a.row_bytes = w.row_bytes;
         a.x_stride = uint64_t(w.cols);
         a.out_stride = uint64_t(w.rows);
@@ -608,7 +621,8 @@ private:
         uint32_t groups = 0;
         for (const MatmulJob& j : jobs) {
             a.rows[i] = int32_t(j.w->rows);
-            a.flags[i] = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0) | x_vec4(in, w0.cols, norm_w);
+            a.flags[i] = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0) | x_vec4(in, w0.cols, norm_w) |
+                         head_flags(*j.w);
             a.first_tg[i] = int32_t(groups);
             groups += matvec_groups(*j.w);
             ++i;
@@ -649,7 +663,9 @@ private:
         a.row_bytes = gate.row_bytes;
         a.x_stride = uint64_t(gate.cols);
         a.out_stride = uint64_t(gate.rows);
-        a.flags = x_vec4(x, gate.cols, norm_w);
+        // One head for both matrices: the kernel shifts gate and up rows alike.
+        const int32_t head = head_flags(gate);
+        a.flags = x_vec4(x, gate.cols, norm_w) | (head == head_flags(up) ? head : 0);
         use_pipeline(e, *format(gate).matvec_glu[norm_w ? 1 : 0]);  // the model's activation
         e.set_args(0, a);
         bind_weight(e, 1, gate, gate.nbytes * token_groups(rows));
