@@ -8,6 +8,8 @@ one wait, no allocations, each weight read once.
 
 from __future__ import annotations
 
+import os
+import re
 from functools import cache
 
 import numpy as np
@@ -357,3 +359,50 @@ def test_real_smollm2_q4_1_decode_matches_cpu() -> None:
         if top2[1] - top2[0] > 0.1:  # a near tie may go either way with the CPU's 8-bit activations
             assert got.argmax() == want.argmax()
         tok = int(want.argmax())
+
+
+def _mapped_kib(path) -> int:
+    """Resident KiB of this process's maps of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if re.match(r"[0-9a-f]+-[0-9a-f]+$", fields[0]):  # a mapping's header: range perms ... path
+            inside = len(fields) >= 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc")
+def test_repacked_weights_do_not_stay_resident_twice(tmp_path) -> None:
+    """The planar copies of the quantized weights (cpp/metal/weight_layout.h) replace the file's
+    bytes on the GPU: after the copy the backend hands the file's pages back (a later read would
+    fault them in again from the file). Without that, a loaded model held those weights twice.
+    A file read into memory (mmap=False) keeps its pages: they are its only copy."""
+    import gc
+
+    import gguf
+
+    # A vocabulary of 8192 x 256: a 2.2 MB embedding, so that the file's pages are mostly inside
+    # repacked tensors (the kernel maps neighbours of a faulted page in too, a few dozen KB).
+    path = tmp_path / "model.gguf"
+    model = make_tiny_model("qwen2", hidden=256, n_heads=4, n_kv_heads=2, ffn=512, vocab=8192)
+    write_gguf(model, path, "Q8_0")
+    page = os.sysconf("SC_PAGE_SIZE")
+    # The whole pages inside the repacked tensors: what the backend can hand back. (Read with
+    # gguf-py's map, dropped before the load: its pages would count as the file's too.)
+    spans = [
+        (int(t.data_offset), int(t.n_bytes))
+        for t in gguf.GGUFReader(path).tensors
+        if t.tensor_type.name == "Q8_0"
+    ]
+    gc.collect()
+    released = sum(max(0, (o + n) // page * page - -(-o // page) * page) for o, n in spans)
+    size = path.stat().st_size
+    assert released > size / 2  # the check means something
+    m = metallic.load(path, backend="metal-sim", n_ctx=32)
+    resident = _mapped_kib(path) * 1024
+    # Every released page back would be about the whole file (the copy read all of them).
+    assert resident < size - released / 2, (resident, released, size)
+    cpu = metallic.load(path, backend="cpu", n_ctx=32)  # its own map: the file is intact
+    np.testing.assert_allclose(m.decode(3), cpu.decode(3), rtol=0.05, atol=0.05)

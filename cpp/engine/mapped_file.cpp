@@ -38,6 +38,7 @@ MappedFile::MappedFile(const std::string& path, bool map) : path_(path) {
         ::close(fd);  // the mapping keeps the file alive
         if (p == MAP_FAILED) throw BadFile(path + ": cannot map: " + std::strerror(err));
         data_ = static_cast<const uint8_t*>(p);
+        mapped_ = true;
         return;
     }
     // Anonymous pages, so the copy is page-aligned (the Metal backend wraps it without a copy

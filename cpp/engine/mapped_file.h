@@ -21,6 +21,9 @@ public:
     const uint8_t* data() const { return data_; }
     size_t size() const { return size_; }
     const std::string& path() const { return path_; }
+    // Whether data() is the file's own pages (a map), which the OS can always read back from
+    // the file; else an anonymous copy, whose pages exist only in memory.
+    bool mapped() const { return mapped_; }
 
     // Ask the OS to start reading [offset, offset+len) ahead of use.
     void prefetch(size_t offset, size_t len) const;
@@ -29,6 +32,7 @@ private:
     std::string path_;
     const uint8_t* data_ = nullptr;
     size_t size_ = 0;
+    bool mapped_ = false;
 };
 
 }  // namespace metallic

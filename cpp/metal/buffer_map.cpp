@@ -1,6 +1,7 @@
 // The Metal backend's map from host pointers to (buffer, offset); see buffer_map.h.
 #include "metal/buffer_map.h"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,7 +17,7 @@ BufferMap::BufferMap(gpu::Device& dev, const MappedFile& file, const Weights& w,
                      const std::vector<std::pair<const float*, size_t>>& host_tables)
     : dev_(dev) {
     wrap_weights(file, w);
-    repack_weights(w);
+    repack_weights(w, file.mapped());
     copy_host_tables(w, host_tables);
 }
 
@@ -83,12 +84,22 @@ BufferRef BufferMap::resolve(const void* p) const {
     throw std::logic_error("metal: an op was given a pointer outside the backend's buffers");
 }
 
-void BufferMap::repack_weights(const Weights& w) {
+void BufferMap::repack_weights(const Weights& w, bool release_file_pages) {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
     for_each_matrix(w, [&](const Matrix& m) {
         if (!repacked_for_gpu(m.type) || repacked_.count(m.data)) return;
         std::unique_ptr<gpu::Buffer> b = dev_.new_buffer(m.nbytes);
         repack_for_gpu(m, static_cast<uint8_t*>(b->contents()));
         repacked_.emplace(m.data, std::move(b));
+        // The copy read the tensor's pages of the file map in; nothing reads them on this
+        // backend again, so hand back the whole pages inside the tensor: the map is the file's
+        // own, read-only, so a later read would fault them back in from the file and lose
+        // nothing. Without this a freshly loaded model held its repacked weights twice. (Not
+        // for a model read into anonymous memory, use_mmap off: there it would free the data.)
+        if (!release_file_pages) return;
+        const uintptr_t lo = (uintptr_t(m.data) + page - 1) / page * page;
+        const uintptr_t hi = (uintptr_t(m.data) + m.nbytes) / page * page;
+        if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
     });
 }
 

@@ -59,7 +59,7 @@ public:
 
 private:
     void wrap_weights(const MappedFile& file, const Weights& w);
-    void repack_weights(const Weights& w);
+    void repack_weights(const Weights& w, bool release_file_pages);
     void copy_host_tables(const Weights& w, const std::vector<std::pair<const float*, size_t>>& host_tables);
 
     gpu::Device& dev_;
