@@ -406,3 +406,33 @@ def test_repacked_weights_do_not_stay_resident_twice(tmp_path) -> None:
     assert resident < size - released / 2, (resident, released, size)
     cpu = metallic.load(path, backend="cpu", n_ctx=32)  # its own map: the file is intact
     np.testing.assert_allclose(m.decode(3), cpu.decode(3), rtol=0.05, atol=0.05)
+
+
+def test_a_mixed_file_wraps_only_what_it_reads_in_place(tmp_path) -> None:
+    """Q8_0 matrices with some F16 ones (files mix formats: an F16 output head, K-quants the GPU
+    reads in GGUF's layout): the F16 ones are wrapped each on their own pages, not in a window
+    over the whole file, which would hold the repacked tensors' file pages resident again on a
+    GPU. Logits as the CPU backend's."""
+    from dataclasses import replace
+
+    from oracle.tiny_models import QType, gguf_metadata, hf_tensor_plans, write_tensors
+
+    model = make_tiny_model(
+        "qwen2", seed=5, hidden=128, n_heads=4, n_kv_heads=2, ffn=256, vocab=512
+    )
+    plans = hf_tensor_plans(model, "Q8_0")
+    f16 = {"blk.0.ffn_down.weight", "blk.1.attn_q.weight"}
+    plans = [replace(p, qtype=QType.F16) if p.name in f16 else p for p in plans]
+    path = write_tensors(tmp_path / "mixed.gguf", gguf_metadata(model, "Q8_0"), plans)
+    m = load(path, n_ctx=32)
+    cpu = metallic.load(path, backend="cpu", n_ctx=32)
+    s = m.gpu_stats()
+    assert s["buffers_wrapped"] == len(f16)
+    # Resident: the repacked copies (about the Q8_0 bytes), two wrapped tensors, tables, the
+    # activations and the cache; a window over the file would add all of the file.
+    assert s["resident_bytes"] < 1.6 * path.stat().st_size, (
+        s["resident_bytes"],
+        path.stat().st_size,
+    )
+    ids = prompt(512, n=5, seed=3)
+    assert nmse(m.prefill_all(ids), cpu.prefill_all(ids)) < 1e-4

@@ -16,9 +16,32 @@ namespace metallic::metal {
 BufferMap::BufferMap(gpu::Device& dev, const MappedFile& file, const Weights& w,
                      const std::vector<std::pair<const float*, size_t>>& host_tables)
     : dev_(dev) {
-    wrap_weights(file, w);
-    repack_weights(w, file.mapped());
+    bool any_repacked = false;
+    for_each_matrix(w, [&](const Matrix& m) { any_repacked |= repacked_for_gpu(m.type); });
+    if (any_repacked) {
+        // Only the matrices the GPU reads from the file are wrapped, each on its own pages: a
+        // window over the whole file, bound for them, would make the pages of the repacked
+        // tensors resident again on a GPU that keeps a buffer's pages resident while it is used.
+        repack_weights(w, file.mapped());
+        wrap_tensors(file, w);
+    } else {
+        wrap_weights(file, w);
+    }
     copy_host_tables(w, host_tables);
+}
+
+void BufferMap::wrap_tensors(const MappedFile& file, const Weights& w) {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    const size_t max_len = dev_.max_buffer_length() / page * page;
+    for_each_matrix(w, [&](const Matrix& m) {
+        if (repacked_.count(m.data) || tensors_.count(m.data)) return;
+        const uintptr_t lo = uintptr_t(m.data) / page * page;
+        const uintptr_t hi = (uintptr_t(m.data) + m.nbytes + page - 1) / page * page;  // the map covers whole pages
+        if (hi - lo > max_len)
+            throw Unsupported(file.path() + ": a weight tensor is larger than the GPU's largest buffer");
+        tensors_.emplace(m.data, TensorWrap{dev_.wrap(reinterpret_cast<const void*>(lo), hi - lo),
+                                            size_t(uintptr_t(m.data) - lo)});
+    });
 }
 
 void BufferMap::wrap_weights(const MappedFile& file, const Weights& w) {
@@ -88,6 +111,9 @@ void BufferMap::repack_weights(const Weights& w, bool release_file_pages) {
     const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
     for_each_matrix(w, [&](const Matrix& m) {
         if (!repacked_for_gpu(m.type) || repacked_.count(m.data)) return;
+        if (m.nbytes > dev_.max_buffer_length())
+            throw Unsupported("tensor '" + m.name + "' (" + std::to_string(m.nbytes >> 20) +
+                              " MiB) is larger than the GPU's largest buffer");
         std::unique_ptr<gpu::Buffer> b = dev_.new_buffer(m.nbytes);
         repack_for_gpu(m, static_cast<uint8_t*>(b->contents()));
         repacked_.emplace(m.data, std::move(b));
@@ -107,6 +133,9 @@ BufferRef BufferMap::weight(const Matrix& m) const {
     if (!repacked_.empty()) {
         auto it = repacked_.find(m.data);
         if (it != repacked_.end()) return {it->second.get(), 0};
+        auto t = tensors_.find(m.data);
+        if (t != tensors_.end()) return {t->second.buf.get(), t->second.offset};
+        throw std::logic_error("metal: a weight matrix the backend was not given at load");
     }
     const size_t off = size_t(m.data - weights_base_);
     const size_t i = off / window_step_;

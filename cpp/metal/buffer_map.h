@@ -3,7 +3,8 @@
 //                maxBufferLength is smaller than the file, page-aligned windows that overlap
 //                by the largest tensor, so that every tensor lies wholly inside one of them;
 //                except the formats the GPU reads in a layout of its own (weight_layout.h),
-//                copied once into a buffer per tensor in that layout
+//                copied once into a buffer per tensor in that layout; when there are such,
+//                the other matrices are wrapped each on its own pages instead of windows
 //   host tables  the small float vectors ops receive by pointer (norm weights, biases, RoPE
 //                frequency tables), copied once into one buffer
 //   activations  the engine's activation arrays, in one shared buffer the backend owns
@@ -54,11 +55,10 @@ public:
     BufferRef resolve(const void* p) const;
     // A weight matrix: its window and the offset of its first byte there.
     BufferRef weight(const Matrix& m) const;
-    // Some weight buffer, for bindings a kernel does not read.
-    const gpu::Buffer& any_weights() const { return *windows_[0]; }
 
 private:
     void wrap_weights(const MappedFile& file, const Weights& w);
+    void wrap_tensors(const MappedFile& file, const Weights& w);
     void repack_weights(const Weights& w, bool release_file_pages);
     void copy_host_tables(const Weights& w, const std::vector<std::pair<const float*, size_t>>& host_tables);
 
@@ -68,6 +68,12 @@ private:
     std::vector<std::unique_ptr<gpu::Buffer>> windows_;
     // The repacked tensors, by their data in the file (a tied output shares the embedding's).
     std::unordered_map<const uint8_t*, std::unique_ptr<gpu::Buffer>> repacked_;
+    // With repacked tensors, the others: each its own pages of the file, wrapped.
+    struct TensorWrap {
+        std::unique_ptr<gpu::Buffer> buf;
+        size_t offset;
+    };
+    std::unordered_map<const uint8_t*, TensorWrap> tensors_;
     std::unique_ptr<gpu::Buffer> tables_;
     std::unordered_map<const float*, size_t> table_at_;
     std::unique_ptr<gpu::Buffer> act_;

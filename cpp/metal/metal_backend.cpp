@@ -638,8 +638,9 @@ private:
             ++i;
         }
         const MatmulJob* first = jobs.begin();
-        for (; i < 3; ++i) {  // unused jobs: any weight buffer and job 0's out, never read
-            e.set_buffer(1 + i, map_.any_weights(), 0);
+        const BufferRef w0_ref = map_.weight(*first->w);
+        for (; i < 3; ++i) {  // unused jobs: job 0's weights and out, never read
+            e.set_buffer(1 + i, *w0_ref.buf, w0_ref.offset);
             bind(e, 5 + i, first->out);
             bind(e, 8 + i, first->out);
         }
