@@ -557,56 +557,39 @@ inline void run8_sub_min(float a, float m, uint2 q, thread float4* v) {
 }
 
 // The 32-element 4- and 5-bit formats: run r = (k % 32) / 8 of the block (q32_run_words).
-template <> struct gemm_run<fmt_q4_0> {
+template <bool FIVE, bool MIN, int OFFSET> struct q32_gemm_run {
     static inline void get8(Q32Row row, int k, thread float4* v) {
-        run8_offset(q32_d(row, k / 32), q32_run_words(row, k / 32, (k % 32) / 8, false), 8.0f, v);
+        const int b = k / 32;
+        const uint2 q = q32_run_words(row, b, (k % 32) / 8, FIVE);
+        if (MIN)
+            run8_add_min(q32_d(row, b), q32_m(row, b), q, v);
+        else
+            run8_offset(q32_d(row, b), q, float(OFFSET), v);
     }
 };
-
-template <> struct gemm_run<fmt_q4_1> {
-    static inline void get8(Q32Row row, int k, thread float4* v) {
-        run8_add_min(q32_d(row, k / 32), q32_m(row, k / 32), q32_run_words(row, k / 32, (k % 32) / 8, false), v);
-    }
-};
-
-template <> struct gemm_run<fmt_q5_0> {
-    static inline void get8(Q32Row row, int k, thread float4* v) {
-        run8_offset(q32_d(row, k / 32), q32_run_words(row, k / 32, (k % 32) / 8, true), 16.0f, v);
-    }
-};
-
-template <> struct gemm_run<fmt_q5_1> {
-    static inline void get8(Q32Row row, int k, thread float4* v) {
-        run8_add_min(q32_d(row, k / 32), q32_m(row, k / 32), q32_run_words(row, k / 32, (k % 32) / 8, true), v);
-    }
-};
+template <> struct gemm_run<fmt_q4_0> : q32_gemm_run<false, false, 8> {};
+template <> struct gemm_run<fmt_q4_1> : q32_gemm_run<false, true, 0> {};
+template <> struct gemm_run<fmt_q5_0> : q32_gemm_run<true, false, 16> {};
+template <> struct gemm_run<fmt_q5_1> : q32_gemm_run<true, true, 0> {};
 
 // Q4_K, Q5_K: the run is elements l0 .. l0 + 7 (l0 = k % 32) of sub-block j = (k % 256) / 32,
 // nibble j & 1 of qs[32 (j / 2) + l0 ..] (Q5_K: bit j of qh[l0 ..] on top).
-template <> struct gemm_run<fmt_q4_k> {
+template <bool FIVE> struct k4_gemm_run {
     static inline void get8(KRow row, int k, thread float4* v) {
         const int b = k / 256, j = (k % 256) / 32, l0 = k % 32;
         const int2 sm = k4_scale_min(row.s + 12 * b, j);
-        const uint2 q = field2(*(device const uint2*)(row.q + 128 * b + 32 * (j / 2) + l0), uint(4 * (j & 1)), 0x0F0F0F0Fu);
+        uint2 q = field2(*(device const uint2*)(row.q + 128 * b + 32 * (j / 2) + l0), uint(4 * (j & 1)), 0x0F0F0F0Fu);
+        if (FIVE) {
+            const uint2 hi = field2(*(device const uint2*)(row.h + 32 * b + l0), uint(j), 0x01010101u);
+            q = uint2(q.x | (hi.x << 4), q.y | (hi.y << 4));
+        }
         run8_sub_min(half_bits(*(device const ushort*)(row.d + 4 * b)) * float(sm.x),
                      half_bits(*(device const ushort*)(row.d + 4 * b + 2)) * float(sm.y), q, v);
     }
 };
+template <> struct gemm_run<fmt_q4_k> : k4_gemm_run<false> {};
+template <> struct gemm_run<fmt_q5_k> : k4_gemm_run<true> {};
 
-template <> struct gemm_run<fmt_q5_k> {
-    static inline void get8(KRow row, int k, thread float4* v) {
-        const int b = k / 256, j = (k % 256) / 32, l0 = k % 32;
-        const int2 sm = k4_scale_min(row.s + 12 * b, j);
-        const uint2 lo = field2(*(device const uint2*)(row.q + 128 * b + 32 * (j / 2) + l0), uint(4 * (j & 1)), 0x0F0F0F0Fu);
-        const uint2 hi = field2(*(device const uint2*)(row.h + 32 * b + l0), uint(j), 0x01010101u);
-        run8_sub_min(half_bits(*(device const ushort*)(row.d + 4 * b)) * float(sm.x),
-                     half_bits(*(device const ushort*)(row.d + 4 * b + 2)) * float(sm.y),
-                     uint2(lo.x | (hi.x << 4), lo.y | (hi.y << 4)), v);
-    }
-};
-
-// Q2_K, Q3_K, Q6_K: element e = k % 256 = 128h + 32kq + l0 takes its bits from bytes l0 .. l0 + 7
-// of the half's 32-byte runs; one scale per 16 elements, e / 16.
 template <> struct gemm_run<fmt_q2_k> {
     static inline void get8(device const uchar* row, int k, thread float4* v) {
         device const metallic::BlockQ2_K* b = (device const metallic::BlockQ2_K*)(row + (k / 256) * fmt_q2_k::BYTES);

@@ -12,7 +12,7 @@ import pytest
 from metal_sim_helpers import core
 
 rng = np.random.default_rng(5)
-PICK_TOP_K_MAX = 256
+PICK_TOP_K_MAX = core.pick_top_k_max
 
 
 def gpu_pick(x, top_k, top_p, min_p, inv_temp, seed, counter, threads=None):

@@ -30,6 +30,7 @@
 #include "engine/ggml_types.h"
 #include "metal/attention_plan.h"
 #include "metal/buffer_map.h"
+#include "metal/weight_layout.h"
 
 // Host views of the argument structs the kernels take (metal/args.h is shared with MSL).
 #include "../../metal/args.h"
@@ -371,26 +372,24 @@ public:
     }
 
     void argmax(const float* x, int64_t n, int32_t* token, int32_t* status) override {
-        gpu::Encoder& e = encoder();
-        use_pipeline(e, *argmax_);
-        e.set_args(0, ArgmaxArgs{int32_t(n)});
-        bind(e, 1, x);
-        bind(e, 2, token);
-        bind(e, 3, status);
-        // One threadgroup, as wide as the pipeline allows: a vocabulary is a few hundred KB.
-        const uint32_t threads = std::clamp<uint32_t>(ceil_div(n, 32) * 32, 32, std::min<uint32_t>(1024, argmax_->max_threads()));
-        e.dispatch_threadgroups({1, 1, 1}, {threads, 1, 1});
+        pick_token(*argmax_, ArgmaxArgs{int32_t(n)}, x, n, token, status);
     }
 
     void sample(const float* x, int64_t n, const PickSettings& s, int32_t* token, int32_t* status) override {
+        pick_token(*sample_, SampleArgs{int32_t(n), s}, x, n, token, status);
+    }
+
+    // argmax_f32, sample_top_k_f32: one threadgroup as wide as the pipeline allows (logits: KBs).
+    template <typename Args>
+    void pick_token(const gpu::Pipeline& p, const Args& args, const float* x, int64_t n, int32_t* token,
+                    int32_t* status) {
         gpu::Encoder& e = encoder();
-        use_pipeline(e, *sample_);
-        e.set_args(0, SampleArgs{int32_t(n), s});
+        use_pipeline(e, p);
+        e.set_args(0, args);
         bind(e, 1, x);
         bind(e, 2, token);
         bind(e, 3, status);
-        // One threadgroup, as argmax: six passes over a few hundred KB of logits.
-        const uint32_t threads = std::clamp<uint32_t>(ceil_div(n, 32) * 32, 32, std::min<uint32_t>(1024, sample_->max_threads()));
+        const uint32_t threads = std::clamp<uint32_t>(ceil_div(n, 32) * 32, 32, std::min<uint32_t>(1024, p.max_threads()));
         e.dispatch_threadgroups({1, 1, 1}, {threads, 1, 1});
     }
 
@@ -547,17 +546,8 @@ private:
         return ok ? LINEAR_X_VEC4 : 0;
     }
 
-    // LINEAR_HEAD_SHIFT's head of a float matrix: the elements of each row before its first
-    // 128-byte-aligned weight, when every row has the same alignment (rows a multiple of 128
-    // bytes) and the head keeps x's float4 alignment. The matrix lies where the file put it
-    // (32-byte alignment is GGUF's default); buffers start page-aligned.
-    int32_t head_flags(const Matrix& m) const {
-        const GgmlTypeInfo& t = *ggml_type(m.type);
-        if (t.block != 1 || m.row_bytes % 128) return 0;
-        const size_t delta = (128 - map_.weight(m).offset % 128) % 128;
-        if (delta % size_t(8 * t.block_bytes) || int64_t(delta) / t.block_bytes >= m.cols) return 0;
-        return int32_t(delta / size_t(t.block_bytes)) << LINEAR_HEAD_SHIFT;
-    }
+    // LINEAR_HEAD_SHIFT's head of a float matrix, from where its buffer binding puts it.
+    int32_t head_flags(const Matrix& m) const { return matvec_head(m, map_.weight(m).offset) << LINEAR_HEAD_SHIFT; }
 
     LinearArgs linear_args(const MatmulJob& j, int n, const float* x, const float* norm_w) const {
         const Matrix& w = *j.w;

@@ -62,4 +62,12 @@ void repack_for_gpu(const Matrix& m, uint8_t* dst) {
     }
 }
 
+int32_t matvec_head(const Matrix& m, size_t offset) {
+    const GgmlTypeInfo& t = *ggml_type(m.type);
+    if (t.block != 1 || m.row_bytes % 128) return 0;
+    const size_t delta = (128 - offset % 128) % 128;
+    if (delta % size_t(8 * t.block_bytes) || int64_t(delta) / t.block_bytes >= m.cols) return 0;
+    return int32_t(delta / size_t(t.block_bytes));
+}
+
 }  // namespace metallic::metal

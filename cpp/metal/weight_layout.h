@@ -21,4 +21,11 @@ bool repacked_for_gpu(uint32_t type);
 // quants, high bits, scale, min, the field of every block in row order (a plane).
 void repack_for_gpu(const Matrix& m, uint8_t* dst);
 
+// The float formats stay in the file's layout, wherever the file put them (32-byte alignment is
+// GGUF's default), and their matvecs start each row's blocks at its first 128-byte line: the
+// head is the elements before it, when every row has the same alignment (rows a multiple of
+// 128 bytes) and the head keeps x's float4 alignment (a multiple of 8 elements); else 0.
+// offset: the matrix's first byte from its page-aligned buffer start.
+int32_t matvec_head(const Matrix& m, size_t offset);
+
 }  // namespace metallic::metal

@@ -59,7 +59,7 @@ GREEDY_BELOW = float(np.finfo(np.float32).tiny)
 REPEAT_PENALTY_RANGE = (0.01, 100.0)
 ADDITIVE_PENALTY_RANGE = (-100.0, 100.0)
 # The largest top-k of the shared pick (the engine's PICK_TOP_K_MAX; larger ones draw on the host).
-PICK_TOP_K_MAX = 256
+PICK_TOP_K_MAX: int = _core.pick_top_k_max
 _COUNTER = 2**32  # the shared pick's draw counter is 32 bits and wraps
 
 
