@@ -220,12 +220,11 @@ struct fmt_q5_1 : q32_format<true, true, 0> {
 };
 
 
-// ---- K-quants: super-blocks of 256 elements. Q4_K, Q5_K and Q6_K are stored planar on the GPU
-// (layout<F> below: the quants, high bits, scales and factors of every block, each a plane) and
-// read by all 32 lanes at once: lane li takes elements 4li .. 4li + 3 of each half (run c is
-// elements 128c + 4li ..), so an instruction reads 512 contiguous bytes of x and 64 of quants.
-// Q2_K and Q3_K keep GGUF's layout: eight lanes to a block, each lane four runs of 8 elements.
-// Every run lies inside one scale group, so a run's dot takes one scale (and min).
+// ---- K-quants: super-blocks of 256 elements, stored planar on the GPU (layout<F> below: the
+// quants, high bits, scales and factors of every block, each a plane) and read by all 32 lanes
+// at once: lane li takes elements 4li .. 4li + 3 of each half (run c is elements 128c + 4li ..),
+// so an instruction reads 512 contiguous bytes of x and 32 to 64 of quants. Every run lies
+// inside one scale group, so a run's dot takes one scale (and min).
 struct KRow {
     device const uchar* q;  // the low bits: Q4_K/Q5_K qs, Q6_K ql (128 bytes a block)
     device const uchar* h;  // the high bits: Q5_K qh (32), Q6_K qh (64)
@@ -297,48 +296,46 @@ struct fmt_q5_k : k4_format<true> {
     enum { BYTES = sizeof(metallic::BlockQ5_K) };
 };
 
-// Q2_K and Q3_K (GGUF layout): in half h of 128 elements, element 128h + 32k + l takes its bits from
-// byte l of a 32-byte run of the half (shifted by 2k for the 2-bit fields), with a scale per
-// 16 elements. Lane li = 4h + g takes l = 8g .. 8g + 7 of each k: run k is elements
-// 128h + 32k + 8g .. + 7, one scale group (8h + 2k + g / 2).
-inline int k16_xoff(int li, int k) { return 128 * (li >> 2) + 32 * k + 8 * (li & 3); }
-inline int k16_group(int li, int k) { return 8 * (li >> 2) + 2 * k + ((li & 3) >> 1); }
+// Q2_K and Q3_K: element e = 128h + 32k + l of a block has its 2 low bits in bits 2k..2k + 1 of
+// qs[32h + l], a scale per 16 elements (e / 16); Q3_K's third bit is bit e / 32 of hmask[l].
+// Lane li's run c is elements 128c + 4li .. (k = li / 8, l = 4 (li % 8)), scale group
+// 8c + li / 4, as Q6_K's.
 
-// (d * (scales[i] & 15)) * q - dmin * (scales[i] >> 4) for sub-block i = e / 16 of 16 elements,
-// q in 0..3: element e = 128h + 32k + l is bits 2k..2k + 1 of qs[32h + l].
+// (d * (scales[i] & 15)) * q - dmin * (scales[i] >> 4) for sub-block i = e / 16, q in 0..3.
+inline float q2_k_value(KRow row, int b, int e) {
+    const int q = (row.q[64 * b + 32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+    const uchar sc = row.s[16 * b + e / 16];
+    return half_bits(*(device const ushort*)(row.d + 4 * b)) * float(sc & 15) * float(q) -
+           half_bits(*(device const ushort*)(row.d + 4 * b + 2)) * float(sc >> 4);
+}
+
 struct fmt_q2_k {
-    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ2_K), LANES = 8, CHUNKS = 4, CW = 8, VEC = 0 };
-    static inline float value(device const metallic::BlockQ2_K* b, int e) {
-        const int q = (b->qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
-        const uchar sc = b->scales[e / 16];
-        return half_bits(b->d) * float(sc & 15) * float(q) - half_bits(b->dmin) * float(sc >> 4);
-    }
-    static inline float get(device const uchar* row, int i) {
-        return value((device const metallic::BlockQ2_K*)(row + (i / 256) * BYTES), i % 256);
-    }
+    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ2_K), LANES = 32, CHUNKS = 2, CW = 4, VEC = 0 };
+    static inline float get(KRow row, int i) { return q2_k_value(row, i / 256, i % 256); }
     struct State {
-        float d, dmin;
-        uint2 q;           // the lane's 8 qs bytes: run k is bits 2k..2k + 1 of each
-        device const uchar* sc;  // scales
-        int li;
+        float2 am[2];  // per run: d * scale, dmin * min of its group
+        uint q[2];     // per run: the 4 2-bit values as bytes
     };
-    static inline State state(device const uchar* blk, int li) {
-        device const metallic::BlockQ2_K* b = (device const metallic::BlockQ2_K*)blk;
-        return State{half_bits(b->d), half_bits(b->dmin), load_u64(b->qs + 32 * (li >> 2) + 8 * (li & 3)), b->scales, li};
+    static inline State state(KRow row, int b, int li) {
+        const int k = li >> 3, l = 4 * (li & 7);
+        const float d = half_bits(*(device const ushort*)(row.d + 4 * b));
+        const float dmin = half_bits(*(device const ushort*)(row.d + 4 * b + 2));
+        State st;
+        for (int c = 0; c < 2; ++c) {
+            st.q[c] = (*(device const uint*)(row.q + 64 * b + 32 * c + l) >> (2 * k)) & 0x03030303u;
+            const uchar sc = row.s[16 * b + 8 * c + (li >> 2)];
+            st.am[c] = float2(d * float(sc & 15), dmin * float(sc >> 4));
+        }
+        return st;
     }
-    static inline int xoff(int li, int k) { return k16_xoff(li, k); }
+    static inline int xoff(int li, int k) { return 128 * k + 4 * li; }
     static inline float chunk(thread const State& s, int k, thread float4* w) {
-        const uchar sc = s.sc[k16_group(s.li, k)];
-        const float a = s.d * float(sc & 15), m = s.dmin * float(sc >> 4);
-        const uint2 q = field2(s.q, uint(2 * k), 0x03030303u);
-        w[0] = a * bytes_u(q.x) - m;
-        w[1] = a * bytes_u(q.y) - m;
+        w[0] = s.am[k].x * bytes_u(s.q[k]) - s.am[k].y;
         return 1.0f;
     }
 };
 
-// (d * (scale_i - 32)) * (q - 4 * !hbit) for sub-block i = e / 16, q in 0..3 packed as in Q2_K,
-// the high bit of element 32j + l (j = e / 32) bit j of hmask[l]. The 16 6-bit scales: low 4
+// (d * (scale_i - 32)) * (q - 4 * !hbit) for sub-block i = e / 16. The 16 6-bit scales: low 4
 // bits in the nibbles of scales[0 .. 7] (i < 8: low nibble of scales[i], else high nibble of
 // scales[i - 8]), high 2 bits in scales[8 + i % 4] >> 2 (i / 4) (GGML's kmask unpacking).
 inline int q3_k_scale(device const uchar* s, int i) {
@@ -348,41 +345,39 @@ inline int q3_k_scale(device const uchar* s, int i) {
 }
 
 struct fmt_q3_k {
-    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ3_K), LANES = 8, CHUNKS = 4, CW = 8, VEC = 0 };
-    static inline int code(device const metallic::BlockQ3_K* b, int e) {
-        const int q = (b->qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
-        return q - (((b->hmask[e % 32] >> (e / 32)) & 1) ? 0 : 4);
+    enum { BLOCK = 256, BYTES = sizeof(metallic::BlockQ3_K), LANES = 32, CHUNKS = 2, CW = 4, VEC = 0 };
+    static inline int code(KRow row, int b, int e) {
+        const int q = (row.q[64 * b + 32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+        return q - (((row.h[32 * b + e % 32] >> (e / 32)) & 1) ? 0 : 4);
     }
-    static inline float get(device const uchar* row, int i) {
-        device const metallic::BlockQ3_K* b = (device const metallic::BlockQ3_K*)(row + (i / 256) * BYTES);
-        const int e = i % 256;
-        return half_bits(b->d) * float(q3_k_scale(b->scales, e / 16)) * float(code(b, e));
+    static inline float get(KRow row, int i) {
+        const int b = i / 256, e = i % 256;
+        return half_bits(*(device const ushort*)(row.d + 2 * b)) * float(q3_k_scale(row.s + 12 * b, e / 16)) *
+               float(code(row, b, e));
     }
     struct State {
-        float d;
-        uint2 q;   // the lane's 8 qs bytes
-        uint2 hm;  // its 8 hmask bytes: run k's high bits are bit 4h + k
-        device const uchar* sc;
-        int li;
+        float f[2];  // per run: d * its scale
+        uint q[2];   // per run: the 4 3-bit values (high bit included) as bytes
     };
-    static inline State state(device const uchar* blk, int li) {
-        device const metallic::BlockQ3_K* b = (device const metallic::BlockQ3_K*)blk;
-        return State{half_bits(b->d), load_u64(b->qs + 32 * (li >> 2) + 8 * (li & 3)), load_u64(b->hmask + 8 * (li & 3)),
-                     b->scales, li};
+    static inline State state(KRow row, int b, int li) {
+        const int k = li >> 3, l = 4 * (li & 7);
+        const float d = half_bits(*(device const ushort*)(row.d + 2 * b));
+        const uint hm = *(device const uint*)(row.h + 32 * b + l);
+        State st;
+        for (int c = 0; c < 2; ++c) {
+            const uint q = (*(device const uint*)(row.q + 64 * b + 32 * c + l) >> (2 * k)) & 0x03030303u;
+            st.q[c] = q | (((hm >> (4 * c + k)) & 0x01010101u) << 2);
+            st.f[c] = d * float(q3_k_scale(row.s + 12 * b, 8 * c + (li >> 2)));
+        }
+        return st;
     }
-    static inline int xoff(int li, int k) { return k16_xoff(li, k); }
+    static inline int xoff(int li, int k) { return 128 * k + 4 * li; }
     static inline float chunk(thread const State& s, int k, thread float4* w) {
-        const uint2 q = field2(s.q, uint(2 * k), 0x03030303u);
-        const uint2 h = field2(s.hm, uint(4 * (s.li >> 2) + k), 0x01010101u);
-        w[0] = bytes_u(q.x | (h.x << 2)) - 4.0f;  // q - 4 without the high bit, q with it
-        w[1] = bytes_u(q.y | (h.y << 2)) - 4.0f;
-        return s.d * float(q3_k_scale(s.sc, k16_group(s.li, k)));
+        w[0] = bytes_u(s.q[k]) - 4.0f;  // q - 4 without the high bit, q with it
+        return s.f[k];
     }
 };
 
-// (d * scales[i / 16]) * (q - 32), q in 0..63: in half h of 128 elements, element 32k + l takes
-// its low 4 bits from ql[64h + 32(k & 1) + l] (low nibble for k < 2, else high) and bits 4..5
-// from qh[32h + l] >> 2k.
 // Q6_K: element e = 128h + 32k + l of a block has its low 4 bits in nibble k / 2 of
 // ql[64h + 32 (k & 1) + l] and bits 4..5 in bits 2k..2k + 1 of qh[32h + l]; scale scales[e / 16].
 // Lane li's run c is elements 128c + 4li ..: k = li / 8, l = 4 (li % 8), scale group 8c + li / 4.
@@ -427,7 +422,7 @@ struct fmt_q6_k {
 
 // ---- Where a kernel finds row r of a matrix (w, rows, row_bytes apart in GGUF) and block b of
 // a row: layout<F>::row, ::state (the matvec lane's State of block b) and ::get (element i).
-// GGUF's own layout (the float formats, Q2_K, Q3_K): a row is its blocks back to back.
+// GGUF's own layout (the float formats): a row is its blocks back to back.
 template <typename F> struct layout {
     typedef device const uchar* Row;
     static inline Row row(device const uchar* w, uint64_t row_bytes, int rows, int r) {
@@ -481,7 +476,7 @@ template <> struct layout<fmt_q4_1> : q32_layout<fmt_q4_1, false, true> {};
 template <> struct layout<fmt_q5_0> : q32_layout<fmt_q5_0, true, false> {};
 template <> struct layout<fmt_q5_1> : q32_layout<fmt_q5_1, true, true> {};
 
-// Q4_K, Q5_K and Q6_K planar: bytes per block of the planes q, h, s, d in that order.
+// The K-quants planar: bytes per block of the planes q, h, s, d in that order.
 template <typename F, int QB, int HB, int SB, int DB> struct k_layout {
     typedef KRow Row;
     static inline Row row(device const uchar* w, uint64_t row_bytes, int rows, int r) {
@@ -498,6 +493,8 @@ template <typename F, int QB, int HB, int SB, int DB> struct k_layout {
 template <> struct layout<fmt_q4_k> : k_layout<fmt_q4_k, 128, 0, 12, 4> {};
 template <> struct layout<fmt_q5_k> : k_layout<fmt_q5_k, 128, 32, 12, 4> {};
 template <> struct layout<fmt_q6_k> : k_layout<fmt_q6_k, 128, 64, 16, 2> {};
+template <> struct layout<fmt_q2_k> : k_layout<fmt_q2_k, 64, 0, 16, 4> {};
+template <> struct layout<fmt_q3_k> : k_layout<fmt_q3_k, 64, 32, 12, 2> {};
 
 // ---- The prefill GEMM's weight runs (gemm.h): gemm_run<F>::get8(row, k, v) writes elements
 // k .. k + 7 of a row to v[0 .. 1]. k is a multiple of 8 and the run lies inside the row; the
@@ -591,24 +588,25 @@ template <> struct gemm_run<fmt_q4_k> : k4_gemm_run<false> {};
 template <> struct gemm_run<fmt_q5_k> : k4_gemm_run<true> {};
 
 template <> struct gemm_run<fmt_q2_k> {
-    static inline void get8(device const uchar* row, int k, thread float4* v) {
-        device const metallic::BlockQ2_K* b = (device const metallic::BlockQ2_K*)(row + (k / 256) * fmt_q2_k::BYTES);
-        const int e = k % 256;
-        const uchar sc = b->scales[e / 16];
-        const uint2 q = field2(load_u64(b->qs + 32 * (e / 128) + e % 32), uint(2 * ((e % 128) / 32)), 0x03030303u);
-        run8_sub_min(half_bits(b->d) * float(sc & 15), half_bits(b->dmin) * float(sc >> 4), q, v);
+    static inline void get8(KRow row, int k, thread float4* v) {
+        const int b = k / 256, e = k % 256;
+        const uchar sc = row.s[16 * b + e / 16];
+        const uint2 q = field2(*(device const uint2*)(row.q + 64 * b + 32 * (e / 128) + e % 32), uint(2 * ((e % 128) / 32)),
+                               0x03030303u);
+        run8_sub_min(half_bits(*(device const ushort*)(row.d + 4 * b)) * float(sc & 15),
+                     half_bits(*(device const ushort*)(row.d + 4 * b + 2)) * float(sc >> 4), q, v);
     }
 };
 
 template <> struct gemm_run<fmt_q3_k> {
-    static inline void get8(device const uchar* row, int k, thread float4* v) {
-        device const metallic::BlockQ3_K* b = (device const metallic::BlockQ3_K*)(row + (k / 256) * fmt_q3_k::BYTES);
-        const int e = k % 256, l0 = e % 32;
-        const uint2 q = field2(load_u64(b->qs + 32 * (e / 128) + l0), uint(2 * ((e % 128) / 32)), 0x03030303u);
-        const uint2 h = field2(load_u64(b->hmask + l0), uint(e / 32), 0x01010101u);
+    static inline void get8(KRow row, int k, thread float4* v) {
+        const int b = k / 256, e = k % 256, l0 = e % 32;
+        const uint2 q = field2(*(device const uint2*)(row.q + 64 * b + 32 * (e / 128) + l0), uint(2 * ((e % 128) / 32)),
+                               0x03030303u);
+        const uint2 h = field2(*(device const uint2*)(row.h + 32 * b + l0), uint(e / 32), 0x01010101u);
         // q - 4 without the high bit, q with it
-        run8_offset(half_bits(b->d) * float(q3_k_scale(b->scales, e / 16)), uint2(q.x | (h.x << 2), q.y | (h.y << 2)),
-                    4.0f, v);
+        run8_offset(half_bits(*(device const ushort*)(row.d + 2 * b)) * float(q3_k_scale(row.s + 12 * b, e / 16)),
+                    uint2(q.x | (h.x << 2), q.y | (h.y << 2)), 4.0f, v);
     }
 };
 

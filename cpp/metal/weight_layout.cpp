@@ -34,6 +34,9 @@ constexpr Planar kPlanar[] = {
     {GgmlType::Q4_K, 144, {{16, 128}, {4, 12}, {0, 4}}, 3},
     {GgmlType::Q5_K, 176, {{48, 128}, {16, 32}, {4, 12}, {0, 4}}, 4},
     {GgmlType::Q6_K, 210, {{0, 128}, {128, 64}, {192, 16}, {208, 2}}, 4},
+    // Q2_K {scales[16], qs[64], d, dmin}; Q3_K {hmask[32], qs[64], scales[12], d}.
+    {GgmlType::Q2_K, 84, {{16, 64}, {0, 16}, {80, 4}}, 3},
+    {GgmlType::Q3_K, 110, {{32, 64}, {0, 32}, {96, 12}, {108, 2}}, 4},
 };
 
 const Planar* planar(uint32_t type) {

@@ -1,11 +1,11 @@
 // Weight layouts of the Metal backend where they differ from the file's (metal/formats.h,
-// layout<F>, is the kernels' side). The 32-element formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and
-// Q4_K, Q5_K, Q6_K are stored planar: GGUF's blocks are only 2-byte aligned (Q6_K's 210 bytes,
-// the 32-element ones' 18 to 34) or interleave scales with quants, so the decode matvecs read them
-// in pieces that split cache lines; the planar copy (the whole matrix's quants, then its high
-// bits, scales and factors, each a plane) gives each lane aligned 4-byte loads and each
+// layout<F>, is the kernels' side). Every quantized format (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and
+// Q2_K to Q6_K) is stored planar: GGUF's blocks are only 2-byte aligned (Q3_K's 110 bytes, Q6_K's
+// 210, the 32-element ones' 18 to 34) or interleave scales with quants, so the decode matvecs
+// read them in pieces that split cache lines; the planar copy (the whole matrix's quants, then
+// its high bits, scales and factors, each a plane) gives each lane aligned 4-byte loads and each
 // simdgroup contiguous bytes. The copy has the file's size and replaces the file's bytes on the
-// GPU (the CPU backend reads the file as is).
+// GPU (the CPU backend reads the file as is). The float formats stay in the file.
 #pragma once
 
 #include <cstdint>
