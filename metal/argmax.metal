@@ -12,6 +12,10 @@
 // One threadgroup: each thread scans a strided share in increasing order (so it keeps the first
 // of equal values), then each simdgroup and finally the first simdgroup reduce, taking the
 // largest value and, among equal values, the smallest index.
+//
+// Compiled without fast math, as sample.metal: fast math lets the compiler assume there is no
+// NaN or infinity, and drop exactly the tests that make the statuses.
+// metallic: exact math
 #include <metal_stdlib>
 #include "args.h"
 

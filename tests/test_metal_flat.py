@@ -83,6 +83,7 @@ def test_the_embedded_header_holds_the_sources(flat: Path, tmp_path: Path) -> No
         '        std::FILE* f = std::fopen(s.name, "w");\n'
         "        std::fputs(s.text, f);\n"
         "        std::fclose(f);\n"
+        '        std::printf("%s %d\\n", s.name, int(s.exact_math));\n'
         "    }\n}\n"
     )
     build = subprocess.run(
@@ -90,9 +91,15 @@ def test_the_embedded_header_holds_the_sources(flat: Path, tmp_path: Path) -> No
     )
     assert build.returncode == 0, build.stderr
     (tmp_path / "out").mkdir()
-    subprocess.run([str(tmp_path / "dump")], cwd=tmp_path / "out", check=True)
+    run = subprocess.run(
+        [str(tmp_path / "dump")], cwd=tmp_path / "out", check=True, capture_output=True, text=True
+    )
     for name, text in sources.items():
         assert (tmp_path / "out" / name).read_text() == text, name
+    # The kernels that must round as the host, or keep NaN and infinity tests, are compiled
+    # without fast math on a Mac without the toolchain too (gpu_metal.mm reads the flag).
+    exact = {line.split()[0] for line in run.stdout.splitlines() if line.endswith(" 1")}
+    assert exact == {"argmax.metal", "sample.metal"}
 
 
 @pytest.mark.parametrize(
