@@ -131,7 +131,7 @@ nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>> gpu_weight_layout(uint32_t type, By
     m.nbytes = w.size();
     uint8_t* out = new uint8_t[w.size()];
     nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<uint8_t*>(p); });
-    metal::repack_for_gpu(m, out);
+    metal::copy_for_gpu(m, out);
     return nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>(out, {w.size()}, owner);
 }
 

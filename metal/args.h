@@ -48,9 +48,6 @@ enum LinearFlags : int32_t {
     LINEAR_ACCUMULATE = 2,  // add to what out holds (the residual stream)
     LINEAR_X_VEC4 = 4,      // matvec*: every row of x (and the fused norm's weights) starts 16-byte
                             // aligned, so x may be read as float4; the host checks the buffer offsets
-    LINEAR_HEAD_SHIFT = 16, // matvec*, float formats: bits 16..23 of the flags hold the head, the
-                            // elements of every row before its first 128-byte-aligned weight
-                            // (a multiple of 8; 0 when rows are not a multiple of 128 bytes)
 };
 struct LinearArgs {
     int32_t rows;

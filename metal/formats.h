@@ -97,17 +97,45 @@ struct fmt_bf16 {
 };
 
 
+// The quants plane of the 32-element formats, as cpp/metal/weight_layout.cpp's
+// quant_plane_offset stores it: a row's plane bytes in two parts, its whole matvec steps (main;
+// a step is 4 blocks' quants, `step` bytes) and the bytes % step left over (its tail), which
+// groups of step / tail rows store together before their main parts when the tail divides the
+// step. A block never straddles the two parts (the tail is a whole number of blocks' quants).
+struct PlaneRow {
+    device const uchar* main;
+    device const uchar* tail;
+    int main_bytes;
+};
+
+inline PlaneRow quant_plane_row(device const uchar* plane, uint64_t bytes, int step, int rows, int r) {
+    const int tail = int(bytes % uint64_t(step));
+    const uint64_t main = bytes - uint64_t(tail);
+    const int g = tail != 0 && step % tail == 0 ? step / tail : 1;
+    if (g == 1 || r >= rows - rows % g) {
+        device const uchar* p = plane + uint64_t(r) * bytes;
+        return PlaneRow{p, p + main, int(main)};
+    }
+    device const uchar* base = plane + uint64_t(r / g) * uint64_t(g) * bytes;
+    return PlaneRow{base + step + uint64_t(r % g) * main, base + (r % g) * tail, int(main)};
+}
+
+// Byte j of the row's plane; j and the block's other bytes lie in the same part.
+inline device const uchar* plane_at(PlaneRow p, int j) {
+    return j < p.main_bytes ? p.main + j : p.tail + (j - p.main_bytes);
+}
+
 // d * q, q int8. Stored planar on the GPU (layout<fmt_q8_0> below), so its functions take a
 // Q8Row, not GGUF's blocks.
 struct Q8Row {
-    device const uchar* q;  // the row's int8 quants, cols bytes
+    PlaneRow q;             // the row's int8 quants, cols bytes
     device const uchar* d;  // its half scales, one per 32 quants
 };
 
 struct fmt_q8_0 {
     enum { BLOCK = 32, BYTES = sizeof(metallic::BlockQ8_0), LANES = 8, CHUNKS = 1, CW = 4, VEC = 0 };
     static inline float get(Q8Row row, int i) {
-        return half_bits(*(device const ushort*)(row.d + 2 * (i / 32))) * float(as_type<char>(row.q[i]));
+        return half_bits(*(device const ushort*)(row.d + 2 * (i / 32))) * float(as_type<char>(*plane_at(row.q, i)));
     }
     struct State {
         float d;
@@ -116,7 +144,7 @@ struct fmt_q8_0 {
     // Lane li's 4 quants of block b: one aligned 4-byte load, so the simdgroup's 32 lanes read
     // 128 contiguous bytes of quants and 512 of x per instruction.
     static inline State state(Q8Row row, int b, int li) {
-        return State{half_bits(*(device const ushort*)(row.d + 2 * b)), *(device const uint*)(row.q + 32 * b + 4 * li)};
+        return State{half_bits(*(device const ushort*)(row.d + 2 * b)), *(device const uint*)(plane_at(row.q, 32 * b) + 4 * li)};
     }
     static inline int xoff(int li, int k) { return 4 * li; }
     static inline float chunk(thread const State& s, int k, thread float4* w) {
@@ -134,7 +162,7 @@ struct fmt_q8_0 {
 // 4li .. 4li + 3 of qh. A simdgroup's instruction reads 64 contiguous bytes of qs, 16 of qh, 8
 // of d (GGUF's 18- to 24-byte blocks are only 2-byte aligned).
 struct Q32Row {
-    device const uchar* qs;
+    PlaneRow qs;
     device const uchar* qh;  // the 5-bit formats
     device const uchar* d;
     device const uchar* m;   // the formats with a min
@@ -142,7 +170,7 @@ struct Q32Row {
 
 // Element j of block b: its 4 or 5 bits.
 inline int q32_value(Q32Row row, int b, int j, bool five) {
-    device const uchar* qs = row.qs + 16 * b;
+    device const uchar* qs = plane_at(row.qs, 16 * b);
     const int lo = j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4);
     if (!five) return lo;
     return lo | int(((*(device const uint*)(row.qh + 4 * b) >> j) & 1u) << 4);
@@ -150,14 +178,14 @@ inline int q32_value(Q32Row row, int b, int j, bool five) {
 
 // Lane li's 4 values of block b as the bytes of a word.
 inline uint q32_lane_word(Q32Row row, int b, int li, bool five) {
-    const uint q = (*(device const uint*)(row.qs + 16 * b + 4 * (li & 3)) >> (4 * (li >> 2))) & 0x0F0F0F0Fu;
+    const uint q = (*(device const uint*)(plane_at(row.qs, 16 * b) + 4 * (li & 3)) >> (4 * (li >> 2))) & 0x0F0F0F0Fu;
     if (!five) return q;
     return q | bits_to_bytes4(*(device const uint*)(row.qh + 4 * b) >> (4 * li));
 }
 
 // Elements 8r .. 8r + 7 of block b (r = 0 .. 3) as bytes: the GEMM's run.
 inline uint2 q32_run_words(Q32Row row, int b, int r, bool five) {
-    const uint2 q = *(device const uint2*)(row.qs + 16 * b + 8 * (r & 1));
+    const uint2 q = *(device const uint2*)(plane_at(row.qs, 16 * b) + 8 * (r & 1));
     const uint shift = uint(r >> 1) * 4;
     uint2 v = uint2((q.x >> shift) & 0x0F0F0F0Fu, (q.y >> shift) & 0x0F0F0F0Fu);
     if (five) {
@@ -432,28 +460,22 @@ template <typename F> struct layout {
         return F::state(row + uint64_t(b) * uint64_t(F::BYTES), li);
     }
     static inline float get(Row row, int i) { return F::get(row, i); }
-    // The row from element `elements` on (the float formats: matvec.h's head).
-    static inline Row skip(Row row, int elements) {
-        return row + uint64_t(elements) * uint64_t(F::BYTES) / uint64_t(F::BLOCK);
-    }
 };
 
 // Q8_0 as the Metal backend stores it (cpp/metal/weight_layout.h repacks it at load): the
-// matrix's quants, rows x cols bytes, then its scales, rows x cols / 32 halves. The buffer has
-// GGUF's size, so row_bytes (34 per 32 elements) still describes the matrix. GGUF's 34-byte
-// blocks are only 2-byte aligned: a lane read its 8 quants in four 16-bit pieces, and a
-// simdgroup's loads split 128-byte lines. Planar, a lane's 8 quants are one aligned 8-byte load
-// and a simdgroup's step reads 256 contiguous bytes of quants, whole lines when cols is a
-// multiple of 128, and 16 contiguous bytes of scales.
+// matrix's quants, rows x cols bytes (rows grouped as quant_plane_row says when cols is not a
+// multiple of 128, the step's bytes), then its scales, rows x cols / 32 halves. The buffer has GGUF's size, so
+// row_bytes (34 per 32 elements) still describes the matrix. GGUF's 34-byte blocks are only
+// 2-byte aligned; planar, a lane's 4 quants are one aligned 4-byte load and a simdgroup's step
+// reads one 128-byte line of quants and 8 contiguous bytes of scales.
 template <> struct layout<fmt_q8_0> {
     typedef Q8Row Row;
     static inline Row row(device const uchar* w, uint64_t row_bytes, int rows, int r) {
         const uint64_t cols = row_bytes / uint64_t(fmt_q8_0::BYTES) * 32;
-        return Q8Row{w + uint64_t(r) * cols, w + uint64_t(rows) * cols + uint64_t(r) * (cols / 16)};
+        return Q8Row{quant_plane_row(w, cols, 128, rows, r), w + uint64_t(rows) * cols + uint64_t(r) * (cols / 16)};
     }
     static inline fmt_q8_0::State state(Row row, int b, int li) { return fmt_q8_0::state(row, b, li); }
     static inline float get(Row row, int i) { return fmt_q8_0::get(row, i); }
-    static inline Row skip(Row row, int) { return row; }  // never a head: not a float format
 };
 
 // The 32-element 4- and 5-bit formats planar (formats above): the planes in the order qs, qh,
@@ -465,11 +487,10 @@ template <typename F, bool FIVE, bool MIN> struct q32_layout {
         device const uchar* qh = w + 16 * n;
         device const uchar* d = qh + (FIVE ? 4 * n : 0);
         device const uchar* m = d + 2 * n;
-        return Q32Row{w + 16 * rb, qh + 4 * rb, d + 2 * rb, m + 2 * rb};
+        return Q32Row{quant_plane_row(w, 16 * nb, 64, rows, r), qh + 4 * rb, d + 2 * rb, m + 2 * rb};
     }
     static inline typename F::State state(Row row, int b, int li) { return F::state(row, b, li); }
     static inline float get(Row row, int i) { return F::get(row, i); }
-    static inline Row skip(Row row, int) { return row; }  // never a head: not a float format
 };
 template <> struct layout<fmt_q4_0> : q32_layout<fmt_q4_0, false, false> {};
 template <> struct layout<fmt_q4_1> : q32_layout<fmt_q4_1, false, true> {};
@@ -488,7 +509,6 @@ template <typename F, int QB, int HB, int SB, int DB> struct k_layout {
     }
     static inline typename F::State state(Row row, int b, int li) { return F::state(row, b, li); }
     static inline float get(Row row, int i) { return F::get(row, i); }
-    static inline Row skip(Row row, int) { return row; }  // never a head: not a float format
 };
 template <> struct layout<fmt_q4_k> : k_layout<fmt_q4_k, 128, 0, 12, 4> {};
 template <> struct layout<fmt_q5_k> : k_layout<fmt_q5_k, 128, 32, 12, 4> {};
@@ -533,7 +553,7 @@ template <> struct gemm_run<fmt_bf16> {
 template <> struct gemm_run<fmt_q8_0> {
     static inline void get8(Q8Row row, int k, thread float4* v) {
         const float d = half_bits(*(device const ushort*)(row.d + 2 * (k / 32)));
-        const uint2 q = *(device const uint2*)(row.q + k);
+        const uint2 q = *(device const uint2*)(plane_at(row.q, k));
         v[0] = d * bytes_s(q.x);
         v[1] = d * bytes_s(q.y);
     }

@@ -73,14 +73,13 @@ struct MatvecInput {
     int n;     // 1 .. MATVEC_TOKENS
     int cols;
     bool vec4;  // LINEAR_X_VEC4: rows of x and norm_w 16-byte aligned
-    int head;   // LINEAR_HEAD_SHIFT: elements before the rows' first 128-byte-aligned weight
 };
 
 inline MatvecInput matvec_input(device const float* x, device const float* norm_w, uint64_t stride, int n_tokens,
                                 int cols, int flags, uint group) {
     const int t0 = int(group) * MATVEC_TOKENS;
     return MatvecInput{x + uint64_t(t0) * stride, norm_w, stride, min(int(MATVEC_TOKENS), n_tokens - t0), cols,
-                       (flags & LINEAR_X_VEC4) != 0, (flags >> LINEAR_HEAD_SHIFT) & 255};
+                       (flags & LINEAR_X_VEC4) != 0};
 }
 
 inline float4 load_x4(device const float* p, bool vec4) {
@@ -181,29 +180,18 @@ inline void matvec_elements(thread const RowSet<F, NR>& w, thread const MatvecIn
 // in Q8_0 is 18 blocks, 4.5 steps of 4). That step instead splits the groups into G sets of R
 // (G the largest power of two with G * R <= S that divides NR): set s takes rows s, s + G, ...
 // of the R blocks, so G * R groups work, each on NR / G rows, and the step takes 1 / G of the
-// instructions. Which lane adds what depends on K, never on the tokens.
-//
-// The float formats' rows start wherever the file put the matrix; with a head (in.head), the
-// blocks start at the rows' first 128-byte-aligned weight, so that each step's loads cover
-// whole lines, and the head's elements go one a lane with the row's tail.
+// instructions. Which lane adds what depends on K, never on the tokens. A step's loads cover
+// whole 128-byte lines when the row starts on one: the host copies float matrices that do not
+// (cpp/metal/weight_layout.h) and lays the planar ones out so (quant_plane_row).
 template <typename F, int NR>
-inline void matvec_dots(thread const RowSet<F, NR>& w0, uint64_t row_bytes, thread const MatvecInput& in0, uint lane,
+inline void matvec_dots(thread const RowSet<F, NR>& w, uint64_t row_bytes, thread const MatvecInput& in, uint lane,
                         thread float* acc) {
     constexpr int S = 32 / int(F::LANES);  // blocks per step
     for (int i = 0; i < MATVEC_TOKENS * NR; ++i) acc[i] = 0.0f;
-    const int head = int(F::VEC) ? in0.head : 0;
-    RowSet<F, NR> w = w0;
-    MatvecInput in = in0;
-    if (head > 0) {
-        for (int r = 0; r < NR; ++r) w.p[r] = layout<F>::skip(w0.p[r], head);
-        in.x += head;
-        in.norm_w += head;
-        in.cols -= head;
-    }
     const int li = int(lane) % int(F::LANES);
     const int grp = int(lane) / int(F::LANES);
     // The float formats' wide loads need 16-byte aligned rows (the matrix start is: the host
-    // refuses a float matrix that is not 16-byte aligned in the file).
+    // copies a float matrix that is not on a 128-byte line).
     const int nb = (int(F::VEC) == 0 || row_bytes % 16 == 0) ? in.cols / int(F::BLOCK) : 0;
     const int nfull = nb - nb % S;
     for (int b = grp; b < nfull; b += S) matvec_block<F, NR>(w, NR, b, li, in, acc);
@@ -230,8 +218,7 @@ inline void matvec_dots(thread const RowSet<F, NR>& w0, uint64_t row_bytes, thre
             }
         }
     }
-    matvec_elements<F, NR>(w0, in0, 0, head, lane, acc);
-    matvec_elements<F, NR>(w0, in0, head + nb * int(F::BLOCK), in0.cols, lane, acc);
+    matvec_elements<F, NR>(w, in, nb * int(F::BLOCK), in.cols, lane, acc);
     for (int t = 0; t < MATVEC_TOKENS; ++t) {
         if (t == in.n) break;
         for (int r = 0; r < NR; ++r) acc[t * NR + r] = simd_sum(acc[t * NR + r]);

@@ -42,17 +42,41 @@ PLANAR = {
 }
 
 
+def grouped_rows(plane, step):
+    """The quants plane of the 32-element formats ([rows, bytes] uint8) with the rows grouped
+    as the backend stores them (cpp/metal/weight_layout.cpp, quant_plane_offset): a matvec step
+    reads `step` bytes of a row, a row's last bytes % step are its tail; when the tail divides
+    the step, each group of step // tail rows stores its tails first, then each row's remaining
+    bytes. Rows past the last whole group stay in order."""
+    rows, n = plane.shape
+    tail = n % step
+    if tail == 0 or step % tail:
+        return plane.reshape(-1)
+    g = step // tail
+    whole = rows - rows % g
+    if whole == 0:
+        return plane.reshape(-1)
+    groups = plane[:whole].reshape(whole // g, g, n)
+    tails = groups[:, :, n - tail :].reshape(whole // g, -1)
+    mains = groups[:, :, : n - tail].reshape(whole // g, -1)
+    grouped = np.concatenate([tails, mains], axis=1).reshape(-1)
+    return np.concatenate([grouped, plane[whole:].reshape(-1)])
+
+
 def gpu_layout(raw, fmt):
     """Rows of GGUF blocks ([rows, row_bytes] uint8) as the Metal backend stores them
     (cpp/metal/weight_layout.h): the PLANAR formats as planes, each field of every block in
-    row order; the other formats as they are. Written here independently of the C++ repack,
-    which the model tests check (metal-sim against the CPU backend)."""
+    row order (the 32-element formats' quants with grouped_rows); the other formats as they
+    are. Written here independently of the C++ repack, which the model tests check (metal-sim
+    against the CPU backend)."""
     if fmt not in PLANAR:
         return raw
     size, fields = PLANAR[fmt]
     rows, row_bytes = raw.shape
     blocks = raw.reshape(-1, size)
     planes = [blocks[:, off : off + n].reshape(-1) for off, n in fields]
+    if fmt in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1"):  # a step: 4 blocks' quants
+        planes[0] = grouped_rows(planes[0].reshape(rows, -1), 4 * fields[0][1])
     return np.concatenate(planes).reshape(rows, row_bytes)
 
 

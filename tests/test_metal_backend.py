@@ -149,11 +149,20 @@ def test_long_context_decode_splits_attention() -> None:
 
 
 def test_weights_in_windows_when_the_file_exceeds_the_largest_buffer(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
     """A file larger than maxBufferLength is wrapped as overlapping page-aligned windows, each
-    tensor inside one: same logits as one buffer."""
-    path, _ = tiny_gguf("qwen2", "F32", "gqa2-untied")  # ~0.8 MB, largest tensor 120 KiB
+    tensor inside one: same logits as one buffer. (Float tensors on 128-byte lines, so that the
+    GPU reads every one in place: one off a line would be copied, weight_layout.h.)"""
+    from oracle.tiny_models import gguf_metadata, hf_tensor_plans, variant_model, write_tensors
+
+    model = variant_model("qwen2", "gqa2-untied")  # ~0.8 MB in F32, largest tensor 120 KiB
+    path = write_tensors(
+        tmp_path / "f32.gguf",
+        gguf_metadata(model, "F32"),
+        hf_tensor_plans(model, "F32"),
+        alignment=128,
+    )
     ids = prompt(320, n=9, seed=11)
     want = load(path).prefill_all(ids)
     monkeypatch.setenv("METALLIC_SIM_MAX_BUFFER_LENGTH", str(256 << 10))
@@ -423,7 +432,10 @@ def test_a_mixed_file_wraps_only_what_it_reads_in_place(tmp_path) -> None:
     plans = hf_tensor_plans(model, "Q8_0")
     f16 = {"blk.0.ffn_down.weight", "blk.1.attn_q.weight"}
     plans = [replace(p, qtype=QType.F16) if p.name in f16 else p for p in plans]
-    path = write_tensors(tmp_path / "mixed.gguf", gguf_metadata(model, "Q8_0"), plans)
+    # general.alignment 128: both F16 matrices on a line, read in place (one off a line would
+    # be copied too, as in the 32-aligned file below).
+    meta = gguf_metadata(model, "Q8_0")
+    path = write_tensors(tmp_path / "mixed.gguf", meta, plans, alignment=128)
     m = load(path, n_ctx=32)
     cpu = metallic.load(path, backend="cpu", n_ctx=32)
     s = m.gpu_stats()
@@ -435,4 +447,15 @@ def test_a_mixed_file_wraps_only_what_it_reads_in_place(tmp_path) -> None:
         path.stat().st_size,
     )
     ids = prompt(512, n=5, seed=3)
-    assert nmse(m.prefill_all(ids), cpu.prefill_all(ids)) < 1e-4
+    want = cpu.prefill_all(ids)
+    assert nmse(m.prefill_all(ids), want) < 1e-4
+    # general.alignment 32: an F16 matrix off a 128-byte line is copied, not wrapped.
+    import gguf
+
+    path = write_tensors(tmp_path / "mixed32.gguf", meta, plans, alignment=32)
+    tensors = gguf.GGUFReader(path).tensors
+    on_line = [int(t.data_offset) % 128 == 0 for t in tensors if t.name in f16]
+    assert not all(on_line), on_line
+    m = load(path, n_ctx=32)
+    assert m.gpu_stats()["buffers_wrapped"] == sum(on_line)
+    assert nmse(m.prefill_all(ids), want) < 1e-4

@@ -46,12 +46,10 @@ def _linear_args(rows, cols, n, flags, row_bytes, vec4):
     return args("iiiiQQQ", rows, cols, n, flags, row_bytes, cols, rows)
 
 
-def _matvec(kind, fmt, ws, x, norm=None, vec4=True, bias=None, flags=0, out=None, head=0):
+def _matvec(kind, fmt, ws, x, norm=None, vec4=True, bias=None, flags=0, out=None):
     """Runs matvec / matvec_jobs / matvec_glu over all rows of x in one dispatch, as the backend
-    launches them; returns the outputs (one per matrix, matvec_glu's one). head: the float
-    formats' LINEAR_HEAD_SHIFT field."""
+    launches them; returns the outputs (one per matrix, matvec_glu's one)."""
     n, cols = x.shape
-    flags |= head << HEAD_SHIFT
     nw, eps = norm if norm is not None else (x, None)
     consts = matvec_constants(norm_eps=eps)
     tok_groups = ceil_div(n, MATVEC_TOKENS)
@@ -222,27 +220,6 @@ def test_matvec_tokens_epilogue(fmt):
     out = resid.copy()
     _matvec("matvec", fmt, [raw], x, bias=bias, flags=3, out=out)
     assert nmse(out, x.astype(np.float64) @ ref.T + bias + resid) < 1e-10
-
-
-HEAD_SHIFT = kernel_shape("LINEAR_HEAD_SHIFT")
-
-
-@pytest.mark.parametrize("fmt", sorted(FLOAT_FORMATS))
-@pytest.mark.parametrize("kind", ["matvec", "jobs", "glu"])
-def test_matvec_head(fmt, kind):
-    """A head (LINEAR_HEAD_SHIFT: the float rows' first elements before a 128-byte line, which
-    the host finds from where the file put the matrix): the blocks start after it, and the
-    head's elements go one a lane with the tail. Any head gives the dot products (NMSE against
-    float64) and what no head gives, up to the changed order of the sums."""
-    cols, rows, n = 640, 19, 3
-    ws = [encode(rng.standard_normal((rows, cols)), fmt) for _ in range(2 if kind == "glu" else 1)]
-    x = rng.standard_normal((n, cols)).astype(np.float32)
-    (base,) = _matvec(kind, fmt, [w for w, _ in ws], x)
-    for head in (8, 48, 56):
-        (got,) = _matvec(kind, fmt, [w for w, _ in ws], x, head=head)
-        np.testing.assert_allclose(got, base, rtol=1e-4, atol=1e-4)
-        if kind != "glu":
-            assert nmse(got, x.astype(np.float64) @ ws[0][1].T) < 1e-12, head
 
 
 # ---- prefill gemm (metal/gemm.h): 32 tokens x 64 rows per threadgroup, staged K steps of 32

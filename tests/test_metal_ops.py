@@ -429,20 +429,39 @@ def test_glu_softcap(count):
     assert nmse(out, 2.5 * np.tanh(gd / 2.5)) < 1e-6
 
 
-@pytest.mark.parametrize("fmt", sorted(PLANAR))
-def test_gpu_weight_layout_is_the_planar_one(fmt):
+LAYOUT_CASES = [
+    (fmt, rows, cols)
+    for fmt in sorted(PLANAR)
+    for rows, cols in [(5, 3 * 256), (7, 576), (9, 544), (6, 608)]
+    if fmt not in K_QUANTS or cols % 256 == 0
+]
+
+
+@pytest.mark.parametrize("fmt, rows, cols", LAYOUT_CASES)
+def test_gpu_weight_layout_is_the_planar_one(fmt, rows, cols):
     """The backend's repack at load (cpp/metal/weight_layout.cpp) gives the layout the kernels
     are tested with here (metal_sim_helpers.gpu_layout, written separately): every field of
-    every block into its plane, rows in order, the file's size. A shape of several rows and
-    blocks, so that a plane or block order mix-up shows."""
-    rows, cols = 5, 3 * 256
+    every block into its plane, the file's size. Shapes of several rows and blocks, so that a
+    plane or block order mix-up shows: rows of whole matvec steps, and the 32-element formats'
+    rows with a tail (bytes past the last whole step) that divides the step (K = 576 and 544:
+    rows grouped in twos and fours, a partial group left over) or does not (K = 608)."""
     raw = file_bytes(rng.standard_normal((rows, cols)), fmt)
     got = core.gpu_weight_layout(int(FORMATS[fmt]), raw.reshape(-1), rows, cols)
     np.testing.assert_array_equal(got, gpu_layout(raw, fmt).reshape(-1))
     assert not np.array_equal(got, raw.reshape(-1))
-    # The quants plane leads: block 0's quants of row 0 are the first bytes.
     size, fields = PLANAR[fmt]
     off, n = fields[0]
-    np.testing.assert_array_equal(got[:n], raw[0, off : off + n])
+    blocks = raw.reshape(rows, -1, size)[:, :, off : off + n]  # [row, block, quant bytes]
+    if fmt == "q8_0" and cols == 576:
+        # Written out: rows 0 and 1's last two blocks (64 bytes each) fill the first line,
+        # then row 0's first 16 blocks and row 1's; the seventh row comes last, in order.
+        np.testing.assert_array_equal(got[:64], blocks[0, 16:].reshape(-1))
+        np.testing.assert_array_equal(got[64:128], blocks[1, 16:].reshape(-1))
+        np.testing.assert_array_equal(got[128:640], blocks[0, :16].reshape(-1))
+        np.testing.assert_array_equal(got[640:1152], blocks[1, :16].reshape(-1))
+        np.testing.assert_array_equal(got[6 * 576 : 7 * 576], blocks[6].reshape(-1))
+    elif fmt in K_QUANTS or cols == 3 * 256:
+        # Rows in order (no grouping): the quants plane leads with row 0's.
+        np.testing.assert_array_equal(got[: n * blocks.shape[1]], blocks[0].reshape(-1))
     with pytest.raises(RequestError):
         core.gpu_weight_layout(int(FORMATS["q8_0"]), raw.reshape(-1)[:-1], rows, cols)

@@ -16,13 +16,13 @@ namespace metallic::metal {
 BufferMap::BufferMap(gpu::Device& dev, const MappedFile& file, const Weights& w,
                      const std::vector<std::pair<const float*, size_t>>& host_tables)
     : dev_(dev) {
-    bool any_repacked = false;
-    for_each_matrix(w, [&](const Matrix& m) { any_repacked |= repacked_for_gpu(m.type); });
-    if (any_repacked) {
+    bool any_copied = false;
+    for_each_matrix(w, [&](const Matrix& m) { any_copied |= copied_for_gpu(m); });
+    if (any_copied) {
         // Only the matrices the GPU reads from the file are wrapped, each on its own pages: a
-        // window over the whole file, bound for them, would make the pages of the repacked
+        // window over the whole file, bound for them, would make the pages of the copied
         // tensors resident again on a GPU that keeps a buffer's pages resident while it is used.
-        repack_weights(w, file.mapped());
+        copy_weights(w, file.mapped());
         wrap_tensors(file, w);
     } else {
         wrap_weights(file, w);
@@ -34,7 +34,7 @@ void BufferMap::wrap_tensors(const MappedFile& file, const Weights& w) {
     const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
     const size_t max_len = dev_.max_buffer_length() / page * page;
     for_each_matrix(w, [&](const Matrix& m) {
-        if (repacked_.count(m.data) || tensors_.count(m.data)) return;
+        if (copied_.count(m.data) || tensors_.count(m.data)) return;
         const uintptr_t lo = uintptr_t(m.data) / page * page;
         const uintptr_t hi = (uintptr_t(m.data) + m.nbytes + page - 1) / page * page;  // the map covers whole pages
         if (hi - lo > max_len)
@@ -107,20 +107,20 @@ BufferRef BufferMap::resolve(const void* p) const {
     throw std::logic_error("metal: an op was given a pointer outside the backend's buffers");
 }
 
-void BufferMap::repack_weights(const Weights& w, bool release_file_pages) {
+void BufferMap::copy_weights(const Weights& w, bool release_file_pages) {
     const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
     for_each_matrix(w, [&](const Matrix& m) {
-        if (!repacked_for_gpu(m.type) || repacked_.count(m.data)) return;
+        if (!copied_for_gpu(m) || copied_.count(m.data)) return;
         if (m.nbytes > dev_.max_buffer_length())
             throw Unsupported("tensor '" + m.name + "' (" + std::to_string(m.nbytes >> 20) +
                               " MiB) is larger than the GPU's largest buffer");
         std::unique_ptr<gpu::Buffer> b = dev_.new_buffer(m.nbytes);
-        repack_for_gpu(m, static_cast<uint8_t*>(b->contents()));
-        repacked_.emplace(m.data, std::move(b));
+        copy_for_gpu(m, static_cast<uint8_t*>(b->contents()));
+        copied_.emplace(m.data, std::move(b));
         // The copy read the tensor's pages of the file map in; nothing reads them on this
         // backend again, so hand back the whole pages inside the tensor: the map is the file's
         // own, read-only, so a later read would fault them back in from the file and lose
-        // nothing. Without this a freshly loaded model held its repacked weights twice. (Not
+        // nothing. Without this a freshly loaded model held its copied weights twice. (Not
         // for a model read into anonymous memory, use_mmap off: there it would free the data.)
         if (!release_file_pages) return;
         const uintptr_t lo = (uintptr_t(m.data) + page - 1) / page * page;
@@ -130,9 +130,9 @@ void BufferMap::repack_weights(const Weights& w, bool release_file_pages) {
 }
 
 BufferRef BufferMap::weight(const Matrix& m) const {
-    if (!repacked_.empty()) {
-        auto it = repacked_.find(m.data);
-        if (it != repacked_.end()) return {it->second.get(), 0};
+    if (!copied_.empty()) {
+        auto it = copied_.find(m.data);
+        if (it != copied_.end()) return {it->second.get(), 0};
         auto t = tensors_.find(m.data);
         if (t != tensors_.end()) return {t->second.buf.get(), t->second.offset};
         throw std::logic_error("metal: a weight matrix the backend was not given at load");

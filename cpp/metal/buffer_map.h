@@ -59,16 +59,17 @@ public:
 private:
     void wrap_weights(const MappedFile& file, const Weights& w);
     void wrap_tensors(const MappedFile& file, const Weights& w);
-    void repack_weights(const Weights& w, bool release_file_pages);
+    void copy_weights(const Weights& w, bool release_file_pages);
     void copy_host_tables(const Weights& w, const std::vector<std::pair<const float*, size_t>>& host_tables);
 
     gpu::Device& dev_;
     const uint8_t* weights_base_ = nullptr;
     size_t window_step_ = 1;
     std::vector<std::unique_ptr<gpu::Buffer>> windows_;
-    // The repacked tensors, by their data in the file (a tied output shares the embedding's).
-    std::unordered_map<const uint8_t*, std::unique_ptr<gpu::Buffer>> repacked_;
-    // With repacked tensors, the others: each its own pages of the file, wrapped.
+    // The copied tensors (weight_layout.h, copied_for_gpu), by their data in the file (a tied
+    // output shares the embedding's).
+    std::unordered_map<const uint8_t*, std::unique_ptr<gpu::Buffer>> copied_;
+    // With copied tensors, the others: each its own pages of the file, wrapped.
     struct TensorWrap {
         std::unique_ptr<gpu::Buffer> buf;
         size_t offset;

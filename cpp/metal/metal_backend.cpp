@@ -85,7 +85,7 @@ public:
         if (const char* env = std::getenv("METALLIC_GPU_EARLY_COMMIT")) early_dispatches_ = std::strtoull(env, nullptr, 10);
         // ... and compare the fused RoPE + attention with the two dispatches (=0; the same floats).
         if (const char* env = std::getenv("METALLIC_GPU_FUSE_ROPE")) fuse_rope_ = std::strcmp(env, "0") != 0;
-        make_pipelines(file, w);
+        make_pipelines(w);
 
         ids_ = dev_->new_buffer(sizeof(int32_t) * size_t(opt_.max_batch));
         const size_t kv_elems =
@@ -402,15 +402,8 @@ public:
 private:
     // ---- load-time setup --------------------------------------------------------------------
 
-    void make_pipelines(const MappedFile& file, const Weights& w) {
+    void make_pipelines(const Weights& w) {
         for_each_matrix(w, [&](const Matrix& m) {
-            // Rows of the float formats are read with 16-byte loads from the matrix start.
-            const bool float_format = ggml_type(m.type)->block == 1;
-            if (float_format && reinterpret_cast<uintptr_t>(m.data) % 16)
-                throw Unsupported(file.path() + ": tensor '" + m.name + "' starts at byte " +
-                                  std::to_string(m.data - file.data()) +
-                                  ", not a multiple of 16: the Metal kernels read float rows with 16-byte "
-                                  "loads (the file's general.alignment is below 16; backend 'cpu' runs it)");
             if (formats_.count(m.type)) return;
             // Weights holds only formats the CPU kernels compute (bind_weights), and the Metal
             // kernels cover every one of them (tests/test_metal_ops.py checks each has its set).
@@ -546,17 +539,13 @@ private:
         return ok ? LINEAR_X_VEC4 : 0;
     }
 
-    // LINEAR_HEAD_SHIFT's head of a float matrix, from where its buffer binding puts it.
-    int32_t head_flags(const Matrix& m) const { return matvec_head(m, map_.weight(m).offset) << LINEAR_HEAD_SHIFT; }
-
     LinearArgs linear_args(const MatmulJob& j, int n, const float* x, const float* norm_w) const {
         const Matrix& w = *j.w;
         LinearArgs a{};
         a.rows = int32_t(w.rows);
         a.cols = int32_t(w.cols);
         a.n_tokens = n;
-        a.flags = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0) | x_vec4(x, w.cols, norm_w) |
-                  head_flags(w);
+        a.flags = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0) | x_vec4(x, w.cols, norm_w);
         a.row_bytes = w.row_bytes;
         a.x_stride = uint64_t(w.cols);
         a.out_stride = uint64_t(w.rows);
@@ -611,8 +600,7 @@ private:
         uint32_t groups = 0;
         for (const MatmulJob& j : jobs) {
             a.rows[i] = int32_t(j.w->rows);
-            a.flags[i] = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0) | x_vec4(in, w0.cols, norm_w) |
-                         head_flags(*j.w);
+            a.flags[i] = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0) | x_vec4(in, w0.cols, norm_w);
             a.first_tg[i] = int32_t(groups);
             groups += matvec_groups(*j.w);
             ++i;
@@ -654,9 +642,7 @@ private:
         a.row_bytes = gate.row_bytes;
         a.x_stride = uint64_t(gate.cols);
         a.out_stride = uint64_t(gate.rows);
-        // One head for both matrices: the kernel shifts gate and up rows alike.
-        const int32_t head = head_flags(gate);
-        a.flags = x_vec4(x, gate.cols, norm_w) | (head == head_flags(up) ? head : 0);
+        a.flags = x_vec4(x, gate.cols, norm_w);
         use_pipeline(e, *format(gate).matvec_glu[norm_w ? 1 : 0]);  // the model's activation
         e.set_args(0, a);
         bind_weight(e, 1, gate, gate.nbytes * token_groups(rows));

@@ -4,28 +4,36 @@
 // 210, the 32-element ones' 18 to 34) or interleave scales with quants, so the decode matvecs
 // read them in pieces that split cache lines; the planar copy (the whole matrix's quants, then
 // its high bits, scales and factors, each a plane) gives each lane aligned 4-byte loads and each
-// simdgroup contiguous bytes. The copy has the file's size and replaces the file's bytes on the
-// GPU (the CPU backend reads the file as is). The float formats stay in the file.
+// simdgroup contiguous bytes. The 32-element formats' quants plane also groups rows so that no
+// matvec step splits a line when rows are not whole steps (quant_plane_offset in the .cpp).
+// The copy has the file's size and replaces the file's bytes on the GPU (the CPU backend reads
+// the file as is). The float formats stay in the file when they start on a 128-byte line.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "engine/weights.h"
 
 namespace metallic::metal {
 
-// Whether matrices of this GGML type are repacked for the GPU.
+// Whether matrices of this GGML type are stored planar for the GPU.
 bool repacked_for_gpu(uint32_t type);
 
-// m's data in the GPU layout into dst (m.nbytes bytes): for each field of a block, in the order
-// quants, high bits, scale, min, the field of every block in row order (a plane).
-void repack_for_gpu(const Matrix& m, uint8_t* dst);
+// The byte alignment the kernels' steps assume of a matrix: Apple GPUs' 128-byte cache line.
+constexpr size_t kGpuLine = 128;
 
-// The float formats stay in the file's layout, wherever the file put them (32-byte alignment is
-// GGUF's default), and their matvecs start each row's blocks at its first 128-byte line: the
-// head is the elements before it, when every row has the same alignment (rows a multiple of
-// 128 bytes) and the head keeps x's float4 alignment (a multiple of 8 elements); else 0.
-// offset: the matrix's first byte from its page-aligned buffer start.
-int32_t matvec_head(const Matrix& m, size_t offset);
+// Whether the GPU reads m from a copy of its own rather than from the file: the planar formats,
+// and a float matrix that does not start on a 128-byte line. GGUF aligns tensors to 32 bytes
+// (general.alignment may say less), and a matvec step reads whole lines of a row only if the
+// row starts on one: a misaligned float matrix is copied to a fresh (page-aligned) buffer as it
+// is, so its steps keep whole lines (rows a multiple of 128 bytes; any others are read in
+// pieces wherever they are).
+bool copied_for_gpu(const Matrix& m);
+
+// m's data as the GPU reads it into dst (m.nbytes bytes): the planar formats, for each field of
+// a block, in the order quants, high bits, scale, min, the field of every block in row order (a
+// plane); a float matrix as it is.
+void copy_for_gpu(const Matrix& m, uint8_t* dst);
 
 }  // namespace metallic::metal

@@ -962,12 +962,16 @@ def hf_tensor_plans(model: PreTrainedModel, ftype: str) -> list[TensorPlan]:
 
 
 def write_tensors(
-    path: str | os.PathLike[str], meta: Metadata, tensors: Iterable[TensorPlan]
+    path: str | os.PathLike[str],
+    meta: Metadata,
+    tensors: Iterable[TensorPlan],
+    *,
+    alignment: int | None = None,
 ) -> Path:
     """Stream a GGUF file: one tensor in memory at a time (the benchmark model is 0.5B params).
 
     Writes to a temporary name first so an interrupted build never leaves a file that looks
-    complete.
+    complete. `alignment`: general.alignment, the tensors' (GGUF's default is 32).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -978,6 +982,8 @@ def write_tensors(
     for key, (value, vtype, sub_type) in meta.items():
         if key != "general.architecture":
             writer.add_key_value(key, value, vtype, sub_type)
+    if alignment is not None:
+        writer.add_custom_alignment(alignment)
     for t in tensors:
         nbytes = _nbytes(t.shape, t.qtype)
         if t.qtype == QType.F32:
