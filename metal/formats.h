@@ -144,7 +144,8 @@ struct fmt_q8_0 {
     // Lane li's 4 quants of block b: one aligned 4-byte load, so the simdgroup's 32 lanes read
     // 128 contiguous bytes of quants and 512 of x per instruction.
     static inline State state(Q8Row row, int b, int li) {
-        return State{half_bits(*(device const ushort*)(row.d + 2 * b)), *(device const uint*)(plane_at(row.q, 32 * b) + 4 * li)};
+        return State{half_bits(*(device const ushort*)(row.d + 2 * b)),
+                     *(device const uint*)(plane_at(row.q, 32 * b) + 4 * li)};
     }
     static inline int xoff(int li, int k) { return 4 * li; }
     static inline float chunk(thread const State& s, int k, thread float4* w) {
@@ -472,7 +473,8 @@ template <> struct layout<fmt_q8_0> {
     typedef Q8Row Row;
     static inline Row row(device const uchar* w, uint64_t row_bytes, int rows, int r) {
         const uint64_t cols = row_bytes / uint64_t(fmt_q8_0::BYTES) * 32;
-        return Q8Row{quant_plane_row(w, cols, 128, rows, r), w + uint64_t(rows) * cols + uint64_t(r) * (cols / 16)};
+        // A step: 4 blocks of 32 quant bytes (matvec.h).
+        return Q8Row{quant_plane_row(w, cols, 4 * 32, rows, r), w + uint64_t(rows) * cols + uint64_t(r) * (cols / 16)};
     }
     static inline fmt_q8_0::State state(Row row, int b, int li) { return fmt_q8_0::state(row, b, li); }
     static inline float get(Row row, int i) { return fmt_q8_0::get(row, i); }
@@ -487,7 +489,8 @@ template <typename F, bool FIVE, bool MIN> struct q32_layout {
         device const uchar* qh = w + 16 * n;
         device const uchar* d = qh + (FIVE ? 4 * n : 0);
         device const uchar* m = d + 2 * n;
-        return Q32Row{quant_plane_row(w, 16 * nb, 64, rows, r), qh + 4 * rb, d + 2 * rb, m + 2 * rb};
+        // A step: 4 blocks of 16 quant bytes (matvec.h).
+        return Q32Row{quant_plane_row(w, 16 * nb, 4 * 16, rows, r), qh + 4 * rb, d + 2 * rb, m + 2 * rb};
     }
     static inline typename F::State state(Row row, int b, int li) { return F::state(row, b, li); }
     static inline float get(Row row, int i) { return F::get(row, i); }

@@ -600,7 +600,8 @@ private:
         uint32_t groups = 0;
         for (const MatmulJob& j : jobs) {
             a.rows[i] = int32_t(j.w->rows);
-            a.flags[i] = (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0) | x_vec4(in, w0.cols, norm_w);
+            a.flags[i] =
+                (j.bias ? LINEAR_BIAS : 0) | (j.accumulate ? LINEAR_ACCUMULATE : 0) | x_vec4(in, w0.cols, norm_w);
             a.first_tg[i] = int32_t(groups);
             groups += matvec_groups(*j.w);
             ++i;
